@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine with Python 3.11 and pip:
+#   make demo   - create .venv, install, run the demo
+#   make test   - create .venv, install, run the whole test suite
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: test demo data venv bench clean
+
+venv: $(STAMP)
+
+# torch/torchvision are pinned as a pair and installed once; the stamp keeps a warm venv from
+# reinstalling them (the stamp is renewed only when pyproject.toml changes).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[demo,test]"
+	touch $(STAMP)
+
+# Fashion-MNIST from the Debian package (needs root); otherwise say how to get it.
+data:
+	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST: $(FMNIST)"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		(apt-get update -q && apt-get install -y -q dataset-fashion-mnist) >/dev/null && echo "Fashion-MNIST installed"; \
+	else echo "Fashion-MNIST not found: as root run 'apt-get install dataset-fashion-mnist', or pass --data PATH / set CURRICULUM_FMNIST to a folder holding the four IDX files"; fi
+
+test: $(STAMP) data
+	$(PY) -m pytest -q -x --timeout=900
+
+demo: $(STAMP) data
+	$(VENV)/bin/curriculum demo
+
+bench: $(STAMP) data
+	$(VENV)/bin/curriculum bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,111 @@
+"""Low-level neighbour search helpers over plain float32 matrices (faiss underneath).
+
+Distances throughout ``curriculum`` follow one convention - *smaller is nearer* - whatever the
+metric, so that "mean distance to the k nearest" is a difficulty for every metric:
+
+=========  ===========================================
+metric     distance returned
+=========  ===========================================
+``l2``     Euclidean distance ``||q - x||``
+``cosine`` ``1 - cos(q, x)`` (vectors are L2-normalised)
+``ip``     ``-<q, x>`` (negated inner product)
+=========  ===========================================
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+METRICS = ("cosine", "l2", "ip")
+
+
+def faiss_metric(metric: str) -> int:
+    """The faiss metric constant used to search vectors stored under ``metric``."""
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
+    """Convert faiss's raw scores (squared L2 or inner products) to our distances, in place."""
+    if metric == "l2":
+        np.maximum(raw, 0.0, out=raw)
+        np.sqrt(raw, out=raw)
+    elif metric == "cosine":
+        np.subtract(1.0, raw, out=raw)
+    else:
+        np.negative(raw, out=raw)
+    return raw
+
+
+def normalize(x: np.ndarray, name: str = "vectors") -> np.ndarray:
+    """L2-normalise the rows of ``x`` (a copy); zero rows are an error under the cosine metric."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if x.shape[0] and (norms == 0).any():
+        bad = int((norms[:, 0] == 0).sum())
+        raise ValueError(f"{name}: expected non-zero vectors for the cosine metric, got {bad} zero row(s)")
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def pair_distances(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
+    """Row-wise distance between ``q[i]`` and ``x[i]`` (or ``x[i, j]`` for a 3-D ``x``)."""
+    if x.ndim == 3:
+        if metric == "l2":
+            return np.sqrt(np.maximum(((x - q[:, None, :]) ** 2).sum(-1), 0.0))
+        ip = np.einsum("nd,nkd->nk", q, x)
+    else:
+        if metric == "l2":
+            return np.sqrt(((x - q) ** 2).sum(-1))
+        ip = (q * x).sum(-1)
+    return 1.0 - ip if metric == "cosine" else -ip
+
+
+def brute_knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of ``base`` for each query, as (distances, row indices).
+
+    Rows are padded with ``inf`` / ``-1`` where ``base`` has fewer than ``k`` rows. Runs through
+    faiss's blocked BLAS search, so memory stays O(queries x k) whatever the base size.
+    """
+    nq = queries.shape[0]
+    kk = min(k, base.shape[0])
+    dist = np.full((nq, k), np.inf, dtype=np.float32)
+    rows = np.full((nq, k), -1, dtype=np.int64)
+    if nq == 0 or kk == 0:
+        return dist, rows
+    d, i = faiss.knn(queries, base, kk, metric=faiss_metric(metric))
+    dist[:, :kk] = to_distance(d, metric)
+    rows[:, :kk] = i
+    dist[rows < 0] = np.inf
+    return dist, rows
+
+
+def first_k_valid(dist: np.ndarray, ids: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep, per row, the first ``k`` entries where ``valid`` holds (rows are sorted by distance)."""
+    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+    d = np.take_along_axis(dist, order, axis=1)
+    i = np.take_along_axis(ids, order, axis=1)
+    ok = np.take_along_axis(valid, order, axis=1)
+    d = np.where(ok, d, np.inf).astype(np.float32)
+    i = np.where(ok, i, -1)
+    if d.shape[1] < k:
+        pad = k - d.shape[1]
+        d = np.pad(d, ((0, 0), (0, pad)), constant_values=np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+    return d, i
+
+
+def sort_dedupe(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by distance and drop repeated ids (keeping the nearest), padding with -1/inf."""
+    dist = np.where(ids < 0, np.inf, dist)
+    # sort by (id, distance) to find repeats, then blank all but the first of each id
+    o = np.lexsort((dist, ids), axis=1) if dist.size else np.zeros_like(ids)
+    sid = np.take_along_axis(ids, o, axis=1)
+    sd = np.take_along_axis(dist, o, axis=1)
+    rep = np.zeros_like(sid, dtype=bool)
+    rep[:, 1:] = (sid[:, 1:] == sid[:, :-1]) & (sid[:, 1:] >= 0)
+    sd = np.where(rep, np.inf, sd)
+    sid = np.where(rep, -1, sid)
+    o2 = np.argsort(sd, axis=1, kind="stable")
+    sd = np.take_along_axis(sd, o2, axis=1)
+    sid = np.take_along_axis(sid, o2, axis=1)
+    sid = np.where(np.isinf(sd), -1, sid)
+    return sd, sid
