@@ -490,8 +490,13 @@ class EmbeddingStore:
                     bar.update(e - s)
         return out_d, out_i
 
-    def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, progress: bool = False) -> KMeansResult:
+    def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,
+               spherical: bool | None = None, progress: bool = False) -> KMeansResult:
         """faiss k-means over the stored vectors (spherical under the cosine metric).
+
+        ``nredo`` runs k-means that many times from different seeds and keeps the best objective.
+        ``spherical=True`` clusters the L2-normalised vectors and assigns by cosine (distances are
+        then ``1 - cos``) whatever the store's metric; the default follows the metric.
 
         Example:
             >>> km = store.kmeans(10, seed=0)     # doctest: +SKIP
@@ -500,16 +505,21 @@ class EmbeddingStore:
         n_clusters = C.positive_int(n_clusters, "n_clusters")
         with self._lock:
             vec = self._b.vec[: self._b.n].copy()
+        sph = self.metric == "cosine" if spherical is None else bool(spherical)
+        metric = "cosine" if sph else self.metric
+        if sph and self.metric != "cosine":
+            vec = normalize(vec)
         if n_clusters > vec.shape[0]:
             raise ValueError(f"n_clusters: expected at most the store size {vec.shape[0]}, got {n_clusters}")
         km = faiss.Kmeans(self.dim, n_clusters, niter=C.positive_int(niter, "niter"), seed=int(seed),
-                          spherical=self.metric == "cosine", verbose=False)
+                          nredo=C.positive_int(nredo, "nredo"),
+                          spherical=sph, verbose=False, min_points_per_centroid=1)
         with progress_bar(total=1, desc=f"k-means k={n_clusters}", disable=not progress) as bar:
             km.train(vec)
             bar.update(1)
         cent = np.ascontiguousarray(km.centroids, np.float32)
         # assignment uses the same metric as the store ("ip" assigns by largest inner product)
-        d, a = brute_knn(vec, cent, 1, self.metric)
+        d, a = brute_knn(vec, cent, 1, metric)
         return KMeansResult(cent, a[:, 0].astype(np.int64), d[:, 0])
 
     # ------------------------------------------------------------------ embedding a dataset

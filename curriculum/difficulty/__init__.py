@@ -1,0 +1,13 @@
+"""Difficulty scores: a float per dataset id, higher = harder, never NaN.
+
+Geometry scores read the :class:`~curriculum.EmbeddingStore`; dynamics scores read a
+:class:`Recorder` fed from the training loop; :func:`combine` fuses them by rank.
+"""
+
+from .base import Difficulty, as_difficulty
+from .dynamics import Recorder
+from .fusion import combine
+from .geometry import class_margin, knn_distance, label_disagreement, label_entropy, near_duplicates, prototype_distance
+
+__all__ = ["Difficulty", "as_difficulty", "Recorder", "combine", "knn_distance", "prototype_distance",
+           "label_disagreement", "label_entropy", "class_margin", "near_duplicates"]

@@ -1,0 +1,168 @@
+"""Geometry difficulty scores, read from the embedding store (higher = harder).
+
+Every score goes through the store's kNN graph (exact for small stores, the faiss index beyond)
+computed in chunks, so a million samples fit in memory. Distances follow the store's metric
+(*smaller = nearer*, see :mod:`curriculum.knn`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .. import _checks as C
+from ..knn import brute_knn
+from ..progress import progress_bar
+from ..store import EmbeddingStore
+from .base import Difficulty
+
+
+def _check_store(store: EmbeddingStore, k: int | None = None, labels: bool = False) -> None:
+    if not isinstance(store, EmbeddingStore):
+        raise TypeError(f"store: expected an EmbeddingStore, got {type(store).__name__}")
+    if len(store) < 2:
+        raise ValueError(f"store: expected at least 2 rows, got {len(store)}")
+    if k is not None:
+        C.positive_int(k, "k")
+        if k > len(store) - 1:
+            raise ValueError(f"k: expected at most {len(store) - 1} (store size minus the sample itself), got {k}")
+    if labels and not store.has_labels:
+        missing = int((store.labels < 0).sum())
+        raise ValueError(f"store: this score needs a label on every row, {missing} of {len(store)} rows have none "
+                         "(pass labels= to store.add)")
+
+
+def _neighbour_labels(store: EmbeddingStore, k: int, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d, nb = store.knn(k, progress=progress)
+    labels = store.labels
+    return d, labels[store.rows_of(nb.ravel()).reshape(nb.shape)], labels
+
+
+def knn_distance(store: EmbeddingStore, k: int = 10, progress: bool = False) -> Difficulty:
+    """Mean distance to the ``k`` nearest other samples: outliers and rare modes are hard.
+
+    Example:
+        >>> scores = knn_distance(store, k=10)        # doctest: +SKIP
+    """
+    _check_store(store, k)
+    d, _ = store.knn(k, progress=progress)
+    return Difficulty(d.astype(np.float64).mean(axis=1), store.ids, f"knn_distance(k={k})")
+
+
+def prototype_distance(store: EmbeddingStore, n_clusters: int = 10, seed: int = 0, niter: int = 20,
+                       progress: bool = False) -> Difficulty:
+    """``1 - cos(z, nearest centroid)`` of spherical k-means (Sorscher et al. 2022, SSL prototypes).
+
+    Samples far from every prototype are atypical, hence hard.
+    """
+    _check_store(store)
+    km = store.kmeans(n_clusters, seed=seed, niter=niter, spherical=True, progress=progress)
+    return Difficulty(km.distances.astype(np.float64), store.ids, f"prototype_distance(n_clusters={n_clusters})")
+
+
+def label_disagreement(store: EmbeddingStore, k: int = 10, progress: bool = False) -> Difficulty:
+    """``1 -`` the share of the ``k`` nearest neighbours that carry the sample's own label.
+
+    High for mislabelled samples and for samples deep in another class's region.
+    """
+    _check_store(store, k, labels=True)
+    _, nl, lab = _neighbour_labels(store, k, progress)
+    return Difficulty(1.0 - (nl == lab[:, None]).mean(axis=1), store.ids, f"label_disagreement(k={k})")
+
+
+def label_entropy(store: EmbeddingStore, k: int = 10, progress: bool = False) -> Difficulty:
+    """Entropy (nats) of the label histogram of the ``k`` nearest neighbours: class boundaries are hard."""
+    _check_store(store, k, labels=True)
+    _, nl, lab = _neighbour_labels(store, k, progress)
+    n_cls = int(max(lab.max(), nl.max())) + 1
+    counts = np.zeros((len(lab), n_cls))
+    np.add.at(counts, (np.repeat(np.arange(len(lab)), k), nl.ravel()), 1.0)
+    p = counts / k
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    return Difficulty(h + 0.0, store.ids, f"label_entropy(k={k})")
+
+
+def class_margin(store: EmbeddingStore, k: int = 10, progress: bool = False) -> Difficulty:
+    """Distance to the nearest same-class sample minus distance to the nearest other-class sample.
+
+    Positive when another class is nearer than the sample's own (hard); exact: samples whose
+    nearest same- or other-class neighbour is not among their ``k`` nearest are resolved by an
+    exact search restricted to that class (or its complement). ``k`` trades speed only. A
+    sample alone in its class takes the largest same-class distance seen.
+    """
+    _check_store(store, k, labels=True)
+    d, nl, lab = _neighbour_labels(store, k, progress)
+    same = nl == lab[:, None]
+    first_same = np.argmax(same, axis=1)
+    first_other = np.argmax(~same, axis=1)
+    rows = np.arange(len(lab))
+    d_same = np.where(same.any(axis=1), d[rows, first_same], np.nan).astype(np.float64)
+    d_other = np.where((~same).any(axis=1), d[rows, first_other], np.nan).astype(np.float64)
+    vec = store.vectors()
+    for c in np.unique(lab):
+        in_c = np.flatnonzero(lab == c)
+        out_c = np.flatnonzero(lab != c)
+        need = in_c[np.isnan(d_same[in_c])]
+        if need.size and in_c.size > 1:
+            dd, rr = brute_knn(vec[need], vec[in_c], 2, store.metric)
+            self_hit = in_c[np.maximum(rr, 0)] == need[:, None]
+            pick = np.argmax(~self_hit, axis=1)
+            d_same[need] = dd[np.arange(len(need)), pick]
+        need = in_c[np.isnan(d_other[in_c])]
+        if need.size and out_c.size:
+            dd, _ = brute_knn(vec[need], vec[out_c], 1, store.metric)
+            d_other[need] = dd[:, 0]
+    lonely = np.isnan(d_same) | np.isinf(d_same)
+    if lonely.any():
+        d_same[lonely] = np.nanmax(np.where(lonely, np.nan, d_same)) if (~lonely).any() else 0.0
+    d_other[np.isnan(d_other)] = np.nanmax(d_same)  # a single class: no other-class neighbour
+    return Difficulty(d_same - d_other, store.ids, f"class_margin(k={k})")
+
+
+def near_duplicates(store: EmbeddingStore, threshold: float = 0.95, n_clusters: int | None = None,
+                    seed: int = 0, block: int = 2048, progress: bool = False) -> list[np.ndarray]:
+    """Groups of near-duplicate ids: cosine similarity above ``threshold`` (SemDeDup, Abbas et al. 2023).
+
+    Vectors are clustered by spherical k-means (``n_clusters`` defaults to ``N // 1000``, at
+    least 1) and pairs are compared only within a cluster, in blocks. With ``n_clusters=1`` the
+    answer is exact. Groups are the connected components of the duplicate graph, each sorted,
+    listed by their smallest id.
+    """
+    _check_store(store)
+    threshold = C.finite_float(threshold, "threshold", -1.0, 1.0)
+    n = len(store)
+    nc = max(1, n // 1000) if n_clusters is None else C.positive_int(n_clusters, "n_clusters")
+    ids = store.ids
+    vec = store.vectors()
+    if store.metric != "cosine":
+        vec = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
+    assign = np.zeros(n, np.int64) if nc == 1 else store.kmeans(nc, seed=seed, spherical=True).assignments
+    src, dst = [], []
+    order = np.argsort(assign, kind="stable")
+    bounds = np.searchsorted(assign[order], np.arange(nc + 1))
+    with progress_bar(total=n, desc="near-duplicates", disable=not progress) as bar:
+        for c in range(nc):
+            members = order[bounds[c]:bounds[c + 1]]
+            x = vec[members]
+            for s in range(0, len(members), block):
+                sim = x[s:s + block] @ x.T
+                i, j = np.nonzero(sim > threshold)
+                i = i + s
+                keep = j > i
+                src.append(members[i[keep]])
+                dst.append(members[j[keep]])
+            bar.update(len(members))
+    src_a = np.concatenate(src) if src else np.zeros(0, np.int64)
+    dst_a = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+    if src_a.size == 0:
+        return []
+    g = coo_matrix((np.ones(src_a.size), (src_a, dst_a)), shape=(n, n))
+    _, comp = connected_components(g, directed=False)
+    sizes = np.bincount(comp)
+    sel = np.flatnonzero(sizes[comp] > 1)
+    o = sel[np.argsort(comp[sel], kind="stable")]
+    splits = np.flatnonzero(np.diff(comp[o])) + 1
+    groups = [np.sort(ids[g_]) for g_ in np.split(o, splits)]
+    return sorted(groups, key=lambda g_: int(g_[0]))

@@ -1,0 +1,351 @@
+"""EmbeddingStore: exactness against brute-force numpy, lifecycle, persistence, bad input."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import curriculum as cl
+from curriculum.knn import normalize
+
+
+def brute(queries, base, base_ids, k, metric, exclude=None):
+    """Reference answer in plain numpy: full distance matrix then a stable sort."""
+    q = queries.astype(np.float64)
+    x = base.astype(np.float64)
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        d = 1 - q @ x.T
+    elif metric == "ip":
+        d = -(q @ x.T)
+    else:
+        d = np.sqrt(np.maximum(((q[:, None, :] - x[None]) ** 2).sum(-1), 0))
+    out_d = np.full((len(q), k), np.inf)
+    out_i = np.full((len(q), k), -1)
+    for r in range(len(q)):
+        ok = np.ones(len(x), bool)
+        if exclude is not None:
+            ok &= ~np.isin(base_ids, exclude[r])
+        cand = np.where(ok)[0]
+        o = cand[np.argsort(d[r, cand], kind="stable")][:k]
+        out_d[r, : len(o)] = d[r, o]
+        out_i[r, : len(o)] = base_ids[o]
+    return out_d, out_i
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(300, 12)).astype(np.float32), rng.integers(0, 4, 300)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_search_equals_brute_force(data, metric):
+    x, y = data
+    s = cl.EmbeddingStore(12, metric=metric, index="flat")
+    ids = np.arange(300) * 3 + 7  # ids are not row positions
+    s.add(x, ids=ids, labels=y)
+    q = np.random.default_rng(1).normal(size=(20, 12)).astype(np.float32)
+    d, i = s.search(q, 10)
+    bd, bi = brute(q, x, ids, 10, metric)
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(d, bd, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_search_with_exclusions_and_removed_ids(data, metric):
+    x, _ = data
+    s = cl.EmbeddingStore(12, metric=metric, index="flat")
+    s.add(x)
+    removed = np.arange(0, 300, 7)
+    s.remove(removed)
+    keep = np.setdiff1d(np.arange(300), removed)
+    q = x[:15] + 0.01
+    # global exclusion list
+    excl = np.array([1, 2, 3, 50, 51])
+    d, i = s.search(q, 8, exclude_ids=excl)
+    bd, bi = brute(q, x[keep], keep, 8, metric, exclude=[excl] * 15)
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(d, bd, rtol=1e-4, atol=1e-4)
+    # per-query exclusion, -1 padded
+    per = np.full((15, 2), -1)
+    per[:, 0] = np.arange(15)
+    d, i = s.search(q, 8, exclude_ids=per)
+    bd, bi = brute(q, x[keep], keep, 8, metric, exclude=[[r] for r in range(15)])
+    np.testing.assert_array_equal(i, bi)
+    assert not np.isin(i, removed).any()
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_knn_graph_equals_brute_force(data, metric):
+    x, _ = data
+    s = cl.EmbeddingStore(12, metric=metric, index="flat")
+    s.add(x)
+    s.remove([5, 6])
+    ids = s.ids
+    d, i = s.knn(6, batch_size=37)  # several chunks
+    bd, bi = brute(x[ids], x[ids], ids, 6, metric, exclude=[[j] for j in ids])
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(d, bd, rtol=1e-4, atol=1e-4)
+    d2, i2 = s.knn(6, exclude_self=False)
+    if metric != "ip":  # under ip a row need not be its own nearest neighbour
+        np.testing.assert_array_equal(i2[:, 0], ids)
+
+
+def test_fewer_than_k_padded():
+    s = cl.EmbeddingStore(3, metric="l2")
+    s.add(np.eye(3, dtype=np.float32))
+    d, i = s.search(np.eye(3, dtype=np.float32)[:1], 5)
+    assert i[0, :3].tolist() == [0, 1, 2] and i[0, 3:].tolist() == [-1, -1]
+    assert np.isinf(d[0, 3:]).all()
+
+
+def clustered(n, d, n_clusters, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_clusters, d)).astype(np.float32) * 4
+    lab = rng.integers(0, n_clusters, n)
+    return (centers[lab] + rng.normal(size=(n, d)).astype(np.float32)), lab
+
+
+@pytest.mark.parametrize("spec,params,want", [
+    ("IVF64,Flat", {"nprobe": 8}, 0.9),
+    ("HNSW32", {"efSearch": 64}, 0.9),
+])
+def test_approximate_index_reaches_documented_recall(spec, params, want):
+    x, _ = clustered(20_000, 32, 50)
+    s = cl.EmbeddingStore(32, metric="l2", index=spec, index_params=params)
+    s.add(x)
+    q = x[:500]
+    _, approx = s.search(q, 10)
+    _, exact = brute(q, x, np.arange(len(x)), 10, "l2")
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= want, recall
+    assert s.active_index == spec
+
+
+def test_auto_switches_to_ivf_past_threshold():
+    x, _ = clustered(3000, 16, 20)
+    s = cl.EmbeddingStore(16, metric="l2", exact_threshold=1000)
+    s.add(x)
+    assert s.active_index.startswith("IVF")
+    _, i = s.search(x[:50], 5)
+    _, e = brute(x[:50], x, np.arange(3000), 5, "l2")
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(i, e)]) > 0.9
+
+
+@pytest.mark.parametrize("spec", ["flat", "IVF16,Flat", "HNSW16"])
+def test_update_and_remove_visible_to_next_search(spec):
+    x, _ = clustered(2000, 8, 10)
+    s = cl.EmbeddingStore(8, metric="l2", index=spec, index_params={"nprobe": 16} if "IVF" in spec else None)
+    s.add(x)
+    s.search(x[:1], 1)  # build the index
+    target = np.full((1, 8), 100.0, np.float32)
+    s.update([3], target, step=5)
+    d, i = s.search(target, 1)
+    assert i[0, 0] == 3 and d[0, 0] == pytest.approx(0.0, abs=1e-3)
+    assert s.steps[3] == 5 and s.staleness(12)[3] == 7
+    np.testing.assert_array_equal(s.vectors([3]), target)
+    s.remove([3])
+    _, i = s.search(target, 3)
+    assert 3 not in i
+    assert len(s) == 1999
+
+
+def test_rebuild_triggers_in_background_and_swaps():
+    x, _ = clustered(4000, 8, 10)
+    s = cl.EmbeddingStore(8, metric="l2", index="IVF16,Flat", rebuild_threshold=0.1, index_params={"nprobe": 16})
+    s.add(x)
+    s.build()
+    new = x[:1000] + 50
+    s.update(np.arange(1000), new)  # 1000 stale of 5000 entries -> rebuild starts
+    s.wait_rebuild()
+    assert s.stale_fraction == 0.0
+    _, i = s.search(new[:20], 1)
+    np.testing.assert_array_equal(i[:, 0], np.arange(20))
+
+
+def test_concurrent_searches_during_background_rebuild_never_fail_or_mix():
+    x, _ = clustered(20_000, 16, 30)
+    s = cl.EmbeddingStore(16, metric="l2", index="IVF64,Flat", index_params={"nprobe": 64})
+    s.add(x)
+    s.build()
+    q = x[:64]
+    _, ref = s.search(q, 5)
+    errors = []
+    results = []
+
+    def searcher():
+        try:
+            for _ in range(30):
+                results.append(s.search(q, 5)[1])
+        except Exception as exc:  # pragma: no cover - the assertion reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for _ in range(3):
+        s.rebuild(background=True)
+        s.wait_rebuild()
+    for t in threads:
+        t.join()
+    assert not errors
+    # nprobe = nlist makes the IVF exact: every answer, from the old or the new index, is the same
+    for r in results:
+        np.testing.assert_array_equal(r, ref)
+
+
+def test_save_load_roundtrip_identical_answers(tmp_path):
+    x, y = clustered(3000, 16, 10)
+    for spec in ["flat", "IVF32,Flat"]:
+        s = cl.EmbeddingStore(16, metric="cosine", index=spec, index_params={"nprobe": 4})
+        s.add(x, labels=y, step=3)
+        s.remove([10, 11])
+        d1, i1 = s.search(x[:30], 7)
+        p = tmp_path / f"s-{spec}.cstore"
+        s.save(p)
+        t = cl.EmbeddingStore.load(p)
+        d2, i2 = t.search(x[:30], 7)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(d1, d2, atol=1e-6)
+        np.testing.assert_array_equal(s.labels, t.labels)
+        np.testing.assert_array_equal(s.steps, t.steps)
+        np.testing.assert_array_equal(s.ids, t.ids)
+        assert t.metric == "cosine" and t.index_spec == spec
+
+
+def test_interrupted_save_leaves_old_file_loadable(tmp_path, monkeypatch):
+    s = cl.EmbeddingStore(4, metric="l2")
+    s.add(np.eye(4, dtype=np.float32))
+    p = tmp_path / "s.cstore"
+    s.save(p)
+    s.add(np.ones((1, 4), np.float32))
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        s.save(p)
+    monkeypatch.undo()
+    assert len(cl.EmbeddingStore.load(p)) == 4
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+
+
+def test_load_rejects_truncated_foreign_and_future_files(tmp_path):
+    s = cl.EmbeddingStore(4, metric="l2")
+    s.add(np.eye(4, dtype=np.float32))
+    p = tmp_path / "s.cstore"
+    s.save(p)
+    raw = p.read_bytes()
+    (tmp_path / "trunc").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="truncated or foreign"):
+        cl.EmbeddingStore.load(tmp_path / "trunc")
+    (tmp_path / "foreign").write_bytes(b"hello, not a store")
+    with pytest.raises(ValueError, match="not a readable curriculum store"):
+        cl.EmbeddingStore.load(tmp_path / "foreign")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a readable"):
+        cl.EmbeddingStore.load(tmp_path / "other.npz")
+    import json
+    with np.load(p) as z:
+        arrays = {k: z[k] for k in z.files}
+    h = json.loads(bytes(arrays["header"]).decode())
+    h["version"] = 99
+    arrays["header"] = np.frombuffer(json.dumps(h).encode(), np.uint8)
+    np.savez(tmp_path / "future.npz", **arrays)
+    with pytest.raises(ValueError, match="version 99"):
+        cl.EmbeddingStore.load(tmp_path / "future.npz")
+
+
+def test_kmeans_assigns_every_row():
+    x, lab = clustered(2000, 8, 5, seed=3)
+    s = cl.EmbeddingStore(8, metric="l2")
+    s.add(x)
+    km = s.kmeans(5, seed=0, nredo=5)
+    assert km.centroids.shape == (5, 8) and km.assignments.shape == (2000,)
+    # well separated clusters: k-means recovers the planted partition (up to renaming)
+    from scipy.stats import contingency
+    table = contingency.crosstab(lab, km.assignments).count
+    assert (table.max(axis=1).sum() / 2000) > 0.95
+    np.testing.assert_allclose(km.distances, np.linalg.norm(x - km.centroids[km.assignments], axis=1), rtol=1e-3, atol=1e-3)
+
+
+def test_from_model_embeds_in_eval_mode_with_labels():
+    ds = torch.utils.data.TensorDataset(torch.randn(50, 6), torch.arange(50) % 3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Dropout(0.5))
+    model.train()
+    s = cl.EmbeddingStore.from_model(model, ds, batch_size=16, progress=False, metric="l2")
+    assert model.training  # restored
+    assert len(s) == 50 and s.dim == 4
+    np.testing.assert_array_equal(s.labels, np.arange(50) % 3)
+    model.eval()
+    with torch.no_grad():
+        ref = model(ds.tensors[0]).numpy()
+    np.testing.assert_allclose(s.vectors(np.arange(50)), ref, atol=1e-5)  # dropout was off
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda s: s.add(np.zeros((2, 5), np.float32)), "expected 4 columns"),
+    (lambda s: s.add(np.array([[1, 2, np.nan, 4]], np.float32)), "NaN or inf"),
+    (lambda s: s.add(np.array([[1, 2, np.inf, 4]], np.float32)), "NaN or inf"),
+    (lambda s: s.add(np.array([["a", "b", "c", "d"]])), "float array"),
+    (lambda s: s.add(np.ones((2, 4)), ids=[3, 3]), "duplicates"),
+    (lambda s: s.add(np.ones((1, 4)), ids=[-2]), "non-negative"),
+    (lambda s: s.add(np.ones((1, 4)), ids=[0]), "existing ids"),
+    (lambda s: s.add(np.ones((2, 4)), labels=[1]), "labels"),
+    (lambda s: s.update([77], np.ones((1, 4))), "not in the store"),
+    (lambda s: s.remove([77]), "not in the store"),
+    (lambda s: s.search(np.ones((1, 4)), 0), "k: expected an integer >= 1"),
+    (lambda s: s.knn(10), "k: expected at most 2"),
+    (lambda s: s.kmeans(10), "n_clusters"),
+])
+def test_bad_input_is_a_clear_error_and_changes_nothing(call, match):
+    s = cl.EmbeddingStore(4, metric="l2")
+    s.add(np.eye(4, dtype=np.float32)[:3])
+    before = (s.ids, s.vectors())
+    with pytest.raises((ValueError, TypeError, KeyError), match=match):
+        call(s)
+    np.testing.assert_array_equal(s.ids, before[0])
+    np.testing.assert_array_equal(s.vectors(), before[1])
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="metric"):
+        cl.EmbeddingStore(4, metric="manhattan")
+    with pytest.raises(ValueError, match="factory string"):
+        cl.EmbeddingStore(4, index="NotAnIndex")
+    with pytest.raises(ValueError, match="dim"):
+        cl.EmbeddingStore(0)
+    with pytest.raises(ValueError, match="zero"):
+        cl.EmbeddingStore(3, metric="cosine").add(np.zeros((1, 3)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 60), k=st.integers(1, 8), metric=st.sampled_from(["l2", "cosine", "ip"]),
+       seed=st.integers(0, 10_000))
+def test_property_knn_matches_brute_force(n, k, metric, seed):
+    x = np.random.default_rng(seed).normal(size=(n, 5)).astype(np.float32)
+    s = cl.EmbeddingStore(5, metric=metric, index="flat")
+    s.add(x)
+    k = min(k, n - 1)
+    d, i = s.knn(k)
+    bd, bi = brute(x, x, np.arange(n), k, metric, exclude=[[j] for j in range(n)])
+    np.testing.assert_allclose(d, bd, rtol=1e-3, atol=1e-3)
+    # ids may swap only between (numerically) tied neighbours
+    same = (i == bi) | np.isclose(d, bd, atol=1e-5)
+    assert same.all()
+
+
+def test_cosine_vectors_are_stored_normalised():
+    s = cl.EmbeddingStore(3, metric="cosine")
+    v = np.array([[3.0, 4.0, 0.0]], np.float32)
+    s.add(v)
+    np.testing.assert_allclose(s.vectors([0]), normalize(v))
