@@ -5,9 +5,11 @@ decide how much of the hard end is admitted as training goes on, and a sampler f
 user's own DataLoader so that what it yields shifts from easy to hard.
 """
 
-from . import difficulty
+from . import difficulty, pacing
 from .difficulty import Difficulty, Recorder
+from .sampling import CurriculumBatchSampler, CurriculumSampler
 from .store import EmbeddingStore, KMeansResult
 
 __version__ = "0.1.0"
-__all__ = ["EmbeddingStore", "KMeansResult", "Difficulty", "Recorder", "difficulty", "__version__"]
+__all__ = ["EmbeddingStore", "KMeansResult", "Difficulty", "Recorder", "CurriculumSampler", "CurriculumBatchSampler",
+           "difficulty", "pacing", "__version__"]

@@ -149,3 +149,31 @@ def pixel_pca(images: np.ndarray, dim: int = 64, seed: int = 0, fit_on: int | No
         sample = x[np.random.default_rng(seed).choice(len(x), fit_on, replace=False)]
     pca.train(np.ascontiguousarray(sample))
     return pca.apply(x)
+
+
+def clustered(n: int, dim: int = 128, n_clusters: int = 100, intrinsic_dim: int | None = 16, spread: float = 1.0,
+              seed: int = 0, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic embeddings with realistic structure: Gaussian clusters whose within-cluster
+    variation is low-rank (``intrinsic_dim`` directions per cluster; None = isotropic).
+
+    Returns ``(vectors, cluster_labels)``. Generated in blocks so 1M x 128 needs no temporaries
+    beyond the output.
+    """
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_clusters, dim)).astype(dtype) * 3.0
+    labels = rng.integers(0, n_clusters, n)
+    out = np.empty((n, dim), dtype)
+    r = dim if intrinsic_dim is None else int(intrinsic_dim)
+    bases = None
+    if intrinsic_dim is not None:
+        bases = rng.normal(size=(n_clusters, r, dim)).astype(dtype) / np.sqrt(r)
+    for s in range(0, n, 65536):
+        e = min(n, s + 65536)
+        lab = labels[s:e]
+        z = rng.normal(size=(e - s, r)).astype(dtype) * spread
+        if bases is None:
+            out[s:e] = centers[lab] + z
+        else:
+            out[s:e] = centers[lab] + np.einsum("nr,nrd->nd", z, bases[lab])
+            out[s:e] += rng.normal(size=(e - s, dim)).astype(dtype) * (0.05 * spread)
+    return out, labels

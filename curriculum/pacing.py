@@ -124,6 +124,8 @@ class Linear(Pacing):
         self.start, self.steps = _start(start), _steps(steps)
 
     def competence(self, step: float) -> float:
+        if step >= self.steps:
+            return 1.0
         return step * (1 - self.start) / self.steps + self.start
 
     @property
@@ -149,6 +151,8 @@ class Root(Pacing):
         self.degree = C.finite_float(degree, "degree", 0.0, low_open=True)
 
     def competence(self, step: float) -> float:
+        if step >= self.steps:
+            return 1.0
         p = self.degree
         c0p = self.start ** p
         return (step * (1 - c0p) / self.steps + c0p) ** (1.0 / p)

@@ -10,7 +10,7 @@ swapped atomically while searches go on against the old one.
 
 Index choice (``index="auto"``): exact blocked search (faiss BLAS kernels over the buffers, no
 copy) up to ``exact_threshold`` rows (default 100,000), beyond it ``IVF{nlist},Flat`` with
-``nlist = 2**round(log2(4*sqrt(N)))`` and ``nprobe = max(16, nlist // 16)``; any faiss factory
+``nlist = 2**round(log2(4*sqrt(N)))`` and ``nprobe = max(16, nlist // 64)``; any faiss factory
 string (``"HNSW32"``, ``"IVF4096,SQ8"``, ``"IVF1024,PQ16"`` ...) may be given instead, with
 search parameters in ``index_params`` (e.g. ``{"nprobe": 64}`` or ``{"efSearch": 128}``).
 The recall of each choice on clustered data is measured by ``benchmarks/store.py``.
@@ -120,6 +120,7 @@ class EmbeddingStore:
         self._index_stale = 0
         self._rebuild_thread: threading.Thread | None = None
         self._rebuild_error: BaseException | None = None
+        self._knn_cache: tuple | None = None
 
     # ------------------------------------------------------------------ basic accessors
     def __len__(self) -> int:
@@ -308,7 +309,7 @@ class EmbeddingStore:
         except Exception:
             ivf = None
         if self.index_spec == "auto" and ivf is not None and "nprobe" not in params:
-            params["nprobe"] = max(16, ivf.nlist // 16)
+            params["nprobe"] = max(16, ivf.nlist // 64)
         with progress_bar(total=3, desc=f"building {spec}", disable=not progress) as bar:
             if not index.is_trained:
                 n_train = min(vec.shape[0], max(256 * (ivf.nlist if ivf is not None else 256), 100_000))
@@ -466,7 +467,8 @@ class EmbeddingStore:
         """The all-points kNN graph: ``k`` nearest stored ids of every stored row.
 
         Computed in query chunks of ``batch_size`` so memory stays O(N k). Row ``i`` of the result
-        belongs to ``store.ids[i]``. Returns ``(distances, ids)``, each ``(N, k)``.
+        belongs to ``store.ids[i]``. Returns ``(distances, ids)``, each ``(N, k)``. The last graph
+        is cached until the store changes, so several scores share one computation.
         """
         k = C.positive_int(k, "k")
         batch_size = C.positive_int(batch_size, "batch_size")
@@ -474,6 +476,11 @@ class EmbeddingStore:
         if exclude_self and k > n - 1 or not exclude_self and k > n:
             raise ValueError(f"k: expected at most {n - 1 if exclude_self else n} (store size"
                              f"{' minus self' if exclude_self else ''}), got {k}")
+        with self._lock:
+            cached = self._knn_cache
+            if cached is not None and cached[0] == self._version and cached[1] >= k and cached[2] == exclude_self \
+                    and cached[3] is self._index:
+                return cached[4][:, :k].copy(), cached[5][:, :k].copy()
         out_d = np.empty((n, k), np.float32)
         out_i = np.empty((n, k), np.int64)
         with self._lock:
@@ -488,7 +495,9 @@ class EmbeddingStore:
                         valid &= i != ids[s:e, None]
                     out_d[s:e], out_i[s:e] = first_k_valid(d, i, valid, k)
                     bar.update(e - s)
-        return out_d, out_i
+            # the graph is reused by every score computed before the next mutation
+            self._knn_cache = (self._version, k, exclude_self, self._index, out_d, out_i)
+        return out_d.copy(), out_i.copy()
 
     def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,
                spherical: bool | None = None, progress: bool = False) -> KMeansResult:
