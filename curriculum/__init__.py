@@ -7,9 +7,11 @@ user's own DataLoader so that what it yields shifts from easy to hard.
 
 from . import difficulty, pacing
 from .difficulty import Difficulty, Recorder
+from .loader import CurriculumLoader, wrap
 from .sampling import CurriculumBatchSampler, CurriculumSampler
 from .store import EmbeddingStore, KMeansResult
 
 __version__ = "0.1.0"
 __all__ = ["EmbeddingStore", "KMeansResult", "Difficulty", "Recorder", "CurriculumSampler", "CurriculumBatchSampler",
+           "CurriculumLoader", "wrap",
            "difficulty", "pacing", "__version__"]
