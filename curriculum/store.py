@@ -32,12 +32,13 @@ import faiss
 import numpy as np
 
 from . import _checks as C
-from .knn import METRICS, brute_knn, faiss_metric, first_k_valid, normalize, pair_distances, sort_dedupe
+from .knn import METRICS, blocked_knn, brute_knn, faiss_metric, first_k_valid, normalize, pair_distances, sort_dedupe
 from .progress import progress_bar
 
 FORMAT_NAME = "curriculum.EmbeddingStore"
 FORMAT_VERSION = 1
 MISSING = -1  # label / step value meaning "not given"
+DEFAULT_NPROBE = 16  # blocked all-points kNN: clusters probed per cluster (the recall knob)
 
 
 @dataclass(frozen=True)
@@ -462,41 +463,64 @@ class EmbeddingStore:
             bad = np.isin(ids, excl)
         return first_k_valid(d, ids, (ids >= 0) & ~bad, k)
 
-    def knn(self, k: int, exclude_self: bool = True, batch_size: int = 8192,
-            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def knn(self, k: int, exclude_self: bool = True, batch_size: int = 8192, progress: bool = False,
+            method: str = "auto", nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The all-points kNN graph: ``k`` nearest stored ids of every stored row.
 
-        Computed in query chunks of ``batch_size`` so memory stays O(N k). Row ``i`` of the result
-        belongs to ``store.ids[i]``. Returns ``(distances, ids)``, each ``(N, k)``. The last graph
-        is cached until the store changes, so several scores share one computation.
+        Row ``i`` of the result belongs to ``store.ids[i]``; returns ``(distances, ids)``, each
+        ``(N, k)``. The last graph is cached until the store changes, so several scores share
+        one computation.
+
+        Methods: ``"exact"`` (faiss BLAS search in query chunks of ``batch_size``), ``"index"``
+        (through the approximate index, as ``search`` does), ``"blocked"`` (cluster the store and
+        score each cluster against its ``nprobe`` nearest clusters with one matrix product - see
+        :func:`curriculum.knn.blocked_knn`; ``nprobe`` is the recall knob, exact at
+        ``nprobe >= n_clusters``). ``"auto"``: exact up to ``exact_threshold`` rows or with
+        ``index="flat"``, blocked beyond (measured faster than the IVF/HNSW index at equal recall,
+        ``benchmarks/store.py``).
         """
         k = C.positive_int(k, "k")
         batch_size = C.positive_int(batch_size, "batch_size")
+        method = C.choice(method, "method", ("auto", "exact", "index", "blocked"))
         n = len(self)
         if exclude_self and k > n - 1 or not exclude_self and k > n:
             raise ValueError(f"k: expected at most {n - 1 if exclude_self else n} (store size"
                              f"{' minus self' if exclude_self else ''}), got {k}")
+        if method == "auto":
+            method = "exact" if (self.index_spec == "flat" or n <= self.exact_threshold) else "blocked"
+        nprobe = DEFAULT_NPROBE if nprobe is None else C.positive_int(nprobe, "nprobe")
+        key = (self._version, exclude_self, method, nprobe if method == "blocked" else None)
         with self._lock:
             cached = self._knn_cache
-            if cached is not None and cached[0] == self._version and cached[1] >= k and cached[2] == exclude_self \
-                    and cached[3] is self._index:
-                return cached[4][:, :k].copy(), cached[5][:, :k].copy()
-        out_d = np.empty((n, k), np.float32)
-        out_i = np.empty((n, k), np.int64)
-        with self._lock:
-            self._ensure_index()
+            if cached is not None and cached[0] == key and cached[1] >= k and cached[2] is self._index:
+                return cached[3][:, :k].copy(), cached[4][:, :k].copy()
             vec, ids = self._b.vec[:n], self._b.ids[:n]
-            with progress_bar(total=n, desc=f"kNN graph k={k}", disable=not progress) as bar:
-                for s in range(0, n, batch_size):
-                    e = min(n, s + batch_size)
-                    d, i = self._candidates(vec[s:e], k + int(exclude_self))
-                    valid = i >= 0
-                    if exclude_self:
-                        valid &= i != ids[s:e, None]
-                    out_d[s:e], out_i[s:e] = first_k_valid(d, i, valid, k)
-                    bar.update(e - s)
+            if method == "blocked":
+                d, rows = blocked_knn(vec, k, self.metric, nprobe=nprobe, exclude_self=exclude_self,
+                                      progress=progress)
+                out_d, out_i = d, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+            else:
+                out_d = np.empty((n, k), np.float32)
+                out_i = np.empty((n, k), np.int64)
+                if method == "index":
+                    self._ensure_index()
+                    if self._index is None:
+                        raise ValueError("method: 'index' needs an approximate index (this store searches exactly)")
+                index, self._index = self._index, (self._index if method == "index" else None)
+                try:
+                    with progress_bar(total=n, desc=f"kNN graph k={k}", disable=not progress) as bar:
+                        for s in range(0, n, batch_size):
+                            e = min(n, s + batch_size)
+                            d, i = self._candidates(vec[s:e], k + int(exclude_self))
+                            valid = i >= 0
+                            if exclude_self:
+                                valid &= i != ids[s:e, None]
+                            out_d[s:e], out_i[s:e] = first_k_valid(d, i, valid, k)
+                            bar.update(e - s)
+                finally:
+                    self._index = index
             # the graph is reused by every score computed before the next mutation
-            self._knn_cache = (self._version, k, exclude_self, self._index, out_d, out_i)
+            self._knn_cache = (key, k, self._index, out_d, out_i)
         return out_d.copy(), out_i.copy()
 
     def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,

@@ -349,3 +349,25 @@ def test_cosine_vectors_are_stored_normalised():
     v = np.array([[3.0, 4.0, 0.0]], np.float32)
     s.add(v)
     np.testing.assert_allclose(s.vectors([0]), normalize(v))
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_blocked_knn_is_exact_at_full_nprobe(metric):
+    x, _ = clustered(3000, 16, 12)
+    s = cl.EmbeddingStore(16, metric=metric, index="flat")
+    s.add(x)
+    de, ie = s.knn(8, method="exact")
+    db, ib = s.knn(8, method="blocked", nprobe=10**6)
+    np.testing.assert_allclose(db, de, rtol=1e-3, atol=1e-3)
+    assert ((ib == ie) | np.isclose(db, de, atol=1e-4)).all()
+
+
+def test_blocked_knn_reaches_documented_recall_on_clustered_data():
+    from curriculum.data import clustered as realistic
+    x, _ = realistic(30_000, 64, n_clusters=60, intrinsic_dim=16, seed=1)
+    s = cl.EmbeddingStore(64, metric="l2", exact_threshold=10_000)
+    s.add(x)
+    _, ib = s.knn(10)  # auto: blocked past exact_threshold, nprobe 16
+    _, ie = s.knn(10, method="exact")
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ib, ie)])
+    assert recall >= 0.95, recall
