@@ -129,7 +129,7 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     n, d = x.shape
     kk = k + int(exclude_self)
     if n_clusters is None:
-        n_clusters = int(min(max(1, n // 1000), max(1, int(4 * np.sqrt(n)))))
+        n_clusters = max(1, n // 256)
     n_clusters = max(1, min(n_clusters, n))
     nprobe = max(1, min(nprobe, n_clusters))
     fm = faiss_metric(metric)
@@ -138,7 +138,7 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
             centroids = x.mean(0, keepdims=True).astype(np.float32)
         else:
             km = faiss.Kmeans(d, n_clusters, niter=10, seed=seed, spherical=metric == "cosine",
-                              max_points_per_centroid=64, min_points_per_centroid=1, verbose=False)
+                              max_points_per_centroid=128, min_points_per_centroid=1, verbose=False)
             km.train(x)
             centroids = np.ascontiguousarray(km.centroids, np.float32)
     _, assign = faiss.knn(x, centroids, 1, metric=faiss.METRIC_L2 if metric != "ip" else fm)
@@ -159,23 +159,18 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
             q_t = torch.from_numpy(q_rows)
             c_t = torch.from_numpy(cand)
             xq, xc = xt[q_t], xt[c_t]
-            ip = xq @ xc.T
+            m = min(kk, cand.size)
+            # rank by one fused product: ||x||^2 - 2 q.x for l2 (the query norm is constant per row)
             if metric == "l2":
-                dist = (sq[q_t][:, None] + sq[c_t][None, :] - 2 * ip).clamp_min_(0)
-            elif metric == "cosine":
-                dist = 1.0 - ip
+                score = torch.addmm(sq[c_t][None, :], xq, xc.T, beta=1.0, alpha=-2.0)
+                vals, pos = torch.topk(score, m, dim=1, largest=False, sorted=True)
+                v = np.sqrt(np.maximum((vals + sq[q_t][:, None]).numpy(), 0.0))
             else:
-                dist = -ip
-            if exclude_self:
-                dist[q_t[:, None] == c_t[None, :]] = torch.inf
-            m = min(k, cand.size - int(exclude_self)) if exclude_self else min(k, cand.size)
-            if m > 0:
-                vals, pos = torch.topk(dist, m, dim=1, largest=False, sorted=True)
-                v = vals.numpy()
-                if metric == "l2":
-                    v = np.sqrt(v)
-                out_d[q_rows, :m] = v
-                out_i[q_rows, :m] = cand[pos.numpy()]
+                vals, pos = torch.topk(xq @ xc.T, m, dim=1, largest=True, sorted=True)
+                v = (1.0 - vals).numpy() if metric == "cosine" else (-vals).numpy()
+            ids = cand[pos.numpy()]
+            valid = ids != q_rows[:, None] if exclude_self else np.ones(ids.shape, bool)
+            out_d[q_rows], out_i[q_rows] = first_k_valid(v.astype(np.float32), ids, valid, k)
             bar.update(q_rows.size)
     out_i[~np.isfinite(out_d)] = -1
     return out_d, out_i
