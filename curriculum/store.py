@@ -89,9 +89,10 @@ class EmbeddingStore:
     Example:
         >>> import numpy as np, curriculum as cl
         >>> store = cl.EmbeddingStore(dim=4, metric="l2")
-        >>> store.add(np.eye(4, dtype="float32"), labels=[0, 0, 1, 1])
+        >>> store.add(np.eye(4, dtype="float32"), labels=[0, 0, 1, 1])   # returns the ids
+        array([0, 1, 2, 3])
         >>> dist, ids = store.search(np.eye(4, dtype="float32")[:1], k=2)
-        >>> ids[0, 0]
+        >>> int(ids[0, 0])
         0
     """
 
@@ -532,8 +533,12 @@ class EmbeddingStore:
         then ``1 - cos``) whatever the store's metric; the default follows the metric.
 
         Example:
-            >>> km = store.kmeans(10, seed=0)     # doctest: +SKIP
-            >>> km.assignments.shape == (len(store),)
+            >>> import numpy as np
+            >>> store = EmbeddingStore(2, metric="l2")
+            >>> _ = store.add(np.array([[0, 0], [0, 1], [9, 9], [9, 8]], "float32"))
+            >>> km = store.kmeans(2, seed=0)
+            >>> bool(km.assignments[0] == km.assignments[1] != km.assignments[2])
+            True
         """
         n_clusters = C.positive_int(n_clusters, "n_clusters")
         with self._lock:

@@ -1,0 +1,222 @@
+"""Miners: exact indices on hand-made embeddings, global == brute force, SSL helpers, refresh."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import curriculum as cl
+from curriculum.contrastive import hard_negative_nce, info_nce, mochi
+from curriculum.mining import (BatchHardMiner, CrossBatchMemory, HardNegativeMiner, MarginMiner, MultiSimilarityMiner,
+                               SemiHardMiner, pairwise_distance)
+from curriculum.neighbourhood import IndexRefresher, NeighbourhoodBatchSampler
+
+# 1-D points: class 0 at 0, 1, 4; class 1 at 2, 2.5; class 2 alone at 10
+EMB = torch.tensor([[0.0], [1.0], [4.0], [2.0], [2.5], [10.0]])
+LAB = torch.tensor([0, 0, 0, 1, 1, 2])
+
+
+def test_batch_hard_exact_indices():
+    a, p, n = BatchHardMiner("l2")(EMB, LAB)
+    # anchor 5 has no positive: dropped
+    assert a.tolist() == [0, 1, 2, 3, 4]
+    assert p.tolist() == [2, 2, 0, 4, 3]     # farthest same-class
+    assert n.tolist() == [3, 3, 4, 1, 1]     # closest other-class (ties: lowest index)
+
+
+def test_semi_hard_exact_indices():
+    a, p, n = SemiHardMiner(margin=1.5, distance="l2")(EMB, LAB)
+    got = sorted(zip(a.tolist(), p.tolist(), n.tolist()))
+    # (0,1): d=1, negatives in (1, 2.5): 3 (2.0), 4 (2.5 excluded: not < 2.5) -> 3
+    # (1,0): d=1, negatives in (1, 2.5): 3 (1.0 no), 4 (1.5) -> 4
+    # (3,4): d=.5, negatives in (.5, 2): 1 (1.0) -> 1 ; (4,3): d=.5, in (.5,2): 1 (1.5), 2 (1.5) -> 1
+    # pairs (0,2), (1,2), (2,0), (2,1) have no semi-hard negative: no triplet
+    assert got == [(0, 1, 3), (1, 0, 4), (3, 4, 1), (4, 3, 1)]
+    for ai, pi, ni in got:
+        dap = abs(EMB[ai, 0] - EMB[pi, 0])
+        dan = abs(EMB[ai, 0] - EMB[ni, 0])
+        assert LAB[ni] != LAB[ai] and dap < dan < dap + 1.5
+
+
+def test_margin_miner_equals_brute_force_triplets():
+    torch.manual_seed(0)
+    emb, lab = torch.randn(40, 5), torch.randint(0, 4, (40,))
+    a, p, n = MarginMiner(0.3, "cosine", chunk=7)(emb, lab)
+    d = pairwise_distance(emb, emb, "cosine")
+    ref = {(i, j, m) for i in range(40) for j in range(40) for m in range(40)
+           if i != j and lab[i] == lab[j] and lab[m] != lab[i] and d[i, j] - d[i, m] + 0.3 > 0}
+    assert set(zip(a.tolist(), p.tolist(), n.tolist())) == ref
+
+
+def test_multi_similarity_pairs():
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.8, 0.3]])
+    lab = torch.tensor([0, 0, 1, 1])
+    a1, p, a2, n = MultiSimilarityMiner(epsilon=0.1)(emb, lab)
+    s = 1 - pairwise_distance(emb, emb, "cosine")
+    for i, j in zip(a1.tolist(), p.tolist()):
+        assert lab[i] == lab[j] and i != j
+    for i, j in zip(a2.tolist(), n.tolist()):
+        assert lab[i] != lab[j]
+        assert s[i, j] + 0.1 > s[i][(lab == lab[i]) & (torch.arange(4) != i)].min()
+    assert (0, 3) in set(zip(a2.tolist(), n.tolist()))  # the confusable negative is kept
+
+
+def test_in_batch_bad_input():
+    with pytest.raises(ValueError, match="labels"):
+        BatchHardMiner()(EMB, LAB[:3])
+    with pytest.raises(ValueError, match="finite"):
+        BatchHardMiner()(torch.tensor([[float("nan")]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="distance"):
+        BatchHardMiner("manhattan")
+
+
+def brute_negatives(x, lab, anchors, k, exclude):
+    d = np.sqrt(((x[anchors][:, None] - x[None]) ** 2).sum(-1))
+    out = []
+    for r, a in enumerate(anchors):
+        ok = (lab != lab[a]) & ~np.isin(np.arange(len(x)), exclude[r])
+        cand = np.flatnonzero(ok)
+        out.append(cand[np.argsort(d[r, cand], kind="stable")][:k].tolist())
+    return out
+
+
+def test_global_negatives_equal_brute_force_and_never_share_label():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 8)).astype(np.float32)
+    lab = rng.integers(0, 3, 500)
+    store = cl.EmbeddingStore(8, metric="l2", index="flat")
+    store.add(x, labels=lab)
+    anchors = np.array([3, 10, 77, 400])
+    miner = HardNegativeMiner(store, k=15)
+    got = miner.negatives(anchors)
+    ref = brute_negatives(x, lab, anchors, 15, [anchors] * 4)
+    assert got.ids.tolist() == ref
+    assert (lab[got.ids] != lab[anchors][:, None]).all()
+    # fresh embeddings + labels, no batch exclusion
+    got2 = HardNegativeMiner(store, k=5, exclude_batch=False).negatives(embeddings=x[anchors] + 0.01,
+                                                                        labels=lab[anchors])
+    assert (lab[got2.ids] != lab[anchors][:, None]).all()
+
+
+def test_anchor_without_negatives_is_padded_not_garbage():
+    store = cl.EmbeddingStore(1, metric="l2")
+    store.add(np.array([[0.0], [1.0], [2.0]]), labels=[0, 0, 1])
+    m = HardNegativeMiner(store, k=3).negatives([0])
+    assert m.ids.tolist() == [[2, -1, -1]] and np.isinf(m.distances[0, 1:]).all()
+    pos = HardNegativeMiner(store, k=2).positives([2])   # alone in its class
+    assert pos.ids.tolist() == [[-1, -1]]
+
+
+def test_global_positives_are_the_farthest_same_class():
+    x = np.array([[0.0], [1.0], [5.0], [2.0], [9.0]], np.float32)
+    store = cl.EmbeddingStore(1, metric="l2")
+    store.add(x, labels=[0, 0, 0, 1, 0])
+    assert HardNegativeMiner(store, k=2).positives([0]).ids.tolist() == [[4, 2]]
+
+
+def test_semi_hard_global():
+    x = np.array([[0.0], [1.0], [1.5], [1.8], [2.5], [0.2]], np.float32)
+    store = cl.EmbeddingStore(1, metric="l2")
+    store.add(x, labels=[0, 0, 1, 1, 1, 1])
+    m = HardNegativeMiner(store, k=5).semi_hard([0], [1], margin=1.0)
+    assert m.ids.tolist() == [[2, 3, -1, -1, -1]]  # 0.2 is too hard, 2.5 beyond the margin
+
+
+def test_mined_steps_record_staleness():
+    store = cl.EmbeddingStore(1, metric="l2")
+    store.add(np.array([[0.0], [1.0], [2.0]]), labels=[0, 1, 1], step=3)
+    store.update([2], np.array([[1.5]]), step=9)
+    m = HardNegativeMiner(store, k=2).negatives([0])
+    assert m.ids.tolist() == [[1, 2]] and m.steps.tolist() == [[3, 9]]
+
+
+def test_ssl_negatives_skip_near_duplicates():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(100, 16)).astype(np.float32)
+    x[1] = x[0] + 1e-3  # a near-duplicate of anchor 0
+    store = cl.EmbeddingStore(16, metric="cosine")
+    store.add(x)  # no labels: self-supervised
+    plain = HardNegativeMiner(store, k=3).negatives([0])
+    assert plain.ids[0, 0] == 1
+    dedup = HardNegativeMiner(store, k=3, duplicate_threshold=0.99).negatives([0])
+    assert 1 not in dedup.ids[0] and 0 not in dedup.ids[0]
+
+
+def test_hard_negative_nce_reduces_to_infonce_and_matches_hand_values():
+    torch.manual_seed(0)
+    a, p, n = torch.randn(5, 6), torch.randn(5, 6), torch.randn(5, 9, 6)
+    assert torch.allclose(hard_negative_nce(a, p, n, 0.5, beta=0.0, tau_plus=0.0), info_nce(a, p, n, 0.5), atol=1e-6)
+    # hand computation with 2 negatives
+    a1 = torch.tensor([[1.0, 0.0]])
+    p1 = torch.tensor([[0.6, 0.8]])
+    n1 = torch.tensor([[[0.0, 1.0], [-1.0, 0.0]]])
+    t, beta, tau = 0.5, 1.0, 0.1
+    pos = np.exp(0.6 / t)
+    neg = np.exp(np.array([0.0, -1.0]) / t)
+    imp = neg ** beta
+    r = (imp * neg).sum() / imp.mean()
+    ng = max((-tau * 2 * pos + r) / (1 - tau), 2 * np.exp(-1 / t))
+    want = -np.log(pos / (pos + ng))
+    assert hard_negative_nce(a1, p1, n1, t, beta, tau).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_mochi_shapes_and_mixing():
+    g = torch.Generator().manual_seed(0)
+    q, neg = torch.randn(3, 8), torch.randn(3, 20, 8)
+    h = mochi(q, neg, n_hard=5, s=4, s_prime=2, generator=g)
+    assert h.shape == (3, 6, 8)
+    assert torch.allclose(h.norm(dim=2), torch.ones(3, 6), atol=1e-5)
+    # query mixes are closer to the query than to a random direction
+    sim_q = torch.einsum("bd,bnd->bn", torch.nn.functional.normalize(q, dim=1), h[:, 4:])
+    assert (sim_q > -0.5).all()
+
+
+def test_cross_batch_memory_fifo_and_negatives():
+    mem = CrossBatchMemory(size=4, dim=1, distance="l2")
+    mem.add(torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([0, 1, 1]), ids=torch.tensor([10, 11, 12]))
+    mem.add(torch.tensor([[3.0], [4.0]]), torch.tensor([0, 1]), ids=torch.tensor([13, 14]))
+    assert len(mem) == 4 and sorted(mem.ids.tolist()) == [11, 12, 13, 14]  # 10 evicted
+    slots, dist = mem.negatives(torch.tensor([[3.1]]), torch.tensor([0]), k=3)
+    assert mem.ids[slots[0]].tolist() == [14, 12, 11]  # d = 0.9, 1.1, 2.1
+
+
+def test_neighbourhood_batches_hold_hard_negatives_and_refresh():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    lab = rng.integers(0, 5, 300)
+    store = cl.EmbeddingStore(4, metric="l2")
+    store.add(x, labels=lab)
+    bs = NeighbourhoodBatchSampler(store, anchors_per_batch=8, positives=3, negatives=2, seed=1)
+    batches = list(bs)
+    assert len(batches) == len(bs) == 38
+    _, nb = store.knn(bs.graph_k)
+    first = batches[0]
+    anchor = first[0]
+    nearest_other = [j for j in nb[anchor] if lab[j] != lab[anchor]][:2]
+    assert set(nearest_other) <= set(first)
+    assert list(NeighbourhoodBatchSampler(store, 8, 3, 2, seed=1)) == batches  # deterministic
+    store.update([anchor], x[anchor:anchor + 1] + 100)  # the store moves: neighbourhoods follow
+    bs.set_epoch(0)
+    moved = list(bs)[0]
+    assert moved != first
+
+
+def test_index_refresher_reembeds_in_background_with_steps():
+    data = torch.utils.data.TensorDataset(torch.randn(120, 6))
+    enc = torch.nn.Linear(6, 3)
+    store = cl.EmbeddingStore.from_model(enc, data, progress=False, metric="l2", step=0)
+    ref = IndexRefresher(store, enc, data, every_steps=10)
+    assert not ref.step(5)
+    with torch.no_grad():
+        enc.weight.mul_(2.0)  # the encoder drifts
+    assert ref.step(10)
+    with torch.no_grad():
+        enc.weight.mul_(100.0)  # changes after the snapshot must not leak into this refresh
+    ref.wait()
+    assert (store.steps == 10).all() and ref.refreshes == 1
+    with torch.no_grad():
+        want = (data.tensors[0] @ (enc.weight / 100.0).T + enc.bias).numpy()
+    np.testing.assert_allclose(store.vectors(np.arange(120)), want, atol=1e-4)
+    with pytest.raises(ValueError, match="trigger"):
+        IndexRefresher(store, enc, data)
