@@ -14,6 +14,9 @@ metric     distance returned
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import faiss
 import numpy as np
 
@@ -113,7 +116,7 @@ def sort_dedupe(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters: int | None = None,
                 seed: int = 0, exclude_self: bool = True, progress: bool = False,
-                centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                centroids: np.ndarray | None = None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All-points kNN graph of ``x`` computed in dense blocks at matrix-product speed.
 
     The rows are clustered (faiss k-means, ``n_clusters`` defaults to ``~sqrt(N)`` bounded to
@@ -138,7 +141,7 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
             centroids = x.mean(0, keepdims=True).astype(np.float32)
         else:
             km = faiss.Kmeans(d, n_clusters, niter=10, seed=seed, spherical=metric == "cosine",
-                              max_points_per_centroid=128, min_points_per_centroid=1, verbose=False)
+                              max_points_per_centroid=32, min_points_per_centroid=1, verbose=False)
             km.train(x)
             centroids = np.ascontiguousarray(km.centroids, np.float32)
     _, assign = faiss.knn(x, centroids, 1, metric=faiss.METRIC_L2 if metric != "ip" else fm)
@@ -146,31 +149,42 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     order = np.argsort(assign, kind="stable")
     bounds = np.searchsorted(assign[order], np.arange(n_clusters + 1))
     _, probe = faiss.knn(centroids, centroids, nprobe, metric=faiss.METRIC_L2 if metric != "ip" else fm)
-    xt = torch.from_numpy(x)
-    sq = (xt * xt).sum(1) if metric == "l2" else None
+    sq = np.einsum("nd,nd->n", x, x) if metric == "l2" else None
     out_d = np.full((n, k), np.inf, np.float32)
     out_i = np.full((n, k), -1, np.int64)
-    with progress_bar(total=n, desc=f"blocked kNN k={k} nprobe={nprobe}", disable=not progress) as bar:
-        for c in range(n_clusters):
-            q_rows = order[bounds[c]:bounds[c + 1]]
-            if q_rows.size == 0:
-                continue
-            cand = np.concatenate([order[bounds[p]:bounds[p + 1]] for p in probe[c] if p >= 0])
-            q_t = torch.from_numpy(q_rows)
-            c_t = torch.from_numpy(cand)
-            xq, xc = xt[q_t], xt[c_t]
-            m = min(kk, cand.size)
-            # rank by one fused product: ||x||^2 - 2 q.x for l2 (the query norm is constant per row)
-            if metric == "l2":
-                score = torch.addmm(sq[c_t][None, :], xq, xc.T, beta=1.0, alpha=-2.0)
-                vals, pos = torch.topk(score, m, dim=1, largest=False, sorted=True)
-                v = np.sqrt(np.maximum((vals + sq[q_t][:, None]).numpy(), 0.0))
-            else:
-                vals, pos = torch.topk(xq @ xc.T, m, dim=1, largest=True, sorted=True)
-                v = (1.0 - vals).numpy() if metric == "cosine" else (-vals).numpy()
-            ids = cand[pos.numpy()]
-            valid = ids != q_rows[:, None] if exclude_self else np.ones(ids.shape, bool)
-            out_d[q_rows], out_i[q_rows] = first_k_valid(v.astype(np.float32), ids, valid, k)
-            bar.update(q_rows.size)
+
+    def block(c: int) -> int:
+        q_rows = order[bounds[c]:bounds[c + 1]]
+        if q_rows.size == 0:
+            return 0
+        cand = np.concatenate([order[bounds[p]:bounds[p + 1]] for p in probe[c] if p >= 0])
+        xq = torch.from_numpy(np.take(x, q_rows, axis=0))
+        xc = torch.from_numpy(np.take(x, cand, axis=0))
+        m = min(kk, cand.size)
+        # rank by one fused product: ||x||^2 - 2 q.x for l2 (the query norm is constant per row)
+        if metric == "l2":
+            score = torch.addmm(torch.from_numpy(sq[cand])[None, :], xq, xc.T, beta=1.0, alpha=-2.0)
+            vals, pos = torch.topk(score, m, dim=1, largest=False, sorted=True)
+            v = np.sqrt(np.maximum(vals.numpy() + sq[q_rows][:, None], 0.0))
+        else:
+            vals, pos = torch.topk(xq @ xc.T, m, dim=1, largest=True, sorted=True)
+            v = (1.0 - vals).numpy() if metric == "cosine" else (-vals).numpy()
+        ids = cand[pos.numpy()]
+        valid = ids != q_rows[:, None] if exclude_self else np.ones(ids.shape, bool)
+        out_d[q_rows], out_i[q_rows] = first_k_valid(v.astype(np.float32), ids, valid, k)
+        return int(q_rows.size)
+
+    # one single-threaded block per worker thread: both cores busy without OpenMP barriers between
+    # small matrix products (torch releases the GIL inside its kernels)
+    workers = max(1, min(threads or (os.cpu_count() or 1), n_clusters))
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with progress_bar(total=n, desc=f"blocked kNN k={k} nprobe={nprobe}", disable=not progress) as bar, \
+                ThreadPoolExecutor(workers) as pool:
+            for done in pool.map(block, range(n_clusters)):
+                bar.update(done)
+    finally:
+        torch.set_num_threads(prev)
     out_i[~np.isfinite(out_d)] = -1
     return out_d, out_i
