@@ -40,12 +40,15 @@ class Images(Dataset):
 
 
 def consume(loader, n_batches: int, feedback: bool) -> float:
+    """Batches per second of a loop that computes a per-sample value from each batch (the same
+    work in every variant) and, for the feedback variants, reports it to the wrapped loader."""
     t = time.perf_counter()
     done = 0
     while done < n_batches:
         for x, y in loader:
+            per_sample = x.mean(dim=(1, 2, 3))
             if feedback:
-                loader.feedback(loss=x.mean(dim=(1, 2, 3)))
+                loader.feedback(loss=per_sample)
             done += 1
             if done >= n_batches:
                 break

@@ -1,6 +1,7 @@
 """The ``curriculum`` command.
 
     curriculum demo   [--data PATH] [--out DIR] [--quick]   the main job on real data
+    curriculum report RUN_DIR                               redraw a demo run's figures
     curriculum score  [--data PATH] [--k 10] [--noise 0.2]  score a real dataset and report
     curriculum info                                         versions, threads, data found
 """
@@ -38,6 +39,14 @@ def _score(a: argparse.Namespace) -> int:
     return 0
 
 
+def _report(a: argparse.Namespace) -> int:
+    from curriculum.report import draw
+
+    for p in draw(a.run_dir):
+        print(f"wrote {p}")
+    return 0
+
+
 def _demo(a: argparse.Namespace) -> int:
     from curriculum.demo import run_demo
 
@@ -67,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_score)
+
+    r = sub.add_parser("report", help="redraw the figures of a finished demo run from its results.json")
+    r.add_argument("run_dir", help="the demo's --out folder")
+    r.set_defaults(func=_report)
 
     i = sub.add_parser("info", help="versions, threads and which real data is found")
     i.set_defaults(func=_info)

@@ -96,6 +96,202 @@ def scoring_report(data: str | None = None, k: int = 10, noise: float = 0.2, dim
     return report
 
 
+def _cnn(side: int) -> "torch.nn.Module":
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(32 * (side // 4) ** 2, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+
+def _accuracy(model: Any, x: "torch.Tensor", y: np.ndarray) -> tuple[float, np.ndarray]:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x[i:i + 2000]).argmax(1) for i in range(0, len(x), 2000)]).numpy()
+    model.train()
+    per_class = np.array([(pred[y == c] == c).mean() if (y == c).any() else np.nan for c in range(10)])
+    return float((pred == y).mean()), per_class
+
+
+def _train_one(method: str, x: "torch.Tensor", y: "torch.Tensor", difficulty: Any, xt: "torch.Tensor",
+               yt: np.ndarray, steps: int, seed: int, checkpoints: list[int], start: float) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from .difficulty import Recorder
+    from .loader import wrap
+    from .pacing import Constant
+
+    torch.manual_seed(seed)
+    model = _cnn(x.shape[-1])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    base = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
+    ranks = difficulty.rank()
+    recorder = None
+    if method == "uniform":
+        loader = wrap(base, difficulty=difficulty, pacing=Constant(1.0), seed=seed)
+    elif method == "curriculum":
+        loader = wrap(base, difficulty=difficulty, pacing=Root(start=start, steps=int(0.8 * steps)), seed=seed)
+    elif method == "anti-curriculum":
+        loader = wrap(base, difficulty=difficulty, pacing=Root(start=start, steps=int(0.8 * steps)), strategy="anti",
+                      seed=seed)
+    else:  # online hard-sample selection: rank-based selection on the loss EMA, rescored as training goes
+        recorder = Recorder(len(x), 10, labels=y.numpy())
+        loader = wrap(base, recorder=recorder, pacing=Constant(1.0), strategy="rank", pressure=20.0, seed=seed,
+                      rescore_every=10, rescore="loss_ema")
+    curve, drawn = [], []
+    step = 0
+    t0 = time.perf_counter()
+    while step < steps:
+        for xb, yb in loader:
+            loss = F.cross_entropy(model(xb), yb, reduction="none")
+            if recorder is not None:
+                loader.feedback(loss=loss.detach())
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+            drawn.append(float(ranks[loader.last_indices.numpy()].mean()))
+            step += 1
+            if step in checkpoints:
+                curve.append(_accuracy(model, xt, yt))
+            if step >= steps:
+                break
+    return {"test_accuracy": [c[0] for c in curve], "per_class": curve[-1][1].tolist(), "checkpoints": checkpoints,
+            "seconds": time.perf_counter() - t0, "drawn_rank": drawn}
+
+
+def _variant_data(images: np.ndarray, labels: np.ndarray, noisy_lt: bool, n_train: int | None,
+                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from .data import long_tailed
+
+    idx = np.arange(len(labels))
+    if noisy_lt:
+        idx = long_tailed(labels, rho=100.0, seed=seed)
+    if n_train is not None and len(idx) > n_train:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, n_train, replace=False))
+    y = labels[idx]
+    flipped = np.zeros(len(idx), bool)
+    if noisy_lt:
+        y, flipped = symmetric_noise(y, 0.2, num_classes=10, seed=seed)
+    return idx, y, flipped
+
+
 def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = False, seeds: int | None = None) -> dict:
-    """The main job. Until the training comparison lands this runs the real scoring report."""
-    return scoring_report(data=data, limit=10_000 if quick else None, out=out)
+    """Train the same CNN under the same step budget with uniform sampling, a curriculum
+    (label-disagreement difficulty from a pixel-PCA store + root pacing), an anti-curriculum and
+    online hard-sample selection (rank-based on the loss EMA), on the clean set and on a
+    noisy (20% symmetric) long-tailed (rho = 100) variant. Writes ``results.json`` and the
+    figures to ``out`` and prints the results table. The table reports whatever was measured.
+    """
+    import torch
+
+    from .report import draw
+
+    train, test = load_real(data, train=True), None
+    try:
+        test = load_real(data, train=False)
+    except FileNotFoundError:
+        test = None
+    n_seeds = seeds or (1 if quick else 2)
+    steps = 150 if quick else 600
+    n_train = 8000 if quick else None
+    if test is None or test.source == train.source:  # digits: hold out a fixed third
+        rng = np.random.default_rng(0)
+        perm = rng.permutation(len(train.labels))
+        cut = len(perm) // 3
+        te_idx, tr_idx = perm[:cut], perm[cut:]
+        test_images, test_labels = train.images[te_idx], train.labels[te_idx]
+        train_images, train_labels = train.images[tr_idx], train.labels[tr_idx]
+    else:
+        train_images, train_labels = train.images, train.labels
+        test_images, test_labels = test.images, test.labels
+    side = train_images.shape[-1]
+    print(f"data: {train.source} ({len(train_labels)} train / {len(test_labels)} test images, {side}x{side}); "
+          f"{steps} steps of 128 per run, {n_seeds} seed(s)")
+    xt = torch.from_numpy(test_images).float().div(255).unsqueeze(1)
+    checkpoints = sorted({max(1, steps * q // 4) for q in (1, 2, 3, 4)})
+    methods = ["uniform", "curriculum", "anti-curriculum", "online hard"]
+    results: dict[str, Any] = {"data": train.source, "steps": steps, "seeds": n_seeds, "quick": quick,
+                               "variants": {}}
+    grid = None
+    total = 2 * len(methods) * n_seeds
+    with progress_bar(total=total, desc="demo runs") as bar:
+        for variant, noisy_lt, title in (("clean", False, "clean"),
+                                         ("noisy-lt", True, "20% label noise, long-tailed (rho=100)")):
+            idx, y, flipped = _variant_data(train_images, train_labels, noisy_lt, n_train, 0)
+            z = pixel_pca(train_images[idx], dim=min(32, side * side), seed=0)
+            store = EmbeddingStore(z.shape[1], metric="cosine")
+            store.add(z, labels=y)
+            diff = label_disagreement(store, k=10)
+            x = torch.from_numpy(train_images[idx]).float().div(255).unsqueeze(1)
+            yt = torch.from_numpy(y)
+            start = 0.2
+            vres: dict[str, Any] = {"title": f"{title} ({len(idx)} train)", "n_train": int(len(idx)),
+                                    "class_counts": np.bincount(y, minlength=10).tolist(),
+                                    "competence": [Root(start, int(0.8 * steps))(s) for s in range(steps)],
+                                    "auc_flipped": roc_auc(diff.scores, flipped) if flipped.any() else None,
+                                    "methods": {}}
+            for m in methods:
+                runs = []
+                for sd in range(n_seeds):
+                    runs.append(_train_one(m, x, yt, diff, xt, test_labels, steps, sd, checkpoints, start))
+                    bar.update(1)
+                vres["methods"][m] = runs
+            results["variants"][variant] = vres
+            if noisy_lt:
+                o = diff.order()
+                grid = {"variant": title, "score_name": diff.name, "scores": diff.scores.round(4).tolist(),
+                        "flipped": flipped.astype(int).tolist(),
+                        "easiest": train_images[idx[o[:16]]].tolist(), "easiest_labels": y[o[:16]].tolist(),
+                        "hardest": train_images[idx[o[::-1][:16]]].tolist(), "hardest_labels": y[o[::-1][:16]].tolist()}
+    results["grid"] = grid
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f)
+    results["table"] = _print_table(results)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f)
+    pngs = draw(out)
+    print("\nwrote " + ", ".join([os.path.join(out, "results.json")] + pngs))
+    return results
+
+
+def _print_table(res: dict) -> str:
+    lines = []
+    for v, vv in res["variants"].items():
+        lines.append(f"\n{vv['title']}" + (f" - label_disagreement ROC-AUC for flipped labels: {vv['auc_flipped']:.3f}"
+                                              if vv.get("auc_flipped") is not None else ""))
+        ck = next(iter(vv["methods"].values()))[0]["checkpoints"]
+        head = f"{'method':16s}" + "".join(f"{'acc@' + str(c):>14s}" for c in ck) + f"{'seconds':>9s}"
+        if v == "noisy-lt":
+            head += f"{'tail acc (5-9)':>16s}"
+        lines.append(head)
+        base = None
+        for m, runs in vv["methods"].items():
+            acc = np.array([r["test_accuracy"] for r in runs]) * 100
+            cells = "".join(f"{a:8.2f}+-{s:4.2f}" for a, s in zip(acc.mean(0), acc.std(0)))
+            row = f"{m:16s}{cells}{np.mean([r['seconds'] for r in runs]):9.1f}"
+            if v == "noisy-lt":
+                pc = np.array([r["per_class"] for r in runs]) * 100
+                row += f"{np.nanmean(pc[:, 5:]):16.2f}"
+            lines.append(row)
+            if m == "uniform":
+                base = acc.mean(0)[-1]
+        if base is not None:
+            for m, runs in vv["methods"].items():
+                if m != "uniform":
+                    d = np.mean([r["test_accuracy"][-1] for r in runs]) * 100 - base
+                    lines.append(f"  {m} vs uniform at the last checkpoint: {d:+.2f} points"
+                                 + ("" if d > 0 else "  (no gain)"))
+        if v == "noisy-lt":
+            lines.append("  per-class accuracy (%), class 0 = head ... 9 = tail:")
+            for m, runs in vv["methods"].items():
+                pc = np.nanmean(np.array([r["per_class"] for r in runs]) * 100, axis=0)
+                lines.append(f"  {m:16s}" + " ".join(f"{p:5.1f}" for p in pc))
+    text = "\n".join(lines)
+    print(text)
+    return text

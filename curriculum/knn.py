@@ -116,56 +116,69 @@ def sort_dedupe(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters: int | None = None,
                 seed: int = 0, exclude_self: bool = True, progress: bool = False,
-                centroids: np.ndarray | None = None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """All-points kNN graph of ``x`` computed in dense blocks at matrix-product speed.
+                centroids: np.ndarray | None = None, threads: int | None = None,
+                base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest rows of ``base`` (default: ``x`` itself, the all-points kNN graph) for every row
+    of ``x``, computed in dense blocks at matrix-product speed.
 
-    The rows are clustered (faiss k-means, ``n_clusters`` defaults to ``~sqrt(N)`` bounded to
-    keep blocks near 1,000 rows); for each cluster, the distances between its rows and the rows
-    of the ``nprobe`` clusters whose centroids are nearest to it come from one matrix product,
-    and a vectorised top-k keeps the ``k`` best. With ``nprobe >= n_clusters`` every pair is
-    scored and the answer is exact. Returns ``(distances, rows)`` in the module's convention.
+    The base rows are clustered (faiss k-means, ``n_clusters`` defaults to ``N // 256`` so that
+    blocks hold ~256 rows) and every query row is assigned to its nearest centroid; for each
+    cluster, the distances between its queries and the base rows of the ``nprobe`` clusters whose
+    centroids are nearest to it come from one matrix product, and a vectorised top-k keeps the
+    ``k`` best. With ``nprobe >= n_clusters`` every pair is scored and the answer is exact.
+    ``exclude_self`` (self-search only) drops each row from its own list. Returns
+    ``(distances, rows of base)`` in the module's convention.
     """
     import torch
 
     from .progress import progress_bar
 
+    same = base is None
+    b = x if same else base
+    exclude_self = exclude_self and same
     n, d = x.shape
     kk = k + int(exclude_self)
     if n_clusters is None:
-        n_clusters = max(1, n // 256)
-    n_clusters = max(1, min(n_clusters, n))
+        n_clusters = max(1, len(b) // 256)
+    n_clusters = max(1, min(n_clusters, len(b)))
     nprobe = max(1, min(nprobe, n_clusters))
     fm = faiss_metric(metric)
+    assign_metric = faiss.METRIC_L2 if metric != "ip" else fm
     if centroids is None:
         if n_clusters == 1:
-            centroids = x.mean(0, keepdims=True).astype(np.float32)
+            centroids = b.mean(0, keepdims=True).astype(np.float32)
         else:
             km = faiss.Kmeans(d, n_clusters, niter=10, seed=seed, spherical=metric == "cosine",
                               max_points_per_centroid=32, min_points_per_centroid=1, verbose=False)
-            km.train(x)
+            km.train(b)
             centroids = np.ascontiguousarray(km.centroids, np.float32)
-    _, assign = faiss.knn(x, centroids, 1, metric=faiss.METRIC_L2 if metric != "ip" else fm)
-    assign = assign[:, 0]
-    order = np.argsort(assign, kind="stable")
-    bounds = np.searchsorted(assign[order], np.arange(n_clusters + 1))
-    _, probe = faiss.knn(centroids, centroids, nprobe, metric=faiss.METRIC_L2 if metric != "ip" else fm)
-    sq = np.einsum("nd,nd->n", x, x) if metric == "l2" else None
+    b_assign = faiss.knn(b, centroids, 1, metric=assign_metric)[1][:, 0]
+    q_assign = b_assign if same else faiss.knn(x, centroids, 1, metric=assign_metric)[1][:, 0]
+    b_order = np.argsort(b_assign, kind="stable")
+    b_bounds = np.searchsorted(b_assign[b_order], np.arange(n_clusters + 1))
+    q_order = b_order if same else np.argsort(q_assign, kind="stable")
+    q_bounds = b_bounds if same else np.searchsorted(q_assign[q_order], np.arange(n_clusters + 1))
+    _, probe = faiss.knn(centroids, centroids, nprobe, metric=assign_metric)
+    sq = np.einsum("nd,nd->n", b, b) if metric == "l2" else None
+    sq_q = (sq if same else np.einsum("nd,nd->n", x, x)) if metric == "l2" else None
     out_d = np.full((n, k), np.inf, np.float32)
     out_i = np.full((n, k), -1, np.int64)
 
     def block(c: int) -> int:
-        q_rows = order[bounds[c]:bounds[c + 1]]
+        q_rows = q_order[q_bounds[c]:q_bounds[c + 1]]
         if q_rows.size == 0:
             return 0
-        cand = np.concatenate([order[bounds[p]:bounds[p + 1]] for p in probe[c] if p >= 0])
+        cand = np.concatenate([b_order[b_bounds[p]:b_bounds[p + 1]] for p in probe[c] if p >= 0])
+        if cand.size == 0:
+            return int(q_rows.size)
         xq = torch.from_numpy(np.take(x, q_rows, axis=0))
-        xc = torch.from_numpy(np.take(x, cand, axis=0))
+        xc = torch.from_numpy(np.take(b, cand, axis=0))
         m = min(kk, cand.size)
         # rank by one fused product: ||x||^2 - 2 q.x for l2 (the query norm is constant per row)
         if metric == "l2":
             score = torch.addmm(torch.from_numpy(sq[cand])[None, :], xq, xc.T, beta=1.0, alpha=-2.0)
             vals, pos = torch.topk(score, m, dim=1, largest=False, sorted=True)
-            v = np.sqrt(np.maximum(vals.numpy() + sq[q_rows][:, None], 0.0))
+            v = np.sqrt(np.maximum(vals.numpy() + sq_q[q_rows][:, None], 0.0))
         else:
             vals, pos = torch.topk(xq @ xc.T, m, dim=1, largest=True, sorted=True)
             v = (1.0 - vals).numpy() if metric == "cosine" else (-vals).numpy()

@@ -47,8 +47,10 @@ class _IndexCollate:
     def __init__(self, collate_fn: Callable[[list[Any]], Any]) -> None:
         self.collate_fn = collate_fn
 
-    def __call__(self, pairs: list[tuple[int, Any]]) -> tuple[torch.Tensor, Any]:
-        idx = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
+    def __call__(self, pairs: list[tuple[int, Any]]) -> tuple[np.ndarray, Any]:
+        # a numpy array travels from a worker pickled inline; a tensor would cost one more
+        # shared-memory segment per batch
+        idx = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
         return idx, self.collate_fn([p[1] for p in pairs])
 
 
@@ -136,7 +138,8 @@ class CurriculumLoader:
         s = self.batch_sampler.sampler
         # the sampler may have run ahead (prefetch) or past the epoch end: rewind to what was delivered
         s._epoch, s._consumed = self._epoch, min(self._delivered * self.batch_size, s.per_rank)
-        for idx, batch in self.loader:
+        for idx_np, batch in self.loader:
+            idx = torch.from_numpy(np.asarray(idx_np, dtype=np.int64))
             self._apply_pending()
             self._last_indices = idx
             self._delivered += 1

@@ -163,8 +163,10 @@ class CurriculumSampler(Sampler[int]):
             g = g_all[ids]
         else:
             g = np.zeros(len(ids), np.int64)
-        # one list per group, easiest first (ties by id), concatenated
-        o = np.lexsort((ids, scores, g))
+        # one list per group, easiest first, concatenated; ties are broken by a seeded random
+        # permutation, so equal scores (e.g. samples not yet seen by a recorder) favour no id range
+        tie = np.random.Generator(np.random.PCG64([self.seed, 0x71E])).permutation(len(ids))
+        o = np.lexsort((tie, scores, g))
         gs = g[o]
         uniq, start, sizes = np.unique(gs, return_index=True, return_counts=True)
         self._list_ids = ids[o]

@@ -11,7 +11,7 @@ from curriculum.cli import main
 
 def test_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "curriculum.cli", "--help"], capture_output=True, text=True, check=True)
-    for cmd in ("demo", "score", "info"):
+    for cmd in ("demo", "report", "score", "info"):
         assert cmd in out.stdout
 
 

@@ -247,3 +247,15 @@ def test_label_disagreement_detects_flipped_labels_on_fashion_mnist():
     auc_m = roc_auc(class_margin(s, k=10).scores, flipped)
     print(f"ROC-AUC class_margin: {auc_m:.3f}")
     assert auc_m > 0.75
+
+
+def test_class_margin_on_a_large_store_uses_the_blocked_engine_and_stays_close():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6000, 8)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > 0)  # 4 contiguous regions: neighbours mostly same-class
+    exact = cl.EmbeddingStore(8, metric="l2", index="flat")
+    exact.add(x, labels=y)
+    big = cl.EmbeddingStore(8, metric="l2", exact_threshold=1000)  # "large": blocked path
+    big.add(x, labels=y)
+    a, b = class_margin(exact, 5).scores, class_margin(big, 5).scores
+    assert np.mean(np.isclose(a, b, atol=1e-4)) > 0.97

@@ -12,7 +12,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .. import _checks as C
-from ..knn import brute_knn
+from ..knn import blocked_knn, brute_knn
 from ..progress import progress_bar
 from ..store import EmbeddingStore
 from .base import Difficulty
@@ -87,9 +87,10 @@ def label_entropy(store: EmbeddingStore, k: int = 10, progress: bool = False) ->
 def class_margin(store: EmbeddingStore, k: int = 10, progress: bool = False) -> Difficulty:
     """Distance to the nearest same-class sample minus distance to the nearest other-class sample.
 
-    Positive when another class is nearer than the sample's own (hard); exact: samples whose
-    nearest same- or other-class neighbour is not among their ``k`` nearest are resolved by an
-    exact search restricted to that class (or its complement). ``k`` trades speed only. A
+    Positive when another class is nearer than the sample's own (hard). Samples whose nearest
+    same- or other-class neighbour is not among their ``k`` nearest are resolved by a search
+    restricted to that class (or its complement): exact for stores searched exactly (up to
+    ``exact_threshold`` rows), through the blocked kNN engine beyond. ``k`` trades speed only. A
     sample alone in its class takes the largest same-class distance seen.
     """
     _check_store(store, k, labels=True)
@@ -101,18 +102,25 @@ def class_margin(store: EmbeddingStore, k: int = 10, progress: bool = False) -> 
     d_same = np.where(same.any(axis=1), d[rows, first_same], np.nan).astype(np.float64)
     d_other = np.where((~same).any(axis=1), d[rows, first_other], np.nan).astype(np.float64)
     vec = store.vectors()
+    exact = len(store) <= store.exact_threshold or store.index_spec == "flat"
+
+    def nearest(q_rows: np.ndarray, base_rows: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        if exact or len(base_rows) <= 4096:
+            return brute_knn(vec[q_rows], vec[base_rows], kk, store.metric)
+        return blocked_knn(vec[q_rows], kk, store.metric, base=vec[base_rows], progress=progress)
+
     for c in np.unique(lab):
         in_c = np.flatnonzero(lab == c)
         out_c = np.flatnonzero(lab != c)
         need = in_c[np.isnan(d_same[in_c])]
         if need.size and in_c.size > 1:
-            dd, rr = brute_knn(vec[need], vec[in_c], 2, store.metric)
+            dd, rr = nearest(need, in_c, 2)
             self_hit = in_c[np.maximum(rr, 0)] == need[:, None]
             pick = np.argmax(~self_hit, axis=1)
             d_same[need] = dd[np.arange(len(need)), pick]
         need = in_c[np.isnan(d_other[in_c])]
         if need.size and out_c.size:
-            dd, _ = brute_knn(vec[need], vec[out_c], 1, store.metric)
+            dd, _ = nearest(need, out_c, 1)
             d_other[need] = dd[:, 0]
     lonely = np.isnan(d_same) | np.isinf(d_same)
     if lonely.any():
