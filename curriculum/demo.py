@@ -197,8 +197,8 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
     except FileNotFoundError:
         test = None
     n_seeds = seeds or (1 if quick else 2)
-    steps = 150 if quick else 600
-    n_train = 8000 if quick else None
+    steps = 120 if quick else 500
+    n_train = 6000 if quick else None
     if test is None or test.source == train.source:  # digits: hold out a fixed third
         rng = np.random.default_rng(0)
         perm = rng.permutation(len(train.labels))
@@ -212,7 +212,10 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
     side = train_images.shape[-1]
     print(f"data: {train.source} ({len(train_labels)} train / {len(test_labels)} test images, {side}x{side}); "
           f"{steps} steps of 128 per run, {n_seeds} seed(s)")
-    xt = torch.from_numpy(test_images).float().div(255).unsqueeze(1)
+    if quick:  # a fixed, class-balanced share of the test set keeps --quick fast
+        keep = np.sort(np.random.default_rng(0).permutation(len(test_labels))[:3000])
+        test_images, test_labels = test_images[keep], test_labels[keep]
+    xt = torch.tensor(test_images, dtype=torch.float32).div(255).unsqueeze(1)
     checkpoints = sorted({max(1, steps * q // 4) for q in (1, 2, 3, 4)})
     methods = ["uniform", "curriculum", "anti-curriculum", "online hard"]
     results: dict[str, Any] = {"data": train.source, "steps": steps, "seeds": n_seeds, "quick": quick,
@@ -227,7 +230,7 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
             store = EmbeddingStore(z.shape[1], metric="cosine")
             store.add(z, labels=y)
             diff = label_disagreement(store, k=10)
-            x = torch.from_numpy(train_images[idx]).float().div(255).unsqueeze(1)
+            x = torch.tensor(train_images[idx], dtype=torch.float32).div(255).unsqueeze(1)
             yt = torch.from_numpy(y)
             start = 0.2
             vres: dict[str, Any] = {"title": f"{title} ({len(idx)} train)", "n_train": int(len(idx)),

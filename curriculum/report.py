@@ -47,7 +47,8 @@ def _accuracy(res: dict, out: str) -> str:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
-    fig.suptitle(f"{res['data']}: same CNN, same step budget; band = min-max over {res['seeds']} seed(s)")
+    name = res["data"].split(" from ")[0]
+    fig.suptitle(f"{name}: the same CNN and step budget per method; band = min-max over {res['seeds']} seed(s)")
     fig.tight_layout()
     p = os.path.join(out, "accuracy.png")
     fig.savefig(p, dpi=110)

@@ -23,7 +23,7 @@ def test_demo_quick_end_to_end_and_report(tmp_path):
         assert set(v["methods"]) == METHODS
         for runs in v["methods"].values():
             run = runs[0]
-            assert run["checkpoints"][-1] == res["steps"] == 150
+            assert run["checkpoints"][-1] == res["steps"] == 120
             assert len(run["test_accuracy"]) == len(run["checkpoints"])
             assert all(0.0 <= a <= 1.0 for a in run["test_accuracy"])
             assert len(run["drawn_rank"]) == res["steps"]

@@ -38,3 +38,13 @@ def test_wrap_example_is_three_added_lines():
 def test_plain_and_wrapped_examples_run():
     assert "test accuracy after 20 steps" in run("plain_training.py", "--steps", "20")
     assert "test accuracy after 20 steps" in run("wrap_existing_loop.py", "--steps", "20")
+
+
+def test_metric_learning_example_runs():
+    out = run("metric_learning.py", "--steps", "8", "--train", "2000")
+    assert "in-batch" in out and "global" in out and "recall@1" in out
+
+
+def test_simclr_example_runs():
+    out = run("simclr_store_negatives.py", "--steps", "6", "--train", "2000")
+    assert "in-batch" in out and "store" in out and "kNN accuracy" in out
