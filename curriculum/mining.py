@@ -246,15 +246,18 @@ class HardNegativeMiner:
         return ids, q, lab
 
     def _exclusions(self, ids: np.ndarray | None, n: int, extra: Any) -> np.ndarray:
-        cols = []
-        if ids is not None:
-            cols.append(ids[:, None])
-            if self.exclude_batch:
-                cols.append(np.broadcast_to(ids[None, :], (n, len(ids))))
+        """Ids to skip: 1-D (shared by every anchor: the batch and ``extra``) when possible, else
+        a per-anchor ``(n, m)`` matrix (each anchor's own id)."""
+        shared = []
+        if ids is not None and self.exclude_batch:
+            shared.append(ids)
         if extra is not None:
-            ex = C.as_ids(extra, "exclude_ids", unique=False)
-            cols.append(np.broadcast_to(ex[None, :], (n, len(ex))))
-        return np.concatenate(cols, axis=1) if cols else np.full((n, 0), -1, np.int64)
+            shared.append(C.as_ids(extra, "exclude_ids", unique=False))
+        if ids is not None and not self.exclude_batch:
+            cols = [ids[:, None]]
+            cols += [np.broadcast_to(s_[None, :], (n, len(s_))) for s_ in shared]
+            return np.concatenate(cols, axis=1)
+        return np.unique(np.concatenate(shared)) if shared else np.zeros(0, np.int64)
 
     def _search_filtered(self, q: np.ndarray, want: int, excl: np.ndarray, keep_fn: Any) -> tuple:
         """Nearest rows passing ``keep_fn(ids, dists) -> mask``; widens the search until ``want``
@@ -262,7 +265,7 @@ class HardNegativeMiner:
         n = len(self.store)
         fetch = min(n, max(4 * want, want + 16))
         while True:
-            d, i = self.store.search(q, fetch, exclude_ids=excl if excl.shape[1] else None)
+            d, i = self.store.search(q, fetch, exclude_ids=excl if excl.size else None)
             ok = (i >= 0) & keep_fn(i, d)
             enough = ok.sum(1) >= want
             if enough.all() or fetch >= n:
@@ -287,24 +290,21 @@ class HardNegativeMiner:
     def negatives(self, anchor_ids: Any = None, embeddings: Any = None, labels: Any = None,
                   exclude_ids: Any = None, k: int | None = None) -> Mined:
         """The ``k`` nearest stored ids with a different label (label-free when the store has none:
-        the nearest ids other than the anchor, skipping near-duplicates)."""
+        the nearest ids other than the anchor, skipping near-duplicates). The label filter runs
+        inside the faiss search, so one search answers the whole batch."""
         k = self.k if k is None else C.positive_int(k, "k")
         labelled = self.store.has_labels and (labels is not None or anchor_ids is not None)
         ids, q, lab = self._anchors(anchor_ids, embeddings, labels, need_labels=labelled)
         excl = self._exclusions(ids, len(q), exclude_ids)
-        store_labels_by_row = self.store.labels
-
         if labelled:
-            def keep(i: np.ndarray, d: np.ndarray) -> np.ndarray:
-                lab_i = store_labels_by_row[self.store.rows_of(np.maximum(i, 0).ravel())].reshape(i.shape)
-                return lab_i != lab[:, None]
-        else:
-            thr = self.duplicate_threshold
+            d, i = self.store.search(q, k, exclude_ids=excl if excl.size else None, exclude_labels=lab)
+            return self._result(i, d)
+        thr = self.duplicate_threshold
 
-            def keep(i: np.ndarray, d: np.ndarray) -> np.ndarray:
-                if thr is None:
-                    return np.ones(i.shape, bool)
-                return self._cosine(q, i) <= thr
+        def keep(i: np.ndarray, d: np.ndarray) -> np.ndarray:
+            if thr is None:
+                return np.ones(i.shape, bool)
+            return self._cosine(q, i) <= thr
 
         out_ids, dist = self._search_filtered(q, k, excl, keep)
         return self._result(out_ids, dist)

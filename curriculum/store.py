@@ -123,6 +123,7 @@ class EmbeddingStore:
         self._rebuild_thread: threading.Thread | None = None
         self._rebuild_error: BaseException | None = None
         self._knn_cache: tuple | None = None
+        self._sel_cache: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ basic accessors
     def __len__(self) -> int:
@@ -314,7 +315,7 @@ class EmbeddingStore:
             params["nprobe"] = max(16, ivf.nlist // 64)
         with progress_bar(total=3, desc=f"building {spec}", disable=not progress) as bar:
             if not index.is_trained:
-                n_train = min(vec.shape[0], max(256 * (ivf.nlist if ivf is not None else 256), 100_000))
+                n_train = min(vec.shape[0], max(64 * (ivf.nlist if ivf is not None else 256), 50_000))
                 if ivf is not None and vec.shape[0] < ivf.nlist:
                     raise ValueError(f"index: {spec!r} needs at least {ivf.nlist} vectors to train, the store has {vec.shape[0]}")
                 sample = vec if n_train >= vec.shape[0] else vec[np.random.default_rng(0).choice(vec.shape[0], n_train, replace=False)]
@@ -409,24 +410,62 @@ class EmbeddingStore:
             self._index, self._index_entries, self._index_stale = None, 0, 0
 
     # ------------------------------------------------------------------ search
-    def _candidates(self, q: np.ndarray, kf: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, ids) of ``kf`` nearest candidates per query, sorted, current vectors."""
+    def _label_params(self, label: int) -> Any:
+        """faiss search parameters whose ID selector skips every id carrying ``label``, cached."""
+        key = (id(self._index), self._version, int(label))
+        hit = self._sel_cache.get(key)
+        if hit is not None:
+            return hit[-1]
+        n = self._b.n
+        ids = np.ascontiguousarray(self._b.ids[:n][self._b.labels[:n] == label])
+        inner = faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))
+        sel = faiss.IDSelectorNot(inner)
+        # IVF only: a graph index (HNSW) cannot route around a whole excluded neighbourhood
+        # (its filtered search stalls inside the anchor's cluster), so the caller searches exactly
+        ivf = faiss.extract_index_ivf(self._index)
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)
+        if len(self._sel_cache) > 64:
+            self._sel_cache.clear()
+        self._sel_cache[key] = (ids, inner, sel, params)
+        return params
+
+    def _candidates(self, q: np.ndarray, kf: int, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids) of ``kf`` nearest candidates per query, sorted, current vectors;
+        with ``label``, rows carrying that label are skipped."""
         b = self._b
         if self._index is None:
-            d, rows = brute_knn(q, b.vec[: b.n], kf, self.metric)
+            if label is None:
+                d, rows = brute_knn(q, b.vec[: b.n], kf, self.metric)
+            else:
+                keep = np.flatnonzero(b.labels[: b.n] != label)
+                d, sub = brute_knn(q, b.vec[keep], kf, self.metric)
+                rows = np.where(sub >= 0, keep[np.maximum(sub, 0)], -1)
             ids = np.where(rows >= 0, b.ids[np.maximum(rows, 0)], -1)
             return d, ids
-        kq = min(kf + self._index_stale + 8, max(int(self._index.ntotal), 1))
-        _, cand = self._index.search(q, kq)
+        kq = min(2 * kf + 8, max(int(self._index.ntotal), 1))
+        params = None
+        if label is not None:
+            try:
+                params = self._label_params(label)
+            except Exception:  # not an IVF index: label-filtered search runs exactly
+                index, self._index = self._index, None
+                try:
+                    return self._candidates(q, kf, label)
+                finally:
+                    self._index = index
+        _, cand = self._index.search(q, kq, params=params) if params is not None else self._index.search(q, kq)
         rows = self._lookup(cand)
         live = (cand >= 0) & (rows >= 0)
+        if label is not None:
+            live &= b.labels[np.maximum(rows, 0)] != label
         vec = b.vec[np.maximum(rows, 0)]
         d = pair_distances(q, vec, self.metric).astype(np.float32)
         d = np.where(live, d, np.inf)
         d, ids = sort_dedupe(d, np.where(live, cand, -1))
         return d[:, :kf], ids[:, :kf]
 
-    def search(self, queries: Any, k: int, exclude_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int, exclude_ids: Any = None,
+               exclude_labels: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest stored ids to each query.
 
         Args:
@@ -434,6 +473,11 @@ class EmbeddingStore:
             k: neighbours per query.
             exclude_ids: ids never to return - a 1-D array (for every query) or a 2-D
                 ``(n, m)`` array of per-query ids (``-1`` pads unused slots).
+            exclude_labels: ``(n,)`` labels; query ``i`` never returns a row labelled
+                ``exclude_labels[i]`` (hard negatives: the nearest rows of *another* class).
+                The filter runs inside the search (a faiss ID selector on IVF indexes; exact
+                search for exact stores and for graph indexes, whose filtered search cannot
+                leave the anchor's neighbourhood), so rare other classes are still found.
 
         Returns:
             ``(distances, ids)``, both ``(n, k)``, nearest first; ``inf`` / ``-1`` where fewer
@@ -452,10 +496,20 @@ class EmbeddingStore:
                 excl = excl.astype(np.int64)
             else:
                 excl = np.unique(C.as_ids(excl, "exclude_ids", unique=False))
+        labs = None
+        if exclude_labels is not None:
+            labs = C.as_labels(exclude_labels, "exclude_labels", q.shape[0])
         with self._lock:
             self._ensure_index()
             extra = 0 if excl is None else (excl.shape[1] if excl.ndim == 2 else excl.size)
-            d, ids = self._candidates(q, k + extra)
+            if labs is None:
+                d, ids = self._candidates(q, k + extra)
+            else:
+                d = np.empty((q.shape[0], k + extra), np.float32)
+                ids = np.empty((q.shape[0], k + extra), np.int64)
+                for c in np.unique(labs):
+                    m = labs == c
+                    d[m], ids[m] = self._candidates(q[m], k + extra, label=int(c))
         if excl is None:
             return first_k_valid(d, ids, ids >= 0, k)
         if excl.ndim == 2:

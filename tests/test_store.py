@@ -371,3 +371,21 @@ def test_blocked_knn_reaches_documented_recall_on_clustered_data():
     _, ie = s.knn(10, method="exact")
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ib, ie)])
     assert recall >= 0.95, recall
+
+
+@pytest.mark.parametrize("spec", ["flat", "IVF16,Flat", "HNSW16"])
+def test_search_exclude_labels(spec):
+    x, lab = clustered(3000, 8, 6, seed=4)
+    s = cl.EmbeddingStore(8, metric="l2", index=spec, index_params={"nprobe": 16} if "IVF" in spec else
+                          ({"efSearch": 128} if "HNSW" in spec else None))
+    s.add(x, labels=lab)
+    q = x[:40]
+    d, i = s.search(q, 7, exclude_labels=lab[:40])
+    assert (lab[i] != lab[:40, None]).all()
+    ref = []
+    for r in range(40):
+        cand = np.flatnonzero(lab != lab[r])
+        dd = np.linalg.norm(x[cand] - q[r], axis=1)
+        ref.append(cand[np.argsort(dd, kind="stable")[:7]])
+    recall = np.mean([len(set(a) & set(b)) / 7 for a, b in zip(i, ref)])
+    assert recall == 1.0 if spec == "flat" else recall > 0.9
