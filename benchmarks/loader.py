@@ -39,14 +39,25 @@ class Images(Dataset):
         return x, int(self.labels[i])
 
 
-def consume(loader, n_batches: int, feedback: bool) -> float:
+STEP = {"model": None, "opt": None}
+
+
+def consume(loader, n_batches: int, feedback: bool, train: bool = False) -> float:
     """Batches per second of a loop that computes a per-sample value from each batch (the same
-    work in every variant) and, for the feedback variants, reports it to the wrapped loader."""
+    work in every variant) and, for the feedback variants, reports it to the wrapped loader.
+    With ``train``, the per-sample value is the loss of a real CNN training step."""
     t = time.perf_counter()
     done = 0
     while done < n_batches:
         for x, y in loader:
-            per_sample = x.mean(dim=(1, 2, 3))
+            if train:
+                loss = torch.nn.functional.cross_entropy(STEP["model"](x), y, reduction="none")
+                STEP["opt"].zero_grad()
+                loss.mean().backward()
+                STEP["opt"].step()
+                per_sample = loss.detach()
+            else:
+                per_sample = x.mean(dim=(1, 2, 3))
             if feedback:
                 loader.feedback(loss=per_sample)
             done += 1
@@ -77,23 +88,36 @@ def main() -> None:
         return cl.wrap(plain(), difficulty=scores, pacing=pacing.Root(0.2, 1000), recorder=rec,
                        rescore_every=25 if rescore else None)
 
-    variants = {
-        "plain DataLoader": (plain, False),
-        "wrap (root pacing)": (wrapped, False),
-        "wrap + feedback(loss)": (lambda: wrapped(recorder=True), True),
-        "wrap + feedback + rescore every 25": (lambda: wrapped(recorder=True, rescore=True), True),
+    torch.manual_seed(0)
+    STEP["model"] = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(32 * (ds.images.shape[-1] // 4) ** 2, 10))
+    STEP["opt"] = torch.optim.SGD(STEP["model"].parameters(), lr=0.01)
+    variants = {  # name: (make loader, feedback, real training step, baseline name)
+        "plain DataLoader": (plain, False, False, None),
+        "wrap (root pacing)": (wrapped, False, False, "plain DataLoader"),
+        "wrap + feedback(loss)": (lambda: wrapped(recorder=True), True, False, "plain DataLoader"),
+        "wrap + feedback + rescore every 25": (lambda: wrapped(recorder=True, rescore=True), True, False,
+                                               "plain DataLoader"),
+        "plain + CNN training step": (plain, False, True, None),
+        "wrap + feedback + rescore + CNN step": (lambda: wrapped(recorder=True, rescore=True), True, True,
+                                                 "plain + CNN training step"),
     }
-    loaders = {k: f() for k, (f, _) in variants.items()}
-    for k, (_, fb) in variants.items():  # warm-up: start workers
-        consume(loaders[k], 5, fb)
+    loaders = {k: v[0]() for k, v in variants.items()}
+    for k, (_, fb, tr, _) in variants.items():  # warm-up: start workers
+        consume(loaders[k], 5, fb, tr)
     rates: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(a.rounds):
-        for k, (_, fb) in variants.items():
-            rates[k].append(consume(loaders[k], a.batches, fb))
+        for k, (_, fb, tr, _) in variants.items():
+            rates[k].append(consume(loaders[k], a.batches // (4 if tr else 1), fb, tr))
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k}={v[-1]:.1f}" for k, v in rates.items()), flush=True)
-    base = float(np.median(rates["plain DataLoader"]))
-    rows = [{"loader": k, "batches_per_s": float(np.median(v)), "ratio_to_plain": float(np.median(v)) / base,
-             "spread": f"{min(v):.1f}-{max(v):.1f}"} for k, v in rates.items()]
+    rows = []
+    for k, v in rates.items():
+        ref = variants[k][3] or k
+        base = float(np.median(rates[ref]))
+        rows.append({"loader": k, "batches_per_s": float(np.median(v)), "ratio_to_plain": float(np.median(v)) / base,
+                     "spread": f"{min(v):.1f}-{max(v):.1f}"})
     text = print_table(rows, ["loader", "batches_per_s", "ratio_to_plain", "spread"],
                        f"{ds.source}: batch {a.batch_size}, {a.workers} workers, median of {a.rounds} rounds x "
                        f"{a.batches} batches")

@@ -128,16 +128,23 @@ class Recorder:
         idx, lo, lg, lab = self._validate(indices, loss, logits, labels)
         if idx.numel() == 0:
             return
-        # occurrence number of every index within this call (0 for the first, 1 for a repeat...)
-        o = torch.argsort(idx, stable=True)
-        s = idx[o]
-        start = torch.ones_like(s, dtype=torch.bool)
-        start[1:] = s[1:] != s[:-1]
-        pos = torch.arange(len(s))
-        first = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), 0).values
-        occ = torch.empty_like(idx)
-        occ[o] = pos - first
-        for r in range(int(occ.max()) + 1):
+        # occurrence number of every index within this call (0 for the first, 1 for a repeat...);
+        # computed in numpy, which is cheaper than torch for one batch of indices
+        ix = idx.numpy()
+        o = np.argsort(ix, kind="stable")
+        srt = ix[o]
+        start = np.ones(len(srt), bool)
+        start[1:] = srt[1:] != srt[:-1]
+        if start.all():  # no repeats: one vectorised round
+            self._apply(idx, lo, lg, lab)
+            self.step += 1
+            return
+        pos = np.arange(len(srt))
+        first = np.maximum.accumulate(np.where(start, pos, 0))
+        occ_np = np.empty(len(ix), np.int64)
+        occ_np[o] = pos - first
+        occ = torch.from_numpy(occ_np)
+        for r in range(int(occ_np.max()) + 1):
             m = occ == r
             self._apply(idx[m], None if lo is None else lo[m], None if lg is None else lg[m],
                         None if lab is None else lab[m])
