@@ -1,0 +1,156 @@
+"""Curation of long-tailed pools and selection from streams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import curriculum as cl
+from curriculum import pacing as P
+from curriculum.curation import _water_fill, balanced_select, cluster_groups, curate, deduplicate, hierarchical_kmeans
+from curriculum.stream import SlidingWindowStore, StreamSelector
+
+
+def long_tailed_pool(seed=0):
+    """5 head clusters of 4,000 and 60 tail clusters of 40: the head is 100x the tail."""
+    rng = np.random.default_rng(seed)
+    sizes = [4000] * 5 + [40] * 60
+    centers = rng.normal(size=(len(sizes), 16)) * 6
+    x = np.concatenate([c + rng.normal(size=(s, 16)) for c, s in zip(centers, sizes)]).astype(np.float32)
+    lab = np.repeat(np.arange(len(sizes)), sizes)
+    return x, lab
+
+
+def test_water_fill_allots_min_x_size():
+    assert _water_fill(np.array([100, 5, 50]), 60).tolist() == [28, 5, 27] or \
+        sorted(_water_fill(np.array([100, 5, 50]), 60).tolist()) == [5, 27, 28]
+    a = _water_fill(np.array([100, 5, 50]), 60)
+    assert a.sum() == 60 and a[1] == 5 and abs(a[0] - a[2]) <= 1
+    assert _water_fill(np.array([3, 3]), 10).tolist() == [3, 3]
+
+
+def test_curate_balances_a_long_tailed_pool():
+    x, lab = long_tailed_pool()
+    store = cl.EmbeddingStore(16, metric="l2")
+    store.add(x)
+    target = len(x) // 10  # 2,240
+    ids = curate(store, target, levels=(130, 65), seed=0)
+    assert len(ids) == target and len(np.unique(ids)) == target
+    per = np.bincount(lab[ids], minlength=65)
+    assert per.max() / per.min() <= 2.0, per
+    rnd = np.bincount(lab[np.random.default_rng(0).choice(len(x), target, replace=False)], minlength=65)
+    assert rnd[:5].sum() / target > 0.85 and per[:5].sum() / target < 0.3  # random keeps the head's dominance
+
+
+def test_hierarchy_levels_and_validation():
+    x, _ = long_tailed_pool(1)
+    h = hierarchical_kmeans(x, (60, 10), metric="l2", resample_iters=1)
+    assert len(h.assignments[0]) == len(x) and len(h.assignments[1]) == 60
+    assert h.leaf_of_top().max() < 10
+    sel = balanced_select(h, 500, seed=0)
+    assert len(sel) == 500 and len(np.unique(sel)) == 500
+    with pytest.raises(ValueError, match="decreasing"):
+        hierarchical_kmeans(x, (10, 60))
+
+
+def test_dedup_removes_planted_duplicates_keeps_distinct():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(500, 32)).astype(np.float32)
+    dup_of = rng.choice(500, 50, replace=False)
+    dups = base[dup_of] + rng.normal(scale=0.01, size=(50, 32)).astype(np.float32)
+    store = cl.EmbeddingStore(32, metric="cosine")
+    store.add(np.vstack([base, dups]))
+    keep = deduplicate(store, 0.99)  # one cluster: exact
+    assert set(range(500)) <= set(keep.tolist())   # every distinct sample kept
+    assert not set(range(500, 550)) & set(keep.tolist())  # every planted duplicate removed
+    within = deduplicate(store, 0.99, n_clusters=4)  # SemDeDup: pairs split by a cluster boundary survive
+    assert set(range(500)) <= set(within.tolist()) and len(set(range(500, 550)) & set(within.tolist())) <= 5
+    ids = curate(store, 100, dedup_threshold=0.99, levels=(20, 5))
+    assert not set(range(500, 550)) & set(ids.tolist())
+
+
+def test_cluster_groups_plug_into_the_sampler():
+    x, lab = long_tailed_pool()
+    store = cl.EmbeddingStore(16, metric="l2")
+    store.add(x)
+    groups = cluster_groups(store, 65, seed=0)
+    s = cl.CurriculumSampler(np.random.default_rng(0).random(len(x)), balance="cluster", groups=groups,
+                             batch_size=256)
+    drawn = s.epoch_indices(0)
+    head_share = np.isin(lab[drawn], range(5)).mean()
+    assert head_share < 0.5  # uniform over clusters, not over samples (the head is 93% of the pool)
+
+
+def embed_identity(items):
+    return np.stack([np.asarray(i, np.float32) for i in items])
+
+
+def test_stream_memory_bounded_over_a_million_items():
+    rng = np.random.default_rng(0)
+    block = rng.normal(size=(10_000, 4)).astype(np.float32)
+
+    def source():
+        for r in range(100):  # 1M items
+            yield from block + r
+
+    sel = StreamSelector(source, embed=embed_identity, window=1000, keep=0.05, store_size=5000)
+    n = 0
+    for _ in sel:
+        n += 1
+    assert sel.items_seen == 1_000_000 and n == sel.items_emitted == 50_000
+    assert len(sel.store) == 5000 and sel.store.buf.shape == (5000, 4)  # bounded store
+    assert sel.max_buffer == 1000                                         # bounded buffer
+
+
+def test_stream_emits_each_item_once_from_the_stream_deterministically():
+    items = list(range(5000))
+    emb = lambda xs: np.array([[np.sin(v), np.cos(v * 0.37)] for v in xs], np.float32)  # noqa: E731
+    a = list(StreamSelector(items, emb, window=250, keep=0.2, select="sample", seed=3))
+    b = list(StreamSelector(items, emb, window=250, keep=0.2, select="sample", seed=3))
+    c = list(StreamSelector(items, emb, window=250, keep=0.2, select="sample", seed=4))
+    assert a == b and a != c
+    assert len(a) == len(set(a)) == 1000 and set(a) <= set(items)
+
+
+def test_novelty_skips_repeats_and_pacing_moves_selectivity():
+    rng = np.random.default_rng(1)
+    novel = rng.normal(size=(200, 8)).astype(np.float32) * 5
+    stream = []
+    for i in range(200):  # each novel item followed by 4 near-repeats of an old one
+        stream.append(("new", novel[i]))
+        for _ in range(4):
+            stream.append(("old", novel[0] + rng.normal(size=8).astype(np.float32) * 0.01))
+    sel = StreamSelector(stream, embed=lambda xs: np.stack([v for _, v in xs]), window=100, keep=0.2)
+    out = list(sel)
+    assert np.mean([t == "new" for t, _ in out]) > 0.9
+    paced = StreamSelector(list(range(10_000)), embed=lambda xs: np.array(xs, np.float32)[:, None], window=100,
+                           pacing=P.Linear(0.0001, 99), keep_range=(0.1, 0.5))
+    assert paced.keep_share(0) == pytest.approx(0.1, abs=1e-3) and paced.keep_share(99) == pytest.approx(0.5)
+    assert len(list(paced)) == pytest.approx(sum(round(paced.keep_share(w) * 100) for w in range(100)), abs=1)
+
+
+def test_stream_shards_across_workers():
+    sel = StreamSelector(list(range(4000)), embed=lambda xs: np.array(xs, np.float32)[:, None] % 13, window=100,
+                         keep=0.5)
+    got = [int(v) for v in DataLoader(sel, batch_size=None, num_workers=2)]
+    assert len(got) == len(set(got)) == 2000
+    ranks = [set(StreamSelector(list(range(400)), embed=lambda xs: np.array(xs, np.float32)[:, None], window=50,
+                                keep=1.0, rank=r, world_size=2)) for r in range(2)]
+    assert ranks[0].isdisjoint(ranks[1]) and ranks[0] | ranks[1] == set(range(400))
+
+
+def test_sliding_window_store_ring():
+    s = SlidingWindowStore(3, 1)
+    s.add(np.array([[0.0], [10.0]]))
+    s.add(np.array([[20.0], [30.0]]))
+    assert len(s) == 3 and sorted(s.buf[:, 0].tolist()) == [10.0, 20.0, 30.0]
+    assert s.nearest_distance(np.array([[1.0]]))[0] == pytest.approx(9.0)
+
+
+def test_stream_bad_arguments():
+    with pytest.raises(ValueError, match="scorer"):
+        StreamSelector([1], embed=embed_identity, scorer="loss")
+    with pytest.raises(ValueError, match="keep"):
+        StreamSelector([1], embed=embed_identity, keep=0.0)
