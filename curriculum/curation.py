@@ -202,23 +202,29 @@ def balanced_select(h: Hierarchy, target: int, seed: int = 0, distances: np.ndar
 
 
 def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | None = None, seed: int = 0,
-           dedup_threshold: float | None = None, resample_iters: int = 3) -> np.ndarray:
+           dedup_threshold: float | None = None, resample_iters: int = 3, ids: np.ndarray | None = None) -> np.ndarray:
     """Select ``target_size`` ids from the store, balanced over a hierarchical k-means of it.
 
-    ``levels`` defaults to two levels, ``(~2 sqrt(N), ~sqrt(N) / 2)`` clusters. With
-    ``dedup_threshold`` (cosine), near-duplicates are removed first (one id kept per group).
+    ``levels`` defaults to two levels, ``(~2 sqrt(N), ~sqrt(N) / 2)`` clusters; the top level
+    should be close to the number of natural modes of the pool. With ``dedup_threshold``
+    (cosine), near-duplicates are removed first (one id kept per group). ``ids`` restricts the
+    pool to those stored ids (e.g. the survivors of a de-duplication in another embedding).
 
     Example:
         >>> ids = curate(store, target_size=len(store) // 10)      # doctest: +SKIP
     """
     if not isinstance(store, EmbeddingStore):
         raise TypeError(f"store: expected an EmbeddingStore, got {type(store).__name__}")
-    ids = store.ids
+    all_ids = store.ids
     vec = store.vectors()
+    if ids is not None:
+        want = C.as_ids(ids, "ids")
+        rows = store.rows_of(want)
+        all_ids, vec = all_ids[rows], vec[rows]
+    ids = all_ids
     if dedup_threshold is not None:
-        keep = deduplicate(store, dedup_threshold, seed=seed)
-        pos = np.searchsorted(np.sort(ids), keep)
-        rows = np.argsort(ids)[pos]
+        keep = np.intersect1d(deduplicate(store, dedup_threshold, seed=seed), ids)
+        rows = np.argsort(ids)[np.searchsorted(np.sort(ids), keep)]
         ids, vec = ids[rows], vec[rows]
     n = len(ids)
     target = C.positive_int(target_size, "target_size")

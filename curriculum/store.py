@@ -115,6 +115,7 @@ class EmbeddingStore:
         self._b = _Buffers(self.dim)
         self._sorted_ids = np.zeros(0, np.int64)   # id -> row lookup by binary search
         self._sorted_rows = np.zeros(0, np.int64)
+        self._identity_ids = False
         self._lock = threading.RLock()
         self._version = 0
         self._index: Any = None          # approximate faiss index (None: exact search)
@@ -186,6 +187,9 @@ class EmbeddingStore:
     def _lookup(self, ids: np.ndarray) -> np.ndarray:
         if self._sorted_ids.size == 0:
             return np.full(ids.shape, -1, np.int64)
+        n = self._sorted_ids.size
+        if self._identity_ids:  # ids 0..n-1 stored in row order (the usual case): no search
+            return np.where((ids >= 0) & (ids < n), ids, -1)
         pos = np.searchsorted(self._sorted_ids, ids)
         pos = np.minimum(pos, self._sorted_ids.size - 1)
         hit = self._sorted_ids[pos] == ids
@@ -195,6 +199,12 @@ class EmbeddingStore:
         ids = self._b.ids[: self._b.n]
         o = np.argsort(ids, kind="stable")
         self._sorted_ids, self._sorted_rows = ids[o], o.astype(np.int64)
+        self._check_identity()
+
+    def _check_identity(self) -> None:
+        n = self._sorted_ids.size
+        self._identity_ids = bool(n) and int(self._sorted_ids[-1]) == n - 1 and \
+            bool(np.array_equal(self._sorted_rows, np.arange(n)))
 
     # ------------------------------------------------------------------ mutation
     def _prep(self, vectors: Any, name: str = "vectors") -> np.ndarray:
@@ -235,8 +245,11 @@ class EmbeddingStore:
             b.n += n
             pos = np.searchsorted(self._sorted_ids, ids_arr)
             o = np.argsort(pos, kind="stable")
+            was_identity = self._identity_ids or r0 == 0
             self._sorted_ids = np.insert(self._sorted_ids, pos[o], ids_arr[o])
             self._sorted_rows = np.insert(self._sorted_rows, pos[o], np.arange(r0, r0 + n)[o])
+            # appending ids r0..r0+n-1 in order keeps the identity map without a full check
+            self._identity_ids = was_identity and bool(np.array_equal(ids_arr, np.arange(r0, r0 + n)))
             if self._index is not None:
                 self._index.add_with_ids(v, ids_arr)
                 self._index_entries += n

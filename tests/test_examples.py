@@ -48,3 +48,9 @@ def test_metric_learning_example_runs():
 def test_simclr_example_runs():
     out = run("simclr_store_negatives.py", "--steps", "6", "--train", "2000")
     assert "in-batch" in out and "store" in out and "kNN accuracy" in out
+
+
+def test_curation_example_runs(tmp_path):
+    out = run("curate_long_tailed.py", "--select", "800", "--steps", "20", "--embed", "pca", "--out", str(tmp_path))
+    assert "curated" in out and "random" in out and "tail share" in out
+    assert (tmp_path / "curate_per_class.png").exists()
