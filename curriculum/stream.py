@@ -6,10 +6,13 @@ rest. The default score is *novelty*: the distance of a candidate's embedding to
 neighbour in a sliding-window store of recently emitted embeddings (oldest evicted first), so
 near-repeats of what training just saw are skipped. The selected share follows a pacing
 schedule of the window count (``keep = keep_min + (keep_max - keep_min) * c(t)``, or a fixed
-``keep``), by top-k or by sampling proportional to the score.
+``keep``), by top-k or by sampling proportional to the score. With the novelty score, top-k is
+farthest-point greedy: each pick also counts as "seen" for the rest of its window, so a burst
+of near-repeats yields one representative, not all of them.
 
-Under DataLoader workers each worker reads its own shard of the stream (item ``i`` goes to worker
-``i % num_workers``), and under torch.distributed each rank its own shard as well.
+Under DataLoader workers each worker reads its own shard of the stream (blocks of ``window``
+consecutive items go round-robin to the workers), and under torch.distributed each rank its own
+shard as well.
 """
 
 from __future__ import annotations
@@ -130,9 +133,25 @@ class StreamSelector(IterableDataset):
             return s
         return self.store.nearest_distance(emb) if self.store is not None else np.full(len(items), np.inf)
 
-    def _choose(self, scores: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    def _greedy_novel(self, emb: np.ndarray, scores: np.ndarray, m: int) -> np.ndarray:
+        """Farthest-point (k-centre greedy) choice: each pick is the candidate farthest from the
+        store *and* from the picks so far, so near-repeats inside one window are not all kept."""
+        d = scores.copy()
+        picked = []
+        for _ in range(m):
+            j = int(np.argmax(d))
+            picked.append(j)
+            dj = np.sqrt(np.maximum(((emb - emb[j]) ** 2).sum(1), 0.0)) if self.metric == "l2" else \
+                1.0 - emb @ emb[j] / np.maximum(np.linalg.norm(emb, axis=1) * np.linalg.norm(emb[j]), 1e-12)
+            d = np.minimum(d, dj)
+            d[j] = -np.inf
+        return np.sort(np.array(picked, np.int64))
+
+    def _choose(self, scores: np.ndarray, m: int, rng: np.random.Generator, emb: np.ndarray | None = None) -> np.ndarray:
         if m >= len(scores):
             return np.arange(len(scores))
+        if emb is not None and self.select == "topk" and not callable(self.scorer):
+            return self._greedy_novel(emb, scores, m)
         if self.select == "topk" or not np.isfinite(scores).all():
             s = np.where(np.isfinite(scores), scores, np.finfo(np.float64).max)
             return np.sort(np.argsort(-s, kind="stable")[:m])
@@ -147,7 +166,10 @@ class StreamSelector(IterableDataset):
         buf: list[Any] = []
         w = 0
         for i, item in enumerate(self._iterator()):
-            if i % shards != shard:
+            # contiguous blocks of one window per shard: near-repeats, which come close together in
+            # time, mostly land in the same shard and its store (item-wise round robin would
+            # split every burst of repeats across shards, and each shard would keep a copy)
+            if (i // self.window) % shards != shard:
                 continue
             self.items_seen += 1
             buf.append(item)
@@ -167,7 +189,7 @@ class StreamSelector(IterableDataset):
         scores = self._scores(buf, emb)
         rng = np.random.Generator(np.random.PCG64([self.seed, shard, w]))
         m = max(1, int(round(self.keep_share(w) * len(buf))))
-        chosen = self._choose(scores, m, rng)
+        chosen = self._choose(scores, m, rng, emb)
         self.store.add(emb[chosen])
         self.windows_seen += 1
         self.items_emitted += len(chosen)
