@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=None, help="folder holding the Fashion-MNIST IDX files (default: search)")
     d.add_argument("--out", default="runs/demo", help="output folder for JSON and PNG (default: runs/demo)")
     d.add_argument("--quick", action="store_true", help="a small run (under two minutes), used by the tests")
-    d.add_argument("--seeds", type=int, default=None, help="seeds per method (default: 2, or 1 with --quick)")
+    d.add_argument("--seeds", type=int, default=None, help="seeds per method (default: 3, or 1 with --quick)")
     d.set_defaults(func=_demo)
 
     s = sub.add_parser("score", help="embed a real dataset (pixel PCA), score every sample, report label-noise "

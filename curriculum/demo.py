@@ -117,7 +117,8 @@ def _accuracy(model: Any, x: "torch.Tensor", y: np.ndarray) -> tuple[float, np.n
 
 
 def _train_one(method: str, x: "torch.Tensor", y: "torch.Tensor", difficulty: Any, xt: "torch.Tensor",
-               yt: np.ndarray, steps: int, seed: int, checkpoints: list[int], start: float) -> dict:
+               yt: np.ndarray, steps: int, seed: int, checkpoints: list[int], start: float,
+               flipped: np.ndarray | None = None) -> dict:
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
@@ -160,8 +161,14 @@ def _train_one(method: str, x: "torch.Tensor", y: "torch.Tensor", difficulty: An
                 curve.append(_accuracy(model, xt, yt))
             if step >= steps:
                 break
-    return {"test_accuracy": [c[0] for c in curve], "per_class": curve[-1][1].tolist(), "checkpoints": checkpoints,
-            "seconds": time.perf_counter() - t0, "drawn_rank": drawn}
+    out = {"test_accuracy": [c[0] for c in curve], "per_class": curve[-1][1].tolist(), "checkpoints": checkpoints,
+           "seconds": time.perf_counter() - t0, "drawn_rank": drawn}
+    if recorder is not None and flipped is not None and flipped.any():
+        # how well the training dynamics flag the flipped labels (samples the run has seen)
+        seen = recorder.seen
+        out["dynamics_auc_flipped"] = {name: roc_auc(recorder.difficulty(name).scores[seen], flipped[seen])
+                                       for name in ("loss_ema", "aum", "forgetting", "el2n")}
+    return out
 
 
 def _variant_data(images: np.ndarray, labels: np.ndarray, noisy_lt: bool, n_train: int | None,
@@ -196,7 +203,7 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
         test = load_real(data, train=False)
     except FileNotFoundError:
         test = None
-    n_seeds = seeds or (1 if quick else 2)
+    n_seeds = seeds or (1 if quick else 3)
     steps = 120 if quick else 500
     n_train = 6000 if quick else None
     if test is None or test.source == train.source:  # digits: hold out a fixed third
@@ -241,7 +248,7 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
             for m in methods:
                 runs = []
                 for sd in range(n_seeds):
-                    runs.append(_train_one(m, x, yt, diff, xt, test_labels, steps, sd, checkpoints, start))
+                    runs.append(_train_one(m, x, yt, diff, xt, test_labels, steps, sd, checkpoints, start, flipped))
                     bar.update(1)
                 vres["methods"][m] = runs
             results["variants"][variant] = vres
@@ -290,6 +297,10 @@ def _print_table(res: dict) -> str:
                     d = np.mean([r["test_accuracy"][-1] for r in runs]) * 100 - base
                     lines.append(f"  {m} vs uniform at the last checkpoint: {d:+.2f} points"
                                  + ("" if d > 0 else "  (no gain)"))
+        dyn = [r.get("dynamics_auc_flipped") for r in vv["methods"].get("online hard", []) if r.get("dynamics_auc_flipped")]
+        if dyn:
+            lines.append("  training dynamics of the online run, ROC-AUC for flipped labels: " + ", ".join(
+                f"{k} {np.mean([d[k] for d in dyn]):.3f}" for k in dyn[0]))
         if v == "noisy-lt":
             lines.append("  per-class accuracy (%), class 0 = head ... 9 = tail:")
             for m, runs in vv["methods"].items():

@@ -31,6 +31,8 @@ def test_demo_quick_end_to_end_and_report(tmp_path):
     lt = res["variants"]["noisy-lt"]
     assert lt["class_counts"][0] > 20 * lt["class_counts"][9]  # long-tailed
     assert lt["auc_flipped"] > 0.7
+    dyn = lt["methods"]["online hard"][0]["dynamics_auc_flipped"]
+    assert dyn["loss_ema"] > 0.6 and dyn["aum"] > 0.6  # dynamics flag flipped labels too
     # the curriculum draws easier samples than the anti-curriculum early on
     early = slice(0, 30)
     import numpy as np
