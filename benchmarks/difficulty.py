@@ -13,7 +13,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, peak_rss_mb, print_table, write_json  # noqa: E402

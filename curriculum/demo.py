@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -22,6 +22,9 @@ from .pacing import Root
 from .progress import progress_bar
 from .sampling import CurriculumSampler
 from .store import EmbeddingStore
+
+if TYPE_CHECKING:  # torch is imported where the training runs
+    import torch
 
 
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:

@@ -18,20 +18,19 @@ The recall of each choice on clustered data is measured by ``benchmarks/store.py
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import faiss
 import numpy as np
 
 from . import _checks as C
+from ._io import atomic_savez
 from .knn import METRICS, blocked_knn, brute_knn, faiss_metric, first_k_valid, normalize, pair_distances, sort_dedupe
 from .progress import progress_bar
 
@@ -739,26 +738,7 @@ class EmbeddingStore:
             }
             if self._index is not None and self._index_stale == 0:
                 arrays["index"] = faiss.serialize_index(self._index)
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".store-", suffix=".tmp", dir=d)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        try:
-            dfd = os.open(d, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:  # pragma: no cover - directories cannot be fsynced on some platforms
-            pass
+        atomic_savez(path, arrays, prefix=".store-")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EmbeddingStore":

@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterable, Iterator
 
 import faiss
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import _checks as C

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .. import _checks as C
+from .._io import atomic_savez
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,18 +123,7 @@ class Difficulty:
         arrays = {"meta": np.frombuffer(meta, np.uint8), "scores": self.scores, "ids": self.ids}
         if self.observed is not None:
             arrays["observed"] = self.observed
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".difficulty-", suffix=".tmp", dir=d)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_savez(path, arrays, prefix=".difficulty-")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Difficulty":
