@@ -69,7 +69,7 @@ def load_fashion_mnist(path: str | os.PathLike | None = None, train: bool = True
         imgs = _read_idx(folder, f"{split}-images-idx3-ubyte", 16)
         labs = _read_idx(folder, f"{split}-labels-idx1-ubyte", 8)
         if imgs is not None and labs is not None:
-            images = imgs.reshape(-1, 28, 28)
+            images = imgs.reshape(-1, 28, 28).copy()  # writable: torch.from_numpy warns on read-only buffers
             if images.shape[0] != labs.shape[0]:
                 raise ValueError(f"path: {folder} holds {images.shape[0]} images but {labs.shape[0]} labels")
             return ImageSet(images, labs.astype(np.int64), FMNIST_CLASSES, f"Fashion-MNIST ({split}) from {folder}")

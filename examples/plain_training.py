@@ -16,7 +16,7 @@ ap.add_argument("--steps", type=int, default=300)
 args = ap.parse_args()
 torch.manual_seed(0)
 train, test = load_real(train=True), load_real(train=False)
-x = torch.from_numpy(train.images[:20000]).float().div(255).unsqueeze(1)
+x = torch.tensor(train.images[:20000], dtype=torch.float32).div(255).unsqueeze(1)
 y = torch.from_numpy(train.labels[:20000])
 train_set = TensorDataset(x, y)
 loader = DataLoader(train_set, batch_size=128, shuffle=True, num_workers=0)
@@ -34,7 +34,7 @@ while step < args.steps:
         step += 1
         if step >= args.steps:
             break
-xt = torch.from_numpy(test.images).float().div(255).unsqueeze(1)
+xt = torch.tensor(test.images, dtype=torch.float32).div(255).unsqueeze(1)
 with torch.no_grad():
     acc = (model(xt).argmax(1).numpy() == test.labels).mean()
 print(f"test accuracy after {step} steps: {acc:.4f}")

@@ -110,8 +110,8 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=10000)
     a = ap.parse_args()
     tr, te = load_real(train=True), load_real(train=False)
-    x = torch.from_numpy(tr.images[: a.train]).float().div(255).unsqueeze(1)
-    xt = torch.from_numpy(te.images[:5000]).float().div(255).unsqueeze(1)
+    x = torch.tensor(tr.images[: a.train], dtype=torch.float32).div(255).unsqueeze(1)
+    xt = torch.tensor(te.images[:5000], dtype=torch.float32).div(255).unsqueeze(1)
     print(f"{tr.source}: {len(x)} unlabelled training images, kNN accuracy on {len(xt)} test images")
     print(f"{'negatives':10s} {'kNN accuracy (k=10)':>20s} {'seconds':>8s}")
     for method in ("in-batch", "store"):
