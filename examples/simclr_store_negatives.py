@@ -7,8 +7,9 @@ No labels are used for training. Two runs with the same seed and steps:
 * in-batch: the usual NT-Xent/InfoNCE, the other 2B - 2 views of the batch as negatives;
 * store: the batch negatives plus, per anchor, its 16 nearest samples of the *whole* training set
   from an ``EmbeddingStore`` (label-free ``HardNegativeMiner``, skipping near-duplicates above
-  cosine 0.95, which in SSL are the same object), weighted by the hard-negative loss of
-  Robinson et al. 2021 (``beta=0.5``, ``tau_plus=0.1``); the store is re-embedded every 50 steps.
+  cosine 0.95, which in SSL are the same object) - their stored embeddings serve as a memory bank,
+  without gradient, re-embedded every 50 steps - weighted by the hard-negative loss of
+  Robinson et al. 2021 (``beta=0.5``, ``tau_plus=0.1``).
 
 Quality is the kNN accuracy (k=10, cosine) of the learned embedding: test images classified
 by the labels of their nearest training images (labels are used only here).
@@ -92,7 +93,8 @@ def train(method: str, x: torch.Tensor, steps: int, seed: int = 0) -> tuple[torc
         else:
             neg_ids = miner.negatives(idx).ids                     # (B, 16) whole-dataset neighbours
             neg_ids = np.where(neg_ids >= 0, neg_ids, idx[:, None])
-            zneg = model(x[torch.from_numpy(neg_ids.ravel())]).reshape(b, 16, -1)
+            # their stored embeddings act as a memory bank (no gradient), refreshed every 50 steps
+            zneg = torch.from_numpy(store.vectors(neg_ids.ravel())).reshape(b, 16, -1)
             inbatch = torch.stack([torch.cat([z1[torch.arange(b) != i], z2[torch.arange(b) != i]]) for i in range(b)])
             negs = torch.cat([inbatch, zneg], dim=1)
             loss = hard_negative_nce(z1, z2, negs, temperature=t, beta=0.5, tau_plus=0.1).mean()
