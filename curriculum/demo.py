@@ -152,9 +152,10 @@ def _train_one(method: str, x: "torch.Tensor", y: "torch.Tensor", difficulty: An
     t0 = time.perf_counter()
     while step < steps:
         for xb, yb in loader:
-            loss = F.cross_entropy(model(xb), yb, reduction="none")
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, reduction="none")
             if recorder is not None:
-                loader.feedback(loss=loss.detach())
+                loader.feedback(loss=loss.detach(), logits=logits.detach())
             opt.zero_grad()
             loss.mean().backward()
             opt.step()
