@@ -2,6 +2,7 @@
 
     curriculum demo   [--data PATH] [--out DIR] [--quick]   the main job on real data
     curriculum report RUN_DIR                               redraw a demo run's figures
+    curriculum bench  [--quick] [--sizes N ...] [--out DIR] kNN-graph speed and recall vs peers
     curriculum score  [--data PATH] [--k 10] [--noise 0.2]  score a real dataset and report
     curriculum info                                         versions, threads, data found
 """
@@ -36,6 +37,14 @@ def _score(a: argparse.Namespace) -> int:
     from curriculum.demo import scoring_report
 
     scoring_report(data=a.data, k=a.k, noise=a.noise, dim=a.dim, limit=a.limit, seed=a.seed)
+    return 0
+
+
+def _bench(a: argparse.Namespace) -> int:
+    from curriculum.bench import run_bench
+
+    sizes = a.sizes or ([20_000] if a.quick else [100_000, 1_000_000])
+    run_bench(sizes, dim=a.dim, out=a.out, data=a.data, quick=a.quick)
     return 0
 
 
@@ -76,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_score)
+
+    b = sub.add_parser("bench", help="all-points kNN graph speed and recall: curriculum vs faiss flat/IVF/HNSW and "
+                                     "the installed peers, on real, clustered and isotropic data; table, JSON, PNG")
+    b.add_argument("--quick", action="store_true", help="N = 20,000 and fewer settings (about a minute)")
+    b.add_argument("--sizes", type=int, nargs="+", default=None, help="N values (default 100000 1000000)")
+    b.add_argument("--dim", type=int, default=128)
+    b.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: search)")
+    b.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
+    b.set_defaults(func=_bench)
 
     r = sub.add_parser("report", help="redraw the figures of a finished demo run from its results.json")
     r.add_argument("run_dir", help="the demo's --out folder")

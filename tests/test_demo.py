@@ -29,7 +29,7 @@ def test_demo_quick_end_to_end_and_report(tmp_path):
             assert len(run["drawn_rank"]) == res["steps"]
         assert len(v["competence"]) == res["steps"]
     lt = res["variants"]["noisy-lt"]
-    assert lt["class_counts"][0] > 20 * lt["class_counts"][9]  # long-tailed
+    assert lt["class_counts"][0] > 10 * lt["class_counts"][9]  # long-tailed (noisy counts: flips fill the tail)
     assert lt["auc_flipped"] > 0.7
     dyn = lt["methods"]["online hard"][0]["dynamics_auc_flipped"]
     assert dyn["loss_ema"] > 0.6 and dyn["aum"] > 0.6  # dynamics flag flipped labels too

@@ -1,0 +1,204 @@
+"""``curriculum bench``: how fast the all-points kNN graph (the workload under every geometry
+score) is built, and how close to exact, next to what users would otherwise run.
+
+For each data set - Fashion-MNIST pixel-PCA embeddings (real), clustered embeddings with low-rank
+within-cluster variation (realistic), isotropic Gaussians (the hard case) - and each N, it
+measures in one run, interleaved per data set: ``store.knn`` (blocked engine) at several recall
+knobs, faiss IVF and HNSW at a few settings (queries timed on a sample and extrapolated), and the
+peers hnswlib, pynndescent and scikit-learn when installed (``pip install curriculum[bench]``;
+a missing peer is reported as skipped). Exact ground truth is faiss flat on a fixed query
+sample (its full time extrapolated). Reports build / query / total seconds, recall@10, effective
+GFLOP/s (the 2 N^2 d FLOPs of exact search divided by the time) and the machine's SGEMM rate
+measured first; writes ``bench.json`` and ``recall_vs_time.png`` under ``--out``.
+
+Not yet here (see the issue): the mining-latency, in-batch-vs-pytorch-metric-learning, sampler
+and loader sections, which live in ``benchmarks/`` for now.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import clustered, load_real, pixel_pca
+from .knn import brute_knn
+from .progress import progress_bar
+from .store import EmbeddingStore
+
+
+def sgemm_gflops() -> float:
+    a = np.random.default_rng(0).random((2048, 128), dtype=np.float32)
+    b = np.random.default_rng(1).random((128, 32768), dtype=np.float32)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 2 * 2048 * 128 * 32768 * 5 / (time.perf_counter() - t) / 1e9
+
+
+def datasets(n: int, dim: int, data: str | None = None) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    try:
+        ds = load_real(data)
+        imgs = ds.images
+        if len(imgs) < n:  # tile with small noise to reach N (documented in the output name)
+            reps = int(np.ceil(n / len(imgs)))
+            imgs = np.concatenate([imgs] * reps)[:n]
+        z = pixel_pca(imgs[:n], dim=min(dim, imgs[0].size))
+        if z.shape[1] < dim:
+            z = np.pad(z, ((0, 0), (0, dim - z.shape[1])))
+        z += np.random.default_rng(0).normal(scale=1e-3, size=z.shape).astype(np.float32)
+        out[f"{ds.source.split(' from ')[0]} pixel-PCA"] = np.ascontiguousarray(z, np.float32)
+    except FileNotFoundError:
+        pass
+    out["clustered low-rank"] = clustered(n, dim, n_clusters=max(10, n // 1000), intrinsic_dim=16, seed=1)[0]
+    out["isotropic Gaussian"] = np.random.default_rng(2).normal(size=(n, dim)).astype(np.float32)
+    return out
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    k = exact.shape[1]
+    return float(np.mean([len(set(a[:k].tolist()) & set(b.tolist())) / k for a, b in zip(found, exact)]))
+
+
+def _peers(x: np.ndarray, k: int, sample: np.ndarray) -> list[tuple[str, Callable[[], tuple[float, float, np.ndarray]]]]:
+    """(name, run) for each installed peer; run -> (build s, query s extrapolated, ids of sample rows)."""
+    n, d = x.shape
+    peers: list[tuple[str, Any]] = []
+    if importlib.util.find_spec("hnswlib"):
+        def run_hnswlib(ef: int = 200) -> tuple[float, float, np.ndarray]:
+            import hnswlib
+            t = time.perf_counter()
+            p = hnswlib.Index(space="l2", dim=d)
+            p.init_index(max_elements=n, ef_construction=200, M=16)
+            p.add_items(x, num_threads=os.cpu_count() or 1)
+            b = time.perf_counter() - t
+            p.set_ef(ef)
+            t = time.perf_counter()
+            ids, _ = p.knn_query(x[sample], k=k + 1, num_threads=os.cpu_count() or 1)
+            return b, (time.perf_counter() - t) * n / len(sample), ids.astype(np.int64)
+        peers.append(("hnswlib M16 ef200", run_hnswlib))
+    else:
+        peers.append(("hnswlib", None))
+    if importlib.util.find_spec("pynndescent"):
+        def run_nnd() -> tuple[float, float, np.ndarray]:
+            import pynndescent
+            t = time.perf_counter()
+            idx = pynndescent.NNDescent(x, n_neighbors=k + 1, random_state=0)
+            g, _ = idx.neighbor_graph
+            return time.perf_counter() - t, 0.0, g[sample].astype(np.int64)
+        peers.append(("pynndescent", run_nnd))
+    else:
+        peers.append(("pynndescent", None))
+    if importlib.util.find_spec("sklearn"):
+        def run_sk() -> tuple[float, float, np.ndarray]:
+            from sklearn.neighbors import NearestNeighbors
+            t = time.perf_counter()
+            nn = NearestNeighbors(n_neighbors=k + 1, n_jobs=-1).fit(x)
+            b = time.perf_counter() - t
+            t = time.perf_counter()
+            ids = nn.kneighbors(x[sample], return_distance=False)
+            return b, (time.perf_counter() - t) * n / len(sample), ids.astype(np.int64)
+        peers.append(("scikit-learn NearestNeighbors", run_sk if n <= 200_000 else None))
+    else:
+        peers.append(("scikit-learn", None))
+    return peers
+
+
+def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-results", queries: int = 1000,
+              data: str | None = None, quick: bool = False) -> dict[str, Any]:
+    """Run the kNN-graph benchmark; print the table, write JSON and the PNG; return the results."""
+    gf = sgemm_gflops()
+    print(f"SGEMM: {gf:.1f} GFLOP/s on {os.cpu_count()} cores")
+    rows: list[dict[str, Any]] = []
+    nprobes = (4, 8) if quick else (4, 8, 16, 32)
+    for n in sizes:
+        for name, x in datasets(n, dim, data).items():
+            sample = np.random.default_rng(3).choice(n, min(queries, n), replace=False)
+            t = time.perf_counter()
+            _, ex = brute_knn(x[sample], x, k + 1, "l2")
+            exact_s = (time.perf_counter() - t) * n / len(sample)
+            exact = np.array([r[r != q][:k] for r, q in zip(ex, sample)])
+            flops = 2.0 * n * n * dim
+
+            def add(method: str, build: float, query: float, found: np.ndarray | None, note: str = "") -> None:
+                total = build + query
+                row = {"data": name, "N": n, "method": method, "build_s": build, "query_s": query, "total_s": total,
+                       "recall@10": None if found is None else _recall(found, exact),
+                       "gflops_effective": flops / total / 1e9 if total > 0 else None, "note": note}
+                rows.append(row)
+                rec = "skipped" if found is None else f"{row['recall@10']:.4f}"
+                print(f"  {name:28s} N={n:<8d} {method:36s} total {total:9.2f} s  recall@10 {rec} {note}", flush=True)
+
+            add("faiss Flat (exact)", 0.0, exact_s, exact, "extrapolated from the query sample")
+            store = EmbeddingStore(dim, metric="l2", index="flat")
+            store.add(x)
+            for npb in nprobes:
+                t = time.perf_counter()
+                _, ids = store.knn(k, method="blocked", nprobe=npb)
+                add(f"curriculum store.knn nprobe={npb}", 0.0, time.perf_counter() - t, ids[sample])
+            for spec, params in ((f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 16}),
+                                 (f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 64}),
+                                 ("HNSW32", {"efSearch": 64}), ("HNSW32", {"efSearch": 256})):
+                if quick and params in ({"nprobe": 64}, {"efSearch": 256}):
+                    continue
+                s = EmbeddingStore(dim, metric="l2", index=spec, index_params=params, exact_threshold=0)
+                s.add(x)
+                t = time.perf_counter()
+                s.build()
+                b = time.perf_counter() - t
+                t = time.perf_counter()
+                _, ids = s.search(x[sample], k + 1)
+                q = (time.perf_counter() - t) * n / len(sample)
+                found = np.array([r[r != qq][:k] for r, qq in zip(ids, sample)])
+                add(f"faiss {spec} {params}", b, q, found, "queries extrapolated")
+            for pname, fn in _peers(x, k, sample):
+                if fn is None:
+                    add(pname, 0.0, 0.0, None, "skipped: not installed (pip install curriculum[bench]) or too large")
+                    continue
+                b, q, ids = fn()
+                found = np.array([r[r != qq][:k] for r, qq in zip(ids, sample)])
+                add(pname, b, q, found, "queries extrapolated" if q else "")
+    os.makedirs(out, exist_ok=True)
+    res = {"sgemm_gflops": gf, "cpus": os.cpu_count(), "k": k, "dim": dim, "rows": rows}
+    with open(os.path.join(out, "bench.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    png = _plot(rows, out)
+    print(f"wrote {os.path.join(out, 'bench.json')} and {png}")
+    return res
+
+
+def _plot(rows: list[dict[str, Any]], out: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = sorted({(r["data"], r["N"]) for r in rows})
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4.3), squeeze=False)
+    for ax, (name, n) in zip(axes[0], sets):
+        pts = [r for r in rows if r["data"] == name and r["N"] == n and r["recall@10"] is not None]
+        fams: dict[str, list[dict[str, Any]]] = {}
+        for r in pts:
+            fam = r["method"].split(" nprobe")[0].split(" {")[0]
+            fams.setdefault(fam, []).append(r)
+        for fam, rs in fams.items():
+            rs = sorted(rs, key=lambda r: r["total_s"])
+            ax.plot([r["total_s"] for r in rs], [r["recall@10"] for r in rs], marker="o", label=fam)
+        ax.set_xscale("log")
+        ax.set_xlabel("all-points kNN graph, total seconds (log)")
+        ax.set_ylabel("recall@10 vs exact")
+        ax.set_title(f"{name}, N={n}")
+        ax.axhline(0.95, color="grey", ls=":", lw=1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    p = os.path.join(out, "recall_vs_time.png")
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p

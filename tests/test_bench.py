@@ -1,0 +1,27 @@
+"""`curriculum bench --quick`: runs end to end and writes its JSON and PNG (a smoke test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_bench_quick_writes_json_and_png(tmp_path):
+    env = {**os.environ, "CURRICULUM_PROGRESS": "0"}
+    r = subprocess.run([sys.executable, "-m", "curriculum.cli", "bench", "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.load(open(tmp_path / "bench.json"))
+    assert res["sgemm_gflops"] > 0
+    data = {row["data"] for row in res["rows"]}
+    assert {"clustered low-rank", "isotropic Gaussian"} <= data and any("Fashion-MNIST" in d for d in data)
+    methods = {row["method"] for row in res["rows"]}
+    assert any(m.startswith("curriculum store.knn") for m in methods) and "faiss Flat (exact)" in methods
+    for row in res["rows"]:
+        if row["method"].startswith("curriculum store.knn nprobe=8") and row["data"] == "clustered low-rank":
+            assert row["recall@10"] > 0.95
+        if row["recall@10"] is None:
+            assert row["note"].startswith("skipped")  # a missing peer is reported, never dropped
+    assert (tmp_path / "recall_vs_time.png").stat().st_size > 10_000
