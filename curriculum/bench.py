@@ -117,8 +117,10 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
     print(f"SGEMM: {gf:.1f} GFLOP/s on {os.cpu_count()} cores")
     rows: list[dict[str, Any]] = []
     nprobes = (4, 8) if quick else (4, 8, 16, 32)
+    bar = progress_bar(total=3 * len(sizes), desc="bench data sets")
     for n in sizes:
         for name, x in datasets(n, dim, data).items():
+            bar.update(1)
             sample = np.random.default_rng(3).choice(n, min(queries, n), replace=False)
             t = time.perf_counter()
             _, ex = brute_knn(x[sample], x, k + 1, "l2")
@@ -140,7 +142,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
             store.add(x)
             for npb in nprobes:
                 t = time.perf_counter()
-                _, ids = store.knn(k, method="blocked", nprobe=npb)
+                _, ids = store.knn(k, method="blocked", nprobe=npb, progress=True)
                 add(f"curriculum store.knn nprobe={npb}", 0.0, time.perf_counter() - t, ids[sample])
             for spec, params in ((f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 16}),
                                  (f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 64}),
@@ -164,6 +166,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
                 b, q, ids = fn()
                 found = np.array([r[r != qq][:k] for r, qq in zip(ids, sample)])
                 add(pname, b, q, found, "queries extrapolated" if q else "")
+    bar.close()
     os.makedirs(out, exist_ok=True)
     res = {"sgemm_gflops": gf, "cpus": os.cpu_count(), "k": k, "dim": dim, "rows": rows}
     with open(os.path.join(out, "bench.json"), "w") as f:
