@@ -123,6 +123,7 @@ class EmbeddingStore:
         self._rebuild_thread: threading.Thread | None = None
         self._rebuild_error: BaseException | None = None
         self._knn_cache: tuple | None = None
+        self.last_knn_report: dict[str, Any] = {}
         self._sel_cache: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ basic accessors
@@ -572,7 +573,8 @@ class EmbeddingStore:
         return first_k_valid(d, ids, (ids >= 0) & ~bad, k)
 
     def knn(self, k: int, exclude_self: bool = True, batch_size: int = 8192, progress: bool = False,
-            method: str = "auto", nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+            method: str = "auto", nprobe: int | None = None,
+            target_recall: float | None = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """The all-points kNN graph: ``k`` nearest stored ids of every stored row.
 
         Row ``i`` of the result belongs to ``store.ids[i]``; returns ``(distances, ids)``, each
@@ -585,7 +587,10 @@ class EmbeddingStore:
         :func:`curriculum.knn.blocked_knn`; ``nprobe`` is the recall knob, exact at
         ``nprobe >= n_clusters``). ``"auto"``: exact up to ``exact_threshold`` rows or with
         ``index="flat"``, blocked beyond (measured faster than the IVF/HNSW index at equal recall,
-        ``benchmarks/store.py``).
+        ``benchmarks/store.py``). With ``method="auto"`` the blocked graph is checked against exact
+        search on 256 sampled rows: below ``target_recall`` (hard, high-intrinsic-dimension data)
+        nprobe is raised 4x at a time while that is predicted cheaper than exact search, else the
+        graph is computed exactly - the choice follows measured cost and recall, not size alone.
         """
         k = C.positive_int(k, "k")
         batch_size = C.positive_int(batch_size, "batch_size")
@@ -594,8 +599,10 @@ class EmbeddingStore:
         if exclude_self and k > n - 1 or not exclude_self and k > n:
             raise ValueError(f"k: expected at most {n - 1 if exclude_self else n} (store size"
                              f"{' minus self' if exclude_self else ''}), got {k}")
+        tune = method == "auto" and target_recall is not None
         if method == "auto":
             method = "exact" if (self.index_spec == "flat" or n <= self.exact_threshold) else "blocked"
+        tune = tune and method == "blocked"
         nprobe = DEFAULT_NPROBE if nprobe is None else C.positive_int(nprobe, "nprobe")
         key = (self._version, exclude_self, method, nprobe if method == "blocked" else None)
         with self._lock:
@@ -604,10 +611,12 @@ class EmbeddingStore:
                 return cached[3][:, :k].copy(), cached[4][:, :k].copy()
             vec, ids = self._b.vec[:n], self._b.ids[:n]
             if method == "blocked":
-                d, rows = blocked_knn(vec, k, self.metric, nprobe=nprobe, exclude_self=exclude_self,
-                                      progress=progress)
-                out_d, out_i = d, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
-            else:
+                d, rows = self._tuned_blocked(vec, k, nprobe, exclude_self, progress, target_recall if tune else None)
+                if rows is None:
+                    method = "exact"
+                else:
+                    out_d, out_i = d, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+            if method != "blocked":
                 out_d = np.empty((n, k), np.float32)
                 out_i = np.empty((n, k), np.int64)
                 if method == "index":
@@ -630,6 +639,36 @@ class EmbeddingStore:
             # the graph is reused by every score computed before the next mutation
             self._knn_cache = (key, k, self._index, out_d, out_i)
         return out_d.copy(), out_i.copy()
+
+    def _tuned_blocked(self, vec: np.ndarray, k: int, nprobe: int, exclude_self: bool, progress: bool,
+                       target: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Blocked graph; with ``target``, raise nprobe until the sampled recall meets it, or return
+        ``(None, None)`` when exact search is predicted cheaper."""
+        import time
+
+        if target is None:
+            return blocked_knn(vec, k, self.metric, nprobe=nprobe, exclude_self=exclude_self, progress=progress)
+        n = len(vec)
+        sample = np.random.default_rng(0).choice(n, min(256, n), replace=False)
+        t = time.perf_counter()
+        _, ex = brute_knn(vec[sample], vec, k + int(exclude_self), self.metric)
+        t_exact = (time.perf_counter() - t) * n / len(sample)
+        exact = [set(r[r != q][:k].tolist()) if exclude_self else set(r[:k].tolist()) for r, q in zip(ex, sample)]
+        n_clusters = max(1, n // 256)
+        while True:
+            t = time.perf_counter()
+            d, rows = blocked_knn(vec, k, self.metric, nprobe=nprobe, exclude_self=exclude_self, progress=progress)
+            took = time.perf_counter() - t
+            recall = float(np.mean([len(set(r.tolist()) & e) / k for r, e in zip(rows[sample], exact)]))
+            self.last_knn_report = {"method": "blocked", "nprobe": nprobe, "recall_estimate": recall,
+                                    "seconds": took, "exact_seconds_estimate": t_exact}
+            if recall >= target or nprobe >= n_clusters:
+                return d, rows
+            if 4 * took >= t_exact:
+                self.last_knn_report = {"method": "exact", "blocked_recall_estimate": recall,
+                                        "exact_seconds_estimate": t_exact}
+                return d, None
+            nprobe *= 4
 
     def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,
                spherical: bool | None = None, progress: bool = False) -> KMeansResult:

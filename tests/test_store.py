@@ -389,3 +389,16 @@ def test_search_exclude_labels(spec):
         ref.append(cand[np.argsort(dd, kind="stable")[:7]])
     recall = np.mean([len(set(a) & set(b)) / 7 for a, b in zip(i, ref)])
     assert recall == 1.0 if spec == "flat" else recall > 0.9
+
+
+def test_auto_knn_checks_recall_and_escalates_on_hard_data():
+    x = np.random.default_rng(5).normal(size=(12_000, 32)).astype(np.float32)  # isotropic: blocking fails
+    s = cl.EmbeddingStore(32, metric="l2", exact_threshold=1000)
+    s.add(x)
+    _, auto = s.knn(10)
+    _, exact = s.knn(10, method="exact")
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(auto, exact)])
+    assert recall >= 0.93, (recall, s.last_knn_report)
+    _, raw = s.knn(10, method="blocked", nprobe=4)
+    raw_recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(raw, exact)])
+    assert raw_recall < 0.8  # what an untuned blocked graph would have given
