@@ -144,6 +144,13 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
                 t = time.perf_counter()
                 _, ids = store.knn(k, method="blocked", nprobe=npb, progress=True)
                 add(f"curriculum store.knn nprobe={npb}", 0.0, time.perf_counter() - t, ids[sample])
+            auto = EmbeddingStore(dim, metric="l2", exact_threshold=0)  # the default path, recall-checked
+            auto.add(x)
+            t = time.perf_counter()
+            _, ids = auto.knn(k, progress=True)
+            rep = auto.last_knn_report
+            add("curriculum store.knn auto", 0.0, time.perf_counter() - t, ids[sample],
+                f"chose {rep.get('method')} nprobe={rep.get('nprobe', '-')}")
             for spec, params in ((f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 16}),
                                  (f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 64}),
                                  ("HNSW32", {"efSearch": 64}), ("HNSW32", {"efSearch": 256})):
@@ -178,6 +185,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
 
 def _plot(rows: list[dict[str, Any]], out: str) -> str:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -189,11 +197,14 @@ def _plot(rows: list[dict[str, Any]], out: str) -> str:
         fams: dict[str, list[dict[str, Any]]] = {}
         for r in pts:
             fam = r["method"].split(" nprobe")[0].split(" {")[0]
+            if r["method"].endswith(" auto"):
+                fam = "curriculum store.knn auto (recall-checked)"
             fams.setdefault(fam, []).append(r)
         for fam, rs in fams.items():
             rs = sorted(rs, key=lambda r: r["total_s"])
             ax.plot([r["total_s"] for r in rs], [r["recall@10"] for r in rs], marker="o", label=fam)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("all-points kNN graph, total seconds (log)")
         ax.set_ylabel("recall@10 vs exact")
         ax.set_title(f"{name}, N={n}")
