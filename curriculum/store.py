@@ -757,14 +757,24 @@ class EmbeddingStore:
         return store
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, extra: dict[str, np.ndarray] | None = None) -> None:
         """Write the store to ``path`` atomically (temp file, fsync, rename).
 
         The format is a zip of plain ``.npy`` arrays, a JSON header and faiss's own index
         serialisation: no pickle, so loading a store from elsewhere can never run code. If the
-        write fails midway, the previous file at ``path`` is left untouched.
+        write fails midway, the previous file at ``path`` is left untouched. ``extra`` arrays
+        (e.g. difficulty scores, see :func:`curriculum.difficulty.save_with_store`) travel in the
+        same file and are ignored by :meth:`load`.
         """
         path = os.fspath(path)
+        extra_arrays = {}
+        for key, val in (extra or {}).items():
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"extra: expected non-empty string keys, got {key!r}")
+            arr = np.asarray(val)
+            if arr.dtype == object:
+                raise TypeError(f"extra[{key!r}]: expected a numeric array (no pickled objects), got dtype object")
+            extra_arrays["extra:" + key] = arr
         with self._lock:
             n = self._b.n
             header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
@@ -777,7 +787,7 @@ class EmbeddingStore:
             }
             if self._index is not None and self._index_stale == 0:
                 arrays["index"] = faiss.serialize_index(self._index)
-        atomic_savez(path, arrays, prefix=".store-")
+        atomic_savez(path, {**arrays, **extra_arrays}, prefix=".store-")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EmbeddingStore":
@@ -790,7 +800,7 @@ class EmbeddingStore:
                 if "header" not in z.files:
                     raise ValueError("no curriculum header")
                 header = json.loads(bytes(z["header"]).decode())
-                arrays = {k: z[k] for k in z.files if k != "header"}
+                arrays = {k: z[k] for k in z.files if k != "header" and not k.startswith("extra:")}
         except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
             raise ValueError(f"path: {path!r} is not a readable curriculum store (truncated or foreign file: {exc})") from None
         if header.get("format") != FORMAT_NAME:

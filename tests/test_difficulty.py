@@ -260,3 +260,20 @@ def test_class_margin_on_a_large_store_uses_the_blocked_engine_and_stays_close()
     a, b = class_margin(exact, 5).scores, class_margin(big, 5).scores
     assert np.mean(np.isclose(a, b, atol=1e-4)) > 0.95  # isotropic 8-d: the hard case for blocking
     assert np.corrcoef(a, b)[0, 1] > 0.98
+
+
+def test_scores_saved_with_the_store_round_trip(tmp_path):
+    from curriculum.difficulty import load_with_store, save_with_store
+
+    rng = np.random.default_rng(0)
+    s = cl.EmbeddingStore(4, metric="l2")
+    s.add(rng.normal(size=(50, 4)), labels=rng.integers(0, 2, 50))
+    rec = Recorder(50, 2)
+    rec.update([1, 2], loss=torch.tensor([0.5, 2.0]))
+    scores = {"knn": knn_distance(s, 3), "loss": rec.difficulty("loss")}
+    save_with_store(s, tmp_path / "s.cstore", scores)
+    s2, got = load_with_store(tmp_path / "s.cstore")
+    assert len(s2) == 50 and set(got) == {"knn", "loss"}
+    np.testing.assert_array_equal(got["knn"].scores, scores["knn"].scores)
+    assert got["loss"].name == "recorder.loss" and got["loss"].observed.sum() == 2
+    np.testing.assert_array_equal(cl.EmbeddingStore.load(tmp_path / "s.cstore").vectors(), s.vectors())

@@ -4,10 +4,10 @@ Geometry scores read the :class:`~curriculum.EmbeddingStore`; dynamics scores re
 :class:`Recorder` fed from the training loop; :func:`combine` fuses them by rank.
 """
 
-from .base import Difficulty, as_difficulty
+from .base import Difficulty, as_difficulty, load_with_store, save_with_store
 from .dynamics import Recorder
 from .fusion import combine
 from .geometry import class_margin, knn_distance, label_disagreement, label_entropy, near_duplicates, prototype_distance
 
-__all__ = ["Difficulty", "as_difficulty", "Recorder", "combine", "knn_distance", "prototype_distance",
+__all__ = ["Difficulty", "as_difficulty", "save_with_store", "load_with_store", "Recorder", "combine", "knn_distance", "prototype_distance",
            "label_disagreement", "label_entropy", "class_margin", "near_duplicates"]

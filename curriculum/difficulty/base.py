@@ -148,3 +148,40 @@ def as_difficulty(x: Any, name: str = "difficulty") -> Difficulty:
     if isinstance(x, Difficulty):
         return x
     return Difficulty(C.to_numpy(x, name), name=name)
+
+
+def save_with_store(store: Any, path: str | os.PathLike, scores: dict[str, "Difficulty"]) -> None:
+    """Save ``store`` and named difficulty scores together in one atomic file.
+
+    Example:
+        >>> save_with_store(store, "train.cstore", {"knn": knn_scores})        # doctest: +SKIP
+        >>> store, scores = load_with_store("train.cstore")                      # doctest: +SKIP
+    """
+    extra: dict[str, np.ndarray] = {}
+    names = []
+    for name, d in scores.items():
+        d = as_difficulty(d, f"scores[{name!r}]")
+        names.append({"key": name, "name": d.name, "observed": d.observed is not None})
+        extra[f"difficulty/{name}/scores"] = d.scores
+        extra[f"difficulty/{name}/ids"] = d.ids
+        if d.observed is not None:
+            extra[f"difficulty/{name}/observed"] = d.observed
+    extra["difficulty/index"] = np.frombuffer(json.dumps(names).encode(), np.uint8)
+    store.save(path, extra=extra)
+
+
+def load_with_store(path: str | os.PathLike) -> tuple[Any, dict[str, "Difficulty"]]:
+    """Load a file written by :func:`save_with_store`: ``(store, {name: Difficulty})``."""
+    from ..store import EmbeddingStore
+
+    store = EmbeddingStore.load(path)
+    with np.load(os.fspath(path), allow_pickle=False) as z:
+        if "extra:difficulty/index" not in z.files:
+            return store, {}
+        names = json.loads(bytes(z["extra:difficulty/index"]).decode())
+        out = {}
+        for e in names:
+            pre = f"extra:difficulty/{e['key']}/"
+            obs = z[pre + "observed"] if e["observed"] else None
+            out[e["key"]] = Difficulty(z[pre + "scores"], z[pre + "ids"], e["name"], obs)
+    return store, out
