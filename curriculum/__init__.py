@@ -7,11 +7,14 @@ user's own DataLoader so that what it yields shifts from easy to hard.
 
 from . import difficulty, pacing
 from .difficulty import Difficulty, Recorder
+from .curation import curate
 from .loader import CurriculumLoader, wrap
+from .mining import HardNegativeMiner
 from .sampling import CurriculumBatchSampler, CurriculumSampler
 from .store import EmbeddingStore, KMeansResult
+from .stream import StreamSelector
 
 __version__ = "0.1.0"
 __all__ = ["EmbeddingStore", "KMeansResult", "Difficulty", "Recorder", "CurriculumSampler", "CurriculumBatchSampler",
-           "CurriculumLoader", "wrap",
+           "CurriculumLoader", "wrap", "HardNegativeMiner", "curate", "StreamSelector",
            "difficulty", "pacing", "__version__"]
