@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
 #   make demo   - create .venv, install, run the demo
 #   make test   - create .venv, install, run the whole test suite
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
