@@ -114,10 +114,25 @@ def sort_dedupe(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return sd, sid
 
 
+def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids of ~256-row blocks (faiss k-means on 32 points per centroid) and each row's block."""
+    n, d = x.shape
+    n_clusters = max(1, min(n_clusters, n))
+    if n_clusters == 1:
+        centroids = x.mean(0, keepdims=True).astype(np.float32)
+    else:
+        km = faiss.Kmeans(d, n_clusters, niter=10, seed=seed, spherical=metric == "cosine",
+                          max_points_per_centroid=32, min_points_per_centroid=1, verbose=False)
+        km.train(x)
+        centroids = np.ascontiguousarray(km.centroids, np.float32)
+    am = faiss.METRIC_L2 if metric != "ip" else faiss_metric(metric)
+    return centroids, faiss.knn(x, centroids, 1, metric=am)[1][:, 0]
+
+
 def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters: int | None = None,
                 seed: int = 0, exclude_self: bool = True, progress: bool = False,
                 centroids: np.ndarray | None = None, threads: int | None = None,
-                base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                base: np.ndarray | None = None, assign: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k nearest rows of ``base`` (default: ``x`` itself, the all-points kNN graph) for every row
     of ``x``, computed in dense blocks at matrix-product speed.
 
@@ -126,8 +141,9 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     cluster, the distances between its queries and the base rows of the ``nprobe`` clusters whose
     centroids are nearest to it come from one matrix product, and a vectorised top-k keeps the
     ``k`` best. With ``nprobe >= n_clusters`` every pair is scored and the answer is exact.
-    ``exclude_self`` (self-search only) drops each row from its own list. Returns
-    ``(distances, rows of base)`` in the module's convention.
+    ``exclude_self`` (self-search only) drops each row from its own list. ``centroids`` and the
+    base rows' ``assign``-ments may be passed in when already computed (see ``block_plan``).
+    Returns ``(distances, rows of base)`` in the module's convention.
     """
     import torch
 
@@ -145,14 +161,10 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     fm = faiss_metric(metric)
     assign_metric = faiss.METRIC_L2 if metric != "ip" else fm
     if centroids is None:
-        if n_clusters == 1:
-            centroids = b.mean(0, keepdims=True).astype(np.float32)
-        else:
-            km = faiss.Kmeans(d, n_clusters, niter=10, seed=seed, spherical=metric == "cosine",
-                              max_points_per_centroid=32, min_points_per_centroid=1, verbose=False)
-            km.train(b)
-            centroids = np.ascontiguousarray(km.centroids, np.float32)
-    b_assign = faiss.knn(b, centroids, 1, metric=assign_metric)[1][:, 0]
+        centroids, assign = block_plan(b, n_clusters, metric, seed)
+    n_clusters = len(centroids)
+    nprobe = max(1, min(nprobe, n_clusters))
+    b_assign = faiss.knn(b, centroids, 1, metric=assign_metric)[1][:, 0] if assign is None else assign
     q_assign = b_assign if same else faiss.knn(x, centroids, 1, metric=assign_metric)[1][:, 0]
     b_order = np.argsort(b_assign, kind="stable")
     b_bounds = np.searchsorted(b_assign[b_order], np.arange(n_clusters + 1))
