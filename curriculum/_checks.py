@@ -54,6 +54,15 @@ def as_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
     return arr
 
 
+def _int64(arr: np.ndarray, name: str, what: str) -> np.ndarray:
+    """Integers as int64; whole-valued finite floats are accepted, anything else is an error."""
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            return arr.astype(np.int64)
+        raise TypeError(f"{name}: expected integer {what}, got {_describe(arr)}")
+    return arr.astype(np.int64, copy=False)
+
+
 def as_ids(x: Any, name: str, n: int | None = None, unique: bool = True) -> np.ndarray:
     """Validate a 1-D array of non-negative integer ids; return it as int64."""
     arr = to_numpy(x, name)
@@ -61,12 +70,7 @@ def as_ids(x: Any, name: str, n: int | None = None, unique: bool = True) -> np.n
         arr = arr.reshape(1)
     if arr.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array of integer ids, got {_describe(arr)}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        else:
-            raise TypeError(f"{name}: expected integer ids, got {_describe(arr)}")
-    arr = arr.astype(np.int64, copy=False)
+    arr = _int64(arr, name, "ids")
     if n is not None and arr.shape[0] != n:
         raise ValueError(f"{name}: expected {n} ids (one per row), got {arr.shape[0]}")
     if arr.size and arr.min() < 0:
@@ -84,12 +88,7 @@ def as_labels(x: Any, name: str, n: int) -> np.ndarray:
     arr = to_numpy(x, name)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name}: expected a 1-D array of {n} integer labels, got {_describe(arr)}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        else:
-            raise TypeError(f"{name}: expected integer labels, got {_describe(arr)}")
-    arr = arr.astype(np.int64, copy=False)
+    arr = _int64(arr, name, "labels")
     if arr.size and arr.min() < 0:
         raise ValueError(f"{name}: expected labels >= 0, got {int(arr.min())}")
     return arr
