@@ -76,7 +76,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ update
     def _validate(self, indices: Any, loss: Any, logits: Any, labels: Any) -> tuple:
-        idx = torch.as_tensor(C.to_numpy(indices, "indices"))
+        idx = indices.detach().cpu() if isinstance(indices, torch.Tensor) else torch.as_tensor(C.to_numpy(indices, "indices"))
         if idx.ndim != 1:
             raise ValueError(f"indices: expected a 1-D tensor of dataset indices, got shape {tuple(idx.shape)}")
         if idx.dtype.is_floating_point or idx.dtype == torch.bool:
@@ -108,7 +108,8 @@ class Recorder:
             if n and lab.max() >= lg.shape[1]:
                 raise ValueError(f"labels: expected values < {lg.shape[1]} (the logits' width), got {int(lab.max())}")
         if loss is not None:
-            lo = torch.as_tensor(C.to_numpy(loss, "loss")).double()
+            lo = (loss.detach().to("cpu", torch.float64) if isinstance(loss, torch.Tensor)
+                  else torch.as_tensor(C.to_numpy(loss, "loss")).double())
             if lo.ndim == 0:
                 raise ValueError("loss: expected one loss per sample (use reduction='none'), got a scalar")
             if lo.ndim != 1 or lo.shape[0] != n:
@@ -152,13 +153,24 @@ class Recorder:
 
     def _apply(self, idx: torch.Tensor, lo: torch.Tensor | None, lg: torch.Tensor | None,
                lab: torch.Tensor | None) -> None:
+        # index_select / index_copy_ / index_add_: several times faster than advanced indexing
+        # for one batch of (unique) indices, which keeps feedback cheap in the training loop
         t = self._t
+
+        def get(key: str) -> torch.Tensor:
+            return t[key].index_select(0, idx)
+
+        def put(key: str, val: torch.Tensor) -> None:
+            t[key].index_copy_(0, idx, val.to(t[key].dtype))
+
+        def add(key: str, val: torch.Tensor) -> None:
+            t[key].index_add_(0, idx, val.to(t[key].dtype))
+
         if lo is not None:
-            first = t["loss_count"][idx] == 0
-            ema = torch.where(first, lo, self.ema_decay * t["loss_ema"][idx] + (1 - self.ema_decay) * lo)
-            t["loss_ema"][idx] = ema
-            t["loss_last"][idx] = lo
-            t["loss_count"][idx] += 1
+            first = get("loss_count") == 0
+            put("loss_ema", torch.where(first, lo, self.ema_decay * get("loss_ema") + (1 - self.ema_decay) * lo))
+            put("loss_last", lo)
+            add("loss_count", torch.ones_like(idx))
         if lg is not None:
             p = torch.softmax(lg, dim=1)
             rows = torch.arange(len(idx))
@@ -169,18 +181,18 @@ class Recorder:
             onehot = torch.nn.functional.one_hot(lab, lg.shape[1]).double()
             p_y = p[rows, lab]
             correct = (lg.argmax(dim=1) == lab).long()
-            prev = t["prev_correct"][idx]
-            t["forgetting"][idx] += ((prev == 1) & (correct == 0)).long()
-            t["prev_correct"][idx] = correct
-            t["margin_last"][idx] = margin
-            t["margin_sum"][idx] += margin
-            t["el2n_last"][idx] = torch.linalg.vector_norm(p - onehot, dim=1)
-            t["entropy_last"][idx] = -(p * torch.log(p.clamp_min(1e-300))).sum(dim=1)
-            t["py_sum"][idx] += p_y
-            t["py_sqsum"][idx] += p_y * p_y
-            t["correct_sum"][idx] += correct.double()
-            t["logit_count"][idx] += 1
-            t["ever_correct"][idx] |= correct
+            prev = get("prev_correct")
+            add("forgetting", ((prev == 1) & (correct == 0)).long())
+            put("prev_correct", correct)
+            put("margin_last", margin)
+            add("margin_sum", margin)
+            put("el2n_last", torch.linalg.vector_norm(p - onehot, dim=1))
+            put("entropy_last", -(p * torch.log(p.clamp_min(1e-300))).sum(dim=1))
+            add("py_sum", p_y)
+            add("py_sqsum", p_y * p_y)
+            add("correct_sum", correct)
+            add("logit_count", torch.ones_like(idx))
+            put("ever_correct", get("ever_correct") | correct)
 
     # ------------------------------------------------------------------ read-outs (numpy)
     @property
