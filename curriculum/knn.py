@@ -156,8 +156,6 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     kk = k + int(exclude_self)
     if n_clusters is None:
         n_clusters = max(1, len(b) // 256)
-    n_clusters = max(1, min(n_clusters, len(b)))
-    nprobe = max(1, min(nprobe, n_clusters))
     fm = faiss_metric(metric)
     assign_metric = faiss.METRIC_L2 if metric != "ip" else fm
     if centroids is None:
