@@ -129,6 +129,18 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0) -> tu
     return centroids, faiss.knn(x, centroids, 1, metric=am)[1][:, 0]
 
 
+def probe_lists(centroids: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
+    """The ``nprobe`` blocks nearest to each block, its own block always among them."""
+    am = faiss.METRIC_L2 if metric != "ip" else faiss_metric(metric)
+    nb = len(centroids)
+    nprobe = max(1, min(nprobe, nb))
+    _, probe = faiss.knn(centroids, centroids, nprobe, metric=am)
+    own = np.arange(nb)
+    missing = ~(probe == own[:, None]).any(1)  # duplicate centroids (or ip) can push a block out
+    probe[missing, -1] = own[missing]
+    return probe
+
+
 def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters: int | None = None,
                 seed: int = 0, exclude_self: bool = True, progress: bool = False,
                 centroids: np.ndarray | None = None, threads: int | None = None,
@@ -168,7 +180,7 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     b_bounds = np.searchsorted(b_assign[b_order], np.arange(n_clusters + 1))
     q_order = b_order if same else np.argsort(q_assign, kind="stable")
     q_bounds = b_bounds if same else np.searchsorted(q_assign[q_order], np.arange(n_clusters + 1))
-    _, probe = faiss.knn(centroids, centroids, nprobe, metric=assign_metric)
+    probe = probe_lists(centroids, nprobe, metric)
     sq = np.einsum("nd,nd->n", b, b) if metric == "l2" else None
     sq_q = (sq if same else np.einsum("nd,nd->n", x, x)) if metric == "l2" else None
     out_d = np.full((n, k), np.inf, np.float32)

@@ -32,11 +32,13 @@ import numpy as np
 from . import _checks as C
 from ._io import atomic_savez
 from .knn import METRICS, blocked_knn, brute_knn, faiss_metric, first_k_valid, normalize, pair_distances, sort_dedupe
+from .knn_exact import exact_knn_graph
 from .progress import progress_bar
 
 FORMAT_NAME = "curriculum.EmbeddingStore"
 FORMAT_VERSION = 1
 MISSING = -1  # label / step value meaning "not given"
+EXACT_GRAPH_MIN_ROWS = 20_000  # from here the exact graph runs in blocks (knn_exact), below via faiss flat
 DEFAULT_NPROBE = 16  # blocked all-points kNN: clusters probed per cluster (the recall knob)
 
 
@@ -581,7 +583,10 @@ class EmbeddingStore:
         ``(N, k)``. The last graph is cached until the store changes, so several scores share
         one computation.
 
-        Methods: ``"exact"`` (faiss BLAS search in query chunks of ``batch_size``), ``"index"``
+        Methods: ``"exact"`` (below 20,000 rows faiss BLAS search in query chunks of
+        ``batch_size``; from there :func:`curriculum.knn_exact.exact_knn_graph`, which scores each
+        unordered pair of rows once and skips pairs of blocks the triangle inequality rules out),
+        ``"index"``
         (through the approximate index, as ``search`` does), ``"blocked"`` (cluster the store and
         score each cluster against its ``nprobe`` nearest clusters with one matrix product - see
         :func:`curriculum.knn.blocked_knn`; ``nprobe`` is the recall knob, exact at
@@ -590,7 +595,7 @@ class EmbeddingStore:
         ``benchmarks/store.py``). With ``method="auto"`` the recall the blocked graph would reach is
         measured on 512 sampled rows against exact search (for any nprobe, before running it): the
         smallest nprobe >= ``nprobe`` meeting ``target_recall`` is used, or exact search when that
-        nprobe would score half of all pairs or more (hard, high-intrinsic-dimension data) - the
+        nprobe would score 40% of all pairs or more (hard, high-intrinsic-dimension data) - the
         choice follows measured recall and cost, not size alone. ``store.last_knn_report`` says
         what was chosen.
         """
@@ -612,13 +617,16 @@ class EmbeddingStore:
             if cached is not None and cached[0] == key and cached[1] >= k and cached[2] is self._index:
                 return cached[3][:, :k].copy(), cached[4][:, :k].copy()
             vec, ids = self._b.vec[:n], self._b.ids[:n]
+            rows = None
             if method == "blocked":
                 d, rows = self._tuned_blocked(vec, k, nprobe, exclude_self, progress, target_recall if tune else None)
                 if rows is None:
                     method = "exact"
-                else:
-                    out_d, out_i = d, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
-            if method != "blocked":
+            elif method == "exact" and n >= EXACT_GRAPH_MIN_ROWS:
+                d, rows = exact_knn_graph(vec, k, self.metric, exclude_self=exclude_self, progress=progress)
+            if rows is not None:
+                out_d, out_i = d, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+            else:
                 out_d = np.empty((n, k), np.float32)
                 out_i = np.empty((n, k), np.int64)
                 if method == "index":
@@ -674,13 +682,17 @@ class EmbeddingStore:
             if recall >= target or p >= n_blocks:
                 break
             p *= 2
-        # a scored pair costs about twice as much in the blocked engine as in faiss's exact search
-        # (measured: 100k rows, nprobe 16: 2.05 s for 4% of the pairs vs 27.8 s exact)
+        # a scored pair costs ~1.6x a GEMM pair in the blocked engine (its top-k), while the exact
+        # engine scores each unordered pair once (0.5 of the ordered pairs, ~1.3x per pair with its
+        # bound checks) and prunes more on clustered data: exact wins from ~40% of the pairs
         pair_share = min(1.0, p * 256 / n)
         self.last_knn_report = {"nprobe": p, "recall_estimate": recall, "pair_share": pair_share}
-        if 2.0 * pair_share >= 1.0:
+        if pair_share >= 0.4:
             self.last_knn_report["method"] = "exact"
-            return np.empty(0), None
+            if n < EXACT_GRAPH_MIN_ROWS:
+                return np.empty(0), None
+            return exact_knn_graph(vec, k, self.metric, exclude_self=exclude_self, progress=progress,
+                                   centroids=centroids, assign=assign)
         self.last_knn_report["method"] = "blocked"
         return blocked_knn(vec, k, self.metric, nprobe=p, exclude_self=exclude_self, progress=progress,
                            centroids=centroids, assign=assign)

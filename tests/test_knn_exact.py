@@ -1,0 +1,107 @@
+"""The exact blocked kNN graph (symmetric pass with bound pruning) against brute-force numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import curriculum as cl
+from curriculum.data import clustered
+from curriculum.knn import normalize
+from curriculum.knn_exact import exact_knn_graph
+
+
+def brute_graph(x: np.ndarray, k: int, metric: str, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    x64 = x.astype(np.float64)
+    if metric == "l2":
+        d = np.sqrt(np.maximum(((x64[:, None, :] - x64[None]) ** 2).sum(-1), 0.0))
+    elif metric == "cosine":
+        d = 1.0 - x64 @ x64.T
+    else:
+        d = -(x64 @ x64.T)
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+def check(x: np.ndarray, k: int, metric: str, exclude_self: bool = True, **kw) -> None:
+    d, i = exact_knn_graph(x, k, metric, exclude_self=exclude_self, **kw)
+    bd, bi = brute_graph(x, k, metric, exclude_self)
+    if metric == "l2":  # compare squared distances: sqrt magnifies float32 rounding near 0
+        d, bd = d.astype(np.float64) ** 2, bd ** 2
+    scale = float(np.abs(bd[np.isfinite(bd)]).max()) if np.isfinite(bd).any() else 1.0
+    np.testing.assert_allclose(d, bd, rtol=1e-4, atol=1e-4 * scale)
+    # ids may differ only between (numerically) tied neighbours, and never repeat within a row
+    assert ((i == bi) | np.isclose(d, bd, rtol=1e-4, atol=1e-4 * scale)).all()
+    for row in i:
+        assert len(set(row.tolist())) == len(row)
+    if exclude_self:
+        assert (i != np.arange(len(x))[:, None]).all()
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+@pytest.mark.parametrize("data", ["clustered", "isotropic"])
+def test_exact_graph_equals_brute_force(metric, data):
+    if data == "clustered":
+        x, _ = clustered(2500, 24, 10, seed=3)
+    else:
+        x = np.random.default_rng(3).normal(size=(2500, 24)).astype(np.float32)
+    if metric == "cosine":
+        x = normalize(x)
+    # 20 blocks of ~125 rows and a warm start of 2: nearly every pair goes through the refinement
+    check(x, 7, metric, nprobe=2, n_clusters=20)
+    stats = exact_knn_graph.last_stats
+    assert stats["pairs_scored"] <= stats["total_pairs"]  # each unordered pair at most once
+
+
+def test_exact_graph_keeps_self_when_asked():
+    x = np.random.default_rng(0).normal(size=(1500, 8)).astype(np.float32)
+    check(x, 5, "l2", exclude_self=False, nprobe=1, n_clusters=15)
+    d, i = exact_knn_graph(x, 5, "l2", exclude_self=False, nprobe=1, n_clusters=15)
+    assert (i[:, 0] == np.arange(len(x))).all() and np.allclose(d[:, 0], 0.0, atol=3e-3)
+
+
+def test_exact_graph_prunes_separated_clusters():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(scale=50.0, size=(12, 16))
+    x = (centres[np.repeat(np.arange(12), 250)] + rng.normal(size=(3000, 16))).astype(np.float32)
+    check(x, 10, "l2", nprobe=2, n_clusters=24)
+    stats = exact_knn_graph.last_stats
+    # far-apart clusters never meet: well under a tenth of all pairs are scored
+    assert stats["pairs_scored"] < 0.1 * stats["total_pairs"], stats
+
+
+def test_exact_graph_with_duplicate_rows_has_no_repeated_ids():
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(400, 6)).astype(np.float32)
+    x = np.concatenate([base, base, base[:200]])  # many exact ties, duplicate centroids possible
+    d, i = exact_knn_graph(x, 6, "l2", nprobe=1, n_clusters=25)
+    bd, _ = brute_graph(x, 6, "l2")
+    np.testing.assert_allclose(d ** 2, bd ** 2, atol=1e-3)
+    for row in i:
+        assert len(set(row.tolist())) == len(row)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(40, 900), dim=st.integers(1, 12), k=st.integers(1, 9),
+       blocks=st.integers(1, 30), nprobe=st.integers(1, 4), seed=st.integers(0, 10_000),
+       metric=st.sampled_from(["l2", "cosine", "ip"]))
+def test_exact_graph_property(n, dim, k, blocks, nprobe, seed, metric):
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    if metric == "cosine":
+        x = normalize(x)
+    check(x, min(k, n - 1), metric, nprobe=nprobe, n_clusters=blocks, chunk=64)
+
+
+def test_store_exact_knn_uses_the_blocked_exact_engine_past_20k_rows():
+    x, _ = clustered(21_000, 16, 30, seed=5)
+    s = cl.EmbeddingStore(16, metric="l2", index="flat")
+    s.add(x, ids=np.arange(21_000) * 3 + 7)
+    d, ids = s.knn(6, method="exact")
+    rows = np.random.default_rng(0).choice(21_000, 300, replace=False)
+    ref_d, ref_i = s.search(x[rows], 7)  # faiss flat, self included
+    np.testing.assert_allclose(d[rows], ref_d[:, 1:], rtol=1e-4, atol=1e-4)
+    assert ((ids[rows] == ref_i[:, 1:]) | np.isclose(d[rows], ref_d[:, 1:], atol=1e-4)).mean() == 1.0
