@@ -469,15 +469,100 @@ class EmbeddingStore:
                 finally:
                     self._index = index
         _, cand = self._index.search(q, kq, params=params) if params is not None else self._index.search(q, kq)
+        return self._rerank(q, cand, kf, None if label is None else np.full(len(q), label))
+
+    def _rerank(self, q: np.ndarray, cand: np.ndarray, kf: int, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact distances of the index's candidate ids at the current vectors; stale, removed and
+        (with ``labels``) same-label candidates dropped; sorted, de-duplicated, ``kf`` kept."""
+        b = self._b
         rows = self._lookup(cand)
         live = (cand >= 0) & (rows >= 0)
-        if label is not None:
-            live &= b.labels[np.maximum(rows, 0)] != label
+        if labels is not None:
+            live &= b.labels[np.maximum(rows, 0)] != labels[:, None]
         vec = b.vec[np.maximum(rows, 0)]
         d = pair_distances(q, vec, self.metric).astype(np.float32)
         d = np.where(live, d, np.inf)
         d, ids = sort_dedupe(d, np.where(live, cand, -1))
         return d[:, :kf], ids[:, :kf]
+
+    def _list_label_counts(self, ivf: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(label values, per-list count of each label, centroids) of an IVF index, cached per
+        index and store version: which inverted lists hold rows of which label."""
+        key = (id(self._index), self._version)
+        hit = self._sel_cache.get(("lists",) + key)
+        if hit is not None:
+            return hit
+        b = self._b
+        values, codes = np.unique(b.labels[: b.n], return_inverse=True)
+        inv = ivf.invlists
+        sizes = np.array([inv.list_size(li) for li in range(ivf.nlist)], np.int64)
+        entry_ids = np.empty(int(sizes.sum()), np.int64)
+        pos = 0
+        for li in np.flatnonzero(sizes):
+            entry_ids[pos:pos + sizes[li]] = faiss.rev_swig_ptr(inv.get_ids(int(li)), int(sizes[li]))
+            pos += sizes[li]
+        rows = self._lookup(entry_ids)
+        list_of = np.repeat(np.arange(ivf.nlist), sizes)
+        counts = np.zeros((ivf.nlist, len(values)), np.int64)
+        ok = rows >= 0
+        np.add.at(counts, (list_of[ok], codes[rows[ok]]), 1)
+        cent = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+        out = (values, counts, np.ascontiguousarray(cent, np.float32))
+        self._sel_cache[("lists",) + key] = out
+        return out
+
+    def _label_probe_search(self, q: np.ndarray, kf: int, labs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Label-filtered candidates from an IVF index, probing only lists that hold rows of another
+        label: each anchor's ``nprobe`` nearest *useful* lists (a list holding only the anchor's
+        label is never scanned - on label-clustered embeddings most of a plain probe would be).
+        Anchors whose probed lists are all free of their label need no ID filter and share one
+        faiss call; the others are filtered per label inside faiss."""
+        ivf = self._index if isinstance(self._index, faiss.IndexIVF) else None
+        if ivf is None:  # HNSW (searched exactly by _candidates) or a transform before the IVF
+            d = np.empty((q.shape[0], kf), np.float32)
+            ids = np.empty((q.shape[0], kf), np.int64)
+            for c in np.unique(labs):
+                m = labs == c
+                d[m], ids[m] = self._candidates(q[m], kf, label=int(c))
+            return d, ids
+        values, counts, cent = self._list_label_counts(ivf)
+        code = np.searchsorted(values, labs)
+        known = (code < len(values)) & (values[np.minimum(code, len(values) - 1)] == labs)
+        other = counts.sum(1)[:, None] - counts  # rows of other labels per list
+        allowed = np.ones((len(q), ivf.nlist), bool)
+        allowed[known] = (other[:, code[known]] > 0).T
+        ip = ivf.metric_type == faiss.METRIC_INNER_PRODUCT
+        score = q @ cent.T
+        if not ip:
+            score = 2.0 * score - (cent * cent).sum(1)[None, :]  # -||q - c||^2 + ||q||^2
+        score[~allowed] = -np.inf
+        nprobe = min(ivf.nprobe, ivf.nlist)
+        iq = np.argpartition(-score, nprobe - 1, axis=1)[:, :nprobe] if nprobe < ivf.nlist else \
+            np.broadcast_to(np.arange(ivf.nlist), (len(q), ivf.nlist)).copy()
+        sq = np.take_along_axis(score, iq, 1)
+        iq = np.where(np.isfinite(sq), iq, -1).astype(np.int64)
+        dq = sq if ip else (q * q).sum(1)[:, None] - sq
+        dq = np.ascontiguousarray(np.where(np.isfinite(dq), dq, 0.0), np.float32)
+        mixed = np.zeros(len(q), bool)
+        mixed[known] = (counts[np.maximum(iq[known], 0), code[known][:, None]] * (iq[known] >= 0)).any(1)
+        kq = min(2 * kf + 8, max(int(ivf.ntotal), 1))
+        cand = np.full((len(q), kq), -1, np.int64)
+        groups = [(np.flatnonzero(~mixed), None)] + [
+            (np.flatnonzero(mixed & (labs == c)), int(c)) for c in np.unique(labs[mixed])]
+        for rows, label in groups:
+            if rows.size == 0:
+                continue
+            params = faiss.SearchParametersIVF(nprobe=nprobe) if label is None else self._label_params(label)
+            params.nprobe = nprobe
+            qq = np.ascontiguousarray(q[rows], np.float32)
+            a_i = np.ascontiguousarray(iq[rows])
+            a_d = np.ascontiguousarray(dq[rows])
+            out_d = np.empty((rows.size, kq), np.float32)
+            out_i = np.empty((rows.size, kq), np.int64)
+            ivf.search_preassigned_c(rows.size, faiss.swig_ptr(qq), kq, faiss.swig_ptr(a_i), faiss.swig_ptr(a_d),
+                                     faiss.swig_ptr(out_d), faiss.swig_ptr(out_i), False, params)
+            cand[rows] = out_i
+        return self._rerank(q, cand, kf, labs)
 
     def _exact_label_filtered(self, q: np.ndarray, kf: int, labs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact search skipping same-label rows: one masked matrix product per chunk of rows,
@@ -529,9 +614,11 @@ class EmbeddingStore:
                 ``(n, m)`` array of per-query ids (``-1`` pads unused slots).
             exclude_labels: ``(n,)`` labels; query ``i`` never returns a row labelled
                 ``exclude_labels[i]`` (hard negatives: the nearest rows of *another* class).
-                The filter runs inside the search (a faiss ID selector on IVF indexes; exact
-                search for exact stores and for graph indexes, whose filtered search cannot
-                leave the anchor's neighbourhood), so rare other classes are still found.
+                The filter runs inside the search, so rare other classes are still found: an IVF
+                index probes each query's ``nprobe`` nearest inverted lists *that hold rows of
+                another label* (with a faiss ID selector only where a probed list also holds the
+                query's label); exact stores and graph indexes (whose filtered search cannot leave
+                the anchor's neighbourhood) search exactly.
 
         Returns:
             ``(distances, ids)``, both ``(n, k)``, nearest first; ``inf`` / ``-1`` where fewer
@@ -556,23 +643,38 @@ class EmbeddingStore:
         with self._lock:
             self._ensure_index()
             extra = 0 if excl is None else (excl.shape[1] if excl.ndim == 2 else excl.size)
-            if labs is None:
-                d, ids = self._candidates(q, k + extra)
-            elif self._index is None:
-                d, ids = self._exact_label_filtered(q, k + extra, labs)
-            else:
-                d = np.empty((q.shape[0], k + extra), np.float32)
-                ids = np.empty((q.shape[0], k + extra), np.int64)
-                for c in np.unique(labs):
-                    m = labs == c
-                    d[m], ids[m] = self._candidates(q[m], k + extra, label=int(c))
+            # excluded ids rarely sit among a query's nearest: fetch a margin first and widen only
+            # the rows left short (a batch of 256 excluded ids no longer multiplies the search)
+            fetch = k + min(extra, k + 16)
+            d, ids = self._fetch(q, fetch, labs)
+            ok = (ids >= 0) & ~self._excluded(ids, excl)
+            short = np.flatnonzero(ok.sum(1) < k) if fetch < k + extra else np.zeros(0, np.int64)
+            if short.size:
+                d2, i2 = self._fetch(q[short], k + extra, None if labs is None else labs[short])
+                sub = None if excl is None else (excl[short] if excl.ndim == 2 else excl)
+                ok2 = (i2 >= 0) & ~self._excluded(i2, sub)
+                d = np.pad(d, ((0, 0), (0, extra - (fetch - k))), constant_values=np.inf)
+                ids = np.pad(ids, ((0, 0), (0, extra - (fetch - k))), constant_values=-1)
+                ok = np.pad(ok, ((0, 0), (0, extra - (fetch - k))), constant_values=False)
+                d[short], ids[short], ok[short] = d2, i2, ok2
+        return first_k_valid(d, ids, ok, k)
+
+    def _fetch(self, q: np.ndarray, kf: int, labs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if labs is None:
+            return self._candidates(q, kf)
+        if self._index is None:
+            return self._exact_label_filtered(q, kf, labs)
+        return self._label_probe_search(q, kf, labs)
+
+    @staticmethod
+    def _excluded(ids: np.ndarray, excl: np.ndarray | None) -> np.ndarray:
         if excl is None:
-            return first_k_valid(d, ids, ids >= 0, k)
+            return np.zeros(ids.shape, bool)
         if excl.ndim == 2:
-            bad = (ids[:, :, None] == excl[:, None, :]).any(-1) if excl.shape[1] else np.zeros(ids.shape, bool)
-        else:
-            bad = np.isin(ids, excl)
-        return first_k_valid(d, ids, (ids >= 0) & ~bad, k)
+            if not excl.shape[1]:
+                return np.zeros(ids.shape, bool)
+            return (ids[:, :, None] == excl[:, None, :]).any(-1)
+        return np.isin(ids, excl)
 
     def knn(self, k: int, exclude_self: bool = True, batch_size: int = 8192, progress: bool = False,
             method: str = "auto", nprobe: int | None = None,
