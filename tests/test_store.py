@@ -402,3 +402,34 @@ def test_auto_knn_checks_recall_and_escalates_on_hard_data():
     _, raw = s.knn(10, method="blocked", nprobe=4)
     raw_recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(raw, exact)])
     assert raw_recall < 0.8  # what an untuned blocked graph would have given
+
+
+@pytest.mark.parametrize("label_layout", ["clustered", "mixed"])
+def test_ivf_label_filter_probes_useful_lists(label_layout):
+    # clustered: inverted lists are label-pure, so probing must skip the anchor's own lists;
+    # mixed: every list holds every label and the ID filter inside faiss does the work
+    x, cl_id = clustered(6000, 16, 24, seed=7)
+    lab = cl_id % 4 if label_layout == "clustered" else np.random.default_rng(0).integers(0, 4, 6000)
+    s = cl.EmbeddingStore(16, metric="l2", index="IVF64,Flat", index_params={"nprobe": 8}, exact_threshold=0)
+    s.add(x, labels=lab)
+    q_rows = np.arange(0, 6000, 37)
+    d, i = s.search(x[q_rows], 10, exclude_labels=lab[q_rows], exclude_ids=q_rows)
+    assert (i >= 0).all() and (lab[i] != lab[q_rows][:, None]).all()
+    exact = cl.EmbeddingStore(16, metric="l2", index="flat")
+    exact.add(x, labels=lab)
+    de, ie = exact.search(x[q_rows], 10, exclude_labels=lab[q_rows])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, ie)])
+    assert recall > 0.9, recall
+
+
+def test_search_widens_when_exclusions_cover_the_nearest():
+    x = np.random.default_rng(8).normal(size=(3000, 8)).astype(np.float32)
+    s = cl.EmbeddingStore(8, metric="l2", index="flat")
+    s.add(x)
+    q = x[:3] + 0.01
+    _, full = s.search(q, 300)
+    excl = np.unique(full[:, :120])  # far more excluded ids than the k + 16 margin fetched first
+    d, i = s.search(q, 10, exclude_ids=excl)
+    for r in range(3):
+        expect = [j for j in full[r] if j not in set(excl.tolist())][:10]
+        assert i[r].tolist() == expect
