@@ -11,8 +11,15 @@ sample (its full time extrapolated). Reports build / query / total seconds, reca
 GFLOP/s (the 2 N^2 d FLOPs of exact search divided by the time) and the machine's SGEMM rate
 measured first; writes ``bench.json`` and ``recall_vs_time.png`` under ``--out``.
 
-Not yet here (see the issue): the mining-latency, in-batch-vs-pytorch-metric-learning, sampler
-and loader sections, which live in ``benchmarks/`` for now.
+Every method's peak memory above the data (``peak_extra_mb``) is recorded, and for ours the
+SGEMM-bound time of the distance evaluations it actually performs (``sgemm_bound_s``: pairs
+scored x 2d / the measured SGEMM rate). Past 200k rows, a graph that ``store.plan_knn`` predicts
+must be exact (isotropic data) is reported from the plan and a timed share of the exact engine
+rather than run whole.
+
+The other sections (:mod:`curriculum.bench_sections`): geometry scores end to end, global
+hard-negative mining latency, in-batch miners against pytorch-metric-learning, the sampler's
+draws per second and the wrapped loader's throughput. ``--sections`` picks among them.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .bench_sections import PeakRSS, print_table
 from .data import clustered, load_real, pixel_pca
-from .knn import brute_knn
+from .knn import blocked_knn, brute_knn
 from .progress import progress_bar
 from .store import EmbeddingStore
 
@@ -113,12 +121,64 @@ def _peers(x: np.ndarray, k: int, sample: np.ndarray) -> list[tuple[str, Callabl
     return peers
 
 
+SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader")
+
+
 def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-results", queries: int = 1000,
-              data: str | None = None, quick: bool = False) -> dict[str, Any]:
-    """Run the kNN-graph benchmark; print the table, write JSON and the PNG; return the results."""
+              data: str | None = None, quick: bool = False, sections: tuple[str, ...] = SECTIONS,
+              scores_n: int | None = None, max_method_s: float = 600.0) -> dict[str, Any]:
+    """Run the benchmark sections; print the tables, write ``bench.json`` (after every step, so a
+    long run keeps what it measured) and the PNG; return the results."""
+    from . import bench_sections as bs
+
+    bad = [x for x in sections if x not in SECTIONS]
+    if bad:
+        raise ValueError(f"sections: expected some of {', '.join(SECTIONS)}, got {', '.join(bad)}")
     gf = sgemm_gflops()
     print(f"SGEMM: {gf:.1f} GFLOP/s on {os.cpu_count()} cores")
+    os.makedirs(out, exist_ok=True)
+    res: dict[str, Any] = {"sgemm_gflops": gf, "cpus": os.cpu_count(), "k": k, "dim": dim, "rows": [],
+                           "sections": {}}
+
+    def save() -> None:
+        with open(os.path.join(out, "bench.json"), "w") as f:
+            json.dump(res, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+
+    if "knn" in sections:
+        def save_knn(rows: list[dict[str, Any]]) -> None:
+            res["rows"] = rows
+            save()
+
+        res["rows"] = _knn_section(sizes, dim, k, queries, data, quick, gf, save_knn, max_method_s)
+        png = _plot(res["rows"], out)
+        print_table(res["rows"], ["data", "N", "method", "build_s", "query_s", "total_s", "recall@10",
+                                  "gflops_effective", "sgemm_bound_s", "peak_extra_mb", "note"],
+                    f"All-points kNN graph, k={k}, d={dim} (SGEMM {gf:.0f} GFLOP/s)")
+        print(f"wrote {png}")
+    extra = {
+        "scores": lambda: bs.scores_section(scores_n or (20_000 if quick else min(sizes)), dim),
+        "mining": lambda: bs.global_mining_section([20_000] if quick else sizes, dim),
+        "inbatch": lambda: bs.inbatch_section([256, 1024] if quick else [256, 1024, 4096], dim),
+        "sampler": lambda: bs.sampler_section([100_000] if quick else [1_000_000]),
+        "loader": lambda: bs.loader_section(batches=30 if quick else 200, rounds=1 if quick else 5, data=data),
+    }
+    for name in sections:
+        if name == "knn":
+            continue
+        print(f"== section {name}", flush=True)
+        res["sections"][name] = extra[name]()
+        save()
+        cols = sorted({c for r in res["sections"][name] for c in r}, key=lambda c: (c != "section", c != "what", c))
+        print_table(res["sections"][name], cols, f"section: {name}")
+    save()
+    print(f"wrote {os.path.join(out, 'bench.json')}")
+    return res
+
+
+def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | None, quick: bool, gf: float,
+                 save: Callable[[list[dict[str, Any]]], None], max_method_s: float = 600.0) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+
     nprobes = (4, 8) if quick else (4, 8, 16, 32)
     bar = progress_bar(total=3 * len(sizes), desc="bench data sets")
     for n in sizes:
@@ -131,59 +191,105 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
             exact = np.array([r[r != q][:k] for r, q in zip(ex, sample)])
             flops = 2.0 * n * n * dim
 
-            def add(method: str, build: float, query: float, found: np.ndarray | None, note: str = "") -> None:
+            def add(method: str, build: float, query: float, found: np.ndarray | None, note: str = "",
+                    mem: float | None = None, pairs: int | None = None) -> None:
                 total = build + query
                 row = {"data": name, "N": n, "method": method, "build_s": build, "query_s": query, "total_s": total,
                        "recall@10": None if found is None else _recall(found, exact),
-                       "gflops_effective": flops / total / 1e9 if total > 0 else None, "note": note}
+                       "gflops_effective": flops / total / 1e9 if total > 0 else None, "note": note,
+                       "peak_extra_mb": mem,
+                       "sgemm_bound_s": None if pairs is None else pairs * 2.0 * dim / (gf * 1e9)}
                 rows.append(row)
+                save(rows)
                 rec = "skipped" if found is None else f"{row['recall@10']:.4f}"
                 print(f"  {name:28s} N={n:<8d} {method:36s} total {total:9.2f} s  recall@10 {rec} {note}", flush=True)
 
-            add("faiss Flat (exact)", 0.0, exact_s, exact, "extrapolated from the query sample")
+            add("faiss Flat (exact)", 0.0, exact_s, exact, "extrapolated from the query sample",
+                pairs=n * n)
             store = EmbeddingStore(dim, metric="l2", index="flat")
             store.add(x)
             for npb in nprobes:
-                t = time.perf_counter()
-                _, ids = store.knn(k, method="blocked", nprobe=npb, progress=True)
-                add(f"curriculum store.knn nprobe={npb}", 0.0, time.perf_counter() - t, ids[sample])
+                with PeakRSS() as mem:
+                    t = time.perf_counter()
+                    _, ids = store.knn(k, method="blocked", nprobe=npb, progress=True)
+                    el = time.perf_counter() - t
+                add(f"curriculum store.knn nprobe={npb}", 0.0, el, ids[sample], mem=mem.mb,
+                    pairs=blocked_knn.last_stats["pairs_scored"])
             auto = EmbeddingStore(dim, metric="l2", exact_threshold=0)  # the default path, recall-checked
             auto.add(x)
-            t = time.perf_counter()
-            _, ids = auto.knn(k, progress=True)
-            rep = auto.last_knn_report
-            add("curriculum store.knn auto", 0.0, time.perf_counter() - t, ids[sample],
-                f"chose {rep.get('method')} nprobe={rep.get('nprobe', '-')}")
+            plan = auto.plan_knn(k)
+            if plan["method"] == "exact" and n > 200_000:
+                est = _exact_estimate(x, k)
+                add("curriculum store.knn auto", 0.0, est["seconds"], None,
+                    f"plan: exact (blocked recall at nprobe {plan['nprobe']}: {plan['recall_estimate']:.3f}); "
+                    f"not run whole - extrapolated (x(N/m)^2) from the exact engine on a random "
+                    f"{est['share']:.0%} of the rows", pairs=est["pairs"])
+                rows[-1]["recall@10"] = 1.0
+            else:
+                with PeakRSS() as mem:
+                    t = time.perf_counter()
+                    _, ids = auto.knn(k, progress=True)
+                    el = time.perf_counter() - t
+                rep = auto.last_knn_report
+                from .knn_exact import exact_knn_graph
+
+                pairs = (exact_knn_graph.last_stats["pairs_scored"] if rep.get("method") == "exact"
+                         else blocked_knn.last_stats["pairs_scored"])
+                add("curriculum store.knn auto", 0.0, el, ids[sample],
+                    f"chose {rep.get('method')} nprobe={rep.get('nprobe', '-')}", mem=mem.mb, pairs=pairs)
+            del auto
             for spec, params in ((f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 16}),
                                  (f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 64}),
                                  ("HNSW32", {"efSearch": 64}), ("HNSW32", {"efSearch": 256})):
                 if quick and params in ({"nprobe": 64}, {"efSearch": 256}):
                     continue
+                skip = too_slow(name, f"faiss {spec.split(',')[0][:4]} {params}", n)
+                if skip:
+                    add(f"faiss {spec} {params}", 0.0, 0.0, None, skip)
+                    continue
                 s = EmbeddingStore(dim, metric="l2", index=spec, index_params=params, exact_threshold=0)
                 s.add(x)
-                t = time.perf_counter()
-                s.build()
-                b = time.perf_counter() - t
-                t = time.perf_counter()
-                _, ids = s.search(x[sample], k + 1)
-                q = (time.perf_counter() - t) * n / len(sample)
+                with PeakRSS() as mem:
+                    t = time.perf_counter()
+                    s.build()
+                    b = time.perf_counter() - t
+                    t = time.perf_counter()
+                    _, ids = s.search(x[sample], k + 1)
+                    q = (time.perf_counter() - t) * n / len(sample)
                 found = np.array([r[r != qq][:k] for r, qq in zip(ids, sample)])
-                add(f"faiss {spec} {params}", b, q, found, "queries extrapolated")
+                add(f"faiss {spec} {params}", b, q, found, "queries extrapolated", mem=mem.mb)
+                seen[(name, f"faiss {spec.split(',')[0][:4]} {params}")] = (n, b + q)
+                del s
             for pname, fn in _peers(x, k, sample):
                 if fn is None:
                     add(pname, 0.0, 0.0, None, "skipped: not installed (pip install curriculum[bench]) or too large")
                     continue
-                b, q, ids = fn()
+                skip = too_slow(name, pname, n)
+                if skip:
+                    add(pname, 0.0, 0.0, None, skip)
+                    continue
+                with PeakRSS() as mem:
+                    b, q, ids = fn()
                 found = np.array([r[r != qq][:k] for r, qq in zip(ids, sample)])
-                add(pname, b, q, found, "queries extrapolated" if q else "")
+                add(pname, b, q, found, "queries extrapolated" if q else "", mem=mem.mb)
+                seen[(name, pname)] = (n, b + q)
     bar.close()
-    os.makedirs(out, exist_ok=True)
-    res = {"sgemm_gflops": gf, "cpus": os.cpu_count(), "k": k, "dim": dim, "rows": rows}
-    with open(os.path.join(out, "bench.json"), "w") as f:
-        json.dump(res, f, indent=2)
-    png = _plot(rows, out)
-    print(f"wrote {os.path.join(out, 'bench.json')} and {png}")
-    return res
+    return rows
+
+
+def _exact_estimate(x: np.ndarray, k: int, m: int = 100_000) -> dict[str, float]:
+    """Seconds of the exact graph engine on ``x``, extrapolated from a run on ``m`` random rows:
+    its cost is per scored pair (both ~n^2/2 on data it cannot prune), so it scales by (n/m)^2."""
+    from .knn_exact import exact_knn_graph
+
+    n = len(x)
+    sub = np.sort(np.random.default_rng(0).choice(n, min(m, n), replace=False))
+    t = time.perf_counter()
+    exact_knn_graph(np.ascontiguousarray(x[sub]), k, "l2", progress=True)
+    el = time.perf_counter() - t
+    st = exact_knn_graph.last_stats
+    scale = (n / len(sub)) ** 2
+    return {"seconds": el * scale, "share": len(sub) / n, "pairs": int(st["pairs_scored"] * scale)}
 
 
 def _plot(rows: list[dict[str, Any]], out: str) -> str:

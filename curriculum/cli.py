@@ -2,7 +2,7 @@
 
     curriculum demo   [--data PATH] [--out DIR] [--quick]   the main job on real data
     curriculum report RUN_DIR                               redraw a demo run's figures
-    curriculum bench  [--quick] [--sizes N ...] [--out DIR] kNN-graph speed and recall vs peers
+    curriculum bench  [--quick] [--sizes N ...] [--sections ...] [--out DIR] mining speed vs peers
     curriculum score  [--data PATH] [--k 10] [--noise 0.2]  score a real dataset and report
     curriculum info                                         versions, threads, data found
 """
@@ -44,7 +44,9 @@ def _bench(a: argparse.Namespace) -> int:
     from curriculum.bench import run_bench
 
     sizes = a.sizes or ([20_000] if a.quick else [100_000, 1_000_000])
-    run_bench(sizes, dim=a.dim, out=a.out, data=a.data, quick=a.quick)
+    sections = tuple(x.strip() for x in a.sections.split(",") if x.strip())
+    run_bench(sizes, dim=a.dim, out=a.out, data=a.data, quick=a.quick, sections=sections, scores_n=a.scores_n,
+              max_method_s=a.max_method_s)
     return 0
 
 
@@ -86,13 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_score)
 
-    b = sub.add_parser("bench", help="all-points kNN graph speed and recall: curriculum vs faiss flat/IVF/HNSW and "
-                                     "the installed peers, on real, clustered and isotropic data; table, JSON, PNG")
+    b = sub.add_parser("bench", help="mining speed: all-points kNN graph vs faiss flat/IVF/HNSW and the installed "
+                                     "peers on real, clustered and isotropic data; geometry scores, global and "
+                                     "in-batch mining (vs pytorch-metric-learning), sampler, loader; table, JSON, PNG")
     b.add_argument("--quick", action="store_true", help="N = 20,000 and fewer settings (about a minute)")
     b.add_argument("--sizes", type=int, nargs="+", default=None, help="N values (default 100000 1000000)")
     b.add_argument("--dim", type=int, default=128)
     b.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: search)")
     b.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
+    b.add_argument("--sections", default="knn,scores,mining,inbatch,sampler,loader",
+                   help="comma-separated subset of knn,scores,mining,inbatch,sampler,loader (default: all)")
+    b.add_argument("--scores-n", type=int, default=None, help="N for the scores section (default: smallest size)")
+    b.add_argument("--max-method-s", type=float, default=600.0,
+                   help="skip a peer whose run at the previous N predicts more seconds than this (default 600)")
     b.set_defaults(func=_bench)
 
     r = sub.add_parser("report", help="redraw the figures of a finished demo run from its results.json")

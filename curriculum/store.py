@@ -38,7 +38,7 @@ from .progress import progress_bar
 FORMAT_NAME = "curriculum.EmbeddingStore"
 FORMAT_VERSION = 1
 MISSING = -1  # label / step value meaning "not given"
-EXACT_GRAPH_MIN_ROWS = 20_000  # from here the exact graph runs in blocks (knn_exact), below via faiss flat
+EXACT_GRAPH_MIN_ROWS = 50_000  # from here the exact graph runs in blocks (knn_exact), below via faiss flat (faster there)
 DEFAULT_NPROBE = 16  # blocked all-points kNN: clusters probed per cluster (the recall knob)
 
 
@@ -685,7 +685,7 @@ class EmbeddingStore:
         ``(N, k)``. The last graph is cached until the store changes, so several scores share
         one computation.
 
-        Methods: ``"exact"`` (below 20,000 rows faiss BLAS search in query chunks of
+        Methods: ``"exact"`` (below 50,000 rows faiss BLAS search in query chunks of
         ``batch_size``; from there :func:`curriculum.knn_exact.exact_knn_graph`, which scores each
         unordered pair of rows once and skips pairs of blocks the triangle inequality rules out),
         ``"index"``
@@ -752,20 +752,33 @@ class EmbeddingStore:
             self._knn_cache = (key, k, self._index, out_d, out_i)
         return out_d.copy(), out_i.copy()
 
-    def _tuned_blocked(self, vec: np.ndarray, k: int, nprobe: int, exclude_self: bool, progress: bool,
-                       target: float | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Blocked graph whose nprobe is chosen for ``target`` recall, or ``(None, None)`` when exact
-        search is predicted cheaper.
+    def plan_knn(self, k: int, nprobe: int | None = None, target_recall: float = 0.95,
+                 exclude_self: bool = True) -> dict[str, Any]:
+        """What ``knn(k, method="auto")`` would run on a store past ``exact_threshold``, without
+        running it: ``{"method", "nprobe", "recall_estimate", "pair_share"}`` (see :meth:`knn`).
 
-        Within its candidate blocks the blocked search is exact, so the recall at any nprobe is
+        Example:
+            >>> import numpy as np
+            >>> store = EmbeddingStore(8, metric="l2")
+            >>> _ = store.add(np.random.default_rng(0).normal(size=(2000, 8)).astype("float32"))
+            >>> sorted(store.plan_knn(5))
+            ['method', 'nprobe', 'pair_share', 'recall_estimate']
+        """
+        k = C.positive_int(k, "k")
+        nprobe = DEFAULT_NPROBE if nprobe is None else C.positive_int(nprobe, "nprobe")
+        if k > len(self) - int(exclude_self):
+            raise ValueError(f"k: expected at most {len(self) - int(exclude_self)}, got {k}")
+        with self._lock:
+            return self._knn_plan(self._b.vec[: len(self)], k, nprobe, exclude_self, target_recall)[0]
+
+    def _knn_plan(self, vec: np.ndarray, k: int, nprobe: int, exclude_self: bool,
+                  target: float) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """Within its candidate blocks the blocked search is exact, so the recall at any nprobe is
         known without running it: it is the share of each sampled row's true neighbours that lie in
         the row's nprobe nearest blocks. The smallest nprobe (16, 32, 64 ...) reaching the target
-        is priced by the share of all pairs it scores; past half of them, exact search is cheaper.
-        """
+        is priced by the share of all pairs it scores."""
         from .knn import block_plan
 
-        if target is None:
-            return blocked_knn(vec, k, self.metric, nprobe=nprobe, exclude_self=exclude_self, progress=progress)
         n = len(vec)
         sample = np.random.default_rng(0).choice(n, min(512, n), replace=False)
         _, ex = brute_knn(vec[sample], vec, k + int(exclude_self), self.metric)
@@ -788,16 +801,25 @@ class EmbeddingStore:
         # engine scores each unordered pair once (0.5 of the ordered pairs, ~1.3x per pair with its
         # bound checks) and prunes more on clustered data: exact wins from ~40% of the pairs
         pair_share = min(1.0, p * 256 / n)
-        self.last_knn_report = {"nprobe": p, "recall_estimate": recall, "pair_share": pair_share}
-        if pair_share >= 0.4:
-            self.last_knn_report["method"] = "exact"
-            if n < EXACT_GRAPH_MIN_ROWS:
+        report = {"method": "exact" if pair_share >= 0.4 else "blocked", "nprobe": p, "recall_estimate": recall,
+                  "pair_share": pair_share}
+        return report, centroids, assign
+
+    def _tuned_blocked(self, vec: np.ndarray, k: int, nprobe: int, exclude_self: bool, progress: bool,
+                       target: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Blocked graph whose nprobe is chosen for ``target`` recall (:meth:`_knn_plan`), the
+        exact graph when that is predicted cheaper, or ``(_, None)`` to let small stores use faiss."""
+        if target is None:
+            return blocked_knn(vec, k, self.metric, nprobe=nprobe, exclude_self=exclude_self, progress=progress)
+        report, centroids, assign = self._knn_plan(vec, k, nprobe, exclude_self, target)
+        self.last_knn_report = report
+        if report["method"] == "exact":
+            if len(vec) < EXACT_GRAPH_MIN_ROWS:
                 return np.empty(0), None
             return exact_knn_graph(vec, k, self.metric, exclude_self=exclude_self, progress=progress,
                                    centroids=centroids, assign=assign)
-        self.last_knn_report["method"] = "blocked"
-        return blocked_knn(vec, k, self.metric, nprobe=p, exclude_self=exclude_self, progress=progress,
-                           centroids=centroids, assign=assign)
+        return blocked_knn(vec, k, self.metric, nprobe=report["nprobe"], exclude_self=exclude_self,
+                           progress=progress, centroids=centroids, assign=assign)
 
     def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,
                spherical: bool | None = None, progress: bool = False) -> KMeansResult:

@@ -96,12 +96,12 @@ def test_exact_graph_property(n, dim, k, blocks, nprobe, seed, metric):
     check(x, min(k, n - 1), metric, nprobe=nprobe, n_clusters=blocks, chunk=64)
 
 
-def test_store_exact_knn_uses_the_blocked_exact_engine_past_20k_rows():
-    x, _ = clustered(21_000, 16, 30, seed=5)
+def test_store_exact_knn_uses_the_blocked_exact_engine_past_50k_rows():
+    x, _ = clustered(51_000, 16, 60, seed=5)
     s = cl.EmbeddingStore(16, metric="l2", index="flat")
-    s.add(x, ids=np.arange(21_000) * 3 + 7)
+    s.add(x, ids=np.arange(51_000) * 3 + 7)
     d, ids = s.knn(6, method="exact")
-    rows = np.random.default_rng(0).choice(21_000, 300, replace=False)
+    rows = np.random.default_rng(0).choice(51_000, 300, replace=False)
     ref_d, ref_i = s.search(x[rows], 7)  # faiss flat, self included
     np.testing.assert_allclose(d[rows], ref_d[:, 1:], rtol=1e-4, atol=1e-4)
     assert ((ids[rows] == ref_i[:, 1:]) | np.isclose(d[rows], ref_d[:, 1:], atol=1e-4)).mean() == 1.0
