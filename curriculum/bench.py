@@ -36,7 +36,7 @@ from .bench_sections import PeakRSS, print_table
 from .data import clustered, load_real, pixel_pca
 from .knn import blocked_knn, brute_knn
 from .progress import progress_bar
-from .store import EmbeddingStore
+from .store import EXACT_GRAPH_MIN_ROWS, EmbeddingStore
 
 
 def sgemm_gflops() -> float:
@@ -178,6 +178,15 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
 def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | None, quick: bool, gf: float,
                  save: Callable[[list[dict[str, Any]]], None], max_method_s: float = 600.0) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str], tuple[int, float]] = {}  # (data, method) -> (N, total s) measured
+
+    def too_slow(data_name: str, method: str, n: int) -> str | None:
+        """A note when the run at a smaller N predicts more than ``max_method_s`` at this N."""
+        prev = seen.get((data_name, method))
+        if prev is None or prev[0] >= n:
+            return None
+        pred = prev[1] * (n / prev[0]) * 1.3  # n log n growth of index builds and searches
+        return None if pred <= max_method_s else f"skipped: predicted {pred:.0f} s from the N={prev[0]} run"
 
     nprobes = (4, 8) if quick else (4, 8, 16, 32)
     bar = progress_bar(total=3 * len(sizes), desc="bench data sets")
@@ -233,8 +242,12 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
                 rep = auto.last_knn_report
                 from .knn_exact import exact_knn_graph
 
-                pairs = (exact_knn_graph.last_stats["pairs_scored"] if rep.get("method") == "exact"
-                         else blocked_knn.last_stats["pairs_scored"])
+                if rep.get("method") != "exact":
+                    pairs = blocked_knn.last_stats["pairs_scored"]
+                elif n >= EXACT_GRAPH_MIN_ROWS:
+                    pairs = exact_knn_graph.last_stats["pairs_scored"]
+                else:  # small stores: faiss flat, every ordered pair
+                    pairs = n * n
                 add("curriculum store.knn auto", 0.0, el, ids[sample],
                     f"chose {rep.get('method')} nprobe={rep.get('nprobe', '-')}", mem=mem.mb, pairs=pairs)
             del auto
@@ -243,7 +256,7 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
                                  ("HNSW32", {"efSearch": 64}), ("HNSW32", {"efSearch": 256})):
                 if quick and params in ({"nprobe": 64}, {"efSearch": 256}):
                     continue
-                skip = too_slow(name, f"faiss {spec.split(',')[0][:4]} {params}", n)
+                skip = too_slow(name, f"faiss {spec.split(',')[0].rstrip('0123456789')} {params}", n)
                 if skip:
                     add(f"faiss {spec} {params}", 0.0, 0.0, None, skip)
                     continue
@@ -258,7 +271,7 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
                     q = (time.perf_counter() - t) * n / len(sample)
                 found = np.array([r[r != qq][:k] for r, qq in zip(ids, sample)])
                 add(f"faiss {spec} {params}", b, q, found, "queries extrapolated", mem=mem.mb)
-                seen[(name, f"faiss {spec.split(',')[0][:4]} {params}")] = (n, b + q)
+                seen[(name, f"faiss {spec.split(',')[0].rstrip('0123456789')} {params}")] = (n, b + q)
                 del s
             for pname, fn in _peers(x, k, sample):
                 if fn is None:

@@ -1,4 +1,4 @@
-"""`curriculum bench --quick`: runs end to end and writes its JSON and PNG (a smoke test)."""
+"""`curriculum bench --quick`: runs every section end to end and writes its JSON and PNG (a smoke test)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,17 @@ def test_bench_quick_writes_json_and_png(tmp_path):
         if row["recall@10"] is None:
             assert row["note"].startswith("skipped")  # a missing peer is reported, never dropped
     assert (tmp_path / "recall_vs_time.png").stat().st_size > 10_000
+    # the other sections ran in the same command and landed in the same JSON
+    sec = res["sections"]
+    assert set(sec) == {"scores", "mining", "inbatch", "sampler", "loader"}
+    assert any(r["what"].startswith("class_margin") for r in sec["scores"])
+    assert all(r["recall_vs_exact"] > 0.8 and r["ms"] > 0 for r in sec["mining"])
+    for r in sec["inbatch"]:
+        if isinstance(r["pml_ms"], str):
+            assert r["pml_ms"].startswith("skipped")  # pytorch-metric-learning not installed
+        else:
+            assert r["same_output"] is True  # same tuples as pytorch-metric-learning's miners
+    assert all(r["epoch_indices_per_s"] > 0 for r in sec["sampler"])
+    assert {r["what"] for r in sec["loader"]} >= {"plain DataLoader", "wrap (root pacing)"}
+    ours = [r for r in res["rows"] if r["method"].startswith("curriculum store.knn nprobe")]
+    assert all(r["sgemm_bound_s"] > 0 for r in ours)
