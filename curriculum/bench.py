@@ -126,7 +126,7 @@ SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader")
 
 def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-results", queries: int = 1000,
               data: str | None = None, quick: bool = False, sections: tuple[str, ...] = SECTIONS,
-              scores_n: int | None = None, max_method_s: float = 600.0) -> dict[str, Any]:
+              scores_n: int | None = None, max_method_s: float = 600.0, peers: bool = True) -> dict[str, Any]:
     """Run the benchmark sections; print the tables, write ``bench.json`` (after every step, so a
     long run keeps what it measured) and the PNG; return the results."""
     from . import bench_sections as bs
@@ -149,7 +149,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
             res["rows"] = rows
             save()
 
-        res["rows"] = _knn_section(sizes, dim, k, queries, data, quick, gf, save_knn, max_method_s)
+        res["rows"] = _knn_section(sizes, dim, k, queries, data, quick, gf, save_knn, max_method_s, peers)
         png = _plot(res["rows"], out)
         print_table(res["rows"], ["data", "N", "method", "build_s", "query_s", "total_s", "recall@10",
                                   "gflops_effective", "sgemm_bound_s", "peak_extra_mb", "note"],
@@ -176,7 +176,8 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
 
 
 def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | None, quick: bool, gf: float,
-                 save: Callable[[list[dict[str, Any]]], None], max_method_s: float = 600.0) -> list[dict[str, Any]]:
+                 save: Callable[[list[dict[str, Any]]], None], max_method_s: float = 600.0,
+                 peers: bool = True) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[str, str], tuple[int, float]] = {}  # (data, method) -> (N, total s) measured
 
@@ -251,7 +252,7 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
                 add("curriculum store.knn auto", 0.0, el, ids[sample],
                     f"chose {rep.get('method')} nprobe={rep.get('nprobe', '-')}", mem=mem.mb, pairs=pairs)
             del auto
-            for spec, params in ((f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 16}),
+            for spec, params in () if not peers else ((f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 16}),
                                  (f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 64}),
                                  ("HNSW32", {"efSearch": 64}), ("HNSW32", {"efSearch": 256})):
                 if quick and params in ({"nprobe": 64}, {"efSearch": 256}):
@@ -273,7 +274,7 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
                 add(f"faiss {spec} {params}", b, q, found, "queries extrapolated", mem=mem.mb)
                 seen[(name, f"faiss {spec.split(',')[0].rstrip('0123456789')} {params}")] = (n, b + q)
                 del s
-            for pname, fn in _peers(x, k, sample):
+            for pname, fn in _peers(x, k, sample) if peers else []:
                 if fn is None:
                     add(pname, 0.0, 0.0, None, "skipped: not installed (pip install curriculum[bench]) or too large")
                     continue

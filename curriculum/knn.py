@@ -114,19 +114,49 @@ def sort_dedupe(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return sd, sid
 
 
-def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Centroids of ~256-row blocks (faiss k-means on 32 points per centroid) and each row's block."""
+def _kmeans(x: np.ndarray, k: int, metric: str, seed: int, per_centroid: int) -> np.ndarray:
+    if k <= 1 or len(x) <= 1:
+        return x.mean(0, keepdims=True).astype(np.float32)
+    km = faiss.Kmeans(x.shape[1], min(k, len(x)), niter=10, seed=seed, spherical=metric == "cosine",
+                      max_points_per_centroid=per_centroid, min_points_per_centroid=1, verbose=False)
+    km.train(np.ascontiguousarray(x, np.float32))
+    return np.ascontiguousarray(km.centroids, np.float32)
+
+
+def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
+               two_level_from: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids of ~256-row blocks (faiss k-means on 32 points per centroid) and each row's block.
+
+    From ``two_level_from`` blocks on, the plan is built in two levels - ~sqrt(n_clusters) coarse
+    k-means clusters, then each split into blocks in proportion to its size - so that assigning
+    the rows costs N x (sqrt + share) centroid distances instead of N x n_clusters (at 1M rows:
+    ~0.03 instead of ~1 TFLOP); rows go to the nearest block of their coarse cluster.
+    """
     n, d = x.shape
     n_clusters = max(1, min(n_clusters, n))
-    if n_clusters == 1:
-        centroids = x.mean(0, keepdims=True).astype(np.float32)
-    else:
-        km = faiss.Kmeans(d, n_clusters, niter=10, seed=seed, spherical=metric == "cosine",
-                          max_points_per_centroid=32, min_points_per_centroid=1, verbose=False)
-        km.train(x)
-        centroids = np.ascontiguousarray(km.centroids, np.float32)
     am = faiss.METRIC_L2 if metric != "ip" else faiss_metric(metric)
-    return centroids, faiss.knn(x, centroids, 1, metric=am)[1][:, 0]
+    if n_clusters < two_level_from:
+        centroids = _kmeans(x, n_clusters, metric, seed, 32)
+        return centroids, faiss.knn(x, centroids, 1, metric=am)[1][:, 0]
+    n_top = int(round(np.sqrt(n_clusters)))
+    top = _kmeans(x, n_top, metric, seed, 64)
+    top_of = faiss.knn(x, top, 1, metric=am)[1][:, 0]
+    order = np.argsort(top_of, kind="stable")
+    cuts = np.searchsorted(top_of[order], np.arange(len(top) + 1))
+    cents: list[np.ndarray] = []
+    assign = np.empty(n, np.int64)
+    offset = 0
+    for t in range(len(top)):
+        rows = order[cuts[t]:cuts[t + 1]]
+        if rows.size == 0:
+            continue
+        sub = max(1, int(round(n_clusters * rows.size / n)))
+        xt = np.ascontiguousarray(x[rows])
+        c = _kmeans(xt, sub, metric, seed + 1 + t, 32)
+        assign[rows] = offset + faiss.knn(xt, c, 1, metric=am)[1][:, 0]
+        cents.append(c)
+        offset += len(c)
+    return np.ascontiguousarray(np.concatenate(cents), np.float32), assign
 
 
 def probe_lists(centroids: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
