@@ -130,7 +130,8 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     From ``two_level_from`` blocks on, the plan is built in two levels - ~sqrt(n_clusters) coarse
     k-means clusters, then each split into blocks in proportion to its size - so that assigning
     the rows costs N x (sqrt + share) centroid distances instead of N x n_clusters (at 1M rows:
-    ~0.03 instead of ~1 TFLOP); rows go to the nearest block of their coarse cluster.
+    ~0.03 instead of ~1 TFLOP); each row then goes to its nearest block among those of its 4
+    nearest coarse clusters.
     """
     n, d = x.shape
     n_clusters = max(1, min(n_clusters, n))
@@ -156,7 +157,17 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
         assign[rows] = offset + faiss.knn(xt, c, 1, metric=am)[1][:, 0]
         cents.append(c)
         offset += len(c)
-    return np.ascontiguousarray(np.concatenate(cents), np.float32), assign
+    centroids = np.ascontiguousarray(np.concatenate(cents), np.float32)
+    # a row near the edge of its coarse cluster may lie nearer a block of the next one: reassign
+    # every row to its nearest block among the blocks of its 4 nearest coarse clusters (an IVF
+    # search over the block centroids) so blocks stay compact and probe lists find their neighbours
+    quant = faiss.IndexFlat(d, am)
+    quant.add(top)
+    ivf = faiss.IndexIVFFlat(quant, d, len(top), am)
+    ivf.add(centroids)
+    ivf.nprobe = min(4, len(top))
+    found = ivf.search(np.ascontiguousarray(x, np.float32), 1)[1][:, 0]
+    return centroids, np.where(found >= 0, found, assign)
 
 
 def probe_lists(centroids: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
