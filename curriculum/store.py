@@ -699,7 +699,7 @@ class EmbeddingStore:
         smallest nprobe >= ``nprobe`` meeting ``target_recall`` is used, or exact search when that
         nprobe would score 40% of all pairs or more (hard, high-intrinsic-dimension data) - the
         choice follows measured recall and cost, not size alone. ``store.last_knn_report`` says
-        what was chosen.
+        what was chosen; :meth:`plan_knn` says it before running.
         """
         k = C.positive_int(k, "k")
         batch_size = C.positive_int(batch_size, "batch_size")
