@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -182,6 +183,29 @@ def probe_lists(centroids: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
     return probe
 
 
+def run_blocks(task: Callable[[int], int], n_tasks: int, total: int, desc: str, progress: bool,
+               threads: int | None, between: Callable[[int], None] | None = None) -> None:
+    """Run ``task(0..n_tasks-1)`` on a thread pool, one single-threaded torch task per worker: both
+    cores stay busy without OpenMP barriers between many small matrix products (torch releases the
+    GIL inside its kernels). ``task`` returns the rows it covered (for the progress bar);
+    ``between(t)`` runs in the caller's thread after each finished task."""
+    import torch
+
+    from .progress import progress_bar
+
+    workers = max(1, min(threads or (os.cpu_count() or 1), n_tasks))
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with progress_bar(total=total, desc=desc, disable=not progress) as bar, ThreadPoolExecutor(workers) as pool:
+            for t, done in enumerate(pool.map(task, range(n_tasks))):
+                bar.update(done)
+                if between is not None:
+                    between(t)
+    finally:
+        torch.set_num_threads(prev)
+
+
 def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters: int | None = None,
                 seed: int = 0, exclude_self: bool = True, progress: bool = False,
                 centroids: np.ndarray | None = None, threads: int | None = None,
@@ -199,8 +223,6 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     Returns ``(distances, rows of base)`` in the module's convention.
     """
     import torch
-
-    from .progress import progress_bar
 
     same = base is None
     b = x if same else base
@@ -252,18 +274,7 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
         scored[c] = q_rows.size * cand.size
         return int(q_rows.size)
 
-    # one single-threaded block per worker thread: both cores busy without OpenMP barriers between
-    # small matrix products (torch releases the GIL inside its kernels)
-    workers = max(1, min(threads or (os.cpu_count() or 1), n_clusters))
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with progress_bar(total=n, desc=f"blocked kNN k={k} nprobe={nprobe}", disable=not progress) as bar, \
-                ThreadPoolExecutor(workers) as pool:
-            for done in pool.map(block, range(n_clusters)):
-                bar.update(done)
-    finally:
-        torch.set_num_threads(prev)
+    run_blocks(block, n_clusters, n, f"blocked kNN k={k} nprobe={nprobe}", progress, threads)
     out_i[~np.isfinite(out_d)] = -1
     blocked_knn.last_stats = {"pairs_scored": int(scored.sum()), "blocks": n_clusters}  # type: ignore[attr-defined]
     return out_d, out_i

@@ -23,15 +23,12 @@ none and the cost is half the pairs of exact search at matrix-product speed.
 
 from __future__ import annotations
 
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
 
-from .knn import block_plan, blocked_knn, faiss_metric, pair_distances, probe_lists
-from .progress import progress_bar
+from .knn import block_plan, blocked_knn, faiss_metric, pair_distances, probe_lists, run_blocks
 
 
 def _sortable(s: np.ndarray) -> np.ndarray:
@@ -267,18 +264,8 @@ def exact_knn_graph(x: np.ndarray, k: int, metric: str, exclude_self: bool = Tru
         top.merge(r, c, v)
 
     refresh_block_max()
-    workers = max(1, min(threads or (os.cpu_count() or 1), nb))
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with progress_bar(total=n, desc=f"exact kNN refine k={k}", disable=not progress) as bar, \
-                ThreadPoolExecutor(workers) as pool:
-            for t, done in enumerate(pool.map(row_task, range(nb))):
-                bar.update(done)
-                if t % 64 == 63:
-                    refresh_block_max()
-    finally:
-        torch.set_num_threads(prev)
+    run_blocks(row_task, nb, n, f"exact kNN refine k={k}", progress, threads,
+               between=lambda t: refresh_block_max() if t % 64 == 63 else None)
     for bl in buffers:
         _flush(bl)
     # the returned distances are recomputed directly (no ||x||^2 + ||y||^2 - 2xy cancellation)
