@@ -28,7 +28,10 @@ def _describe(x: Any) -> str:
 def to_numpy(x: Any, name: str) -> np.ndarray:
     """Turn a tensor / array / sequence into a numpy array without copying where possible."""
     if torch is not None and isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach()
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16 (mixed-precision logits, embeddings)
+            x = x.float()
+        return x.cpu().numpy()
     try:
         return np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic objects

@@ -182,11 +182,12 @@ def _flat_copy(store: Any, x: np.ndarray, labels: np.ndarray) -> Any:
 
 
 # ----------------------------------------------------------------------------------- in-batch miners
-def inbatch_section(batches: list[int], dim: int = 128) -> list[dict[str, Any]]:
+def inbatch_section(batches: list[int], dim: int = 128, device: str = "cpu") -> list[dict[str, Any]]:
     """Ours vs pytorch-metric-learning (when installed) at each batch size: median ms, peak extra
     memory and whether the two return the same tuples (batch-hard, multi-similarity: same
     definitions; semi-hard: every semi-hard triplet on L2-normalised embeddings, as PML's
-    ``TripletMarginMiner(type_of_triplets="semihard")`` returns them)."""
+    ``TripletMarginMiner(type_of_triplets="semihard")`` returns them). ``device="cuda"`` mines
+    CUDA batches (timed to completion with ``torch.cuda.synchronize``)."""
     import torch
 
     from .mining import BatchHardMiner, MultiSimilarityMiner, SemiHardMiner
@@ -195,8 +196,9 @@ def inbatch_section(batches: list[int], dim: int = 128) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     g = torch.Generator().manual_seed(0)
     for b in batches:
-        emb = torch.randn(b, dim, generator=g)
-        lab = torch.randint(0, max(2, b // 8), (b,), generator=g)
+        emb = torch.randn(b, dim, generator=g).to(device)
+        lab = torch.randint(0, max(2, b // 8), (b,), generator=g).to(device)
+        sync = torch.cuda.synchronize if emb.is_cuda else (lambda: None)
         ours = {"batch-hard": BatchHardMiner(), "semi-hard": SemiHardMiner(0.2, distance="l2", all_negatives=True),
                 "multi-similarity": MultiSimilarityMiner(0.1)}
         theirs: dict[str, Any] = {}
@@ -212,14 +214,15 @@ def inbatch_section(batches: list[int], dim: int = 128) -> list[dict[str, Any]]:
         for name, miner in ours.items():
             x = torch.nn.functional.normalize(emb, dim=1) if name == "semi-hard" else emb
             with PeakRSS() as mem:
-                ms = median_time(lambda: miner(x, lab), reps) * 1e3
-            row: dict[str, Any] = {"section": "in-batch", "what": f"{name} B={b}", "ms": ms, "peak_extra_mb": mem.mb}
+                ms = median_time(lambda: (miner(x, lab), sync()), reps) * 1e3
+            row: dict[str, Any] = {"section": "in-batch", "what": f"{name} B={b}" + ("" if device == "cpu" else f" {device}"),
+                                   "ms": ms, "peak_extra_mb": mem.mb}
             if pml and b > 2048 and name == "semi-hard":
                 row["what"] += " (closest semi-hard per pair)"
                 row["pml_ms"] = "skipped: all semi-hard triplets at this B exhaust memory"
             elif pml:
                 other = theirs[name]
-                row["pml_ms"] = median_time(lambda: other(emb, lab), reps) * 1e3
+                row["pml_ms"] = median_time(lambda: (other(emb, lab), sync()), reps) * 1e3
                 row["same_output"] = _same_tuples(miner(x, lab), other(emb, lab))
             else:
                 row["pml_ms"] = "skipped: pytorch-metric-learning not installed"

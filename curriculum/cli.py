@@ -61,7 +61,7 @@ def _report(a: argparse.Namespace) -> int:
 def _demo(a: argparse.Namespace) -> int:
     from curriculum.demo import run_demo
 
-    run_demo(data=a.data, out=a.out, quick=a.quick, seeds=a.seeds)
+    run_demo(data=a.data, out=a.out, quick=a.quick, seeds=a.seeds, device=a.device)
     return 0
 
 
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="output folder for JSON and PNG (default: runs/demo)")
     d.add_argument("--quick", action="store_true", help="a small run (under two minutes), used by the tests")
     d.add_argument("--seeds", type=int, default=None, help="seeds per method (default: 3, or 1 with --quick)")
+    d.add_argument("--device", default="cpu", help="torch device for the CNN, e.g. cuda (default: cpu)")
     d.set_defaults(func=_demo)
 
     s = sub.add_parser("score", help="embed a real dataset (pixel PCA), score every sample, report label-noise "

@@ -113,7 +113,7 @@ def _accuracy(model: Any, x: "torch.Tensor", y: np.ndarray) -> tuple[float, np.n
 
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([model(x[i:i + 2000]).argmax(1) for i in range(0, len(x), 2000)]).numpy()
+        pred = torch.cat([model(x[i:i + 2000]).argmax(1) for i in range(0, len(x), 2000)]).cpu().numpy()
     model.train()
     per_class = np.array([(pred[y == c] == c).mean() if (y == c).any() else np.nan for c in range(10)])
     return float((pred == y).mean()), per_class
@@ -121,7 +121,7 @@ def _accuracy(model: Any, x: "torch.Tensor", y: np.ndarray) -> tuple[float, np.n
 
 def _train_one(method: str, x: "torch.Tensor", y: "torch.Tensor", difficulty: Any, xt: "torch.Tensor",
                yt: np.ndarray, steps: int, seed: int, checkpoints: list[int], start: float,
-               flipped: np.ndarray | None = None) -> dict:
+               flipped: np.ndarray | None = None, device: str = "cpu") -> dict:
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
@@ -131,7 +131,7 @@ def _train_one(method: str, x: "torch.Tensor", y: "torch.Tensor", difficulty: An
     from .pacing import Constant
 
     torch.manual_seed(seed)
-    model = _cnn(x.shape[-1])
+    model = _cnn(x.shape[-1]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     base = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
     ranks = difficulty.rank()
@@ -152,6 +152,7 @@ def _train_one(method: str, x: "torch.Tensor", y: "torch.Tensor", difficulty: An
     t0 = time.perf_counter()
     while step < steps:
         for xb, yb in loader:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, reduction="none")
             if recorder is not None:
@@ -191,14 +192,23 @@ def _variant_data(images: np.ndarray, labels: np.ndarray, noisy_lt: bool, n_trai
     return idx, y, flipped
 
 
-def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = False, seeds: int | None = None) -> dict:
+def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = False, seeds: int | None = None,
+             device: str = "cpu") -> dict:
     """Train the same CNN under the same step budget with uniform sampling, a curriculum
     (label-disagreement difficulty from a pixel-PCA store + root pacing), an anti-curriculum and
     online hard-sample selection (rank-based on the loss EMA), on the clean set and on a
     noisy (20% symmetric) long-tailed (rho = 100) variant. Writes ``results.json`` and the
     figures to ``out`` and prints the results table. The table reports whatever was measured.
+    ``device`` runs the CNN there (``"cuda"``); sampling, feedback and scores stay on the CPU.
     """
     import torch
+
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, TypeError, AssertionError) as exc:
+        raise ValueError(f"device: expected an available torch device such as 'cpu' or 'cuda', got {device!r} "
+                         f"({exc})") from None
 
     from .report import draw
 
@@ -226,11 +236,11 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
     if quick:  # a fixed, class-balanced share of the test set keeps --quick fast
         keep = np.sort(np.random.default_rng(0).permutation(len(test_labels))[:3000])
         test_images, test_labels = test_images[keep], test_labels[keep]
-    xt = torch.tensor(test_images, dtype=torch.float32).div(255).unsqueeze(1)
+    xt = torch.tensor(test_images, dtype=torch.float32).div(255).unsqueeze(1).to(dev)
     checkpoints = sorted({max(1, steps * q // 4) for q in (1, 2, 3, 4)})
     methods = ["uniform", "curriculum", "anti-curriculum", "online hard"]
     results: dict[str, Any] = {"data": train.source, "steps": steps, "seeds": n_seeds, "quick": quick,
-                               "variants": {}}
+                               "device": str(dev), "variants": {}}
     grid = None
     total = 2 * len(methods) * n_seeds
     with progress_bar(total=total, desc="demo runs") as bar:
@@ -252,7 +262,8 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
             for m in methods:
                 runs = []
                 for sd in range(n_seeds):
-                    runs.append(_train_one(m, x, yt, diff, xt, test_labels, steps, sd, checkpoints, start, flipped))
+                    runs.append(_train_one(m, x, yt, diff, xt, test_labels, steps, sd, checkpoints, start, flipped,
+                                           str(dev)))
                     bar.update(1)
                 vres["methods"][m] = runs
             results["variants"][variant] = vres

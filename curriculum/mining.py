@@ -34,8 +34,8 @@ def pairwise_distance(a: torch.Tensor, b: torch.Tensor, distance: str = "cosine"
     return -(a @ b.T)
 
 
-def _empty3() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    e = torch.zeros(0, dtype=torch.long)
+def _empty3(device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    e = torch.zeros(0, dtype=torch.long, device=device)
     return e, e.clone(), e.clone()
 
 
@@ -43,7 +43,8 @@ class BaseMiner:
     """Validates ``(embeddings, labels)`` once; subclasses implement :meth:`mine`.
 
     Calling a miner (``miner(emb, labels)``) checks the inputs and runs ``mine``. Anchors with
-    no valid positive or negative produce no tuple (never a garbage index).
+    no valid positive or negative produce no tuple (never a garbage index). Mining runs on the
+    embeddings' device (a CUDA batch is mined on the GPU) and returns index tensors there.
     """
 
     def __init__(self, distance: str = "cosine") -> None:
@@ -57,7 +58,7 @@ class BaseMiner:
             raise TypeError(f"embeddings: expected a float tensor, got dtype {emb.dtype}")
         if not torch.isfinite(emb).all():
             raise ValueError("embeddings: expected finite values, got NaN or inf")
-        lab = torch.as_tensor(labels)
+        lab = torch.as_tensor(labels, device=emb.device)
         if lab.ndim != 1 or lab.shape[0] != emb.shape[0]:
             raise ValueError(f"labels: expected {emb.shape[0]} labels (one per embedding), got shape {tuple(lab.shape)}")
         if lab.is_floating_point():
@@ -70,7 +71,7 @@ class BaseMiner:
 
     def _masks(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         same = labels[:, None] == labels[None, :]
-        eye = torch.eye(len(labels), dtype=torch.bool)
+        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         return same & ~eye, ~same
 
 
@@ -90,7 +91,7 @@ class BatchHardMiner(BaseMiner):
         ok = pos.any(1) & neg.any(1)
         p = torch.where(pos, d, -torch.inf).argmax(1)
         n = torch.where(neg, d, torch.inf).argmin(1)
-        a = torch.arange(len(labels))[ok]
+        a = torch.arange(len(labels), device=labels.device)[ok]
         return a, p[ok], n[ok]
 
 
@@ -114,7 +115,7 @@ class SemiHardMiner(BaseMiner):
         pos, neg = self._masks(labels)
         a, p = torch.nonzero(pos, as_tuple=True)
         if a.numel() == 0:
-            return _empty3()
+            return _empty3(emb.device)
         dap = d[a, p][:, None]
         dan = d[a]
         semi = neg[a] & (dan > dap) & (dan < dap + self.margin)
@@ -151,7 +152,7 @@ class MarginMiner(BaseMiner):
             a, p, n = torch.nonzero(viol, as_tuple=True)
             out.append((a + s, p, n))
         if not out:
-            return _empty3()
+            return _empty3(emb.device)
         return tuple(torch.cat(x) for x in zip(*out))  # type: ignore[return-value]
 
 
@@ -367,6 +368,14 @@ class HardNegativeMiner:
 class CrossBatchMemory:
     """A FIFO of recent embeddings (XBM, Wang et al. 2020) for mining without a full store.
 
+    Args:
+        size: slots in the memory (the oldest entries are evicted first).
+        dim: embedding dimension.
+        distance: ``"cosine"``, ``"l2"`` or ``"ip"``.
+        device: where the memory lives (``"cuda"`` keeps it beside a GPU model, so adding a batch
+            and mining it never leave the GPU); inputs are moved there, results are returned on
+            the query's device.
+
     Example:
         >>> mem = CrossBatchMemory(size=3, dim=1, distance="l2")
         >>> mem.add(torch.tensor([[0.0], [1.0], [2.0], [3.0]]), torch.tensor([0, 1, 1, 0]))  # oldest evicted
@@ -375,12 +384,16 @@ class CrossBatchMemory:
         [2.0, 1.0]
     """
 
-    def __init__(self, size: int, dim: int, distance: str = "cosine") -> None:
+    def __init__(self, size: int, dim: int, distance: str = "cosine", device: torch.device | str = "cpu") -> None:
         self.size, self.dim = C.positive_int(size, "size"), C.positive_int(dim, "dim")
         self.distance = C.choice(distance, "distance", DISTANCES)
-        self.emb = torch.zeros(self.size, self.dim)
-        self.labels = torch.full((self.size,), -1, dtype=torch.long)
-        self.ids = torch.full((self.size,), -1, dtype=torch.long)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
+        self.emb = torch.zeros(self.size, self.dim, device=self.device)
+        self.labels = torch.full((self.size,), -1, dtype=torch.long, device=self.device)
+        self.ids = torch.full((self.size,), -1, dtype=torch.long, device=self.device)
         self.ptr = 0
         self.count = 0
 
@@ -388,27 +401,37 @@ class CrossBatchMemory:
         return self.count
 
     def add(self, embeddings: Any, labels: Any, ids: Any = None) -> None:
-        e = torch.as_tensor(embeddings).detach().float().cpu()
-        lab = torch.as_tensor(labels).long().cpu()
+        """Append a batch (``ids`` are optional dataset ids kept beside each slot)."""
+        dev = self.device
+        e = torch.as_tensor(embeddings).detach().to(dev, torch.float32)
+        lab = torch.as_tensor(labels).detach().to(dev, torch.long)
         if e.ndim != 2 or e.shape[1] != self.dim or lab.shape != (e.shape[0],):
             raise ValueError(f"embeddings, labels: expected shapes (n, {self.dim}) and (n,), got {tuple(e.shape)} "
                              f"and {tuple(lab.shape)}")
         if not torch.isfinite(e).all():
             raise ValueError("embeddings: expected finite values, got NaN or inf")
-        i = torch.full((e.shape[0],), -1, dtype=torch.long) if ids is None else torch.as_tensor(ids).long()
+        if ids is None:
+            i = torch.full((e.shape[0],), -1, dtype=torch.long, device=dev)
+        else:
+            i = torch.as_tensor(ids).detach().to(dev, torch.long)
+            if i.shape != (e.shape[0],):
+                raise ValueError(f"ids: expected {e.shape[0]} ids (one per embedding), got shape {tuple(i.shape)}")
         e, lab, i = e[-self.size:], lab[-self.size:], i[-self.size:]
-        pos = (self.ptr + torch.arange(len(e))) % self.size
+        pos = (self.ptr + torch.arange(len(e), device=dev)) % self.size
         self.emb[pos], self.labels[pos], self.ids[pos] = e, lab, i
         self.ptr = int((self.ptr + len(e)) % self.size)
         self.count = min(self.size, self.count + len(e))
 
     def negatives(self, embeddings: Any, labels: Any, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, k)`` memory slots of the nearest different-label entries (``-1`` where fewer) and distances."""
-        e = torch.as_tensor(embeddings).detach().float()
-        lab = torch.as_tensor(labels).long()
+        """``(B, k)`` memory slots of the nearest different-label entries (``-1`` where fewer) and
+        distances, on the device of ``embeddings``."""
+        q = torch.as_tensor(embeddings).detach()
+        out_dev = q.device
+        e = q.to(self.device, torch.float32)
+        lab = torch.as_tensor(labels).detach().to(self.device, torch.long)
         d = pairwise_distance(e, self.emb[: self.count], self.distance)
         d = torch.where(lab[:, None] != self.labels[None, : self.count], d, torch.inf)
         kk = min(C.positive_int(k, "k"), self.count)
         vals, slots = torch.topk(d, kk, dim=1, largest=False) if kk else (d[:, :0], d[:, :0].long())
         slots = torch.where(torch.isfinite(vals), slots, -1)
-        return slots, vals
+        return slots.to(out_dev), vals.to(out_dev)

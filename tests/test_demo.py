@@ -46,3 +46,12 @@ def test_demo_quick_end_to_end_and_report(tmp_path):
                        env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "accuracy.png").exists()
+
+
+def test_demo_rejects_an_unknown_device_before_any_work():
+    import pytest
+
+    from curriculum.demo import run_demo
+
+    with pytest.raises(ValueError, match="device: expected an available torch device"):
+        run_demo(device="tpu7")

@@ -168,6 +168,16 @@ def test_recorder_hand_made_sequence():
     np.testing.assert_allclose(rec.loss, ce[-1])
 
 
+def test_recorder_takes_bf16_logits_like_float32():
+    """Mixed-precision loops hand over bf16 logits and losses (numpy has no bf16)."""
+    lg = torch.tensor([[2.0, 0.5], [0.25, 1.0], [1.5, -1.0]], dtype=torch.bfloat16)
+    a, b = Recorder(3, 2, labels=[0, 1, 1]), Recorder(3, 2, labels=[0, 1, 1])
+    a.update([0, 1, 2], logits=lg, loss=torch.tensor([0.5, 1.0, 2.0], dtype=torch.bfloat16))
+    b.update([0, 1, 2], logits=lg.float(), loss=torch.tensor([0.5, 1.0, 2.0]))
+    np.testing.assert_array_equal(a.margin, b.margin)
+    np.testing.assert_array_equal(a.loss_ema, b.loss_ema)
+
+
 def test_recorder_repeated_indices_apply_in_order():
     a = Recorder(2, 2, labels=[0, 1])
     b = Recorder(2, 2, labels=[0, 1])

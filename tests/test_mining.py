@@ -181,6 +181,25 @@ def test_cross_batch_memory_fifo_and_negatives():
     assert mem.ids[slots[0]].tolist() == [14, 12, 11]  # d = 0.9, 1.1, 2.1
 
 
+def test_cross_batch_memory_bad_input_changes_nothing():
+    mem = CrossBatchMemory(size=4, dim=2, distance="l2")
+    mem.add(torch.zeros(2, 2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="ids: expected 3 ids"):
+        mem.add(torch.ones(3, 2), torch.tensor([0, 1, 1]), ids=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="finite"):
+        mem.add(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]))
+    assert len(mem) == 2 and mem.ptr == 2 and (mem.emb[:2] == 0).all()
+    with pytest.raises(ValueError, match="device: expected a torch device"):
+        CrossBatchMemory(4, 2, device="gpu0")
+
+
+def test_cross_batch_memory_takes_bf16_and_float64():
+    mem = CrossBatchMemory(size=8, dim=2, distance="l2")
+    mem.add(torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]], dtype=torch.bfloat16), [0, 1, 1])
+    slots, dist = mem.negatives(torch.tensor([[1.2, 0.0]], dtype=torch.float64), [0], k=2)
+    assert slots.tolist() == [[1, 2]] and dist.dtype == torch.float32
+
+
 def test_neighbourhood_batches_hold_hard_negatives_and_refresh():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 4)).astype(np.float32)
