@@ -23,11 +23,14 @@ import torch.nn.functional as F
 
 import curriculum as cl
 from curriculum.curation import curate, deduplicate
-from curriculum.data import load_digits, load_real, long_tailed, pixel_pca
+from curriculum.data import load_digits, load_fashion_mnist, long_tailed, pixel_pca
 
 
 def build_pool(seed: int = 0):
-    tr = load_real(train=True)
+    try:  # the planted out-of-distribution images are digits: the pool itself must be Fashion-MNIST
+        tr = load_fashion_mnist(train=True)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"this example needs Fashion-MNIST ({exc}); run 'make data' or set CURRICULUM_FMNIST") from None
     rng = np.random.default_rng(seed)
     idx = long_tailed(tr.labels, rho=100.0, seed=seed)
     images, labels = tr.images[idx], tr.labels[idx]
@@ -77,7 +80,7 @@ def main() -> None:
                     help="embedding: a briefly trained CNN's penultimate layer, or pixel PCA")
     a = ap.parse_args()
     images, labels, kind = build_pool()
-    test = load_real(train=False)
+    test = load_fashion_mnist(train=False)
     if a.embed == "cnn":  # penultimate features of a CNN trained briefly on the (uncurated) pool
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),

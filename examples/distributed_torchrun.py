@@ -32,7 +32,7 @@ def main(rank: int | None = None, world: int | None = None) -> None:
     x = torch.tensor(ds.images[:8000], dtype=torch.float32).div(255).unsqueeze(1)
     y = torch.from_numpy(ds.labels[:8000])
     model = torch.nn.parallel.DistributedDataParallel(
-        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)))
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = cl.Recorder(len(y), 10, labels=y.numpy())
     scores = np.random.default_rng(0).random(len(y))  # any difficulty; here replaced by dynamics below

@@ -23,7 +23,8 @@ ap.add_argument("--items", type=int, default=60000)
 args = ap.parse_args()
 ds = load_real()
 rng = np.random.default_rng(0)
-basis = rng.normal(size=(784, 32)).astype(np.float32) / 28.0
+side = ds.images.shape[-1]  # 28 for Fashion-MNIST, 8 for the scikit-learn digits fallback
+basis = rng.normal(size=(side * side, 32)).astype(np.float32) / side
 
 
 def stream():
@@ -34,7 +35,7 @@ def stream():
     for i in range(args.items):
         if recent and r.random() < 0.6:
             obj, img = recent[r.integers(len(recent))]
-            yield obj, np.clip(img + r.integers(-5, 6, (28, 28)), 0, 255).astype(np.uint8)
+            yield obj, np.clip(img + r.integers(-5, 6, img.shape), 0, 255).astype(np.uint8)
         else:
             img = ds.images[i % len(ds.images)]
             recent = (recent + [(i, img)])[-20:]

