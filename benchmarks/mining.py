@@ -35,7 +35,8 @@ def main() -> None:
         ap.error(f"--sections: expected inbatch and/or global, got {a.sections!r}")
     rows = (inbatch_section(a.batches, device=a.device) if "inbatch" in parts else []) + (
         global_mining_section(a.sizes) if "global" in parts else [])
-    text = print_table(rows, ["section", "what", "ms", "pml_ms", "same_output", "peak_extra_mb", "recall_vs_exact"],
+    text = print_table(rows, ["section", "what", "ms", "pml_ms", "same_output", "peak_extra_mb", "recall_vs_exact",
+                                      "first_call_s"],
                        "Mining speed")
     name = "mining.json" if a.device == "cpu" else f"mining_{a.device.replace(':', '')}.json"
     write_json(os.path.join(a.out, name), {"machine": machine(), "rows": rows, "table": text})

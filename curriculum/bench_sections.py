@@ -128,9 +128,13 @@ def scores_section(n: int, dim: int = 128, k: int = 10, progress: bool = True) -
 
 # ------------------------------------------------------------------------------------ global mining
 def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors: int = 256,
-                          nprobes: tuple[int | None, ...] = (None, 16)) -> list[dict[str, Any]]:
+                          nprobes: tuple[int | None, ...] = (None, 16),
+                          table_nprobes: tuple[int, ...] = (32, 64)) -> list[dict[str, Any]]:
     """Latency of ``HardNegativeMiner.negatives`` for a batch of anchors (median of 10 batches)
-    and the recall of its negatives against exact search with the same label filter."""
+    and the recall of its negatives against exact search with the same label filter: through the
+    store's index at each of ``nprobes`` (``None``: the store's default), then through a
+    negatives table (:meth:`~curriculum.HardNegativeMiner.build_table`) built at each of
+    ``table_nprobes`` - its build seconds reported beside the per-batch latency."""
     import faiss
 
     from . import EmbeddingStore, HardNegativeMiner
@@ -149,13 +153,8 @@ def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors
         exact = HardNegativeMiner(_flat_copy(store, x, labels), k=k)
         batches = [np.random.default_rng(100 + r).choice(n, anchors, replace=False) for r in range(10)]
         refs = [exact.negatives(b).ids for b in batches[:3]]
-        ivf = faiss.extract_index_ivf(store._index) if store._index is not None else None
-        default = ivf.nprobe if ivf is not None else None
-        for npb in nprobes:
-            if npb is not None and ivf is None:
-                continue
-            if ivf is not None:
-                ivf.nprobe = default if npb is None else npb
+
+        def measure(what: str, **extra: Any) -> None:
             ts = []
             for b in batches:
                 t = time.perf_counter()
@@ -163,12 +162,25 @@ def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors
                 ts.append(time.perf_counter() - t)
             rec = np.mean([len(set(a[a >= 0].tolist()) & set(r.tolist())) / k
                            for b, ref in zip(batches, refs) for a, r in zip(miner.negatives(b).ids, ref)])
-            rows.append({"section": "global mining", "N": n, "what": f"{anchors} anchors, k={k}, {store.active_index}"
-                         f"{'' if ivf is None else f' nprobe={ivf.nprobe}'}", "ms": float(np.median(ts)) * 1e3,
-                         "recall_vs_exact": float(rec), "first_call_s": first})
+            rows.append({"section": "global mining", "N": n, "what": f"{anchors} anchors, k={k}, {what}",
+                         "ms": float(np.median(ts)) * 1e3, "recall_vs_exact": float(rec), **extra})
             _say(rows[-1])
+
+        ivf = faiss.extract_index_ivf(store._index) if store._index is not None else None
+        default = ivf.nprobe if ivf is not None else None
+        for npb in nprobes:
+            if npb is not None and ivf is None:
+                continue
+            if ivf is not None:
+                ivf.nprobe = default if npb is None else npb
+            measure(f"{store.active_index}{'' if ivf is None else f' nprobe={ivf.nprobe}'}", first_call_s=first)
         if ivf is not None:
             ivf.nprobe = default
+        for npb in table_nprobes:
+            miner.build_table(nprobe=npb)
+            measure(f"negatives table (blocked, nprobe={npb}, k={miner.table_info['k']})",
+                    first_call_s=miner.table_info["seconds"])
+        miner.drop_table()
         del store, exact
     return rows
 

@@ -183,6 +183,32 @@ def probe_lists(centroids: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
     return probe
 
 
+def probe_lists_other_label(centroids: np.ndarray, nprobe: int, metric: str, pure: np.ndarray,
+                            chunk: int = 1024) -> np.ndarray:
+    """Like :func:`probe_lists`, for label-filtered search: a block whose rows all carry one label
+    (``pure[b]`` = that label, ``-1`` for a mixed block) skips every block holding only that same
+    label - its own included - so its ``nprobe`` probes all reach rows of other labels.
+    ``-1`` pads where fewer blocks qualify."""
+    import torch
+
+    nb = len(centroids)
+    nprobe = max(1, min(nprobe, nb))
+    c = torch.from_numpy(np.ascontiguousarray(centroids, np.float32))
+    pure_t = torch.from_numpy(np.asarray(pure, np.int64))
+    sq = (c * c).sum(1)
+    out = np.full((nb, nprobe), -1, np.int64)
+    for s in range(0, nb, chunk):
+        e = min(nb, s + chunk)
+        sim = c[s:e] @ c.T
+        if metric != "ip":
+            sim = 2.0 * sim - sq[None, :]  # -||a - b||^2 up to a per-row constant
+        blocked = (pure_t[s:e, None] >= 0) & (pure_t[None, :] == pure_t[s:e, None])
+        sim.masked_fill_(blocked, -torch.inf)
+        vals, idx = torch.topk(sim, nprobe, dim=1)
+        out[s:e] = torch.where(torch.isfinite(vals), idx, -1).numpy()
+    return out
+
+
 def run_blocks(task: Callable[[int], int], n_tasks: int, total: int, desc: str, progress: bool,
                threads: int | None, between: Callable[[int], None] | None = None) -> None:
     """Run ``task(0..n_tasks-1)`` on a thread pool, one single-threaded torch task per worker: both
@@ -209,7 +235,8 @@ def run_blocks(task: Callable[[int], int], n_tasks: int, total: int, desc: str, 
 def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters: int | None = None,
                 seed: int = 0, exclude_self: bool = True, progress: bool = False,
                 centroids: np.ndarray | None = None, threads: int | None = None,
-                base: np.ndarray | None = None, assign: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                base: np.ndarray | None = None, assign: np.ndarray | None = None,
+                labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k nearest rows of ``base`` (default: ``x`` itself, the all-points kNN graph) for every row
     of ``x``, computed in dense blocks at matrix-product speed.
 
@@ -220,6 +247,9 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     ``k`` best. With ``nprobe >= n_clusters`` every pair is scored and the answer is exact.
     ``exclude_self`` (self-search only) drops each row from its own list. ``centroids`` and the
     base rows' ``assign``-ments may be passed in when already computed (see ``block_plan``).
+    ``labels`` (self-search only, one per row) keeps only neighbours of *another* label - each
+    row's nearest other-label rows, the global hard negatives - and probes, for a block of one
+    label, the ``nprobe`` nearest blocks that hold other labels (:func:`probe_lists_other_label`).
     Returns ``(distances, rows of base)`` in the module's convention.
     """
     import torch
@@ -243,7 +273,20 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     b_bounds = np.searchsorted(b_assign[b_order], np.arange(n_clusters + 1))
     q_order = b_order if same else np.argsort(q_assign, kind="stable")
     q_bounds = b_bounds if same else np.searchsorted(q_assign[q_order], np.arange(n_clusters + 1))
-    probe = probe_lists(centroids, nprobe, metric)
+    if labels is not None:
+        if not same:
+            raise ValueError("labels: label-filtered blocked search is a self-search (base must be None)")
+        labels = np.asarray(labels, np.int64)
+        lab_sorted = labels[b_order]
+        lo = np.minimum.reduceat(lab_sorted, b_bounds[:-1]) if n else np.zeros(0, np.int64)
+        hi = np.maximum.reduceat(lab_sorted, b_bounds[:-1]) if n else np.zeros(0, np.int64)
+        empty = b_bounds[1:] == b_bounds[:-1]
+        pure = np.where((lo == hi) & ~empty, lo, -1)
+        pure[empty] = -2  # empty blocks: never probed usefully, never skipped by a label
+        probe = probe_lists_other_label(centroids, nprobe, metric, pure)
+        lab_t = torch.from_numpy(labels)
+    else:
+        probe = probe_lists(centroids, nprobe, metric)
     sq = np.einsum("nd,nd->n", b, b) if metric == "l2" else None
     sq_q = (sq if same else np.einsum("nd,nd->n", x, x)) if metric == "l2" else None
     out_d = np.full((n, k), np.inf, np.float32)
@@ -260,16 +303,27 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
         xq = torch.from_numpy(np.take(x, q_rows, axis=0))
         xc = torch.from_numpy(np.take(b, cand, axis=0))
         m = min(kk, cand.size)
+        same_label = None
+        # a block of one label whose probes hold only other labels needs no mask at all (on
+        # label-clustered embeddings, most blocks): only mixed blocks compare labels pairwise
+        if labels is not None and (pure[c] < 0 or (pure[probe[c][probe[c] >= 0]] == -1).any()):
+            same_label = lab_t[torch.from_numpy(q_rows)][:, None] == lab_t[torch.from_numpy(cand)][None, :]
         # rank by one fused product: ||x||^2 - 2 q.x for l2 (the query norm is constant per row)
         if metric == "l2":
             score = torch.addmm(torch.from_numpy(sq[cand])[None, :], xq, xc.T, beta=1.0, alpha=-2.0)
+            if same_label is not None:
+                score.masked_fill_(same_label, torch.inf)
             vals, pos = torch.topk(score, m, dim=1, largest=False, sorted=True)
             v = np.sqrt(np.maximum(vals.numpy() + sq_q[q_rows][:, None], 0.0))
         else:
-            vals, pos = torch.topk(xq @ xc.T, m, dim=1, largest=True, sorted=True)
+            score = xq @ xc.T
+            if same_label is not None:
+                score.masked_fill_(same_label, -torch.inf)
+            vals, pos = torch.topk(score, m, dim=1, largest=True, sorted=True)
             v = (1.0 - vals).numpy() if metric == "cosine" else (-vals).numpy()
         ids = cand[pos.numpy()]
         valid = ids != q_rows[:, None] if exclude_self else np.ones(ids.shape, bool)
+        valid &= np.isfinite(v)
         out_d[q_rows], out_i[q_rows] = first_k_valid(v.astype(np.float32), ids, valid, k)
         scored[c] = q_rows.size * cand.size
         return int(q_rows.size)

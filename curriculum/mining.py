@@ -222,6 +222,84 @@ class HardNegativeMiner:
         self.exclude_batch = bool(exclude_batch)
         self.duplicate_threshold = None if duplicate_threshold is None else C.finite_float(
             duplicate_threshold, "duplicate_threshold", -1.0, 1.0)
+        self._table: dict[str, Any] | None = None
+        self.table_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ negatives table
+    def build_table(self, k: int | None = None, nprobe: int = 32, progress: bool = False) -> "HardNegativeMiner":
+        """Precompute every stored row's ``k`` (default ``2 * self.k + 8``) nearest rows of another
+        label with the blocked all-points engine (:func:`curriculum.knn.blocked_knn` with labels:
+        dense block products at matrix-multiply speed, a block of one label probing the
+        ``nprobe`` nearest blocks that hold other labels).
+
+        Afterwards :meth:`negatives` for stored anchors (``anchor_ids`` without fresh
+        ``embeddings``/``labels``) reads the anchors' rows of the table, re-scores those candidates
+        at the *current* vectors and labels, drops excluded ids and keeps the ``k`` best - a
+        gather of ``B x k`` vectors instead of a search over the store. Anchors added after the
+        build, or left with fewer than ``k`` valid candidates, fall back to the index search. The
+        table is a snapshot of the neighbourhoods at build time: rebuild it when the encoder has
+        moved (once per epoch is the usual rhythm); ``table_info`` records when it was built.
+
+        Example:
+            >>> import numpy as np
+            >>> store = EmbeddingStore(1, metric="l2")
+            >>> _ = store.add(np.array([[0.0], [1.0], [1.5], [4.0]]), labels=[0, 0, 1, 1])
+            >>> HardNegativeMiner(store, k=1).build_table().negatives([0, 3]).ids.tolist()
+            [[2], [1]]
+        """
+        import time
+
+        from .knn import blocked_knn
+
+        store = self.store
+        if not store.has_labels:
+            raise ValueError("store: a negatives table needs a label on every stored row")
+        kt = 2 * self.k + 8 if k is None else C.positive_int(k, "k")
+        nprobe = C.positive_int(nprobe, "nprobe")
+        t0 = time.perf_counter()
+        with store._lock:
+            n = len(store)
+            vec = store._b.vec[:n].copy()
+            ids = store.ids.copy()
+            labels = store.labels.copy()
+            version = store._version
+        _, rows = blocked_knn(vec, kt, store.metric, nprobe=nprobe, labels=labels, progress=progress)
+        table = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+        order = np.argsort(ids, kind="stable")
+        self._table = {"ids": table, "sorted_ids": ids[order], "order": order}
+        self.table_info = {"rows": n, "k": kt, "nprobe": nprobe, "store_version": version,
+                           "seconds": time.perf_counter() - t0}
+        return self
+
+    def drop_table(self) -> None:
+        """Forget the negatives table: :meth:`negatives` searches the index again."""
+        self._table, self.table_info = None, {}
+
+    def _table_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each anchor id in the table, ``-1`` for ids added after the build."""
+        t = self._table
+        assert t is not None
+        pos = np.minimum(np.searchsorted(t["sorted_ids"], ids), max(len(t["sorted_ids"]) - 1, 0))
+        hit = t["sorted_ids"][pos] == ids if len(t["sorted_ids"]) else np.zeros(len(ids), bool)
+        return np.where(hit, t["order"][pos], -1)
+
+    def _table_negatives(self, ids: np.ndarray, q: np.ndarray, lab: np.ndarray, excl: np.ndarray, k: int) -> Mined:
+        from .knn import first_k_valid
+
+        t = self._table
+        assert t is not None
+        trow = self._table_rows(ids)
+        cand = np.where(trow[:, None] >= 0, t["ids"][np.maximum(trow, 0)], -1)
+        with self.store._lock:  # current vectors and labels: the candidates' distances are exact now
+            d, cid = self.store._rerank(q, cand, cand.shape[1], lab)
+            ok = (cid >= 0) & ~self.store._excluded(cid, excl if excl.size else None)
+        d, out = first_k_valid(d, cid, ok, k)
+        short = np.flatnonzero((out >= 0).sum(1) < min(k, len(self.store) - 1))
+        if short.size:  # not in the table, or too few candidates left: search the index
+            sub = excl if excl.ndim == 1 else excl[short]
+            d[short], out[short] = self.store.search(q[short], k, exclude_ids=sub if sub.size else None,
+                                                     exclude_labels=lab[short])
+        return self._result(out, d)
 
     def _anchors(self, anchor_ids: Any, embeddings: Any, labels: Any, need_labels: bool) -> tuple:
         if anchor_ids is None and embeddings is None:
@@ -297,6 +375,8 @@ class HardNegativeMiner:
         labelled = self.store.has_labels and (labels is not None or anchor_ids is not None)
         ids, q, lab = self._anchors(anchor_ids, embeddings, labels, need_labels=labelled)
         excl = self._exclusions(ids, len(q), exclude_ids)
+        if labelled and self._table is not None and ids is not None and embeddings is None and labels is None:
+            return self._table_negatives(ids, q, lab, excl, k)
         if labelled:
             d, i = self.store.search(q, k, exclude_ids=excl if excl.size else None, exclude_labels=lab)
             return self._result(i, d)

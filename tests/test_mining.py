@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import curriculum as cl
+from curriculum.data import clustered
 from curriculum.contrastive import hard_negative_nce, info_nce, mochi
 from curriculum.mining import (BatchHardMiner, CrossBatchMemory, HardNegativeMiner, MarginMiner, MultiSimilarityMiner,
                                SemiHardMiner, pairwise_distance)
@@ -97,6 +98,81 @@ def test_global_negatives_equal_brute_force_and_never_share_label():
     got2 = HardNegativeMiner(store, k=5, exclude_batch=False).negatives(embeddings=x[anchors] + 0.01,
                                                                         labels=lab[anchors])
     assert (lab[got2.ids] != lab[anchors][:, None]).all()
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_labelled_blocked_engine_at_full_probe_equals_brute_force(metric):
+    from curriculum.knn import blocked_knn
+
+    rng = np.random.default_rng(1)
+    x, lab = clustered(3000, 12, n_clusters=30, seed=2)
+    x = x.astype(np.float32)
+    if metric == "cosine":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = lab % 5
+    labels[rng.choice(3000, 300, replace=False)] = rng.integers(0, 5, 300)  # mixed blocks too
+    d, r = blocked_knn(x, 8, metric, nprobe=10_000, n_clusters=12, labels=labels)
+    ip = x @ x.T
+    ref = {"l2": np.sqrt(np.maximum((x * x).sum(1)[:, None] + (x * x).sum(1)[None] - 2 * ip, 0)),
+           "cosine": 1 - ip, "ip": -ip}[metric]
+    ref[labels[:, None] == labels[None, :]] = np.inf
+    np.testing.assert_allclose(d, np.sort(ref, axis=1)[:, :8], rtol=1e-4, atol=1e-4)
+    assert (labels[r] != labels[:, None]).all()
+    d4, r4 = blocked_knn(x, 8, metric, nprobe=4, n_clusters=12, labels=labels)
+    assert ((r4 < 0) | (labels[np.maximum(r4, 0)] != labels[:, None])).all()  # never the anchor's label
+
+
+def test_negatives_table_equals_search_and_follows_the_store():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 8)).astype(np.float32)
+    lab = rng.integers(0, 4, 2000)
+    store = cl.EmbeddingStore(8, metric="l2", index="flat")
+    store.add(x, labels=lab)
+    anchors = rng.choice(2000, 64, replace=False)
+    plain = HardNegativeMiner(store, k=10).negatives(anchors)
+    miner = HardNegativeMiner(store, k=10).build_table(nprobe=1000)  # every block probed: exact table
+    assert miner.table_info["rows"] == 2000 and miner.table_info["k"] == 28
+    got = miner.negatives(anchors)
+    assert got.ids.tolist() == plain.ids.tolist()
+    np.testing.assert_allclose(got.distances, plain.distances, rtol=1e-5)
+    assert not np.isin(got.ids, anchors).any()  # the batch is excluded, as without a table
+    # the table holds candidates; distances and labels are read at the current store
+    a0, first = int(anchors[0]), int(got.ids[0, 0])
+    store.update([first], x[first:first + 1] + 50.0)
+    after = miner.negatives(anchors[:1])
+    assert first not in after.ids[0].tolist()
+    assert after.ids[0].tolist() == HardNegativeMiner(store, k=10).negatives(anchors[:1]).ids[0].tolist()
+    store.update([int(after.ids[0, 0])], store.vectors([int(after.ids[0, 0])]), labels=[lab[a0]])
+    assert int(after.ids[0, 0]) not in miner.negatives(anchors[:1]).ids[0].tolist()
+    # anchors added after the build fall back to the index search
+    new = store.add(rng.normal(size=(3, 8)).astype(np.float32), labels=[0, 1, 2])
+    fresh = miner.negatives(new)
+    assert fresh.ids.tolist() == HardNegativeMiner(store, k=10).negatives(new).ids.tolist()
+    miner.drop_table()
+    assert miner.table_info == {}
+
+
+def test_negatives_table_recall_on_a_clustered_set():
+    x, lab = clustered(20_000, 32, n_clusters=40, seed=0)
+    labels = lab % 10
+    store = cl.EmbeddingStore(32, metric="cosine", index="flat")
+    store.add(x, labels=labels)
+    anchors = np.random.default_rng(3).choice(20_000, 256, replace=False)
+    exact = HardNegativeMiner(store, k=20).negatives(anchors).ids
+    got = HardNegativeMiner(store, k=20).build_table(nprobe=32).negatives(anchors).ids
+    recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(got.tolist(), exact.tolist())])
+    assert recall >= 0.95, recall
+
+
+def test_negatives_table_bad_input():
+    store = cl.EmbeddingStore(2, metric="l2")
+    store.add(np.eye(2, dtype=np.float32))
+    with pytest.raises(ValueError, match="store: a negatives table needs a label"):
+        HardNegativeMiner(store).build_table()
+    store2 = cl.EmbeddingStore(2, metric="l2")
+    store2.add(np.eye(2, dtype=np.float32), labels=[0, 1])
+    with pytest.raises(ValueError, match="nprobe"):
+        HardNegativeMiner(store2).build_table(nprobe=0)
 
 
 def test_anchor_without_negatives_is_padded_not_garbage():
