@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import os
 import time
 from typing import Any, Callable
 
