@@ -167,7 +167,8 @@ class MultiSimilarityMiner(BaseMiner):
         self.epsilon = C.finite_float(epsilon, "epsilon", 0.0)
 
     def mine(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        s = 1.0 - pairwise_distance(emb, emb, "cosine")
+        e = torch.nn.functional.normalize(emb, dim=1)
+        s = e @ e.T  # the similarity itself: 1 - (1 - cos) rounds differently at the epsilon boundary
         pos, neg = self._masks(labels)
         min_pos = torch.where(pos, s, torch.inf).min(1, keepdim=True).values
         max_neg = torch.where(neg, s, -torch.inf).max(1, keepdim=True).values

@@ -248,6 +248,38 @@ def test_mochi_shapes_and_mixing():
     assert (sim_q > -0.5).all()
 
 
+@pytest.mark.parametrize("b", [512, 4096])
+def test_inbatch_miners_return_the_tuples_of_pytorch_metric_learning(b):
+    """Same definitions, same tuples, including pairs at the multi-similarity epsilon boundary
+    (at B = 4096 one pair sat there when the similarity was computed as 1 - (1 - cos))."""
+    pml = pytest.importorskip("pytorch_metric_learning.miners")
+    g = torch.Generator().manual_seed(0)
+    if b == 4096:  # advance the generator to a batch holding a pair at the epsilon boundary
+        torch.randn(1024, 128, generator=g), torch.randint(0, 128, (1024,), generator=g)
+    emb = torch.randn(b, 128, generator=g)
+    lab = torch.randint(0, b // 8, (b,), generator=g)
+
+    def as_set(t):  # tuples as sorted int64 keys (16M negative pairs at 4096: no Python sets)
+        def key(*cols):
+            k = torch.zeros_like(cols[0])
+            for c in cols:
+                k = k * b + c
+            return torch.sort(k).values.tolist() if k.numel() < 100_000 else torch.sort(k).values
+
+        parts = [(t[0], t[1]), (t[2], t[3])] if len(t) == 4 else [tuple(t)]
+        return [key(*p) for p in parts]
+
+    def same(x, y):
+        return all(torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v for u, v in zip(x, y))
+
+    assert same(as_set(MultiSimilarityMiner(0.1)(emb, lab)), as_set(pml.MultiSimilarityMiner(epsilon=0.1)(emb, lab)))
+    assert same(as_set(BatchHardMiner()(emb, lab)), as_set(pml.BatchHardMiner()(emb, lab)))
+    if b <= 1024:  # every semi-hard triplet: ~1e8 at 4096
+        ours = SemiHardMiner(0.2, distance="l2", all_negatives=True)(torch.nn.functional.normalize(emb, dim=1), lab)
+        theirs = pml.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")(emb, lab)
+        assert same(as_set(ours), as_set(theirs))
+
+
 def test_cross_batch_memory_fifo_and_negatives():
     mem = CrossBatchMemory(size=4, dim=1, distance="l2")
     mem.add(torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([0, 1, 1]), ids=torch.tensor([10, 11, 12]))
