@@ -371,7 +371,9 @@ class HardNegativeMiner:
                   exclude_ids: Any = None, k: int | None = None) -> Mined:
         """The ``k`` nearest stored ids with a different label (label-free when the store has none:
         the nearest ids other than the anchor, skipping near-duplicates). The label filter runs
-        inside the faiss search, so one search answers the whole batch."""
+        inside the faiss search, so one search answers the whole batch; after
+        :meth:`build_table`, stored anchors are answered from the table instead (re-scored at the
+        current vectors), at a fraction of the latency."""
         k = self.k if k is None else C.positive_int(k, "k")
         labelled = self.store.has_labels and (labels is not None or anchor_ids is not None)
         ids, q, lab = self._anchors(anchor_ids, embeddings, labels, need_labels=labelled)
