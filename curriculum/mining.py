@@ -224,10 +224,13 @@ class HardNegativeMiner:
         self.duplicate_threshold = None if duplicate_threshold is None else C.finite_float(
             duplicate_threshold, "duplicate_threshold", -1.0, 1.0)
         self._table: dict[str, Any] | None = None
+        self._table_thread: Any = None
+        self._table_error: BaseException | None = None
         self.table_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ negatives table
-    def build_table(self, k: int | None = None, nprobe: int = 32, progress: bool = False) -> "HardNegativeMiner":
+    def build_table(self, k: int | None = None, nprobe: int = 32, progress: bool = False,
+                    background: bool = False) -> "HardNegativeMiner":
         """Precompute every stored row's ``k`` (default ``2 * self.k + 8``) nearest rows of another
         label with the blocked all-points engine (:func:`curriculum.knn.blocked_knn` with labels:
         dense block products at matrix-multiply speed, a block of one label probing the
@@ -240,6 +243,9 @@ class HardNegativeMiner:
         build, or left with fewer than ``k`` valid candidates, fall back to the index search. The
         table is a snapshot of the neighbourhoods at build time: rebuild it when the encoder has
         moved (once per epoch is the usual rhythm); ``table_info`` records when it was built.
+        With ``background=True`` the table is built in a thread from a snapshot of the store
+        while :meth:`negatives` keeps answering from the previous table (or the index), and is
+        swapped in when ready; :meth:`wait_table` joins it and re-raises a failure.
 
         Example:
             >>> import numpy as np
@@ -248,6 +254,7 @@ class HardNegativeMiner:
             >>> HardNegativeMiner(store, k=1).build_table().negatives([0, 3]).ids.tolist()
             [[2], [1]]
         """
+        import threading
         import time
 
         from .knn import blocked_knn
@@ -257,6 +264,7 @@ class HardNegativeMiner:
             raise ValueError("store: a negatives table needs a label on every stored row")
         kt = 2 * self.k + 8 if k is None else C.positive_int(k, "k")
         nprobe = C.positive_int(nprobe, "nprobe")
+        self.wait_table()  # one build at a time
         t0 = time.perf_counter()
         with store._lock:
             n = len(store)
@@ -264,32 +272,54 @@ class HardNegativeMiner:
             ids = store.ids.copy()
             labels = store.labels.copy()
             version = store._version
-        _, rows = blocked_knn(vec, kt, store.metric, nprobe=nprobe, labels=labels, progress=progress)
-        table = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
-        order = np.argsort(ids, kind="stable")
-        self._table = {"ids": table, "sorted_ids": ids[order], "order": order}
-        self.table_info = {"rows": n, "k": kt, "nprobe": nprobe, "store_version": version,
-                           "seconds": time.perf_counter() - t0}
+
+        def work() -> None:
+            try:
+                _, rows = blocked_knn(vec, kt, store.metric, nprobe=nprobe, labels=labels, progress=progress)
+                table = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+                order = np.argsort(ids, kind="stable")
+                new = {"ids": table, "sorted_ids": ids[order], "order": order}
+                self._table = new  # one assignment: a concurrent negatives() sees the old or the new table
+                self.table_info = {"rows": n, "k": kt, "nprobe": nprobe, "store_version": version,
+                                   "seconds": time.perf_counter() - t0}
+            except BaseException as exc:  # surfaced by wait_table
+                self._table_error = exc
+
+        if background:
+            self._table_thread = threading.Thread(target=work, name="curriculum-negatives-table", daemon=True)
+            self._table_thread.start()
+        else:
+            work()
+            self.wait_table()
         return self
+
+    def wait_table(self) -> None:
+        """Block until a background :meth:`build_table` is done; re-raise its error if it failed."""
+        t = self._table_thread
+        if t is not None:
+            t.join()
+            self._table_thread = None
+        err, self._table_error = self._table_error, None
+        if err is not None:
+            raise RuntimeError(f"build_table: the table build failed ({err!r})") from err
 
     def drop_table(self) -> None:
         """Forget the negatives table: :meth:`negatives` searches the index again."""
+        self.wait_table()
         self._table, self.table_info = None, {}
 
-    def _table_rows(self, ids: np.ndarray) -> np.ndarray:
-        """Row of each anchor id in the table, ``-1`` for ids added after the build."""
-        t = self._table
-        assert t is not None
+    @staticmethod
+    def _table_rows(ids: np.ndarray, t: dict[str, Any]) -> np.ndarray:
+        """Row of each anchor id in table ``t``, ``-1`` for ids added after the build."""
         pos = np.minimum(np.searchsorted(t["sorted_ids"], ids), max(len(t["sorted_ids"]) - 1, 0))
         hit = t["sorted_ids"][pos] == ids if len(t["sorted_ids"]) else np.zeros(len(ids), bool)
         return np.where(hit, t["order"][pos], -1)
 
-    def _table_negatives(self, ids: np.ndarray, q: np.ndarray, lab: np.ndarray, excl: np.ndarray, k: int) -> Mined:
+    def _table_negatives(self, ids: np.ndarray, q: np.ndarray, lab: np.ndarray, excl: np.ndarray, k: int,
+                         t: dict[str, Any]) -> Mined:
         from .knn import first_k_valid
 
-        t = self._table
-        assert t is not None
-        trow = self._table_rows(ids)
+        trow = self._table_rows(ids, t)
         cand = np.where(trow[:, None] >= 0, t["ids"][np.maximum(trow, 0)], -1)
         with self.store._lock:  # current vectors and labels: the candidates' distances are exact now
             d, cid = self.store._rerank(q, cand, cand.shape[1], lab)
@@ -378,8 +408,9 @@ class HardNegativeMiner:
         labelled = self.store.has_labels and (labels is not None or anchor_ids is not None)
         ids, q, lab = self._anchors(anchor_ids, embeddings, labels, need_labels=labelled)
         excl = self._exclusions(ids, len(q), exclude_ids)
-        if labelled and self._table is not None and ids is not None and embeddings is None and labels is None:
-            return self._table_negatives(ids, q, lab, excl, k)
+        table = self._table
+        if labelled and table is not None and ids is not None and embeddings is None and labels is None:
+            return self._table_negatives(ids, q, lab, excl, k, table)
         if labelled:
             d, i = self.store.search(q, k, exclude_ids=excl if excl.size else None, exclude_labels=lab)
             return self._result(i, d)

@@ -152,6 +152,32 @@ def test_negatives_table_equals_search_and_follows_the_store():
     assert miner.table_info == {}
 
 
+def test_negatives_table_builds_in_the_background_and_reports_failure(monkeypatch):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 8)).astype(np.float32)
+    lab = rng.integers(0, 4, 3000)
+    store = cl.EmbeddingStore(8, metric="l2", index="flat")
+    store.add(x, labels=lab)
+    anchors = np.arange(32)
+    plain = HardNegativeMiner(store, k=5).negatives(anchors).ids
+    miner = HardNegativeMiner(store, k=5).build_table(nprobe=1000, background=True)
+    during = miner.negatives(anchors).ids  # answered while the build runs (index or table)
+    miner.wait_table()
+    assert miner.table_info["rows"] == 3000
+    assert during.tolist() == plain.tolist() == miner.negatives(anchors).ids.tolist()
+    import curriculum.knn as knn_mod
+
+    def broken(*a, **kw):
+        raise MemoryError("no room for the table")
+
+    monkeypatch.setattr(knn_mod, "blocked_knn", broken)
+    miner.build_table(background=True)
+    with pytest.raises(RuntimeError, match="build_table: the table build failed"):
+        miner.wait_table()
+    assert miner.table_info["rows"] == 3000  # the previous table stays in use
+    assert miner.negatives(anchors).ids.tolist() == plain.tolist()
+
+
 def test_negatives_table_recall_on_a_clustered_set():
     x, lab = clustered(20_000, 32, n_clusters=40, seed=0)
     labels = lab % 10
