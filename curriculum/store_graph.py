@@ -5,6 +5,7 @@ with the recall of the blocked engine predicted before it runs (``plan_knn``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ import faiss
 import numpy as np
 
 from . import _checks as C
-from .knn import blocked_knn, brute_knn, faiss_metric, first_k_valid, normalize
+from .knn import blocked_knn, brute_knn, first_k_valid, normalize
 from .knn_exact import exact_knn_graph
 from .progress import progress_bar
 
@@ -28,6 +29,30 @@ class KMeansResult:
     centroids: np.ndarray
     assignments: np.ndarray
     distances: np.ndarray
+
+
+def _exact_rows(vec: np.ndarray, rows: np.ndarray, k: int, metric: str, chunk: int = 65536) -> np.ndarray:
+    """Exact ``k`` nearest rows of ``vec`` for the few ``rows`` a plan samples: chunked matrix
+    products and a running top-k (at 1M x 128, 512 rows: ~2 s against ~5 s through faiss's
+    per-element heap)."""
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(vec[rows]))
+    best_v = torch.empty((len(rows), 0))
+    best_i = torch.empty((len(rows), 0), dtype=torch.int64)
+    for s in range(0, len(vec), chunk):
+        xc = torch.from_numpy(vec[s:s + chunk])
+        if metric == "l2":  # ||x||^2 - 2 q.x ranks as the distance does (||q||^2 is constant per row)
+            score = torch.addmm((xc * xc).sum(1)[None, :], q, xc.T, beta=1.0, alpha=-2.0)
+        else:
+            score = -(q @ xc.T)
+        v, i = torch.topk(score, min(k, xc.shape[0]), dim=1, largest=False)
+        best_v, best_i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s], 1)
+        if best_v.shape[1] > k:
+            best_v, pos = torch.topk(best_v, k, dim=1, largest=False)
+            best_i = torch.gather(best_i, 1, pos)
+    o = torch.argsort(best_v, dim=1, stable=True)
+    return torch.gather(best_i, 1, o).numpy()
 
 
 class GraphMixin:
@@ -58,7 +83,7 @@ class GraphMixin:
         ``index="flat"``, blocked beyond (measured faster than the IVF/HNSW index at equal recall,
         ``benchmarks/store.py``). With ``method="auto"`` the recall the blocked graph would reach is
         measured on 512 sampled rows against exact search (for any nprobe, before running it): the
-        smallest nprobe >= ``nprobe`` meeting ``target_recall`` is used, or exact search when that
+        smallest nprobe (>= ``nprobe`` when given) meeting ``target_recall`` is used, or exact search when that
         nprobe would score 40% of all pairs or more (hard, high-intrinsic-dimension data) - the
         choice follows measured recall and cost, not size alone. ``store.last_knn_report`` says
         what was chosen; :meth:`plan_knn` says it before running.
@@ -74,7 +99,8 @@ class GraphMixin:
         if method == "auto":
             method = "exact" if (self.index_spec == "flat" or n <= self.exact_threshold) else "blocked"
         tune = tune and method == "blocked"
-        nprobe = DEFAULT_NPROBE if nprobe is None else C.positive_int(nprobe, "nprobe")
+        floor = 1 if nprobe is None else C.positive_int(nprobe, "nprobe")  # auto: the smallest nprobe >= floor
+        nprobe = DEFAULT_NPROBE if nprobe is None else floor
         key = (self._version, exclude_self, method, nprobe if method == "blocked" else None)
         with self._lock:
             cached = self._knn_cache
@@ -83,7 +109,8 @@ class GraphMixin:
             vec, ids = self._b.vec[:n], self._b.ids[:n]
             rows = None
             if method == "blocked":
-                d, rows = self._tuned_blocked(vec, k, nprobe, exclude_self, progress, target_recall if tune else None)
+                d, rows = self._tuned_blocked(vec, k, floor if tune else nprobe, exclude_self, progress,
+                                              target_recall if tune else None)
                 if rows is None:
                     method = "exact"
             elif method == "exact" and n >= EXACT_GRAPH_MIN_ROWS:
@@ -128,7 +155,7 @@ class GraphMixin:
             ['method', 'nprobe', 'pair_share', 'recall_estimate']
         """
         k = C.positive_int(k, "k")
-        nprobe = DEFAULT_NPROBE if nprobe is None else C.positive_int(nprobe, "nprobe")
+        nprobe = 1 if nprobe is None else C.positive_int(nprobe, "nprobe")
         if k > len(self) - int(exclude_self):
             raise ValueError(f"k: expected at most {len(self) - int(exclude_self)}, got {k}")
         with self._lock:
@@ -138,28 +165,38 @@ class GraphMixin:
                   target: float) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
         """Within its candidate blocks the blocked search is exact, so the recall at any nprobe is
         known without running it: it is the share of each sampled row's true neighbours that lie in
-        the row's nprobe nearest blocks. The smallest nprobe (16, 32, 64 ...) reaching the target
-        is priced by the share of all pairs it scores."""
+        the row's nprobe nearest blocks. The smallest nprobe (at least ``nprobe``) reaching the
+        target is priced by the share of all pairs it scores."""
         from .knn import block_plan
 
         n = len(vec)
         sample = np.random.default_rng(0).choice(n, min(512, n), replace=False)
-        _, ex = brute_knn(vec[sample], vec, k + int(exclude_self), self.metric)
+        ex = _exact_rows(vec, sample, k + int(exclude_self), self.metric)
         exact = np.stack([r[r != q][:k] if exclude_self else r[:k] for r, q in zip(ex, sample)])
         centroids, assign = block_plan(vec, max(1, n // 256), self.metric)
         n_blocks = len(centroids)
-        am = faiss.METRIC_L2 if self.metric != "ip" else faiss_metric(self.metric)
-        _, order = faiss.knn(centroids, centroids, n_blocks, metric=am)  # blocks by nearness
-        # rank of every block in each sample row's probe order
-        rank = np.empty((len(sample), n_blocks), np.int64)
-        rank[np.arange(len(sample))[:, None], order[assign[sample]]] = np.arange(n_blocks)[None, :]
-        need = rank[np.arange(len(sample))[:, None], assign[exact]]  # probes needed per true neighbour
-        p = nprobe
-        while True:
-            recall = float((need < p).mean())
-            if recall >= target or p >= n_blocks:
-                break
-            p *= 2
+        # rank of every block in the probe order of each sampled row's block (nearest centroid
+        # first, as knn.probe_lists orders them): only the sampled rows' blocks are sorted
+        import torch
+
+        blocks, inv = np.unique(assign[sample], return_inverse=True)
+        cu, ca = torch.from_numpy(centroids[blocks]), torch.from_numpy(centroids)
+        if self.metric == "ip":
+            dist = -(cu @ ca.T)
+        else:
+            dist = (cu * cu).sum(1)[:, None] + (ca * ca).sum(1)[None, :] - 2.0 * (cu @ ca.T)
+        dist[torch.arange(len(blocks)), torch.from_numpy(blocks)] = -torch.inf  # its own block first
+        order = torch.argsort(dist, dim=1, stable=True).numpy()
+        rank = np.empty_like(order)
+        rank[np.arange(len(blocks))[:, None], order] = np.arange(n_blocks)[None, :]
+        need = rank[inv[:, None], assign[exact]]  # probes needed per true neighbour
+        # recall(p) = share of need < p, for every p at once: the smallest p meeting the target
+        # (plus two standard errors of the sampled estimate) is a quantile of ``need``
+        flat = np.sort(need.ravel())
+        goal = min(1.0, target + 2.0 * math.sqrt(target * (1.0 - target) / max(flat.size, 1)))
+        p_star = int(flat[max(int(math.ceil(goal * flat.size)) - 1, 0)]) + 1 if flat.size else 1
+        p = int(min(max(p_star, nprobe), n_blocks))
+        recall = float((need < p).mean())
         # a scored pair costs ~1.6x a GEMM pair in the blocked engine (its top-k), while the exact
         # engine scores each unordered pair once (0.5 of the ordered pairs, ~1.3x per pair with its
         # bound checks) and prunes more on clustered data: exact wins from ~40% of the pairs
