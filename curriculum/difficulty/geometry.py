@@ -90,7 +90,8 @@ def class_margin(store: EmbeddingStore, k: int = 10, progress: bool = False) -> 
     Positive when another class is nearer than the sample's own (hard). Samples whose nearest
     same- or other-class neighbour is not among their ``k`` nearest are resolved by a search
     restricted to that class (or its complement): exact for stores searched exactly (up to
-    ``exact_threshold`` rows), through the blocked kNN engine beyond. ``k`` trades speed only. A
+    ``exact_threshold`` rows), through the blocked kNN engine beyond (one label-aware pass finds
+    every row's nearest other-class row at once). ``k`` trades speed only. A
     sample alone in its class takes the largest same-class distance seen.
     """
     _check_store(store, k, labels=True)
@@ -109,7 +110,14 @@ def class_margin(store: EmbeddingStore, k: int = 10, progress: bool = False) -> 
             return brute_knn(vec[q_rows], vec[base_rows], kk, store.metric)
         return blocked_knn(vec[q_rows], kk, store.metric, base=vec[base_rows], progress=progress)
 
-    for c in np.unique(lab):
+    classes = np.unique(lab)
+    if not exact and len(classes) > 1 and np.isnan(d_other).any():
+        # one label-aware blocked pass gives every row its nearest other-class row (blocks of one
+        # class probe the nearest blocks of other classes) instead of one search per class
+        dd, rr = blocked_knn(vec, 1, store.metric, labels=lab, progress=progress)
+        fill = np.isnan(d_other) & (rr[:, 0] >= 0)
+        d_other[fill] = dd[fill, 0]
+    for c in classes:
         in_c = np.flatnonzero(lab == c)
         out_c = np.flatnonzero(lab != c)
         need = in_c[np.isnan(d_same[in_c])]
