@@ -128,12 +128,13 @@ def scores_section(n: int, dim: int = 128, k: int = 10, progress: bool = True) -
 # ------------------------------------------------------------------------------------ global mining
 def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors: int = 256,
                           nprobes: tuple[int | None, ...] = (None, 16),
-                          table_nprobes: tuple[int, ...] = (32, 64)) -> list[dict[str, Any]]:
+                          table_nprobes: tuple[int | None, ...] = (None, 64)) -> list[dict[str, Any]]:
     """Latency of ``HardNegativeMiner.negatives`` for a batch of anchors (median of 10 batches)
     and the recall of its negatives against exact search with the same label filter: through the
     store's index at each of ``nprobes`` (``None``: the store's default), then through a
     negatives table (:meth:`~curriculum.HardNegativeMiner.build_table`) built at each of
-    ``table_nprobes`` - its build seconds reported beside the per-batch latency."""
+    ``table_nprobes`` (``None``: chosen for recall 0.95) - its build seconds reported beside the
+    per-batch latency."""
     import faiss
 
     from . import EmbeddingStore, HardNegativeMiner
@@ -177,8 +178,10 @@ def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors
             ivf.nprobe = default
         for npb in table_nprobes:
             miner.build_table(nprobe=npb)
-            measure(f"negatives table (blocked, nprobe={npb}, k={miner.table_info['k']})",
-                    first_call_s=miner.table_info["seconds"])
+            info = miner.table_info
+            how = f"nprobe={info['nprobe']}" if npb is not None else \
+                f"auto nprobe={info['nprobe']}, estimate {info['recall_estimate']:.3f}"
+            measure(f"negatives table (blocked, {how}, k={info['k']})", first_call_s=info["seconds"])
         miner.drop_table()
         del store, exact
     return rows

@@ -229,12 +229,16 @@ class HardNegativeMiner:
         self.table_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ negatives table
-    def build_table(self, k: int | None = None, nprobe: int = 32, progress: bool = False,
-                    background: bool = False) -> "HardNegativeMiner":
+    def build_table(self, k: int | None = None, nprobe: int | None = None, target_recall: float = 0.95,
+                    progress: bool = False, background: bool = False) -> "HardNegativeMiner":
         """Precompute every stored row's ``k`` (default ``2 * self.k + 8``) nearest rows of another
         label with the blocked all-points engine (:func:`curriculum.knn.blocked_knn` with labels:
         dense block products at matrix-multiply speed, a block of one label probing the
-        ``nprobe`` nearest blocks that hold other labels).
+        ``nprobe`` nearest blocks that hold other labels). Without ``nprobe``, the smallest one
+        whose recall of each row's ``self.k`` hardest negatives clears ``target_recall`` is
+        chosen before the build, measured on 512 sampled rows against exact search (the blocked
+        search is exact inside its probes, so the recall of any nprobe is known up front);
+        ``table_info["recall_estimate"]`` reports it.
 
         Afterwards :meth:`negatives` for stored anchors (``anchor_ids`` without fresh
         ``embeddings``/``labels``) reads the anchors' rows of the table, re-scores those candidates
@@ -257,13 +261,15 @@ class HardNegativeMiner:
         import threading
         import time
 
-        from .knn import blocked_knn
+        from . import knn
+        from .knn import block_plan, block_purity, exact_rows, nprobe_for, probe_ranks
 
         store = self.store
         if not store.has_labels:
             raise ValueError("store: a negatives table needs a label on every stored row")
         kt = 2 * self.k + 8 if k is None else C.positive_int(k, "k")
-        nprobe = C.positive_int(nprobe, "nprobe")
+        nprobe = None if nprobe is None else C.positive_int(nprobe, "nprobe")
+        target = C.finite_float(target_recall, "target_recall", 0.0, 1.0, low_open=True)
         self.wait_table()  # one build at a time
         t0 = time.perf_counter()
         with store._lock:
@@ -275,13 +281,22 @@ class HardNegativeMiner:
 
         def work() -> None:
             try:
-                _, rows = blocked_knn(vec, kt, store.metric, nprobe=nprobe, labels=labels, progress=progress)
+                centroids, assign = block_plan(vec, max(1, n // 256), store.metric)
+                p, estimate = nprobe, None
+                if p is None:  # recall of the k hardest negatives of sampled rows, for every nprobe
+                    sample = np.random.default_rng(0).choice(n, min(512, n), replace=False)
+                    truth = exact_rows(vec, sample, self.k, store.metric, labels=labels)
+                    pure = block_purity(labels, assign, len(centroids))
+                    ranks = probe_ranks(centroids, assign, sample, truth, store.metric, pure=pure)
+                    p, estimate = nprobe_for(ranks, target, 1, len(centroids))
+                _, rows = knn.blocked_knn(vec, kt, store.metric, nprobe=p, labels=labels, progress=progress,
+                                          centroids=centroids, assign=assign)
                 table = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
                 order = np.argsort(ids, kind="stable")
                 new = {"ids": table, "sorted_ids": ids[order], "order": order}
                 self._table = new  # one assignment: a concurrent negatives() sees the old or the new table
-                self.table_info = {"rows": n, "k": kt, "nprobe": nprobe, "store_version": version,
-                                   "seconds": time.perf_counter() - t0}
+                self.table_info = {"rows": n, "k": kt, "nprobe": p, "recall_estimate": estimate,
+                                   "store_version": version, "seconds": time.perf_counter() - t0}
             except BaseException as exc:  # surfaced by wait_table
                 self._table_error = exc
 

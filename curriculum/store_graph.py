@@ -5,7 +5,6 @@ with the recall of the blocked engine predicted before it runs (``plan_knn``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +12,7 @@ import faiss
 import numpy as np
 
 from . import _checks as C
-from .knn import blocked_knn, brute_knn, first_k_valid, normalize
+from .knn import blocked_knn, brute_knn, exact_rows, first_k_valid, normalize, nprobe_for, probe_ranks
 from .knn_exact import exact_knn_graph
 from .progress import progress_bar
 
@@ -29,30 +28,6 @@ class KMeansResult:
     centroids: np.ndarray
     assignments: np.ndarray
     distances: np.ndarray
-
-
-def _exact_rows(vec: np.ndarray, rows: np.ndarray, k: int, metric: str, chunk: int = 65536) -> np.ndarray:
-    """Exact ``k`` nearest rows of ``vec`` for the few ``rows`` a plan samples: chunked matrix
-    products and a running top-k (at 1M x 128, 512 rows: ~2 s against ~5 s through faiss's
-    per-element heap)."""
-    import torch
-
-    q = torch.from_numpy(np.ascontiguousarray(vec[rows]))
-    best_v = torch.empty((len(rows), 0))
-    best_i = torch.empty((len(rows), 0), dtype=torch.int64)
-    for s in range(0, len(vec), chunk):
-        xc = torch.from_numpy(vec[s:s + chunk])
-        if metric == "l2":  # ||x||^2 - 2 q.x ranks as the distance does (||q||^2 is constant per row)
-            score = torch.addmm((xc * xc).sum(1)[None, :], q, xc.T, beta=1.0, alpha=-2.0)
-        else:
-            score = -(q @ xc.T)
-        v, i = torch.topk(score, min(k, xc.shape[0]), dim=1, largest=False)
-        best_v, best_i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s], 1)
-        if best_v.shape[1] > k:
-            best_v, pos = torch.topk(best_v, k, dim=1, largest=False)
-            best_i = torch.gather(best_i, 1, pos)
-    o = torch.argsort(best_v, dim=1, stable=True)
-    return torch.gather(best_i, 1, o).numpy()
 
 
 class GraphMixin:
@@ -171,32 +146,11 @@ class GraphMixin:
 
         n = len(vec)
         sample = np.random.default_rng(0).choice(n, min(512, n), replace=False)
-        ex = _exact_rows(vec, sample, k + int(exclude_self), self.metric)
+        ex = exact_rows(vec, sample, k + int(exclude_self), self.metric)
         exact = np.stack([r[r != q][:k] if exclude_self else r[:k] for r, q in zip(ex, sample)])
         centroids, assign = block_plan(vec, max(1, n // 256), self.metric)
-        n_blocks = len(centroids)
-        # rank of every block in the probe order of each sampled row's block (nearest centroid
-        # first, as knn.probe_lists orders them): only the sampled rows' blocks are sorted
-        import torch
-
-        blocks, inv = np.unique(assign[sample], return_inverse=True)
-        cu, ca = torch.from_numpy(centroids[blocks]), torch.from_numpy(centroids)
-        if self.metric == "ip":
-            dist = -(cu @ ca.T)
-        else:
-            dist = (cu * cu).sum(1)[:, None] + (ca * ca).sum(1)[None, :] - 2.0 * (cu @ ca.T)
-        dist[torch.arange(len(blocks)), torch.from_numpy(blocks)] = -torch.inf  # its own block first
-        order = torch.argsort(dist, dim=1, stable=True).numpy()
-        rank = np.empty_like(order)
-        rank[np.arange(len(blocks))[:, None], order] = np.arange(n_blocks)[None, :]
-        need = rank[inv[:, None], assign[exact]]  # probes needed per true neighbour
-        # recall(p) = share of need < p, for every p at once: the smallest p meeting the target
-        # (plus two standard errors of the sampled estimate) is a quantile of ``need``
-        flat = np.sort(need.ravel())
-        goal = min(1.0, target + 2.0 * math.sqrt(target * (1.0 - target) / max(flat.size, 1)))
-        p_star = int(flat[max(int(math.ceil(goal * flat.size)) - 1, 0)]) + 1 if flat.size else 1
-        p = int(min(max(p_star, nprobe), n_blocks))
-        recall = float((need < p).mean())
+        ranks = probe_ranks(centroids, assign, sample, exact, self.metric)
+        p, recall = nprobe_for(ranks, target, nprobe, len(centroids))
         # a scored pair costs ~1.6x a GEMM pair in the blocked engine (its top-k), while the exact
         # engine scores each unordered pair once (0.5 of the ordered pairs, ~1.3x per pair with its
         # bound checks) and prunes more on clustered data: exact wins from ~40% of the pairs
