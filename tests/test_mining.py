@@ -205,6 +205,14 @@ def test_negatives_table_bad_input():
     store2.add(np.eye(2, dtype=np.float32), labels=[0, 1])
     with pytest.raises(ValueError, match="nprobe"):
         HardNegativeMiner(store2).build_table(nprobe=0)
+    with pytest.raises(ValueError, match="target_recall"):
+        HardNegativeMiner(store2).build_table(target_recall=1.5)
+    with pytest.raises(ValueError, match="k"):
+        HardNegativeMiner(store2).build_table(k=0)
+    miner = HardNegativeMiner(store2, k=1)
+    with pytest.raises(ValueError):
+        miner.build_table(target_recall=0.0)
+    assert miner.table_info == {} and miner._table is None  # nothing half-built
 
 
 def test_anchor_without_negatives_is_padded_not_garbage():
