@@ -42,8 +42,10 @@ class SearchMixin:
         # (its filtered search stalls inside the anchor's cluster), so the caller searches exactly
         ivf = faiss.extract_index_ivf(self._index)
         params = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)
-        if len(self._sel_cache) > 64:
+        if len(self._sel_cache) > 64:  # drop the selectors, keep the per-list label counts
+            keep = {k: v for k, v in self._sel_cache.items() if k[0] == "lists"}
             self._sel_cache.clear()
+            self._sel_cache.update(keep)
         self._sel_cache[key] = (ids, inner, sel, params)
         return params
 
@@ -89,13 +91,27 @@ class SearchMixin:
         return d[:, :kf], ids[:, :kf]
 
     def _list_label_counts(self, ivf: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(label values, per-list count of each label, centroids) of an IVF index, cached per
-        index and store version: which inverted lists hold rows of which label."""
-        key = (id(self._index), self._version)
-        hit = self._sel_cache.get(("lists",) + key)
-        if hit is not None:
-            return hit
+        """(label values, per-list count of each label, centroids) of an IVF index: which inverted
+        lists hold rows of which label. Cached per index and brought up to date incrementally: rows
+        added or updated since (their new index entries) are assigned to their lists and counted;
+        entries left stale by updates and removals stay counted, which only errs towards probing a
+        list or filtering it (the re-rank drops what is stale). A full recount runs for a new index,
+        a new label or a large change."""
+        key = ("lists", id(self._index))
         b = self._b
+        hit = self._sel_cache.get(key)
+        if hit is not None:
+            values, counts, cent, seen = hit
+            if seen == self._version:
+                return values, counts, cent
+            changed = np.flatnonzero(b.version[: b.n] > seen)
+            labs = b.labels[changed]
+            codes = np.minimum(np.searchsorted(values, labs), len(values) - 1)
+            if changed.size <= max(b.n // 20, 1) and (values[codes] == labs).all():
+                lists = ivf.quantizer.assign(np.ascontiguousarray(b.vec[changed]), 1)[:, 0] if changed.size else changed
+                np.add.at(counts, (lists, codes), 1)
+                self._sel_cache[key] = (values, counts, cent, self._version)
+                return values, counts, cent
         values, codes = np.unique(b.labels[: b.n], return_inverse=True)
         inv = ivf.invlists
         sizes = np.array([inv.list_size(li) for li in range(ivf.nlist)], np.int64)
@@ -109,10 +125,9 @@ class SearchMixin:
         counts = np.zeros((ivf.nlist, len(values)), np.int64)
         ok = rows >= 0
         np.add.at(counts, (list_of[ok], codes[rows[ok]]), 1)
-        cent = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-        out = (values, counts, np.ascontiguousarray(cent, np.float32))
-        self._sel_cache[("lists",) + key] = out
-        return out
+        cent = np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, ivf.nlist), np.float32)
+        self._sel_cache[key] = (values, counts, cent, self._version)
+        return values, counts, cent
 
     def _label_probe_search(self, q: np.ndarray, kf: int, labs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Label-filtered candidates from an IVF index, probing only lists that hold rows of another
