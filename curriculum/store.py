@@ -415,7 +415,7 @@ class EmbeddingStore(SearchMixin, GraphMixin):
 
     # ------------------------------------------------------------------ embedding a dataset
     @classmethod
-    def from_model(cls, model: Any, dataset: Any, batch_size: int = 256, device: str = "cpu",
+    def from_model(cls, model: Any, dataset: Any, batch_size: int = 256, device: Any = None,
                    progress: bool = True, metric: str = "cosine", index: str = "auto",
                    num_workers: int = 0, collate_fn: Any = None, step: int | None = None,
                    **store_kwargs: Any) -> "EmbeddingStore":
@@ -423,7 +423,8 @@ class EmbeddingStore(SearchMixin, GraphMixin):
 
         Items may be ``x`` or ``(x, y, ...)``; when ``y`` is an integer class it becomes the row's
         label. Ids are the dataset indices ``0..len(dataset)-1``. The model's train/eval mode is
-        restored afterwards.
+        restored afterwards. Batches go to ``device``, by default the device of the model's first
+        parameter (a model on the GPU embeds on the GPU), else the CPU.
 
         Example:
             >>> store = EmbeddingStore.from_model(backbone, train_set, batch_size=512)  # doctest: +SKIP
@@ -434,6 +435,10 @@ class EmbeddingStore(SearchMixin, GraphMixin):
         if not hasattr(dataset, "__len__"):
             raise TypeError(f"dataset: expected a map-style dataset with __len__, got {type(dataset).__name__}")
         batch_size = C.positive_int(batch_size, "batch_size")
+        if device is None:
+            params = getattr(model, "parameters", None)
+            first = next(iter(params()), None) if callable(params) else None
+            device = first.device if first is not None else "cpu"
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             collate_fn=collate_fn)
         was_training = getattr(model, "training", False)

@@ -84,6 +84,8 @@ def test_store_and_wrap_feedback_with_cuda_tensors() -> None:
     np.testing.assert_allclose(store.vectors(np.arange(256)),
                                torch.nn.functional.normalize(model(x.to(GPU)), dim=1).detach().cpu().numpy(),
                                rtol=1e-4, atol=1e-5)
+    inferred = cl.EmbeddingStore.from_model(model, TensorDataset(x, y), batch_size=64, progress=False)
+    np.testing.assert_allclose(inferred.vectors(np.arange(256)), store.vectors(np.arange(256)), rtol=1e-5, atol=1e-6)
     store.update(np.arange(4), model(x[:4].to(GPU)).to(torch.bfloat16), step=1)
     rec = cl.Recorder(256, 4, labels=y.numpy())
     loader = cl.wrap(DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True), recorder=rec, store=store,

@@ -290,6 +290,8 @@ def test_from_model_embeds_in_eval_mode_with_labels():
     with torch.no_grad():
         ref = model(ds.tensors[0]).numpy()
     np.testing.assert_allclose(s.vectors(np.arange(50)), ref, atol=1e-5)  # dropout was off
+    flat = cl.EmbeddingStore.from_model(torch.nn.Flatten(), ds, progress=False, metric="l2")  # no parameters: CPU
+    np.testing.assert_allclose(flat.vectors(np.arange(50)), ds.tensors[0].numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("call,match", [
