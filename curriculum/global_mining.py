@@ -98,7 +98,7 @@ class HardNegativeMiner:
         import time
 
         from . import knn
-        from .knn import block_plan, block_purity, exact_rows, nprobe_for, probe_ranks
+        from .knn import block_plan, block_purity, exact_topk, nprobe_for, probe_ranks
 
         store = self.store
         if not store.has_labels:
@@ -121,7 +121,7 @@ class HardNegativeMiner:
                 p, estimate = nprobe, None
                 if p is None:  # recall of the k hardest negatives of sampled rows, for every nprobe
                     sample = np.random.default_rng(0).choice(n, min(512, n), replace=False)
-                    truth = exact_rows(vec, sample, self.k, store.metric, labels=labels)
+                    truth = exact_topk(vec[sample], vec, self.k, store.metric, labels[sample], labels)[1]
                     pure = block_purity(labels, assign, len(centroids))
                     ranks = probe_ranks(centroids, assign, sample, truth, store.metric, pure=pure)
                     p, estimate = nprobe_for(ranks, target, 1, len(centroids))

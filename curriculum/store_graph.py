@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 
 from . import _checks as C
-from .knn import blocked_knn, brute_knn, exact_rows, first_k_valid, normalize, nprobe_for, probe_ranks
+from .knn import blocked_knn, brute_knn, exact_topk, first_k_valid, normalize, nprobe_for, probe_ranks
 from .knn_exact import exact_knn_graph
 from .progress import progress_bar
 
@@ -146,7 +146,7 @@ class GraphMixin:
 
         n = len(vec)
         sample = np.random.default_rng(0).choice(n, min(512, n), replace=False)
-        ex = exact_rows(vec, sample, k + int(exclude_self), self.metric)
+        ex = exact_topk(vec[sample], vec, k + int(exclude_self), self.metric)[1]
         exact = np.stack([r[r != q][:k] if exclude_self else r[:k] for r, q in zip(ex, sample)])
         centroids, assign = block_plan(vec, max(1, n // 256), self.metric)
         ranks = probe_ranks(centroids, assign, sample, exact, self.metric)

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from . import _checks as C
-from .knn import brute_knn, first_k_valid, pair_distances, sort_dedupe, to_distance
+from .knn import brute_knn, exact_topk, first_k_valid, pair_distances, sort_dedupe, to_distance
 
 
 class SearchMixin:
@@ -194,41 +194,9 @@ class SearchMixin:
     def _exact_label_filtered(self, q: np.ndarray, kf: int, labs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact search skipping same-label rows: one masked matrix product per chunk of rows,
         every query at once (no per-label copies of the store)."""
-        import torch
-
         b = self._b
-        n = b.n
-        qt = torch.from_numpy(q)
-        qlab = torch.from_numpy(labs)[:, None]
-        best_d = torch.full((len(q), 0), float("inf"))
-        best_r = torch.zeros((len(q), 0), dtype=torch.int64)
-        q_sq = (qt * qt).sum(1, keepdim=True) if self.metric == "l2" else None
-        for s in range(0, n, 65536):
-            e = min(n, s + 65536)
-            xc = torch.from_numpy(b.vec[s:e])
-            if self.metric == "l2":
-                dist = (q_sq + (xc * xc).sum(1)[None, :] - 2 * qt @ xc.T).clamp_min_(0).sqrt_()
-            elif self.metric == "cosine":
-                dist = 1.0 - qt @ xc.T
-            else:
-                dist = -(qt @ xc.T)
-            dist.masked_fill_(torch.from_numpy(b.labels[s:e])[None, :] == qlab, float("inf"))
-            m = min(kf, e - s)
-            v, r = torch.topk(dist, m, dim=1, largest=False)
-            best_d = torch.cat([best_d, v], 1)
-            best_r = torch.cat([best_r, r + s], 1)
-            if best_d.shape[1] > kf:
-                v, pos = torch.topk(best_d, kf, dim=1, largest=False)
-                best_d, best_r = v, torch.gather(best_r, 1, pos)
-        o = torch.argsort(best_d, dim=1, stable=True)
-        d = torch.gather(best_d, 1, o).numpy().astype(np.float32)
-        rows = torch.gather(best_r, 1, o).numpy()
-        ids = np.where(np.isfinite(d), b.ids[rows], -1)
-        if d.shape[1] < kf:
-            pad = kf - d.shape[1]
-            d = np.pad(d, ((0, 0), (0, pad)), constant_values=np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return d, ids
+        d, rows = exact_topk(q, b.vec[: b.n], kf, self.metric, labs, b.labels[: b.n])
+        return d, np.where(rows >= 0, b.ids[np.maximum(rows, 0)], -1)
 
     def search(self, queries: Any, k: int, exclude_ids: Any = None,
                exclude_labels: Any = None) -> tuple[np.ndarray, np.ndarray]:
