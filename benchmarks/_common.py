@@ -12,8 +12,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from curriculum.bench import sgemm_gflops  # noqa: F401  (re-exported for the scripts)
-from curriculum.bench_sections import print_table  # noqa: F401
+from curriculum.cli.bench import sgemm_gflops  # noqa: F401  (re-exported for the scripts)
+from curriculum.cli.bench_sections import print_table  # noqa: F401
 
 
 def peak_rss_mb() -> float:

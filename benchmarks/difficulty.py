@@ -4,7 +4,7 @@
 
 The kNN graph is computed once (timed on its own) and shared by the kNN-based scores, as in
 real use; each score's end-to-end time is graph + its own work. Same code as the ``scores``
-section of ``curriculum bench`` (:func:`curriculum.bench_sections.scores_section`).
+section of ``curriculum bench`` (:func:`curriculum.cli.bench_sections.scores_section`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, write_json  # noqa: E402
 
-from curriculum.bench_sections import print_table, scores_section  # noqa: E402
+from curriculum.cli.bench_sections import print_table, scores_section  # noqa: E402
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ shape of an image pipeline. Rounds are interleaved (plain, wrapped, wrapped+feed
 wrapped+feedback+background rescoring, ...) and the median batches/s of each is reported with
 its ratio to plain. Goal: the wrapped loader keeps >= 97% of the plain loader's throughput.
 Same code as the ``loader`` section of ``curriculum bench``
-(:func:`curriculum.bench_sections.loader_section`).
+(:func:`curriculum.cli.bench_sections.loader_section`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, write_json  # noqa: E402
 
-from curriculum.bench_sections import loader_section, print_table  # noqa: E402
+from curriculum.cli.bench_sections import loader_section, print_table  # noqa: E402
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ installed) and global hard negatives for 256 anchors over the store.
                                 [--device cuda] [--sections inbatch,global]
 
 Same code as the ``inbatch`` and ``mining`` sections of ``curriculum bench``
-(:mod:`curriculum.bench_sections`): in-batch median ms, peak extra memory and whether ours and
+(:mod:`curriculum.cli.bench_sections`): in-batch median ms, peak extra memory and whether ours and
 PML return the same tuples; global latency (median of 10 batches, k=20) at the store's default
 nprobe and at nprobe 16, with the recall of the negatives against exact search (same filter).
 """
@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, write_json  # noqa: E402
 
-from curriculum.bench_sections import global_mining_section, inbatch_section, print_table  # noqa: E402
+from curriculum.cli.bench_sections import global_mining_section, inbatch_section, print_table  # noqa: E402
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 
 ``epoch_indices`` is the vectorised draw of a whole epoch; ``iter`` is the Python iterator a
 DataLoader consumes (measured on the first 1M indices). Same code as the ``sampler`` section of
-``curriculum bench`` (:func:`curriculum.bench_sections.sampler_section`).
+``curriculum bench`` (:func:`curriculum.cli.bench_sections.sampler_section`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, write_json  # noqa: E402
 
-from curriculum.bench_sections import print_table, sampler_section  # noqa: E402
+from curriculum.cli.bench_sections import print_table, sampler_section  # noqa: E402
 
 
 def main() -> None:

@@ -7,12 +7,10 @@ user's own DataLoader so that what it yields shifts from easy to hard.
 
 from . import difficulty, pacing
 from .difficulty import Difficulty, Recorder
-from .curation import curate
-from .loader import CurriculumLoader, wrap
 from .mining import HardNegativeMiner
-from .sampling import CurriculumBatchSampler, CurriculumSampler
+from .sampling import CurriculumBatchSampler, CurriculumLoader, CurriculumSampler, wrap
+from .selection import StreamSelector, curate
 from .store import EmbeddingStore, KMeansResult
-from .stream import StreamSelector
 
 __version__ = "0.1.0"
 __all__ = ["EmbeddingStore", "KMeansResult", "Difficulty", "Recorder", "CurriculumSampler", "CurriculumBatchSampler",

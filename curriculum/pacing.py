@@ -33,17 +33,9 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from . import _checks as C
+from ._util import checks as C
 
 _EPS = 1e-9
-
-
-def _ceil(x: float) -> int:
-    return int(math.ceil(x - 1e-7))
-
-
-def _floor(x: float) -> int:
-    return int(math.floor(x + 1e-7))
 
 
 class Pacing:
@@ -56,13 +48,21 @@ class Pacing:
         raise NotImplementedError
 
     def __call__(self, step: float) -> float:
-        if step < 0:
-            raise ValueError(f"step: expected a step >= 0, got {step}")
+        if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)):
+            raise TypeError(f"step: expected a number >= 0, got {type(step).__name__} {step!r}")
+        if not math.isfinite(step) or step < 0:
+            raise ValueError(f"step: expected a finite step >= 0, got {step}")
         return float(min(1.0, max(self.competence(step), 0.0)))
 
     def admitted(self, step: float, n: int) -> int:
         """How many of ``n`` samples (easiest first) are admitted at ``step``: ``ceil(c * n)``, at least 1."""
-        return max(1, min(n, _ceil(self(step) * n)))
+        return int(self.admit(np.array([self(step)]), np.array([n]))[0])
+
+    def admit(self, competence: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Vectorised admission rounding (the one place it lives): admitted counts for
+        competences ``competence`` over pools of ``n`` samples (broadcast), at least 1, at most n.
+        ``ceil(c * n)`` here; a schedule whose reference rounds otherwise overrides it."""
+        return np.clip(np.ceil(np.asarray(competence, np.float64) * n - 1e-7), 1, n).astype(np.int64)
 
     @property
     def end_step(self) -> int | None:
@@ -336,8 +336,9 @@ class Wu(Pacing):
     def competence(self, step: float) -> float:
         return self.b + (1.0 - self.b) * self._h(step / (self.a * self.total_steps))
 
-    def admitted(self, step: float, n: int) -> int:
-        return max(1, min(n, _floor(self(step) * n)))
+    def admit(self, competence: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Counts rounded down (``floor(g)``), as in the paper."""
+        return np.clip(np.floor(np.asarray(competence, np.float64) * n + 1e-7), 1, n).astype(np.int64)
 
     @property
     def end_step(self) -> int:

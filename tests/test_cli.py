@@ -16,7 +16,7 @@ def test_help_lists_subcommands():
 
 
 def test_score_report_on_real_data(tmp_path, capsys):
-    from curriculum.demo import scoring_report
+    from curriculum.cli.demo import scoring_report
 
     rep = scoring_report(limit=5000, out=str(tmp_path), dim=32)
     assert rep["data"].startswith("Fashion-MNIST")

@@ -106,7 +106,7 @@ def test_store_and_wrap_feedback_with_cuda_tensors() -> None:
 
 
 def test_demo_quick_trains_on_cuda(tmp_path) -> None:
-    from curriculum.demo import run_demo
+    from curriculum.cli.demo import run_demo
 
     res = run_demo(out=str(tmp_path / "run"), quick=True, device="cuda")
     assert res["device"].startswith("cuda")

@@ -51,7 +51,7 @@ def test_demo_quick_end_to_end_and_report(tmp_path):
 def test_demo_rejects_an_unknown_device_before_any_work():
     import pytest
 
-    from curriculum.demo import run_demo
+    from curriculum.cli.demo import run_demo
 
     with pytest.raises(ValueError, match="device: expected an available torch device"):
         run_demo(device="tpu7")

@@ -27,8 +27,8 @@ def brute_graph(x: np.ndarray, k: int, metric: str, exclude_self: bool = True) -
     return np.take_along_axis(d, order, 1), order
 
 
-def check(x: np.ndarray, k: int, metric: str, exclude_self: bool = True, **kw) -> None:
-    d, i = exact_knn_graph(x, k, metric, exclude_self=exclude_self, **kw)
+def check(x: np.ndarray, k: int, metric: str, exclude_self: bool = True, **kw) -> dict:
+    d, i, stats = exact_knn_graph(x, k, metric, exclude_self=exclude_self, return_stats=True, **kw)
     bd, bi = brute_graph(x, k, metric, exclude_self)
     if metric == "l2":  # compare squared distances: sqrt magnifies float32 rounding near 0
         d, bd = d.astype(np.float64) ** 2, bd ** 2
@@ -44,6 +44,7 @@ def check(x: np.ndarray, k: int, metric: str, exclude_self: bool = True, **kw) -
         assert len(set(row.tolist())) == len(row)
     if exclude_self:
         assert (i != np.arange(len(x))[:, None]).all()
+    return stats
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
@@ -56,8 +57,7 @@ def test_exact_graph_equals_brute_force(metric, data):
     if metric == "cosine":
         x = normalize(x)
     # 20 blocks of ~125 rows and a warm start of 2: nearly every pair goes through the refinement
-    check(x, 7, metric, nprobe=2, n_clusters=20)
-    stats = exact_knn_graph.last_stats
+    stats = check(x, 7, metric, nprobe=2, n_clusters=20)
     assert stats["pairs_scored"] <= stats["total_pairs"]  # each unordered pair at most once
 
 
@@ -72,8 +72,7 @@ def test_exact_graph_prunes_separated_clusters():
     rng = np.random.default_rng(1)
     centres = rng.normal(scale=50.0, size=(12, 16))
     x = (centres[np.repeat(np.arange(12), 250)] + rng.normal(size=(3000, 16))).astype(np.float32)
-    check(x, 10, "l2", nprobe=2, n_clusters=24)
-    stats = exact_knn_graph.last_stats
+    stats = check(x, 10, "l2", nprobe=2, n_clusters=24)
     # far-apart clusters never meet: well under a tenth of all pairs are scored
     assert stats["pairs_scored"] < 0.1 * stats["total_pairs"], stats
 

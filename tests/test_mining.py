@@ -165,14 +165,14 @@ def test_negatives_table_builds_in_the_background_and_reports_failure(monkeypatc
     miner.wait_table()
     assert miner.table_info["rows"] == 3000
     assert during.tolist() == plain.tolist() == miner.negatives(anchors).ids.tolist()
-    import curriculum.knn as knn_mod
+    import curriculum.neighbors as knn_mod
 
     def broken(*a, **kw):
         raise MemoryError("no room for the table")
 
     monkeypatch.setattr(knn_mod, "blocked_knn", broken)
     miner.build_table(background=True)
-    with pytest.raises(RuntimeError, match="build_table: the table build failed"):
+    with pytest.raises(RuntimeError, match="negatives table build failed"):
         miner.wait_table()
     assert miner.table_info["rows"] == 3000  # the previous table stays in use
     assert miner.negatives(anchors).ids.tolist() == plain.tolist()

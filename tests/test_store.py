@@ -393,31 +393,31 @@ def test_search_exclude_labels(spec):
     assert recall == 1.0 if spec == "flat" else recall > 0.9
 
 
-def test_list_label_counts_follow_adds_and_updates_incrementally():
+def test_label_filtered_ivf_search_follows_adds_and_updates():
+    """The per-list label counts behind label-aware probing are kept up to date incrementally:
+    after adds and after updates that move vectors to other lists, a full-probe label-filtered
+    search still equals exact search."""
     x, cl_id = clustered(4000, 16, 20, seed=3)
     lab = cl_id % 4
-    s = cl.EmbeddingStore(16, metric="l2", index="IVF32,Flat", index_params={"nprobe": 32}, exact_threshold=0)
+    s = cl.EmbeddingStore(16, metric="l2", index="IVF32,Flat", index_params={"nprobe": 32}, exact_threshold=0,
+                          rebuild_threshold=0.9)
     s.add(x[:3000], labels=lab[:3000])
     q = np.arange(0, 3000, 97)
     s.search(x[q], 5, exclude_labels=lab[q])  # builds the index and the counts
-    ivf = s._index
-    s.add(x[3000:], labels=lab[3000:])  # new entries only: incremental counts equal a recount
-    values, inc, _ = s._list_label_counts(ivf)
-    s._sel_cache.clear()
-    _, full, _ = s._list_label_counts(ivf)
-    np.testing.assert_array_equal(inc, full)
+
+    def same_as_exact():
+        exact = cl.EmbeddingStore(16, metric="l2", index="flat")
+        exact.add(s.vectors(), ids=s.ids, labels=s.labels)
+        _, i = s.search(s.vectors(q), 5, exclude_labels=lab[q])
+        _, ie = exact.search(s.vectors(q), 5, exclude_labels=lab[q])
+        np.testing.assert_array_equal(i, ie)
+
+    s.add(x[3000:], labels=lab[3000:])
+    same_as_exact()
     moved = np.arange(0, 4000, 7)
     s.update(moved, x[moved][::-1].copy())  # vectors move to other lists; old entries stay (stale)
-    values, inc, _ = s._list_label_counts(ivf)
-    s._sel_cache.clear()
-    _, full, _ = s._list_label_counts(ivf)
-    np.testing.assert_array_equal(inc, full)  # a recount also counts every entry, stale ones included
-    assert inc.sum() == 4000 + len(moved)
-    d, i = s.search(s.vectors(q), 5, exclude_labels=lab[q])  # nprobe = nlist: exact despite the updates
-    exact = cl.EmbeddingStore(16, metric="l2", index="flat")
-    exact.add(s.vectors(), labels=s.labels)
-    de, ie = exact.search(s.vectors(q), 5, exclude_labels=lab[q])
-    np.testing.assert_array_equal(i, ie)
+    assert s.index_info["stale"] == len(moved)
+    same_as_exact()
 
 
 def test_auto_knn_checks_recall_and_escalates_on_hard_data():

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from .. import _checks as C
-from .._io import atomic_savez
+from .._util import checks as C
+from .._util.io import atomic_savez
 
 
 @dataclass(frozen=True, eq=False)

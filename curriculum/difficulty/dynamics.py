@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import _checks as C
+from .._util import checks as C
 from .base import Difficulty
 
 _FIELDS_F = ("loss_last", "loss_ema", "margin_last", "margin_sum", "el2n_last", "entropy_last", "py_sum", "py_sqsum",

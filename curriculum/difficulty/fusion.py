@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import _checks as C
+from .._util import checks as C
 from .base import Difficulty, as_difficulty
 
 

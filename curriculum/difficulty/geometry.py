@@ -11,9 +11,9 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .. import _checks as C
-from ..knn import blocked_knn, brute_knn
-from ..progress import progress_bar
+from .._util import checks as C
+from ..neighbors import blocked_knn, brute_knn
+from .._util.progress import progress_bar
 from ..store import EmbeddingStore
 from .base import Difficulty
 

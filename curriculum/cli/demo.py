@@ -17,11 +17,11 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .data import load_real, pixel_pca, symmetric_noise
-from .difficulty import class_margin, combine, knn_distance, label_disagreement, label_entropy, prototype_distance
-from .pacing import Root
-from .progress import progress_bar
-from .sampling import CurriculumSampler
-from .store import EmbeddingStore
+from ..difficulty import class_margin, combine, knn_distance, label_disagreement, label_entropy, prototype_distance
+from ..pacing import Root
+from .._util.progress import progress_bar
+from ..sampling.sampler import CurriculumSampler
+from ..store import EmbeddingStore
 
 if TYPE_CHECKING:  # torch is imported where the training runs
     import torch
@@ -126,9 +126,9 @@ def _train_one(method: str, x: "torch.Tensor", y: "torch.Tensor", difficulty: An
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .difficulty import Recorder
-    from .loader import wrap
-    from .pacing import Constant
+    from ..difficulty import Recorder
+    from ..sampling.loader import wrap
+    from ..pacing import Constant
 
     torch.manual_seed(seed)
     model = _cnn(x.shape[-1]).to(device)

@@ -42,27 +42,15 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from . import _checks as C
-from .difficulty.base import Difficulty, as_difficulty
-from .pacing import Constant, Pacing, SelfPaced, Wu, as_pacing
+from .._util import checks as C
+from .._util.dist import dist_info
+from ..difficulty.base import Difficulty, as_difficulty
+from ..pacing import Constant, Pacing, SelfPaced, as_pacing
 
 STRATEGIES = ("threshold", "anti", "soft", "rank", "importance")
+STATE_FORMAT = "curriculum.CurriculumSampler"
+STATE_VERSION = 2  # 2: tensors instead of numpy arrays, a score set pending at a batch boundary
 _CHUNK = 65536  # positions per random chunk: fixed, so draws never depend on block sizes
-
-
-def dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """(rank, world_size) from the arguments, else from an initialised torch.distributed, else (0, 1)."""
-    if world_size is None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world_size = torch.distributed.get_world_size()
-            rank = torch.distributed.get_rank() if rank is None else rank
-        else:
-            world_size = 1
-    world_size = C.positive_int(world_size, "world_size")
-    rank = 0 if rank is None else C.positive_int(rank, "rank", 0)
-    if rank >= world_size:
-        raise ValueError(f"rank: expected a value in [0, {world_size}), got {rank}")
-    return rank, world_size
 
 
 def _geometric(u: np.ndarray, lam: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -79,6 +67,34 @@ def _geometric(u: np.ndarray, lam: np.ndarray, n: np.ndarray) -> np.ndarray:
     i = np.log1p(uu * np.expm1(lneg * nb)) / lneg
     out[big] = np.where(pos, nb - i, i)
     return np.clip(np.floor(out), 0, n - 1).astype(np.int64)
+
+
+class _Pool:
+    """The draw tables of one score set: ids per group, easiest first (immutable once built)."""
+
+    def __init__(self, d: Difficulty, ids: np.ndarray, scores: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
+                 strategy: str, smoothing: float) -> None:
+        self.difficulty, self.ids, self.scores, self.offsets, self.sizes = d, ids, scores, offsets, sizes
+        if strategy == "importance":
+            tot = np.repeat(np.add.reduceat(scores, offsets), sizes)
+            n_per = np.repeat(sizes, sizes).astype(np.float64)
+            p = np.where(tot > 0, (1 - smoothing) * scores / np.where(tot > 0, tot, 1.0),
+                         (1 - smoothing) / n_per) + smoothing / n_per
+            self.p_in_group, self.cum = p, np.cumsum(p)
+            self.cum_start = self.cum[offsets] - p[offsets]
+
+
+def _as_groups(groups: Any) -> np.ndarray:
+    """``groups[id]``: a 1-D array of finite integer-valued group labels."""
+    g = C.to_numpy(groups, "groups")
+    if g.ndim != 1:
+        raise ValueError(f"groups: expected a 1-D array indexed by dataset id, got shape {g.shape}")
+    if np.issubdtype(g.dtype, np.floating) and not np.isfinite(g).all():
+        raise ValueError(f"groups: expected finite group labels, got NaN or inf at {int((~np.isfinite(g)).sum())} id(s)")
+    if not (np.issubdtype(g.dtype, np.integer) or np.issubdtype(g.dtype, np.floating) and (g == np.round(g)).all()):
+        raise TypeError(f"groups: expected integer group labels, got dtype {g.dtype}")
+    return g.astype(np.int64)
+
 
 
 class CurriculumSampler(Sampler[int]):
@@ -130,7 +146,7 @@ class CurriculumSampler(Sampler[int]):
         self.balance = None if balance is None else C.choice(balance, "balance", ("class", "cluster"))
         if self.balance is not None and groups is None:
             raise ValueError(f"groups: balance={balance!r} needs groups= (the {balance} of every dataset id)")
-        self._groups_arg = None if groups is None else np.asarray(C.to_numpy(groups, "groups"))
+        self._groups_arg = None if groups is None else _as_groups(groups)
         self.beta = (C.finite_float(beta[0], "beta"), C.finite_float(beta[1], "beta"))
         self.pressure = C.finite_float(pressure, "pressure", 1.0)
         self.smoothing = C.finite_float(smoothing, "smoothing", 0.0, 1.0)
@@ -140,26 +156,27 @@ class CurriculumSampler(Sampler[int]):
         self._epoch = 0
         self._consumed = 0
         self._version = 0
-        self._perm_cache: tuple[int, np.ndarray] | None = None
+        self._perm_cache: tuple[int, int, np.ndarray] | None = None
         self._chunk_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        d = as_difficulty(difficulty)
-        self._set(d)
-        self.num_samples = len(d) if num_samples is None else C.positive_int(num_samples, "num_samples")
+        self._pending: _Pool | None = None
+        self._install(self._pool(as_difficulty(difficulty)))
+        self._num_samples_arg = None if num_samples is None else C.positive_int(num_samples, "num_samples")
+        self.num_samples = len(self.difficulty) if num_samples is None else self._num_samples_arg
 
     # ------------------------------------------------------------------ scores
-    def _set(self, d: Difficulty) -> None:
+    def _pool(self, d: Difficulty) -> _Pool:
+        """The draw tables of score set ``d``, fully validated; nothing is assigned here."""
         if len(d) == 0:
             raise ValueError("difficulty: expected at least one scored sample, got an empty pool")
-        self.difficulty = d
         scores, ids = d.scores, d.ids
         if self.strategy == "importance" and scores.min() < 0:
             raise ValueError(f"difficulty: strategy='importance' needs non-negative scores, got minimum "
                              f"{scores.min():.4g} (pass Difficulty(d.rank() + 1e-3, d.ids) for rank-based weights)")
         if self.balance is not None:
             g_all = self._groups_arg
-            if g_all.ndim != 1 or len(g_all) <= ids.max():
-                raise ValueError(f"groups: expected a 1-D array indexed by dataset id (length > {int(ids.max())}), "
-                                 f"got shape {g_all.shape}")
+            if len(g_all) <= ids.max():
+                raise ValueError(f"groups: expected a group for every scored id (length > {int(ids.max())}), "
+                                 f"got length {len(g_all)}")
             g = g_all[ids]
         else:
             g = np.zeros(len(ids), np.int64)
@@ -167,36 +184,46 @@ class CurriculumSampler(Sampler[int]):
         # permutation, so equal scores (e.g. samples not yet seen by a recorder) favour no id range
         tie = np.random.Generator(np.random.PCG64([self.seed, 0x71E])).permutation(len(ids))
         o = np.lexsort((tie, scores, g))
-        gs = g[o]
-        uniq, start, sizes = np.unique(gs, return_index=True, return_counts=True)
-        self._list_ids = ids[o]
-        self._list_scores = scores[o]
-        self._offsets = start.astype(np.int64)
-        self._sizes = sizes.astype(np.int64)
-        self._group_values = uniq
-        if self.strategy == "importance":
-            mass = self._list_scores
-            tot = np.add.reduceat(mass, self._offsets)
-            tot_per = np.repeat(tot, self._sizes)
-            n_per = np.repeat(self._sizes, self._sizes).astype(np.float64)
-            p = np.where(tot_per > 0, (1 - self.smoothing) * mass / np.where(tot_per > 0, tot_per, 1.0),
-                         (1 - self.smoothing) / n_per) + self.smoothing / n_per
-            self._p_in_group = p
-            self._cum = np.cumsum(p)
-            self._cum_start = self._cum[self._offsets] - p[self._offsets]
+        _, start, sizes = np.unique(g[o], return_index=True, return_counts=True)
+        return _Pool(d, ids[o], scores[o], start.astype(np.int64), sizes.astype(np.int64), self.strategy,
+                     self.smoothing)
+
+    def _install(self, pool: _Pool) -> None:
+        self._p = pool
+        self.difficulty = pool.difficulty
         self._version += 1
         self._chunk_cache.clear()
+        self._perm_cache = None
 
     def set_difficulty(self, difficulty: Any) -> None:
-        """Replace the scores; the next batch drawn uses them. Ids may differ from the old ones."""
-        self._set(as_difficulty(difficulty))
+        """Replace the scores. They take effect at the next batch boundary: at once between
+        batches, else from the next batch (the rest of the current batch keeps the old scores, in
+        a live run and after a resume alike). A rejected score set changes nothing.
+
+        The new set may cover other ids than the last: draws then come from the new ids only.
+        ``num_samples`` (the epoch length) stays as given; when it was left to default (the number
+        of scored ids), it follows the new set from the next epoch on.
+        """
+        pool = self._pool(as_difficulty(difficulty))
+        if self._consumed % self.batch_size == 0:
+            self._install(pool)
+            self._pending = None
+        else:
+            self._pending = pool
+
+    def _at_boundary(self) -> None:
+        """Apply a score set deferred to this batch boundary."""
+        if self._pending is not None and self._consumed % self.batch_size == 0:
+            pool, self._pending = self._pending, None
+            self._install(pool)
 
     # ------------------------------------------------------------------ epoch bookkeeping
     @property
     def per_rank(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.world_size
-        return math.ceil(self.num_samples / self.world_size)
+        return self._per_rank(self.num_samples)
+
+    def _per_rank(self, num_samples: int) -> int:
+        return num_samples // self.world_size if self.drop_last else math.ceil(num_samples / self.world_size)
 
     def __len__(self) -> int:
         return self.per_rank
@@ -222,15 +249,15 @@ class CurriculumSampler(Sampler[int]):
         """Select the epoch to draw. Setting the current epoch again keeps the position (resume)."""
         epoch = C.positive_int(epoch, "epoch", 0)
         if epoch != self._epoch:
-            self._epoch, self._consumed = epoch, 0
+            self._new_epoch(epoch)
 
     # ------------------------------------------------------------------ the draw
     def _perm(self, epoch: int) -> np.ndarray:
-        if self._perm_cache is None or self._perm_cache[0] != epoch:
-            n = len(self._list_ids)
+        n = len(self._p.ids)
+        if self._perm_cache is None or self._perm_cache[:2] != (epoch, n):
             rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 0x5EED]))
-            self._perm_cache = (epoch, rng.permutation(n))
-        return self._perm_cache[1]
+            self._perm_cache = (epoch, n, rng.permutation(n))
+        return self._perm_cache[2]
 
     def _randoms(self, epoch: int, js: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u = np.empty(len(js))
@@ -249,63 +276,52 @@ class CurriculumSampler(Sampler[int]):
             u[m], v[m] = cu[off], cv[off]
         return u, v
 
-    def _admitted(self, comp: np.ndarray, step_u: np.ndarray, epoch: int) -> np.ndarray:
-        """(distinct steps, groups) matrix of admitted counts."""
-        n = self._sizes[None, :].astype(np.float64)
-        if isinstance(self.pacing, SelfPaced):
+    def _admitted(self, comp: np.ndarray, epoch: int) -> np.ndarray:
+        """(distinct steps, groups) matrix of admitted counts; the pacing owns the rounding."""
+        p = self._p
+        if isinstance(self.pacing, SelfPaced):  # admission by a loss threshold, not by a share
             thr = self.pacing.threshold(epoch)
-            m = np.array([np.searchsorted(self._list_scores[o:o + s], thr, side="left")
-                          for o, s in zip(self._offsets, self._sizes)])
+            m = np.array([np.searchsorted(p.scores[o:o + n], thr, side="left") for o, n in zip(p.offsets, p.sizes)])
             if m.sum() == 0:
                 raise ValueError(f"pacing: SelfPaced admits no sample at epoch {epoch} (threshold {thr:.4g} is below "
-                                 f"every score, the smallest is {self._list_scores.min():.4g}): empty admitted pool")
-            return np.broadcast_to(m[None, :], (len(step_u), len(m)))
-        x = comp[:, None] * n
-        m = np.floor(x + 1e-7) if isinstance(self.pacing, Wu) else np.ceil(x - 1e-7)
-        return np.clip(m, 1, n).astype(np.int64)
+                                 f"every score, the smallest is {p.scores.min():.4g}): empty admitted pool")
+            return np.broadcast_to(m[None, :], (len(comp), len(m)))
+        return self.pacing.admit(comp[:, None], p.sizes[None, :])
 
     def _draw(self, epoch: int, p0: int, p1: int) -> np.ndarray:
         """Dataset ids at rank-local positions ``[p0, p1)`` of ``epoch``."""
-        p = np.arange(p0, p1, dtype=np.int64)
-        if p.size == 0:
+        pool, pos_ = self._p, np.arange(p0, p1, dtype=np.int64)
+        if pos_.size == 0:
             return np.zeros(0, np.int64)
-        js = p * self.world_size + self.rank
-        steps = self.start_step + epoch * self.steps_per_epoch + p // self.batch_size
+        js = pos_ * self.world_size + self.rank
+        steps = self.start_step + epoch * self.steps_per_epoch + pos_ // self.batch_size
         step_u, step_i = np.unique(steps, return_inverse=True)
         comp = np.array([self.pacing(int(s)) for s in step_u])
         u, v = self._randoms(epoch, js)
-        m_all = self._admitted(comp, step_u, epoch)
-        G = len(self._sizes)
+        m_all = self._admitted(comp, epoch)
+        G = len(pool.sizes)
         if G == 1:
-            g = np.zeros(len(p), np.int64)
+            g = np.zeros(len(pos_), np.int64)
         else:
             active = np.flatnonzero(m_all[0] > 0) if isinstance(self.pacing, SelfPaced) else np.arange(G)
             g = active[np.minimum((v * len(active)).astype(np.int64), len(active) - 1)]
-        n = self._sizes[g]
-        m = m_all[step_i, g]
-        c = comp[step_i]
-        s = self.strategy
-        if s in ("threshold", "anti"):
-            if G == 1:  # stratified: a permutation of the pool when everything is admitted
-                q = (self._perm(epoch)[js % len(self._list_ids)] + u) / len(self._list_ids)
-            else:
-                q = u
+        n, m, c = pool.sizes[g], m_all[step_i, g], comp[step_i]
+        if self.strategy in ("threshold", "anti"):
+            # stratified when ungrouped: a permutation of the pool when everything is admitted
+            q = (self._perm(epoch)[js % len(pool.ids)] + u) / len(pool.ids) if G == 1 else u
             pos = np.minimum((q * m).astype(np.int64), m - 1)
-            if s == "anti":
-                pos = n - 1 - pos
-        elif s == "soft":
+            pos = n - 1 - pos if self.strategy == "anti" else pos
+        elif self.strategy == "soft":
             beta = self.beta[0] + (self.beta[1] - self.beta[0]) * c
-            lam = beta / np.maximum(n - 1, 1)
-            pos = _geometric(u, lam, n.astype(np.float64))
-        elif s == "rank":
+            pos = _geometric(u, beta / np.maximum(n - 1, 1), n.astype(np.float64))
+        elif self.strategy == "rank":
             lam = -(c * math.log(self.pressure)) / n  # over hardest-first positions
             pos = n - 1 - _geometric(u, lam, n.astype(np.float64))
         else:  # importance
-            off = self._offsets[g]
-            target = self._cum_start[g] + u * (self._cum[off + n - 1] - self._cum_start[g])
-            pos = np.searchsorted(self._cum, target, side="right") - off
-            pos = np.clip(pos, 0, n - 1)
-        return self._list_ids[self._offsets[g] + pos]
+            off = pool.offsets[g]
+            target = pool.cum_start[g] + u * (pool.cum[off + n - 1] - pool.cum_start[g])
+            pos = np.clip(np.searchsorted(pool.cum, target, side="right") - off, 0, n - 1)
+        return pool.ids[pool.offsets[g] + pos]
 
     def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
         """This rank's whole index sequence for ``epoch`` (default: the current one), vectorised."""
@@ -315,6 +331,44 @@ class CurriculumSampler(Sampler[int]):
         for a in range(0, self.per_rank, step):
             out[a:a + step] = self._draw(e, a, min(self.per_rank, a + step))
         return out
+
+    # ------------------------------------------------------------------ position (owned here)
+    @property
+    def position(self) -> int:
+        """Indices drawn so far in the current epoch (rank-local)."""
+        return self._consumed
+
+    def seek(self, epoch: int, position: int) -> None:
+        """Move to ``position`` of ``epoch`` (a loader rewinds a sampler that prefetching ran ahead)."""
+        epoch = C.positive_int(epoch, "epoch", 0)
+        position = C.positive_int(position, "position", 0)
+        if position > self.per_rank:
+            raise ValueError(f"position: expected at most the epoch length {self.per_rank}, got {position}")
+        if epoch != self._epoch:
+            self._new_epoch(epoch)
+        self._consumed = position
+        self._at_boundary()
+
+    def next_batch(self, limit: int | None = None) -> list[int]:
+        """The next batch (up to ``batch_size`` ids, stopping at ``limit``); advances the position."""
+        self._at_boundary()
+        p0 = self._consumed
+        p1 = min(self.per_rank if limit is None else limit, p0 + self.batch_size)
+        batch = self._draw(self._epoch, p0, p1).tolist()
+        self._consumed = max(p0, p1)
+        return batch
+
+    def finish_epoch(self) -> None:
+        """Close the epoch: the next draw starts epoch + 1 at position 0."""
+        self._new_epoch(self._epoch + 1)
+
+    def _new_epoch(self, epoch: int) -> None:
+        self._epoch, self._consumed = epoch, 0
+        if self._pending is not None:
+            pool, self._pending = self._pending, None
+            self._install(pool)
+        if self._num_samples_arg is None:  # a defaulted epoch length follows the scored ids
+            self.num_samples = len(self.difficulty)
 
     def _blocks(self) -> Iterator[tuple[np.ndarray, int]]:
         """Blocks of ids from the current position; regenerated if the scores change."""
@@ -326,12 +380,12 @@ class CurriculumSampler(Sampler[int]):
             yield self._draw(self._epoch, p0, p1), self._version
 
     def __iter__(self) -> Iterator[int]:
-        B = self.batch_size
         while True:
             restart = False
             for ids, ver in self._blocks():
                 for i in ids.tolist():
-                    if self._version != ver and self._consumed % B == 0:
+                    self._at_boundary()
+                    if self._version != ver:
                         restart = True
                         break
                     self._consumed += 1
@@ -340,16 +394,15 @@ class CurriculumSampler(Sampler[int]):
                     break
             if not restart:
                 break
-        self._epoch += 1
-        self._consumed = 0
+        self.finish_epoch()
 
     # ------------------------------------------------------------------ importance weights
     def probabilities(self) -> Difficulty:
         """``importance`` only: the draw probability of every scored id (sums to 1)."""
         if self.strategy != "importance":
             raise ValueError(f"probabilities: only defined for strategy='importance', this sampler uses {self.strategy!r}")
-        p = self._p_in_group / len(self._sizes)
-        return Difficulty(p, self._list_ids, "importance.p")
+        p = self._p.p_in_group / len(self._p.sizes)
+        return Difficulty(p, self._p.ids, "importance.p")
 
     def weights(self, indices: Any) -> torch.Tensor:
         """Loss weights ``1 / (N p_i)`` for drawn ``indices`` (``importance``): keeps the mean loss unbiased."""
@@ -358,25 +411,69 @@ class CurriculumSampler(Sampler[int]):
 
     # ------------------------------------------------------------------ state
     def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
-        """Resumable state. ``consumed``: indices the *training loop* has used this epoch (with a
-        prefetching DataLoader the sampler runs ahead; pass ``batches_done * batch_size``)."""
+        """Resumable state: plain Python values and tensors only, so ``torch.load`` with its default
+        ``weights_only=True`` reads it. ``consumed``: indices the *training loop* has used this
+        epoch (a prefetching DataLoader runs the sampler ahead; :func:`curriculum.wrap` tracks it).
+        A score set deferred to the next batch boundary travels as ``pending``."""
         pos = self._consumed if consumed is None else C.positive_int(consumed, "consumed", 0)
-        return {"epoch": self._epoch, "consumed": pos, "seed": self.seed, "num_samples": self.num_samples,
-                "world_size": self.world_size, "batch_size": self.batch_size, "strategy": self.strategy,
-                "start_step": self.start_step, "pacing": _safe_config(self.pacing),
-                "scores": self.difficulty.scores.copy(), "ids": self.difficulty.ids.copy(),
-                "name": self.difficulty.name}
+        pending = None if self._pending is None else _scores_state(self._pending.difficulty)
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, "epoch": self._epoch, "consumed": pos,
+                "seed": self.seed, "num_samples": self.num_samples, "world_size": self.world_size,
+                "batch_size": self.batch_size, "strategy": self.strategy, "start_step": self.start_step,
+                "pacing": _safe_config(self.pacing), **_scores_state(self.difficulty), "pending": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the next draw continues exactly where it was taken."""
-        for key in ("seed", "num_samples", "world_size", "batch_size", "strategy"):
-            if state.get(key) != getattr(self, key):
-                raise ValueError(f"state: {key}={state.get(key)!r} was saved, this sampler has {getattr(self, key)!r}")
-        if state.get("consumed", 0) > self.per_rank:
-            raise ValueError(f"state: consumed={state['consumed']} exceeds the epoch length {self.per_rank}")
-        self._set(Difficulty(state["scores"], state["ids"], state.get("name", "difficulty")))
-        self.start_step = state["start_step"]
-        self._epoch, self._consumed = int(state["epoch"]), int(state["consumed"])
+        """Restore a :meth:`state_dict`; the next draw continues exactly where it was taken. The
+        state is checked whole before anything changes: a bad one raises and leaves the sampler as it was."""
+        st = _check_state(state)
+        for key in ("seed", "world_size", "batch_size", "strategy") + (
+                ("num_samples",) if self._num_samples_arg is not None else ()):
+            if st[key] != getattr(self, key):
+                raise ValueError(f"state: {key}={st[key]!r} was saved, this sampler has {getattr(self, key)!r}")
+        per_rank = self._per_rank(st["num_samples"])
+        if st["consumed"] > per_rank:
+            raise ValueError(f"state: consumed={st['consumed']} exceeds the epoch length {per_rank}")
+        pool = self._pool(_scores_from(st, ""))
+        pending = None if st.get("pending") is None else self._pool(_scores_from(st["pending"], "pending."))
+        self._install(pool)
+        self._pending = pending
+        self.num_samples = st["num_samples"]
+        self.start_step = st["start_step"]
+        self._epoch, self._consumed = st["epoch"], st["consumed"]
+
+
+def _scores_state(d: Difficulty) -> dict[str, Any]:
+    return {"scores": torch.from_numpy(d.scores.astype(np.float64)), "ids": torch.from_numpy(d.ids.astype(np.int64)),
+            "name": d.name}
+
+
+def _scores_from(st: dict[str, Any], where: str) -> Difficulty:
+    try:
+        return Difficulty(C.to_numpy(st["scores"], "scores"), C.to_numpy(st["ids"], "ids"), str(st.get("name", "difficulty")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"state.{where}scores: not a valid score set ({exc})") from None
+
+
+def _check_state(state: Any) -> dict[str, Any]:
+    """A sampler state checked for format, version, keys and value ranges (nothing applied)."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state: expected a dict from state_dict(), got {type(state).__name__}")
+    version = state.get("version", 1)  # 0.1.0 states carry no version: same draws, no pending
+    if state.get("format", STATE_FORMAT) != STATE_FORMAT or version not in (1, STATE_VERSION):
+        raise ValueError(f"state: format {state.get('format')!r} version {version!r} is not a sampler state this "
+                         f"curriculum reads ({STATE_FORMAT!r} versions 1-{STATE_VERSION})")
+    missing = [k for k in ("epoch", "consumed", "seed", "num_samples", "world_size", "batch_size", "strategy",
+                           "start_step", "scores", "ids") if k not in state]
+    if missing:
+        raise ValueError(f"state: missing key(s) {missing} (not a complete sampler state)")
+    out = dict(state)
+    for key, low in (("epoch", 0), ("consumed", 0), ("start_step", 0), ("num_samples", 1), ("batch_size", 1),
+                     ("world_size", 1)):
+        try:
+            out[key] = C.positive_int(state[key], f"state.{key}", low)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+    return out
 
 
 def _safe_config(p: Pacing) -> dict[str, Any] | None:
@@ -411,16 +508,10 @@ class CurriculumBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         s = self.sampler
-        B = self.batch_size
-        limit = (s.per_rank // B) * B if self.drop_last else s.per_rank
-        while s._consumed < limit:
-            p0 = s._consumed
-            p1 = min(limit, p0 + B)
-            batch = s._draw(s._epoch, p0, p1).tolist()
-            s._consumed = p1
-            yield batch
-        s._epoch += 1
-        s._consumed = 0
+        limit = (s.per_rank // self.batch_size) * self.batch_size if self.drop_last else s.per_rank
+        while s.position < limit:
+            yield s.next_batch(limit)
+        s.finish_epoch()
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)

@@ -1,10 +1,9 @@
-"""Hard-sample mining: in-batch miners and global miners over the whole embedding store.
+"""In-batch hard-sample miners and the cross-batch memory.
 
 In-batch miners take ``(embeddings, labels)`` of one batch and return index tensors in the
 shapes metric-learning users know: triplets ``(anchor, positive, negative)`` or pairs
-``(a1, p, a2, n)``. The global miner (:class:`HardNegativeMiner`, in
-:mod:`curriculum.global_mining`, re-exported here) searches the whole
-:class:`~curriculum.EmbeddingStore` and returns *dataset ids* the loader can fetch.
+``(a1, p, a2, n)``. The global miner over the whole store is
+:class:`curriculum.mining.HardNegativeMiner` (:mod:`curriculum.mining.hard_negatives`).
 
 Distances follow the store's convention (smaller = nearer): ``cosine`` = 1 - cos, ``l2`` =
 Euclidean, ``ip`` = -<a, b>.
@@ -16,8 +15,7 @@ from typing import Any
 
 import torch
 
-from . import _checks as C
-from .global_mining import HardNegativeMiner, Mined  # noqa: F401 (re-exported: curriculum.mining.HardNegativeMiner)
+from .._util import checks as C
 
 DISTANCES = ("cosine", "l2", "ip")
 

@@ -20,7 +20,7 @@ def _info(_: argparse.Namespace) -> int:
     import torch
 
     import curriculum
-    from curriculum.data import load_fashion_mnist
+    from curriculum.cli.data import load_fashion_mnist
 
     print(f"curriculum {curriculum.__version__}")
     print(f"torch {torch.__version__}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
@@ -34,14 +34,14 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _score(a: argparse.Namespace) -> int:
-    from curriculum.demo import scoring_report
+    from curriculum.cli.demo import scoring_report
 
     scoring_report(data=a.data, k=a.k, noise=a.noise, dim=a.dim, limit=a.limit, seed=a.seed)
     return 0
 
 
 def _bench(a: argparse.Namespace) -> int:
-    from curriculum.bench import run_bench
+    from curriculum.cli.bench import run_bench
 
     sizes = a.sizes or ([20_000] if a.quick else [100_000, 1_000_000])
     sections = tuple(x.strip() for x in a.sections.split(",") if x.strip())
@@ -51,7 +51,7 @@ def _bench(a: argparse.Namespace) -> int:
 
 
 def _report(a: argparse.Namespace) -> int:
-    from curriculum.report import draw
+    from curriculum.cli.report import draw
 
     for p in draw(a.run_dir):
         print(f"wrote {p}")
@@ -59,7 +59,7 @@ def _report(a: argparse.Namespace) -> int:
 
 
 def _demo(a: argparse.Namespace) -> int:
-    from curriculum.demo import run_demo
+    from curriculum.cli.demo import run_demo
 
     run_demo(data=a.data, out=a.out, quick=a.quick, seeds=a.seeds, device=a.device)
     return 0

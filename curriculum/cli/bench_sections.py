@@ -92,9 +92,9 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], title: str = "")
 # ----------------------------------------------------------------------------------- geometry scores
 def scores_section(n: int, dim: int = 128, k: int = 10, progress: bool = True) -> list[dict[str, Any]]:
     """Each geometry score end to end on ``n`` clustered vectors (labels: cluster id mod 10)."""
-    from . import EmbeddingStore
+    from .. import EmbeddingStore
     from .data import clustered
-    from .difficulty import (class_margin, knn_distance, label_disagreement, label_entropy, near_duplicates,
+    from ..difficulty import (class_margin, knn_distance, label_disagreement, label_entropy, near_duplicates,
                              prototype_distance)
 
     x, lab = clustered(n, dim, n_clusters=max(10, n // 1000), seed=0)
@@ -137,7 +137,7 @@ def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors
     per-batch latency."""
     import faiss
 
-    from . import EmbeddingStore, HardNegativeMiner
+    from .. import EmbeddingStore, HardNegativeMiner
     from .data import clustered
 
     rows: list[dict[str, Any]] = []
@@ -166,16 +166,16 @@ def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors
                          "ms": float(np.median(ts)) * 1e3, "recall_vs_exact": float(rec), **extra})
             _say(rows[-1])
 
-        ivf = faiss.extract_index_ivf(store._index) if store._index is not None else None
-        default = ivf.nprobe if ivf is not None else None
+        default = store.index_info.get("nprobe")
         for npb in nprobes:
-            if npb is not None and ivf is None:
+            if npb is not None and default is None:
                 continue
-            if ivf is not None:
-                ivf.nprobe = default if npb is None else npb
-            measure(f"{store.active_index}{'' if ivf is None else f' nprobe={ivf.nprobe}'}", first_call_s=first)
-        if ivf is not None:
-            ivf.nprobe = default
+            if default is not None:
+                store.set_search_params(nprobe=default if npb is None else npb)
+            nprobe_now = store.index_info.get("nprobe")
+            measure(f"{store.active_index}{'' if nprobe_now is None else f' nprobe={nprobe_now}'}", first_call_s=first)
+        if default is not None:
+            store.set_search_params(nprobe=default)
         for npb in table_nprobes:
             miner.build_table(nprobe=npb)
             info = miner.table_info
@@ -188,7 +188,7 @@ def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors
 
 
 def _flat_copy(store: Any, x: np.ndarray, labels: np.ndarray) -> Any:
-    from . import EmbeddingStore
+    from .. import EmbeddingStore
 
     s = EmbeddingStore(store.dim, metric=store.metric, index="flat")
     s.add(x, labels=labels)
@@ -204,7 +204,7 @@ def inbatch_section(batches: list[int], dim: int = 128, device: str = "cpu") -> 
     CUDA batches (timed to completion with ``torch.cuda.synchronize``)."""
     import torch
 
-    from .mining import BatchHardMiner, MultiSimilarityMiner, SemiHardMiner
+    from ..mining import BatchHardMiner, MultiSimilarityMiner, SemiHardMiner
 
     pml = importlib.util.find_spec("pytorch_metric_learning") is not None
     rows: list[dict[str, Any]] = []
@@ -259,8 +259,8 @@ def _same_tuples(a: tuple, b: tuple) -> bool:
 def sampler_section(sizes: list[int], batch_size: int = 256) -> list[dict[str, Any]]:
     """Indices per second of every strategy: the vectorised epoch, the Python iterator a
     DataLoader consumes and the batch sampler (iterators timed on the first 1M indices)."""
-    from . import pacing
-    from .sampling import STRATEGIES, CurriculumBatchSampler, CurriculumSampler
+    from .. import pacing
+    from ..sampling.sampler import STRATEGIES, CurriculumBatchSampler, CurriculumSampler
 
     rows: list[dict[str, Any]] = []
     for n in sizes:
@@ -331,7 +331,7 @@ def loader_section(batches: int = 200, batch_size: int = 256, workers: int = 2, 
     import torch
     from torch.utils.data import DataLoader
 
-    from . import Recorder, pacing, wrap
+    from .. import Recorder, pacing, wrap
     from .data import load_real
 
     ds = load_real(data)

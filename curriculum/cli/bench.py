@@ -34,9 +34,10 @@ import numpy as np
 
 from .bench_sections import PeakRSS, print_table
 from .data import clustered, load_real, pixel_pca
-from .knn import blocked_knn, brute_knn
-from .progress import progress_bar
-from .store import EXACT_GRAPH_MIN_ROWS, EmbeddingStore
+from ..neighbors import brute_knn
+from .._util.progress import progress_bar
+from ..store import EmbeddingStore
+from ..store.index import auto_nlist as _auto_nlist
 
 
 def sgemm_gflops() -> float:
@@ -224,7 +225,7 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
                     _, ids = store.knn(k, method="blocked", nprobe=npb, progress=True)
                     el = time.perf_counter() - t
                 add(f"curriculum store.knn nprobe={npb}", 0.0, el, ids[sample], mem=mem.mb,
-                    pairs=blocked_knn.last_stats["pairs_scored"])
+                    pairs=store.last_knn_report["pairs_scored"])
             auto = EmbeddingStore(dim, metric="l2", exact_threshold=0)  # the default path, recall-checked
             auto.add(x)
             plan = auto.plan_knn(k)
@@ -241,19 +242,12 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
                     _, ids = auto.knn(k, progress=True)
                     el = time.perf_counter() - t
                 rep = auto.last_knn_report
-                from .knn_exact import exact_knn_graph
-
-                if rep.get("method") != "exact":
-                    pairs = blocked_knn.last_stats["pairs_scored"]
-                elif n >= EXACT_GRAPH_MIN_ROWS:
-                    pairs = exact_knn_graph.last_stats["pairs_scored"]
-                else:  # small stores: faiss flat, every ordered pair
-                    pairs = n * n
+                pairs = rep.get("pairs_scored")
                 add("curriculum store.knn auto", 0.0, el, ids[sample],
                     f"chose {rep.get('method')} nprobe={rep.get('nprobe', '-')}", mem=mem.mb, pairs=pairs)
             del auto
-            for spec, params in () if not peers else ((f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 16}),
-                                 (f"IVF{EmbeddingStore._auto_nlist(n)},Flat", {"nprobe": 64}),
+            for spec, params in () if not peers else ((f"IVF{_auto_nlist(n)},Flat", {"nprobe": 16}),
+                                 (f"IVF{_auto_nlist(n)},Flat", {"nprobe": 64}),
                                  ("HNSW32", {"efSearch": 64}), ("HNSW32", {"efSearch": 256})):
                 if quick and params in ({"nprobe": 64}, {"efSearch": 256}):
                     continue
@@ -294,14 +288,13 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
 def _exact_estimate(x: np.ndarray, k: int, m: int = 100_000) -> dict[str, float]:
     """Seconds of the exact graph engine on ``x``, extrapolated from a run on ``m`` random rows:
     its cost is per scored pair (both ~n^2/2 on data it cannot prune), so it scales by (n/m)^2."""
-    from .knn_exact import exact_knn_graph
+    from ..neighbors import exact_knn_graph
 
     n = len(x)
     sub = np.sort(np.random.default_rng(0).choice(n, min(m, n), replace=False))
     t = time.perf_counter()
-    exact_knn_graph(np.ascontiguousarray(x[sub]), k, "l2", progress=True)
+    st = exact_knn_graph(np.ascontiguousarray(x[sub]), k, "l2", progress=True, return_stats=True)[2]
     el = time.perf_counter() - t
-    st = exact_knn_graph.last_stats
     scale = (n / len(sub)) ** 2
     return {"seconds": el * scale, "share": len(sub) / n, "pairs": int(st["pairs_scored"] * scale)}
 

@@ -1,0 +1,100 @@
+"""Exact search kernels over plain float32 matrices: faiss brute force, a chunked torch top-k
+with an optional label filter, and the small array helpers the search paths share. Distances
+follow :mod:`curriculum.neighbors.metric` (smaller = nearer)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from .metric import get_metric
+
+
+def brute_knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of ``base`` for each query, as (distances, row indices).
+
+    Rows are padded with ``inf`` / ``-1`` where ``base`` has fewer than ``k`` rows. Runs through
+    faiss's blocked BLAS search, so memory stays O(queries x k) whatever the base size.
+    """
+    nq = queries.shape[0]
+    kk = min(k, base.shape[0])
+    dist = np.full((nq, k), np.inf, dtype=np.float32)
+    rows = np.full((nq, k), -1, dtype=np.int64)
+    if nq == 0 or kk == 0:
+        return dist, rows
+    m = get_metric(metric)
+    d, i = faiss.knn(queries, base, kk, metric=m.faiss)
+    dist[:, :kk] = m.to_distance(d)
+    rows[:, :kk] = i
+    dist[rows < 0] = np.inf
+    return dist, rows
+
+
+def first_k_valid(dist: np.ndarray, ids: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep, per row, the first ``k`` entries where ``valid`` holds (rows are sorted by distance)."""
+    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+    d = np.take_along_axis(dist, order, axis=1)
+    i = np.take_along_axis(ids, order, axis=1)
+    ok = np.take_along_axis(valid, order, axis=1)
+    d = np.where(ok, d, np.inf).astype(np.float32)
+    i = np.where(ok, i, -1)
+    if d.shape[1] < k:
+        pad = k - d.shape[1]
+        d = np.pad(d, ((0, 0), (0, pad)), constant_values=np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+    return d, i
+
+
+def sort_dedupe(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by distance and drop repeated ids (keeping the nearest), padding with -1/inf."""
+    dist = np.where(ids < 0, np.inf, dist)
+    # sort by (id, distance) to find repeats, then blank all but the first of each id
+    o = np.lexsort((dist, ids), axis=1) if dist.size else np.zeros_like(ids)
+    sid = np.take_along_axis(ids, o, axis=1)
+    sd = np.take_along_axis(dist, o, axis=1)
+    rep = np.zeros_like(sid, dtype=bool)
+    rep[:, 1:] = (sid[:, 1:] == sid[:, :-1]) & (sid[:, 1:] >= 0)
+    sd = np.where(rep, np.inf, sd)
+    sid = np.where(rep, -1, sid)
+    o2 = np.argsort(sd, axis=1, kind="stable")
+    sd = np.take_along_axis(sd, o2, axis=1)
+    sid = np.take_along_axis(sid, o2, axis=1)
+    sid = np.where(np.isinf(sd), -1, sid)
+    return sd, sid
+
+
+def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.ndarray | None = None,
+               x_labels: np.ndarray | None = None, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest rows of ``x`` for each query, as ``(distances, rows)`` (``inf`` / ``-1``
+    where fewer qualify), by chunked matrix products and a running top-k; with labels, only rows
+    of a label other than the query's. For few queries against a large ``x`` (a plan's sampled
+    ground truth, label-filtered search of an exact store): at 1M x 128, 512 queries take ~2 s
+    where faiss's per-row heap takes ~5 s."""
+    import torch
+
+    m = get_metric(metric)
+    qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))
+    q_lab = None if q_labels is None else torch.from_numpy(np.asarray(q_labels, np.int64))[:, None]
+    best_v = torch.empty((len(q), 0))
+    best_i = torch.empty((len(q), 0), dtype=torch.int64)
+    for s in range(0, len(x), chunk):
+        xc = torch.from_numpy(x[s:s + chunk])
+        score = m.score(qt, xc)
+        if q_lab is not None:
+            score.masked_fill_(torch.from_numpy(np.asarray(x_labels[s:s + chunk], np.int64))[None, :] == q_lab,
+                               torch.inf)
+        v, i = torch.topk(score, min(k, xc.shape[0]), dim=1, largest=False)
+        best_v, best_i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s], 1)
+        if best_v.shape[1] > k:
+            best_v, pos = torch.topk(best_v, k, dim=1, largest=False)
+            best_i = torch.gather(best_i, 1, pos)
+    o = torch.argsort(best_v, dim=1, stable=True)
+    v = torch.gather(best_v, 1, o).numpy().astype(np.float32)
+    rows = torch.gather(best_i, 1, o).numpy()
+    ok = np.isfinite(v)
+    v = m.from_score(v, (q * q).sum(1) if m.squared_norms else None)
+    dist = np.full((len(q), k), np.inf, np.float32)
+    out = np.full((len(q), k), -1, np.int64)
+    dist[:, :v.shape[1]] = np.where(ok, v, np.inf)
+    out[:, :v.shape[1]] = np.where(ok, rows, -1)
+    return dist, out

@@ -1,0 +1,95 @@
+"""The recall plan of the blocked engine: inside its probed blocks the blocked search is exact,
+so the recall of any ``nprobe`` is known before it runs - the share of each sampled row's true
+neighbours lying in the row's ``nprobe`` nearest blocks. One plan serves the all-points graph
+(``EmbeddingStore.knn``) and the negatives table (label-filtered)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .blocked import block_plan, block_purity
+from .kernels import exact_topk
+from .metric import get_metric
+
+PLAN_SAMPLE = 512  # sampled rows whose exact neighbours measure the recall
+
+
+def probe_ranks(centroids: np.ndarray, assign: np.ndarray, sample: np.ndarray, neighbours: np.ndarray,
+                metric: str, pure: np.ndarray | None = None) -> np.ndarray:
+    """For each sampled row and each of its true neighbours (rows, ``-1`` = none): the neighbour's
+    block's position in the probe order of the row's block (0 = probed first), as
+    :func:`probe_lists` - or, with ``pure``, :func:`probe_lists_other_label` - orders them. The
+    blocked search is exact inside its probes, so recall(nprobe) = share of ranks < nprobe."""
+    import torch
+
+    n_blocks = len(centroids)
+    blocks, inv = np.unique(assign[sample], return_inverse=True)
+    cu, ca = torch.from_numpy(centroids[blocks]), torch.from_numpy(centroids)
+    # centroids are ranked by L2 unless the metric is ip (as the blocks were assigned)
+    dist = get_metric("ip" if metric == "ip" else "l2").score(cu, ca)
+    dist[torch.arange(len(blocks)), torch.from_numpy(blocks)] = -torch.inf  # its own block first
+    if pure is not None:  # a block of one label never probes blocks holding only that label
+        pt = torch.from_numpy(np.asarray(pure, np.int64))
+        dist.masked_fill_((pt[blocks][:, None] >= 0) & (pt[None, :] == pt[blocks][:, None]), torch.inf)
+    order = torch.argsort(dist, dim=1, stable=True).numpy()
+    rank = np.empty_like(order)
+    rank[np.arange(len(blocks))[:, None], order] = np.arange(n_blocks)[None, :]
+    need = rank[inv[:, None], assign[np.maximum(neighbours, 0)]]
+    return np.where(neighbours >= 0, need, -1)
+
+
+def nprobe_for(ranks: np.ndarray, target: float, floor: int, n_blocks: int) -> tuple[int, float]:
+    """The smallest nprobe (>= ``floor``) whose sampled recall clears ``target`` by two standard
+    errors - a quantile of the ranks (``-1`` entries ignored) - and its estimated recall."""
+    flat = np.sort(ranks[ranks >= 0].ravel())
+    if not flat.size:
+        return int(min(floor, n_blocks)), 1.0
+    goal = min(1.0, target + 2.0 * math.sqrt(target * (1.0 - target) / flat.size))
+    p = int(flat[max(int(math.ceil(goal * flat.size)) - 1, 0)]) + 1
+    p = int(min(max(p, floor), n_blocks))
+    return p, float((flat < p).mean())
+
+
+@dataclass(frozen=True)
+class RecallPlan:
+    """The block plan and the smallest ``nprobe`` whose sampled recall clears the target."""
+
+    centroids: np.ndarray
+    assign: np.ndarray
+    nprobe: int
+    recall_estimate: float
+
+    def pair_share(self, n: int) -> float:
+        """Share of all ordered pairs the blocked search scores at this nprobe (~256-row blocks)."""
+        return min(1.0, self.nprobe * 256 / max(n, 1))
+
+
+def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int = 1, exclude_self: bool = True,
+                labels: np.ndarray | None = None, seed: int = 0) -> RecallPlan:
+    """Block the rows (:func:`~curriculum.neighbors.blocked.block_plan`), take the exact ``k``
+    nearest neighbours of :data:`PLAN_SAMPLE` sampled rows (with ``labels``: nearest rows of
+    another label, the hard negatives) and read off the smallest ``nprobe >= floor`` whose recall
+    clears ``target`` by two standard errors.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(3000, 8)).astype("float32")
+        >>> plan = plan_recall(x, 5, "l2", target=0.9)
+        >>> 1 <= plan.nprobe <= len(plan.centroids) and plan.recall_estimate >= 0.9
+        True
+    """
+    n = len(vec)
+    sample = np.random.default_rng(seed).choice(n, min(PLAN_SAMPLE, n), replace=False)
+    centroids, assign = block_plan(vec, max(1, n // 256), metric, seed)
+    pure = None
+    if labels is None:
+        ex = exact_topk(vec[sample], vec, k + int(exclude_self), metric)[1]
+        truth = np.stack([r[r != q][:k] if exclude_self else r[:k] for r, q in zip(ex, sample)])
+    else:
+        truth = exact_topk(vec[sample], vec, k, metric, labels[sample], labels)[1]
+        pure = block_purity(labels, assign, len(centroids))
+    ranks = probe_ranks(centroids, assign, sample, truth, metric, pure=pure)
+    p, recall = nprobe_for(ranks, target, floor, len(centroids))
+    return RecallPlan(centroids, assign, p, recall)

@@ -1,0 +1,123 @@
+"""The store's approximate index: which one, building it, keeping it current, swapping it.
+
+The index only *proposes candidates*; the rows (:mod:`.rows`) are the truth, so an updated row
+just gains a fresh entry (the old one turns *stale*) and a removed row's entry is dropped by the
+re-rank. Past ``rebuild_threshold`` stale entries, the store rebuilds from a snapshot in one
+:class:`~curriculum._util.background.BackgroundTask` and installs the new index with
+:meth:`IndexManager.install` (under the store's lock, replaying rows written meanwhile).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .._util.progress import progress_bar
+from ..neighbors import get_metric
+from .rows import Rows
+
+
+def auto_nlist(n: int) -> int:
+    """Inverted lists of the ``auto`` IVF index for ``n`` rows: ``2**round(log2(4 sqrt(n)))``."""
+    return int(2 ** round(math.log2(max(4.0 * math.sqrt(max(n, 1)), 16))))
+
+
+def ivf_of(index: Any) -> Any:
+    """The IVF index inside ``index`` when it is one (``None`` for HNSW, flat, ...)."""
+    return faiss.try_extract_index_ivf(index) if index is not None else None
+
+
+class IndexManager:
+    """Index choice, build and bookkeeping; holds no lock (the store's lock guards it)."""
+
+    def __init__(self, dim: int, metric: str, spec: str, exact_threshold: int, rebuild_threshold: float,
+                 params: dict[str, float]) -> None:
+        self.dim, self.metric, self.spec = dim, metric, spec
+        self.exact_threshold, self.rebuild_threshold = exact_threshold, rebuild_threshold
+        self.params = params
+        self.index: Any = None
+        self.entries = 0
+        self.stale = 0
+        self.cache: dict[tuple, Any] = {}   # per-index selectors and per-list label counts
+
+    # ------------------------------------------------------------------ choice
+    def wants_approx(self, n: int) -> bool:
+        if self.spec == "flat":
+            return False
+        return n > self.exact_threshold if self.spec == "auto" else True
+
+    def approx_spec(self, n: int) -> str:
+        if self.spec != "auto":
+            return self.spec
+        return f"IVF{auto_nlist(n)},Flat"
+
+    def describe(self, n: int) -> str:
+        return self.approx_spec(n) if self.wants_approx(n) else "exact"
+
+    @property
+    def stale_fraction(self) -> float:
+        return self.stale / self.entries if self.entries else 0.0
+
+    def needs_rebuild(self) -> bool:
+        return self.index is not None and self.stale_fraction > self.rebuild_threshold
+
+    def current(self, n: int) -> bool:
+        """Whether the installed index serves ``n`` rows without a build."""
+        return (self.index is not None) == self.wants_approx(n)
+
+    # ------------------------------------------------------------------ build and install
+    def build(self, vec: np.ndarray, ids: np.ndarray, spec: str, progress: bool) -> Any:
+        """A new faiss index over ``vec`` / ``ids`` (no store state is touched)."""
+        index = faiss.index_factory(self.dim, spec, get_metric(self.metric).faiss)
+        params = dict(self.params)
+        ivf = ivf_of(index)
+        if self.spec == "auto" and ivf is not None and "nprobe" not in params:
+            params["nprobe"] = max(16, ivf.nlist // 64)
+        with progress_bar(total=3, desc=f"building {spec}", disable=not progress) as bar:
+            if not index.is_trained:
+                if ivf is not None and vec.shape[0] < ivf.nlist:
+                    raise ValueError(f"index: {spec!r} needs at least {ivf.nlist} vectors to train, "
+                                     f"the store has {vec.shape[0]}")
+                n_train = min(vec.shape[0], max(64 * (ivf.nlist if ivf is not None else 256), 50_000))
+                pick = np.random.default_rng(0).choice(vec.shape[0], n_train, replace=False)
+                index.train(np.ascontiguousarray(vec if n_train >= vec.shape[0] else vec[pick]))
+            bar.update(1)
+            ps = faiss.ParameterSpace()
+            for key, val in params.items():
+                ps.set_index_parameter(index, key, val)
+            bar.update(1)
+            if ivf is None:
+                index = faiss.IndexIDMap(index)
+            index.add_with_ids(vec, ids)
+            bar.update(1)
+        return index
+
+    def install(self, index: Any, rows: Rows, since_version: int) -> None:
+        """Swap ``index`` in (call under the store's lock): rows written after ``since_version``
+        are added first, so the new index misses nothing."""
+        changed = rows.live("version") > since_version
+        if changed.any():
+            index.add_with_ids(rows.live("vec")[changed], rows.live("ids")[changed])
+        self.index = index
+        self.entries = int(index.ntotal)
+        self.stale = max(self.entries - rows.n, 0)
+        self.cache.clear()
+
+    def drop(self) -> None:
+        self.index, self.entries, self.stale = None, 0, 0
+        self.cache.clear()
+
+    # ------------------------------------------------------------------ writes
+    def on_write(self, vec: np.ndarray, ids: np.ndarray, replaced: int) -> None:
+        """Rows added or updated: a fresh entry each; ``replaced`` old entries turn stale."""
+        if self.index is not None:
+            self.index.add_with_ids(vec, ids)
+            self.entries += len(ids)
+            self.stale += replaced
+
+    def on_remove(self, count: int) -> None:
+        if self.index is not None:
+            self.stale += count
