@@ -55,8 +55,9 @@ class BackgroundTask:
                     with self._guard:
                         self._error = exc
 
-            self._thread = threading.Thread(target=run, name=f"curriculum-{self.name}", daemon=True)
-            self._thread.start()
+            t = threading.Thread(target=run, name=f"curriculum-{self.name}", daemon=True)
+            t.start()
+            self._thread = t  # published only once started: a concurrent wait() can join it
             return True
 
     def wait(self, timeout: float | None = None) -> None:

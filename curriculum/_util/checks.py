@@ -38,6 +38,20 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name}: expected an array-like, got {_describe(x)}") from exc
 
 
+def as_real(x: Any, name: str) -> np.ndarray:
+    """A real-valued numeric array (integers or floats; not bool, complex, strings or objects),
+    finite; returned as a numpy array."""
+    try:
+        arr = to_numpy(x, name)
+    except TypeError:
+        raise
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"{name}: expected real numbers (an integer or float array), got {_describe(arr)}")
+    if np.issubdtype(arr.dtype, np.floating) and arr.size and not np.isfinite(arr).all():
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
+    return arr
+
+
 def as_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
     """Validate a 2-D matrix of finite floats; return it as C-contiguous float32."""
     arr = to_numpy(x, name)
@@ -48,7 +62,7 @@ def as_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name}: expected a 2-D array of shape {want}, got {_describe(arr)}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name}: expected {dim} columns (the store's dim), got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name}: expected a float array, got {_describe(arr)}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.size and not np.isfinite(arr).all():

@@ -107,6 +107,8 @@ class Difficulty:
 
     def dense(self, num_samples: int | None = None) -> np.ndarray:
         """Scores as an array indexed by dataset id ``0..num_samples-1`` (all ids must be covered)."""
+        if len(self) == 0:
+            raise ValueError("difficulty: the scores are empty, there is nothing to lay out by dataset id")
         n = int(self.ids.max()) + 1 if num_samples is None else int(num_samples)
         if len(self) != n or self.ids.max(initial=-1) != n - 1:
             raise ValueError(f"num_samples: the scores cover {len(self)} ids up to {int(self.ids.max(initial=-1))}, "

@@ -90,7 +90,7 @@ class Recorder:
             raise ValueError("update: expected loss= and/or logits=, got neither")
         lo = lg = lab = None
         if logits is not None:
-            lg = torch.as_tensor(C.to_numpy(logits, "logits")).double()
+            lg = torch.as_tensor(C.as_real(logits, "logits")).double()
             if lg.ndim != 2 or lg.shape[0] != n:
                 raise ValueError(f"logits: expected shape ({n}, num_classes), got {tuple(lg.shape)}")
             if self.num_classes is not None and lg.shape[1] != self.num_classes:
@@ -109,7 +109,7 @@ class Recorder:
                 raise ValueError(f"labels: expected values < {lg.shape[1]} (the logits' width), got {int(lab.max())}")
         if loss is not None:
             lo = (loss.detach().to("cpu", torch.float64) if isinstance(loss, torch.Tensor)
-                  else torch.as_tensor(C.to_numpy(loss, "loss")).double())
+                  else torch.as_tensor(C.as_real(loss, "loss")).double())
             if lo.ndim == 0:
                 raise ValueError("loss: expected one loss per sample (use reduction='none'), got a scalar")
             if lo.ndim != 1 or lo.shape[0] != n:

@@ -167,7 +167,7 @@ class CurriculumLoader:
         before anything changes; under torch.distributed the feedback of all ranks is gathered
         so every rank's recorder sees the same updates.
         """
-        idx = self._last_indices if indices is None else torch.as_tensor(C.to_numpy(indices, "indices"))
+        idx = self._last_indices if indices is None else torch.from_numpy(C.as_ids(indices, "indices", unique=False))
         if idx is None:
             raise RuntimeError("feedback: no batch has been yielded yet, pass indices=")
         idx = idx.reshape(-1).long()
@@ -176,7 +176,7 @@ class CurriculumLoader:
         def _check_rows(x: Any, name: str) -> torch.Tensor | None:
             if x is None:
                 return None
-            t = torch.as_tensor(C.to_numpy(x, name))
+            t = torch.as_tensor(C.as_real(x, name))
             if t.ndim == 0 or t.shape[0] != n:
                 raise ValueError(f"{name}: expected {n} rows (one per sample of the batch), got shape {tuple(t.shape)}")
             if t.is_floating_point() and not torch.isfinite(t).all():
@@ -300,6 +300,19 @@ def _check_cover(d: Difficulty, n: int) -> Difficulty:
     return d
 
 
+def _honour_sampler(loader: DataLoader, kwargs: dict[str, Any]) -> None:
+    """Carry over what the loader's own sampler says about the epoch: a ``DistributedSampler``'s
+    shard (rank and replicas) and a ``RandomSampler``'s ``num_samples``."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    s = loader.sampler if loader.batch_size is not None else getattr(loader.batch_sampler, "sampler", None)
+    if isinstance(s, DistributedSampler):
+        kwargs.setdefault("rank", s.rank)
+        kwargs.setdefault("world_size", s.num_replicas)
+    elif isinstance(s, RandomSampler) and s.num_samples != len(loader.dataset):
+        kwargs.setdefault("num_samples", s.num_samples)
+
+
 def wrap(loader: DataLoader, difficulty: Any = None, pacing: Any = None, strategy: str = "threshold",
          recorder: Recorder | None = None, store: Any = None, rescore_every: int | None = None,
          rescore: Callable[[], Any] | str | None = None, with_indices: bool = False, seed: int = 0,
@@ -351,6 +364,7 @@ def wrap(loader: DataLoader, difficulty: Any = None, pacing: Any = None, strateg
             raise ValueError(f"loader: it uses a custom sampler ({type(loader.sampler).__name__}); wrap replaces the "
                              "sampling - pass your weighting as difficulty= / strategy= instead")
     n = len(loader.dataset)
+    _honour_sampler(loader, sampler_kwargs)
     if rescore_every is not None:
         rescore_every = C.positive_int(rescore_every, "rescore_every")
     if isinstance(rescore, str) or (rescore is None and recorder is not None):

@@ -103,6 +103,10 @@ class StreamSelector(IterableDataset):
                  keep_range: tuple[float, float] = (0.1, 1.0), scorer: str | Callable[..., Any] = "novelty",
                  select: str = "topk", store_size: int = 100_000, metric: str = "l2", seed: int = 0,
                  rank: int | None = None, world_size: int | None = None) -> None:
+        if not callable(embed):
+            raise TypeError(f"embed: expected a callable list_of_samples -> (n, dim) array, got {type(embed).__name__}")
+        if not (callable(source) or hasattr(source, "__iter__")):
+            raise TypeError(f"source: expected an iterable or a callable returning an iterator, got {type(source).__name__}")
         self.source = source
         self.embed = embed
         self.window = C.positive_int(window, "window")
@@ -115,7 +119,7 @@ class StreamSelector(IterableDataset):
         self.scorer = scorer
         self.select = C.choice(select, "select", ("topk", "sample"))
         self.store_size = C.positive_int(store_size, "store_size")
-        self.metric = metric
+        self.metric = C.choice(metric, "metric", tuple(METRICS))
         self.seed = int(seed)
         self.rank, self.world_size = dist_info(rank, world_size)
         self.store: SlidingWindowStore | None = None
@@ -190,7 +194,9 @@ class StreamSelector(IterableDataset):
 
     def _flush(self, buf: list[Any], w: int, shard: int) -> Iterator[Any]:
         self.max_buffer = max(self.max_buffer, len(buf))
-        emb = C.to_numpy(self.embed(buf), "embed output")
+        emb = C.as_real(self.embed(buf), "embed output")
+        if emb.ndim == 0 or emb.shape[0] != len(buf):
+            raise ValueError(f"embed output: expected {len(buf)} rows (one per sample), got shape {emb.shape}")
         emb = np.ascontiguousarray(emb.reshape(len(buf), -1), np.float32)
         if self.store is None:
             self.store = SlidingWindowStore(self.store_size, emb.shape[1], self.metric)

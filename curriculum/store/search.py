@@ -54,6 +54,8 @@ class Search:
     def exact(self, q: np.ndarray, kf: int, labs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact search over every row (with ``labs``: rows of another label than the query's)."""
         r = self.rows
+        if r.n == 0:
+            return np.full((len(q), kf), np.inf, np.float32), np.full((len(q), kf), -1, np.int64)
         if labs is None:
             d, rows = brute_knn(q, r.live("vec"), kf, self.metric.name)
         else:  # one masked matrix product per chunk of rows, every query at once
