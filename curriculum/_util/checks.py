@@ -41,10 +41,7 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
 def as_real(x: Any, name: str) -> np.ndarray:
     """A real-valued numeric array (integers or floats; not bool, complex, strings or objects),
     finite; returned as a numpy array."""
-    try:
-        arr = to_numpy(x, name)
-    except TypeError:
-        raise
+    arr = to_numpy(x, name)
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise TypeError(f"{name}: expected real numbers (an integer or float array), got {_describe(arr)}")
     if np.issubdtype(arr.dtype, np.floating) and arr.size and not np.isfinite(arr).all():
