@@ -179,110 +179,137 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
 def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | None, quick: bool, gf: float,
                  save: Callable[[list[dict[str, Any]]], None], max_method_s: float = 600.0,
                  peers: bool = True) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    seen: dict[tuple[str, str], tuple[int, float]] = {}  # (data, method) -> (N, total s) measured
-
-    def too_slow(data_name: str, method: str, n: int) -> str | None:
-        """A note when the run at a smaller N predicts more than ``max_method_s`` at this N."""
-        prev = seen.get((data_name, method))
-        if prev is None or prev[0] >= n:
-            return None
-        pred = prev[1] * (n / prev[0]) * 1.3  # n log n growth of index builds and searches
-        return None if pred <= max_method_s else f"skipped: predicted {pred:.0f} s from the N={prev[0]} run"
-
-    nprobes = (4, 8) if quick else (4, 8, 16, 32)
+    bench = _KnnBench(k, queries, gf, save, max_method_s)
     bar = progress_bar(total=3 * len(sizes), desc="bench data sets")
     for n in sizes:
         for name, x in datasets(n, dim, data).items():
             bar.update(1)
-            sample = np.random.default_rng(3).choice(n, min(queries, n), replace=False)
-            t = time.perf_counter()
-            _, ex = brute_knn(x[sample], x, k + 1, "l2")
-            exact_s = (time.perf_counter() - t) * n / len(sample)
-            exact = np.array([r[r != q][:k] for r, q in zip(ex, sample)])
-            flops = 2.0 * n * n * dim
-
-            def add(method: str, build: float, query: float, found: np.ndarray | None, note: str = "",
-                    mem: float | None = None, pairs: int | None = None) -> None:
-                total = build + query
-                row = {"data": name, "N": n, "method": method, "build_s": build, "query_s": query, "total_s": total,
-                       "recall@10": None if found is None else _recall(found, exact),
-                       "gflops_effective": flops / total / 1e9 if total > 0 else None, "note": note,
-                       "peak_extra_mb": mem,
-                       "sgemm_bound_s": None if pairs is None else pairs * 2.0 * dim / (gf * 1e9)}
-                rows.append(row)
-                save(rows)
-                rec = "skipped" if found is None else f"{row['recall@10']:.4f}"
-                print(f"  {name:28s} N={n:<8d} {method:36s} total {total:9.2f} s  recall@10 {rec} {note}", flush=True)
-
-            add("faiss Flat (exact)", 0.0, exact_s, exact, "extrapolated from the query sample",
-                pairs=n * n)
-            store = EmbeddingStore(dim, metric="l2", index="flat")
-            store.add(x)
-            for npb in nprobes:
-                with PeakRSS() as mem:
-                    t = time.perf_counter()
-                    _, ids = store.knn(k, method="blocked", nprobe=npb, progress=True)
-                    el = time.perf_counter() - t
-                add(f"curriculum store.knn nprobe={npb}", 0.0, el, ids[sample], mem=mem.mb,
-                    pairs=store.last_knn_report["pairs_scored"])
-            auto = EmbeddingStore(dim, metric="l2", exact_threshold=0)  # the default path, recall-checked
-            auto.add(x)
-            plan = auto.plan_knn(k)
-            if plan["method"] == "exact" and n > 200_000:
-                est = _exact_estimate(x, k)
-                add("curriculum store.knn auto", 0.0, est["seconds"], None,
-                    f"plan: exact (blocked recall at nprobe {plan['nprobe']}: {plan['recall_estimate']:.3f}); "
-                    f"not run whole - extrapolated (x(N/m)^2) from the exact engine on a random "
-                    f"{est['share']:.0%} of the rows", pairs=est["pairs"])
-                rows[-1]["recall@10"] = 1.0
-            else:
-                with PeakRSS() as mem:
-                    t = time.perf_counter()
-                    _, ids = auto.knn(k, progress=True)
-                    el = time.perf_counter() - t
-                rep = auto.last_knn_report
-                pairs = rep.get("pairs_scored")
-                add("curriculum store.knn auto", 0.0, el, ids[sample],
-                    f"chose {rep.get('method')} nprobe={rep.get('nprobe', '-')}", mem=mem.mb, pairs=pairs)
-            del auto
-            for spec, params in () if not peers else ((f"IVF{_auto_nlist(n)},Flat", {"nprobe": 16}),
-                                 (f"IVF{_auto_nlist(n)},Flat", {"nprobe": 64}),
-                                 ("HNSW32", {"efSearch": 64}), ("HNSW32", {"efSearch": 256})):
-                if quick and params in ({"nprobe": 64}, {"efSearch": 256}):
-                    continue
-                skip = too_slow(name, f"faiss {spec.split(',')[0].rstrip('0123456789')} {params}", n)
-                if skip:
-                    add(f"faiss {spec} {params}", 0.0, 0.0, None, skip)
-                    continue
-                s = EmbeddingStore(dim, metric="l2", index=spec, index_params=params, exact_threshold=0)
-                s.add(x)
-                with PeakRSS() as mem:
-                    t = time.perf_counter()
-                    s.build()
-                    b = time.perf_counter() - t
-                    t = time.perf_counter()
-                    _, ids = s.search(x[sample], k + 1)
-                    q = (time.perf_counter() - t) * n / len(sample)
-                found = np.array([r[r != qq][:k] for r, qq in zip(ids, sample)])
-                add(f"faiss {spec} {params}", b, q, found, "queries extrapolated", mem=mem.mb)
-                seen[(name, f"faiss {spec.split(',')[0].rstrip('0123456789')} {params}")] = (n, b + q)
-                del s
-            for pname, fn in _peers(x, k, sample) if peers else []:
-                if fn is None:
-                    add(pname, 0.0, 0.0, None, "skipped: not installed (pip install curriculum[bench]) or too large")
-                    continue
-                skip = too_slow(name, pname, n)
-                if skip:
-                    add(pname, 0.0, 0.0, None, skip)
-                    continue
-                with PeakRSS() as mem:
-                    b, q, ids = fn()
-                found = np.array([r[r != qq][:k] for r, qq in zip(ids, sample)])
-                add(pname, b, q, found, "queries extrapolated" if q else "", mem=mem.mb)
-                seen[(name, pname)] = (n, b + q)
+            bench.start(name, x)
+            bench.ours((4, 8) if quick else (4, 8, 16, 32))
+            bench.auto()
+            if peers:
+                bench.faiss_peers(quick)
+                bench.other_peers()
     bar.close()
-    return rows
+    return bench.rows
+
+
+class _KnnBench:
+    """The kNN section's rows: per data set, exact ground truth on a fixed query sample, then each
+    method timed and scored against it; a method whose smaller-N run predicts more than
+    ``max_method_s`` is reported as skipped."""
+
+    def __init__(self, k: int, queries: int, gf: float, save: Callable[[list[dict[str, Any]]], None],
+                 max_method_s: float) -> None:
+        self.k, self.queries, self.gf, self.save, self.max_method_s = k, queries, gf, save, max_method_s
+        self.rows: list[dict[str, Any]] = []
+        self.seen: dict[tuple[str, str], tuple[int, float]] = {}  # (data, method) -> (N, total s) measured
+
+    def start(self, name: str, x: np.ndarray) -> None:
+        """A new data set: its query sample and exact neighbours (faiss flat, time extrapolated)."""
+        self.name, self.x = name, x
+        n = len(x)
+        self.sample = np.random.default_rng(3).choice(n, min(self.queries, n), replace=False)
+        t = time.perf_counter()
+        _, ex = brute_knn(x[self.sample], x, self.k + 1, "l2")
+        exact_s = (time.perf_counter() - t) * n / len(self.sample)
+        self.exact = self._drop_self(ex)
+        self.add("faiss Flat (exact)", 0.0, exact_s, self.exact, "extrapolated from the query sample", pairs=n * n)
+
+    def _drop_self(self, ids: np.ndarray) -> np.ndarray:
+        return np.array([r[r != q][:self.k] for r, q in zip(ids, self.sample)])
+
+    def add(self, method: str, build: float, query: float, found: np.ndarray | None, note: str = "",
+            mem: float | None = None, pairs: int | None = None) -> None:
+        n, dim = self.x.shape
+        total = build + query
+        row = {"data": self.name, "N": n, "method": method, "build_s": build, "query_s": query, "total_s": total,
+               "recall@10": None if found is None else _recall(found, self.exact),
+               "gflops_effective": 2.0 * n * n * dim / total / 1e9 if total > 0 else None, "note": note,
+               "peak_extra_mb": mem,
+               "sgemm_bound_s": None if pairs is None else pairs * 2.0 * dim / (self.gf * 1e9)}
+        self.rows.append(row)
+        self.save(self.rows)
+        rec = "skipped" if found is None else f"{row['recall@10']:.4f}"
+        print(f"  {self.name:28s} N={n:<8d} {method:36s} total {total:9.2f} s  recall@10 {rec} {note}", flush=True)
+
+    def too_slow(self, method: str) -> str | None:
+        """A note when the run at a smaller N predicts more than ``max_method_s`` at this N."""
+        n = len(self.x)
+        prev = self.seen.get((self.name, method))
+        if prev is None or prev[0] >= n:
+            return None
+        pred = prev[1] * (n / prev[0]) * 1.3  # n log n growth of index builds and searches
+        return None if pred <= self.max_method_s else f"skipped: predicted {pred:.0f} s from the N={prev[0]} run"
+
+    def ours(self, nprobes: tuple[int, ...]) -> None:
+        store = EmbeddingStore(self.x.shape[1], metric="l2", index="flat")
+        store.add(self.x)
+        for npb in nprobes:
+            with PeakRSS() as mem:
+                t = time.perf_counter()
+                _, ids = store.knn(self.k, method="blocked", nprobe=npb, progress=True)
+                el = time.perf_counter() - t
+            self.add(f"curriculum store.knn nprobe={npb}", 0.0, el, ids[self.sample], mem=mem.mb,
+                     pairs=store.last_knn_report["pairs_scored"])
+
+    def auto(self) -> None:
+        """The default path, recall-checked; a plan for exact past 200k rows is reported from a timed share."""
+        n = len(self.x)
+        auto = EmbeddingStore(self.x.shape[1], metric="l2", exact_threshold=0)
+        auto.add(self.x)
+        plan = auto.plan_knn(self.k)
+        if plan["method"] == "exact" and n > 200_000:
+            est = _exact_estimate(self.x, self.k)
+            self.add("curriculum store.knn auto", 0.0, est["seconds"], self.exact,
+                     f"plan: exact (blocked recall at nprobe {plan['nprobe']}: {plan['recall_estimate']:.3f}); "
+                     f"not run whole - extrapolated (x(N/m)^2) from the exact engine on a random "
+                     f"{est['share']:.0%} of the rows", pairs=est["pairs"])
+            return
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            _, ids = auto.knn(self.k, progress=True)
+            el = time.perf_counter() - t
+        rep = auto.last_knn_report
+        self.add("curriculum store.knn auto", 0.0, el, ids[self.sample],
+                 f"chose {rep.get('method')} nprobe={rep.get('nprobe', '-')}", mem=mem.mb, pairs=rep.get("pairs_scored"))
+
+    def faiss_peers(self, quick: bool) -> None:
+        n, dim = self.x.shape
+        for spec, params in ((f"IVF{_auto_nlist(n)},Flat", {"nprobe": 16}), (f"IVF{_auto_nlist(n)},Flat", {"nprobe": 64}),
+                             ("HNSW32", {"efSearch": 64}), ("HNSW32", {"efSearch": 256})):
+            if quick and params in ({"nprobe": 64}, {"efSearch": 256}):
+                continue
+            key = f"faiss {spec.split(',')[0].rstrip('0123456789')} {params}"
+            skip = self.too_slow(key)
+            if skip:
+                self.add(f"faiss {spec} {params}", 0.0, 0.0, None, skip)
+                continue
+            s = EmbeddingStore(dim, metric="l2", index=spec, index_params=params, exact_threshold=0)
+            s.add(self.x)
+            with PeakRSS() as mem:
+                t = time.perf_counter()
+                s.build()
+                b = time.perf_counter() - t
+                t = time.perf_counter()
+                _, ids = s.search(self.x[self.sample], self.k + 1)
+                q = (time.perf_counter() - t) * n / len(self.sample)
+            self.add(f"faiss {spec} {params}", b, q, self._drop_self(ids), "queries extrapolated", mem=mem.mb)
+            self.seen[(self.name, key)] = (n, b + q)
+
+    def other_peers(self) -> None:
+        for pname, fn in _peers(self.x, self.k, self.sample):
+            if fn is None:
+                self.add(pname, 0.0, 0.0, None, "skipped: not installed (pip install curriculum[bench]) or too large")
+                continue
+            skip = self.too_slow(pname)
+            if skip:
+                self.add(pname, 0.0, 0.0, None, skip)
+                continue
+            with PeakRSS() as mem:
+                b, q, ids = fn()
+            self.add(pname, b, q, self._drop_self(ids), "queries extrapolated" if q else "", mem=mem.mb)
+            self.seen[(self.name, pname)] = (len(self.x), b + q)
 
 
 def _exact_estimate(x: np.ndarray, k: int, m: int = 100_000) -> dict[str, float]:

@@ -203,86 +203,100 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
     """
     import torch
 
+    from .report import draw
+
+    dev = _device(device)
+    n_seeds = seeds or (1 if quick else 3)
+    steps = 120 if quick else 500
+    source, train_images, train_labels, test_images, test_labels = _split(data, quick)
+    side = train_images.shape[-1]
+    print(f"data: {source} ({len(train_labels)} train / {len(test_labels)} test images, {side}x{side}); "
+          f"{steps} steps of 128 per run, {n_seeds} seed(s)")
+    xt = torch.tensor(test_images, dtype=torch.float32).div(255).unsqueeze(1).to(dev)
+    checkpoints = sorted({max(1, steps * q // 4) for q in (1, 2, 3, 4)})
+    results: dict[str, Any] = {"data": source, "steps": steps, "seeds": n_seeds, "quick": quick,
+                               "device": str(dev), "variants": {}, "grid": None}
+    with progress_bar(total=2 * len(_METHODS) * n_seeds, desc="demo runs") as bar:
+        for variant, noisy_lt, title in (("clean", False, "clean"),
+                                         ("noisy-lt", True, "20% label noise, long-tailed (rho=100)")):
+            idx, y, flipped = _variant_data(train_images, train_labels, noisy_lt, 6000 if quick else None, 0)
+            diff = label_disagreement(_pixel_store(train_images[idx], y), k=10)
+            x = torch.tensor(train_images[idx], dtype=torch.float32).div(255).unsqueeze(1)
+            vres: dict[str, Any] = {"title": f"{title} ({len(idx)} train)", "n_train": int(len(idx)),
+                                    "class_counts": np.bincount(y, minlength=10).tolist(),
+                                    "competence": [Root(_START, int(0.8 * steps))(s) for s in range(steps)],
+                                    "auc_flipped": roc_auc(diff.scores, flipped) if flipped.any() else None,
+                                    "methods": {}}
+            for m in _METHODS:
+                vres["methods"][m] = []
+                for sd in range(n_seeds):
+                    vres["methods"][m].append(_train_one(m, x, torch.from_numpy(y), diff, xt, test_labels, steps, sd,
+                                                         checkpoints, _START, flipped, str(dev)))
+                    bar.update(1)
+            results["variants"][variant] = vres
+            if noisy_lt:
+                results["grid"] = _grid(diff, title, flipped, train_images[idx], y)
+    results["table"] = _print_table(results)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f)
+    pngs = draw(out)
+    print("\nwrote " + ", ".join([os.path.join(out, "results.json")] + pngs))
+    return results
+
+
+_METHODS = ("uniform", "curriculum", "anti-curriculum", "online hard")
+_START = 0.2  # the root pacing's starting competence
+
+
+def _device(device: str) -> Any:
+    import torch
+
     try:
         dev = torch.device(device)
         torch.empty(0, device=dev)
     except (RuntimeError, TypeError, AssertionError) as exc:
         raise ValueError(f"device: expected an available torch device such as 'cpu' or 'cuda', got {device!r} "
                          f"({exc})") from None
+    return dev
 
-    from .report import draw
 
-    train, test = load_real(data, train=True), None
+def _split(data: str | None, quick: bool) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(source, train images, train labels, test images, test labels)``: the data's own test split,
+    or a fixed held-out third when it has none; ``quick`` keeps a fixed 3,000 of the test set."""
+    train = load_real(data, train=True)
     try:
         test = load_real(data, train=False)
     except FileNotFoundError:
         test = None
-    n_seeds = seeds or (1 if quick else 3)
-    steps = 120 if quick else 500
-    n_train = 6000 if quick else None
     if test is None or test.source == train.source:  # digits: hold out a fixed third
-        rng = np.random.default_rng(0)
-        perm = rng.permutation(len(train.labels))
-        cut = len(perm) // 3
-        te_idx, tr_idx = perm[:cut], perm[cut:]
-        test_images, test_labels = train.images[te_idx], train.labels[te_idx]
-        train_images, train_labels = train.images[tr_idx], train.labels[tr_idx]
+        perm = np.random.default_rng(0).permutation(len(train.labels))
+        te_idx, tr_idx = perm[:len(perm) // 3], perm[len(perm) // 3:]
+        split = (train.images[tr_idx], train.labels[tr_idx], train.images[te_idx], train.labels[te_idx])
     else:
-        train_images, train_labels = train.images, train.labels
-        test_images, test_labels = test.images, test.labels
-    side = train_images.shape[-1]
-    print(f"data: {train.source} ({len(train_labels)} train / {len(test_labels)} test images, {side}x{side}); "
-          f"{steps} steps of 128 per run, {n_seeds} seed(s)")
-    if quick:  # a fixed, class-balanced share of the test set keeps --quick fast
-        keep = np.sort(np.random.default_rng(0).permutation(len(test_labels))[:3000])
-        test_images, test_labels = test_images[keep], test_labels[keep]
-    xt = torch.tensor(test_images, dtype=torch.float32).div(255).unsqueeze(1).to(dev)
-    checkpoints = sorted({max(1, steps * q // 4) for q in (1, 2, 3, 4)})
-    methods = ["uniform", "curriculum", "anti-curriculum", "online hard"]
-    results: dict[str, Any] = {"data": train.source, "steps": steps, "seeds": n_seeds, "quick": quick,
-                               "device": str(dev), "variants": {}}
-    grid = None
-    total = 2 * len(methods) * n_seeds
-    with progress_bar(total=total, desc="demo runs") as bar:
-        for variant, noisy_lt, title in (("clean", False, "clean"),
-                                         ("noisy-lt", True, "20% label noise, long-tailed (rho=100)")):
-            idx, y, flipped = _variant_data(train_images, train_labels, noisy_lt, n_train, 0)
-            z = pixel_pca(train_images[idx], dim=min(32, side * side), seed=0)
-            store = EmbeddingStore(z.shape[1], metric="cosine")
-            store.add(z, labels=y)
-            diff = label_disagreement(store, k=10)
-            x = torch.tensor(train_images[idx], dtype=torch.float32).div(255).unsqueeze(1)
-            yt = torch.from_numpy(y)
-            start = 0.2
-            vres: dict[str, Any] = {"title": f"{title} ({len(idx)} train)", "n_train": int(len(idx)),
-                                    "class_counts": np.bincount(y, minlength=10).tolist(),
-                                    "competence": [Root(start, int(0.8 * steps))(s) for s in range(steps)],
-                                    "auc_flipped": roc_auc(diff.scores, flipped) if flipped.any() else None,
-                                    "methods": {}}
-            for m in methods:
-                runs = []
-                for sd in range(n_seeds):
-                    runs.append(_train_one(m, x, yt, diff, xt, test_labels, steps, sd, checkpoints, start, flipped,
-                                           str(dev)))
-                    bar.update(1)
-                vres["methods"][m] = runs
-            results["variants"][variant] = vres
-            if noisy_lt:
-                o = diff.order()
-                grid = {"variant": title, "score_name": diff.name, "scores": diff.scores.round(4).tolist(),
-                        "flipped": flipped.astype(int).tolist(),
-                        "easiest": train_images[idx[o[:16]]].tolist(), "easiest_labels": y[o[:16]].tolist(),
-                        "hardest": train_images[idx[o[::-1][:16]]].tolist(), "hardest_labels": y[o[::-1][:16]].tolist()}
-    results["grid"] = grid
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f)
-    results["table"] = _print_table(results)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f)
-    pngs = draw(out)
-    print("\nwrote " + ", ".join([os.path.join(out, "results.json")] + pngs))
-    return results
+        split = (train.images, train.labels, test.images, test.labels)
+    tr_x, tr_y, te_x, te_y = split
+    if quick:  # a fixed share of the test set keeps --quick fast
+        keep = np.sort(np.random.default_rng(0).permutation(len(te_y))[:3000])
+        te_x, te_y = te_x[keep], te_y[keep]
+    return train.source, tr_x, tr_y, te_x, te_y
+
+
+def _pixel_store(images: np.ndarray, labels: np.ndarray) -> EmbeddingStore:
+    side = images.shape[-1]
+    z = pixel_pca(images, dim=min(32, side * side), seed=0)
+    store = EmbeddingStore(z.shape[1], metric="cosine")
+    store.add(z, labels=labels)
+    return store
+
+
+def _grid(diff: Any, title: str, flipped: np.ndarray, images: np.ndarray, y: np.ndarray) -> dict:
+    """The easiest and hardest 16 images of a variant, for the report's figure."""
+    o = diff.order()
+    return {"variant": title, "score_name": diff.name, "scores": diff.scores.round(4).tolist(),
+            "flipped": flipped.astype(int).tolist(),
+            "easiest": images[o[:16]].tolist(), "easiest_labels": y[o[:16]].tolist(),
+            "hardest": images[o[::-1][:16]].tolist(), "hardest_labels": y[o[::-1][:16]].tolist()}
 
 
 def _print_table(res: dict) -> str:

@@ -166,72 +166,120 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     Returns ``(distances, rows of base)`` in the module's convention, and with ``return_stats`` a
     third item ``{"pairs_scored", "blocks"}`` (the cost, for benchmarks).
     """
-    import torch
-
     same = base is None
     b = x if same else base
-    exclude_self = exclude_self and same
-    n, d = x.shape
-    kk = k + int(exclude_self)
-    if n_clusters is None:
-        n_clusters = max(1, len(b) // 256)
+    if labels is not None and not same:
+        raise ValueError("labels: label-filtered blocked search is a self-search (base must be None)")
     met = get_metric(metric)
-    assign_metric = met.assign_faiss
     if centroids is None:
-        centroids, assign = block_plan(b, n_clusters, metric, seed)
-    n_clusters = len(centroids)
-    nprobe = max(1, min(nprobe, n_clusters))
-    b_assign = faiss.knn(b, centroids, 1, metric=assign_metric)[1][:, 0] if assign is None else assign
-    q_assign = b_assign if same else faiss.knn(x, centroids, 1, metric=assign_metric)[1][:, 0]
-    b_order = np.argsort(b_assign, kind="stable")
-    b_bounds = np.searchsorted(b_assign[b_order], np.arange(n_clusters + 1))
-    q_order = b_order if same else np.argsort(q_assign, kind="stable")
-    q_bounds = b_bounds if same else np.searchsorted(q_assign[q_order], np.arange(n_clusters + 1))
+        centroids, assign = block_plan(b, n_clusters or max(1, len(b) // 256), metric, seed)
+    n_blocks = len(centroids)
+    nprobe = max(1, min(nprobe, n_blocks))
+    if assign is None:
+        assign = _nearest(b, centroids, met)
+    b_blocks = _Layout.of(assign, n_blocks)
+    q_blocks = b_blocks if same else _Layout.of(_nearest(x, centroids, met), n_blocks)
+    search = _BlockSearch(x, b, k, met, q_blocks, b_blocks, exclude_self and same)
     if labels is not None:
-        if not same:
-            raise ValueError("labels: label-filtered blocked search is a self-search (base must be None)")
-        labels = np.asarray(labels, np.int64)
-        pure = block_purity(labels, b_assign, n_clusters)
-        probe = probe_lists_other_label(centroids, nprobe, metric, pure)
-        lab_t = torch.from_numpy(labels)
+        search.filter_labels(labels, assign, centroids, nprobe, metric)
     else:
-        probe = probe_lists(centroids, nprobe, metric)
-    sq = torch.from_numpy(np.einsum("nd,nd->n", b, b)) if met.squared_norms else None
-    sq_q = (sq.numpy() if same else np.einsum("nd,nd->n", x, x)) if met.squared_norms else None
-    out_d = np.full((n, k), np.inf, np.float32)
-    out_i = np.full((n, k), -1, np.int64)
-    scored = np.zeros(n_clusters, np.int64)  # distance evaluations per block (for cost reports)
+        search.probe = probe_lists(centroids, nprobe, metric)
+    run_blocks(search.block, n_blocks, len(x), f"blocked kNN k={k} nprobe={nprobe}", progress, threads)
+    out_d, out_i = search.result()
+    if return_stats:
+        return out_d, out_i, {"pairs_scored": int(search.scored.sum()), "blocks": n_blocks}
+    return out_d, out_i
 
-    def block(c: int) -> int:
-        q_rows = q_order[q_bounds[c]:q_bounds[c + 1]]
-        if q_rows.size == 0:
-            return 0
-        cand = np.concatenate([b_order[b_bounds[p]:b_bounds[p + 1]] for p in probe[c] if p >= 0])
-        if cand.size == 0:
-            return int(q_rows.size)
-        xq = torch.from_numpy(np.take(x, q_rows, axis=0))
-        xc = torch.from_numpy(np.take(b, cand, axis=0))
-        m = min(kk, cand.size)
-        same_label = None
+
+def _nearest(x: np.ndarray, centroids: np.ndarray, met: Any) -> np.ndarray:
+    return faiss.knn(x, centroids, 1, metric=met.assign_faiss)[1][:, 0]
+
+
+class _Layout:
+    """Rows grouped by block: block ``c`` holds ``order[bounds[c]:bounds[c + 1]]``."""
+
+    def __init__(self, order: np.ndarray, bounds: np.ndarray) -> None:
+        self.order, self.bounds = order, bounds
+
+    @classmethod
+    def of(cls, assign: np.ndarray, n_blocks: int) -> "_Layout":
+        order = np.argsort(assign, kind="stable")
+        return cls(order, np.searchsorted(assign[order], np.arange(n_blocks + 1)))
+
+    def rows(self, c: int) -> np.ndarray:
+        return self.order[self.bounds[c]:self.bounds[c + 1]]
+
+
+class _BlockSearch:
+    """One blocked pass: ``block(c)`` scores block ``c``'s queries against the rows of its probes
+    with one matrix product and writes their ``k`` best into the result (each block owns its
+    query rows, so blocks run on threads without locks)."""
+
+    def __init__(self, x: np.ndarray, b: np.ndarray, k: int, met: Any, q_blocks: _Layout,
+                 b_blocks: _Layout, exclude_self: bool) -> None:
+        import torch
+
+        self.x, self.b, self.k, self.met = x, b, k, met
+        self.q_blocks, self.b_blocks, self.exclude_self = q_blocks, b_blocks, exclude_self
+        self.kk = k + int(exclude_self)
+        self.sq = torch.from_numpy(np.einsum("nd,nd->n", b, b)) if met.squared_norms else None
+        same = x is b
+        self.sq_q = (self.sq.numpy() if same else np.einsum("nd,nd->n", x, x)) if met.squared_norms else None
+        self.probe = np.empty((0, 0), np.int64)
+        self.labels = self.pure = None
+        self.out_d = np.full((len(x), k), np.inf, np.float32)
+        self.out_i = np.full((len(x), k), -1, np.int64)
+        self.scored = np.zeros(len(b_blocks.bounds) - 1, np.int64)  # distance evaluations per block
+
+    def filter_labels(self, labels: np.ndarray, assign: np.ndarray, centroids: np.ndarray, nprobe: int,
+                      metric: str) -> None:
+        """Keep only neighbours of another label; probe, for a one-label block, the nearest blocks
+        that hold other labels."""
+        import torch
+
+        labels = np.asarray(labels, np.int64)
+        self.pure = block_purity(labels, assign, len(centroids))
+        self.probe = probe_lists_other_label(centroids, nprobe, metric, self.pure)
+        self.labels = torch.from_numpy(labels)
+
+    def _same_label(self, c: int, q_rows: np.ndarray, cand: np.ndarray) -> Any:
         # a block of one label whose probes hold only other labels needs no mask at all (on
         # label-clustered embeddings, most blocks): only mixed blocks compare labels pairwise
-        if labels is not None and (pure[c] < 0 or (pure[probe[c][probe[c] >= 0]] == -1).any()):
-            same_label = lab_t[torch.from_numpy(q_rows)][:, None] == lab_t[torch.from_numpy(cand)][None, :]
+        if self.labels is None:
+            return None
+        probes = self.probe[c][self.probe[c] >= 0]
+        if self.pure[c] >= 0 and not (self.pure[probes] == -1).any():
+            return None
+        import torch
+
+        lab = self.labels
+        return lab[torch.from_numpy(q_rows)][:, None] == lab[torch.from_numpy(cand)][None, :]
+
+    def block(self, c: int) -> int:
+        import torch
+
+        q_rows = self.q_blocks.rows(c)
+        if q_rows.size == 0:
+            return 0
+        cand = np.concatenate([self.b_blocks.rows(p) for p in self.probe[c] if p >= 0])
+        if cand.size == 0:
+            return int(q_rows.size)
+        xq = torch.from_numpy(np.take(self.x, q_rows, axis=0))
+        xc = torch.from_numpy(np.take(self.b, cand, axis=0))
         # rank by one fused product: ||x||^2 - 2 q.x for l2 (the query norm is constant per row)
-        score = met.score(xq, xc, None if sq is None else sq[torch.from_numpy(cand)])
+        score = self.met.score(xq, xc, None if self.sq is None else self.sq[torch.from_numpy(cand)])
+        same_label = self._same_label(c, q_rows, cand)
         if same_label is not None:
             score.masked_fill_(same_label, torch.inf)
-        vals, pos = torch.topk(score, m, dim=1, largest=False, sorted=True)
-        v = met.from_score(vals.numpy(), None if sq_q is None else sq_q[q_rows])
+        vals, pos = torch.topk(score, min(self.kk, cand.size), dim=1, largest=False, sorted=True)
+        v = self.met.from_score(vals.numpy(), None if self.sq_q is None else self.sq_q[q_rows])
         ids = cand[pos.numpy()]
-        valid = ids != q_rows[:, None] if exclude_self else np.ones(ids.shape, bool)
+        valid = ids != q_rows[:, None] if self.exclude_self else np.ones(ids.shape, bool)
         valid &= np.isfinite(v)
-        out_d[q_rows], out_i[q_rows] = first_k_valid(v.astype(np.float32), ids, valid, k)
-        scored[c] = q_rows.size * cand.size
+        self.out_d[q_rows], self.out_i[q_rows] = first_k_valid(v.astype(np.float32), ids, valid, self.k)
+        self.scored[c] = q_rows.size * cand.size
         return int(q_rows.size)
 
-    run_blocks(block, n_clusters, n, f"blocked kNN k={k} nprobe={nprobe}", progress, threads)
-    out_i[~np.isfinite(out_d)] = -1
-    if return_stats:
-        return out_d, out_i, {"pairs_scored": int(scored.sum()), "blocks": n_clusters}
-    return out_d, out_i
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self.out_i[~np.isfinite(self.out_d)] = -1
+        return self.out_d, self.out_i

@@ -313,6 +313,46 @@ def _honour_sampler(loader: DataLoader, kwargs: dict[str, Any]) -> None:
         kwargs.setdefault("num_samples", s.num_samples)
 
 
+def _batching(loader: DataLoader) -> tuple[int, bool]:
+    """``(batch_size, drop_last)`` of a loader whose sampling ``wrap`` can take over, or a clear error."""
+    if not isinstance(loader, DataLoader):
+        raise TypeError(f"loader: expected a torch.utils.data.DataLoader, got {type(loader).__name__}")
+    if isinstance(loader.dataset, IterableDataset):
+        raise TypeError("loader: its dataset is an IterableDataset, which has no indices to order; use "
+                        "curriculum.stream to select from a stream instead")
+    if not hasattr(loader.dataset, "__len__"):
+        raise TypeError(f"loader: its dataset ({type(loader.dataset).__name__}) has no __len__, needed to score "
+                        "every sample")
+    if not isinstance(loader.sampler, (RandomSampler, SequentialSampler)) and loader.batch_size is not None:
+        from torch.utils.data.distributed import DistributedSampler
+        if not isinstance(loader.sampler, DistributedSampler):
+            raise ValueError(f"loader: it uses a custom sampler ({type(loader.sampler).__name__}); wrap replaces the "
+                             "sampling - pass your weighting as difficulty= / strategy= instead")
+    if loader.batch_size is not None:
+        return loader.batch_size, loader.drop_last
+    bs_obj = loader.batch_sampler
+    if bs_obj is None:
+        raise ValueError("loader: automatic batching is off (batch_size=None); wrap needs batches")
+    if type(bs_obj) is not BatchSampler or not isinstance(bs_obj.sampler, (RandomSampler, SequentialSampler)):
+        raise ValueError(f"loader: it uses a custom batch_sampler ({type(bs_obj).__name__}) whose draws wrap cannot "
+                         "honour; build the DataLoader with batch_size= (or use CurriculumBatchSampler directly)")
+    return bs_obj.batch_size, bs_obj.drop_last
+
+
+def _rescore_fn(rescore_every: int | None, rescore: Callable[[], Any] | str | None,
+                recorder: Recorder | None) -> Callable[[], Any] | None:
+    """What recomputes the scores: ``rescore`` itself, or a recorder statistic by name (default its
+    ``loss_ema`` when a recorder is given)."""
+    if isinstance(rescore, str) or (rescore is None and recorder is not None):
+        name = rescore or "loss_ema"
+        if recorder is None:
+            raise ValueError(f"rescore: {name!r} names a recorder statistic, pass recorder=")
+        return _RecorderRescore(recorder, name)
+    if rescore_every is not None and rescore is None:
+        raise ValueError("rescore_every: needs a recorder= or a rescore= callable to recompute the scores")
+    return rescore
+
+
 def wrap(loader: DataLoader, difficulty: Any = None, pacing: Any = None, strategy: str = "threshold",
          recorder: Recorder | None = None, store: Any = None, rescore_every: int | None = None,
          rescore: Callable[[], Any] | str | None = None, with_indices: bool = False, seed: int = 0,
@@ -340,42 +380,11 @@ def wrap(loader: DataLoader, difficulty: Any = None, pacing: Any = None, strateg
         ...     loader.feedback(loss=loss.detach())
         ...     loss.mean().backward()
     """
-    if not isinstance(loader, DataLoader):
-        raise TypeError(f"loader: expected a torch.utils.data.DataLoader, got {type(loader).__name__}")
-    if isinstance(loader.dataset, IterableDataset):
-        raise TypeError("loader: its dataset is an IterableDataset, which has no indices to order; use "
-                        "curriculum.stream to select from a stream instead")
-    if not hasattr(loader.dataset, "__len__"):
-        raise TypeError(f"loader: its dataset ({type(loader.dataset).__name__}) has no __len__, needed to score "
-                        "every sample")
-    if loader.batch_size is None:
-        bs_obj = loader.batch_sampler
-        if bs_obj is None:
-            raise ValueError("loader: automatic batching is off (batch_size=None); wrap needs batches")
-        if type(bs_obj) is not BatchSampler or not isinstance(bs_obj.sampler, (RandomSampler, SequentialSampler)):
-            raise ValueError(f"loader: it uses a custom batch_sampler ({type(bs_obj).__name__}) whose draws wrap cannot "
-                             "honour; build the DataLoader with batch_size= (or use CurriculumBatchSampler directly)")
-        batch_size, drop_last = bs_obj.batch_size, bs_obj.drop_last
-    else:
-        batch_size, drop_last = loader.batch_size, loader.drop_last
-    if not isinstance(loader.sampler, (RandomSampler, SequentialSampler)) and loader.batch_size is not None:
-        from torch.utils.data.distributed import DistributedSampler
-        if not isinstance(loader.sampler, DistributedSampler):
-            raise ValueError(f"loader: it uses a custom sampler ({type(loader.sampler).__name__}); wrap replaces the "
-                             "sampling - pass your weighting as difficulty= / strategy= instead")
+    batch_size, drop_last = _batching(loader)
     n = len(loader.dataset)
     _honour_sampler(loader, sampler_kwargs)
-    if rescore_every is not None:
-        rescore_every = C.positive_int(rescore_every, "rescore_every")
-    if isinstance(rescore, str) or (rescore is None and recorder is not None):
-        name = rescore or "loss_ema"
-        if recorder is None:
-            raise ValueError(f"rescore: {name!r} names a recorder statistic, pass recorder=")
-        rescore_fn: Callable[[], Any] | None = _RecorderRescore(recorder, name)
-    else:
-        rescore_fn = rescore
-    if rescore_every is not None and rescore_fn is None:
-        raise ValueError("rescore_every: needs a recorder= or a rescore= callable to recompute the scores")
+    rescore_every = None if rescore_every is None else C.positive_int(rescore_every, "rescore_every")
+    rescore_fn = _rescore_fn(rescore_every, rescore, recorder)
     if recorder is not None and recorder.num_samples != n:
         raise ValueError(f"recorder: num_samples={recorder.num_samples}, expected len(dataset)={n}")
     if difficulty is None:
