@@ -113,7 +113,7 @@ def test_self_paced_admits_by_loss_threshold():
     assert set(s.epoch_indices(0)) == {0, 1}
     assert set(s.epoch_indices(1)) == {0, 1, 2}
     assert set(s.epoch_indices(3)) == {0, 1, 2, 3, 4}
-    empty = CurriculumSampler(losses, P.SelfPaced(lambda0=0.01, growth=2.0))
+    empty = CurriculumSampler(losses, P.SelfPaced(lambda0=0.01, growth=2.0), batch_size=1)
     with pytest.raises(ValueError, match="empty admitted pool"):
         empty.epoch_indices(0)
 

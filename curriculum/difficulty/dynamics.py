@@ -37,6 +37,8 @@ SCORES = {
 }
 
 
+RECORDER_STATE_FORMAT = "curriculum.recorder"
+
 class Recorder:
     """Per-sample training dynamics, updated from the loop with ``update(indices, loss, logits)``.
 
@@ -283,11 +285,18 @@ class Recorder:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (tensors are cloned)."""
-        return {"num_samples": self.num_samples, "num_classes": self.num_classes, "ema_decay": self.ema_decay,
+        return {"format": RECORDER_STATE_FORMAT, "version": 1,
+                "num_samples": self.num_samples, "num_classes": self.num_classes, "ema_decay": self.ema_decay,
                 "step": self.step, "tensors": {k: v.clone() for k, v in self._t.items()},
                 "labels": None if self.labels is None else self.labels.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (also one read with ``torch.load(weights_only=True)``)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state: expected a dict from Recorder.state_dict(), got {type(state).__name__}")
+        if state.get("format", RECORDER_STATE_FORMAT) != RECORDER_STATE_FORMAT or state.get("version", 1) != 1:
+            raise ValueError(f"state: format {state.get('format')!r} version {state.get('version')!r} is not a "
+                             f"recorder state this curriculum reads ({RECORDER_STATE_FORMAT!r} version 1)")
         if state.get("num_samples") != self.num_samples:
             raise ValueError(f"state: recorded for num_samples={state.get('num_samples')}, this recorder has "
                              f"{self.num_samples}")

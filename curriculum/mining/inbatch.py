@@ -233,6 +233,37 @@ class CrossBatchMemory:
         self.ptr = int((self.ptr + len(e)) % self.size)
         self.count = min(self.size, self.count + len(e))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The memory's contents and write position (tensors on the CPU; ``torch.load(weights_only=True)``
+        reads it back).
+
+        Example:
+            >>> mem = CrossBatchMemory(size=2, dim=1); mem.add(torch.ones(1, 1), torch.tensor([3]))
+            >>> again = CrossBatchMemory(size=2, dim=1); again.load_state_dict(mem.state_dict()); len(again)
+            1
+        """
+        return {"format": "curriculum.xbm", "version": 1, "size": self.size, "dim": self.dim,
+                "distance": self.distance, "emb": self.emb.cpu().clone(), "labels": self.labels.cpu().clone(),
+                "ids": self.ids.cpu().clone(), "ptr": self.ptr, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; checked whole first (a bad state changes nothing)."""
+        if not isinstance(state, dict) or state.get("format") != "curriculum.xbm" or state.get("version") != 1:
+            raise ValueError("state: expected a CrossBatchMemory.state_dict() (format 'curriculum.xbm' version 1)")
+        for key in ("size", "dim", "distance"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"state: {key}={state.get(key)!r} was saved, this memory has {getattr(self, key)!r}")
+        emb, lab, ids = state["emb"], state["labels"], state["ids"]
+        if tuple(emb.shape) != (self.size, self.dim) or lab.shape != (self.size,) or ids.shape != (self.size,):
+            raise ValueError(f"state: tensors of shapes {tuple(emb.shape)}, {tuple(lab.shape)}, {tuple(ids.shape)} "
+                             f"do not fit a memory of {self.size} x {self.dim}")
+        ptr, count = C.positive_int(state["ptr"], "state.ptr", 0), C.positive_int(state["count"], "state.count", 0)
+        if ptr >= self.size or count > self.size:
+            raise ValueError(f"state: ptr={ptr} / count={count} outside a memory of size {self.size}")
+        self.emb = emb.to(self.device, torch.float32).clone()
+        self.labels, self.ids = lab.to(self.device).long().clone(), ids.to(self.device).long().clone()
+        self.ptr, self.count = ptr, count
+
     def negatives(self, embeddings: Any, labels: Any, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, k)`` memory slots of the nearest different-label entries (``-1`` where fewer) and
         distances, on the device of ``embeddings``."""

@@ -11,6 +11,7 @@ which samples the last batch held.
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -21,6 +22,10 @@ from .._util import checks as C
 from ..difficulty.base import Difficulty, as_difficulty
 from ..difficulty.dynamics import Recorder
 from .._util.background import BackgroundTask
+from .._util.dist import gather_rows
+
+LOADER_STATE_FORMAT = "curriculum.loader"
+_RECENT = 64  # batches whose indices feedback(batch=) can still name
 from .sampler import CurriculumBatchSampler
 
 
@@ -95,6 +100,8 @@ class CurriculumLoader:
                                  **{**_loader_settings(loader), "collate_fn": _IndexCollate(loader.collate_fn)})
         self._epoch = batch_sampler.sampler.epoch
         self._delivered = 0          # batches handed to the training loop this epoch
+        self._trained: int | None = None  # batches the loop reported finished (mark_trained)
+        self._recent: dict[int, torch.Tensor] = {}  # batch number in the epoch -> its indices
         self._last_indices: torch.Tensor | None = None
         self._pending: Difficulty | None = None
         self._task = BackgroundTask("background re-scoring")
@@ -133,10 +140,29 @@ class CurriculumLoader:
         """Like ``DistributedSampler.set_epoch``; setting the current epoch again keeps the position."""
         epoch = C.positive_int(epoch, "epoch", 0)
         if epoch != self._epoch:
-            self._epoch, self._delivered = epoch, 0
+            self._epoch, self._delivered, self._trained = epoch, 0, None
+            self._recent.clear()
+            self.batch_sampler.sampler.seek(epoch, 0)
+
+    def mark_trained(self, batch: int) -> None:
+        """The training loop finished batch number ``batch`` (0-based, this epoch): ``state_dict``
+        then resumes right after it, whatever was fetched ahead. For frameworks that prefetch
+        batches before the training step (Lightning does); a plain loop need not call it.
+
+        Example:
+            >>> loader.mark_trained(batch_idx)  # doctest: +SKIP
+        """
+        batch = C.positive_int(batch, "batch", 0)
+        if batch >= self._delivered:
+            raise ValueError(f"batch: expected a batch already yielded this epoch (< {self._delivered}), got {batch}")
+        self._trained = batch + 1
 
     def __iter__(self) -> Iterator[Any]:
         s = self.batch_sampler.sampler
+        if self._delivered >= len(self.batch_sampler) > 0:
+            self._next_epoch()  # the last iterator stopped after the epoch's last batch (Lightning's does)
+        if self._delivered == 0 and s.position == 0 and s.epoch != self._epoch:
+            self.set_epoch(s.epoch)  # a framework set the epoch on the sampler itself (Lightning does)
         while True:
             # rewind the sampler (prefetching ran it ahead) to what the loop received: a score
             # change then takes effect at the loop's next batch, whatever the worker count
@@ -145,6 +171,8 @@ class CurriculumLoader:
             for idx_np, batch in self.loader:
                 idx = torch.from_numpy(np.asarray(idx_np, dtype=np.int64))
                 self._last_indices = idx
+                self._recent[self._delivered] = idx
+                self._recent.pop(self._delivered - _RECENT, None)
                 self._delivered += 1
                 self._apply_pending()
                 if self.rescore_every and self._delivered % self.rescore_every == 0:
@@ -154,22 +182,30 @@ class CurriculumLoader:
                     break
             else:
                 break
+        self._next_epoch()
+
+    def _next_epoch(self) -> None:
         self._epoch += 1
-        self._delivered = 0
+        self._delivered, self._trained = 0, None
+        self._recent.clear()
 
     # ------------------------------------------------------------------ feedback
     def feedback(self, loss: Any = None, logits: Any = None, embeddings: Any = None, labels: Any = None,
-                 indices: Any = None) -> None:
-        """Report per-sample results of the last batch (or of ``indices``).
+                 indices: Any = None, batch: int | None = None) -> None:
+        """Report per-sample results of the last batch (or of ``indices``, or of batch number ``batch``).
 
         ``loss`` (per sample, ``reduction="none"``) and/or ``logits`` update the recorder;
-        ``embeddings`` update the store rows with the current step. Everything is validated
-        before anything changes; under torch.distributed the feedback of all ranks is gathered
-        so every rank's recorder sees the same updates.
+        ``embeddings`` update the store rows with the current step. ``batch`` (0-based, this
+        epoch; one of the last 64) names the batch when a framework fetched others ahead of the
+        training step. Everything is validated before anything changes; under torch.distributed
+        the feedback of all ranks is gathered (tensor collectives) so every rank's recorder sees
+        the same updates - every rank must call it.
+
+        Example:
+            >>> loss = F.cross_entropy(model(x), y, reduction="none")  # doctest: +SKIP
+            >>> loader.feedback(loss=loss.detach())                    # doctest: +SKIP
         """
-        idx = self._last_indices if indices is None else torch.from_numpy(C.as_ids(indices, "indices", unique=False))
-        if idx is None:
-            raise RuntimeError("feedback: no batch has been yielded yet, pass indices=")
+        idx = self._indices_for(indices, batch)
         idx = idx.reshape(-1).long()
         n = idx.numel()
 
@@ -195,7 +231,7 @@ class CurriculumLoader:
             if emb_t.ndim != 2 or emb_t.shape[1] != self.store.dim:
                 raise ValueError(f"embeddings: expected shape ({n}, {self.store.dim}), got {tuple(emb_t.shape)}")
             self.store.rows_of(idx.numpy(), "indices")
-        parts = self._gather([idx, loss_t, logits_t, emb_t, lab_t])
+        parts = gather_rows([idx, loss_t, logits_t, emb_t, lab_t])
         idx, loss_t, logits_t, emb_t, lab_t = parts
         if self.recorder is not None and (loss_t is not None or logits_t is not None):
             # the recorder validates everything before it writes: a bad call changes nothing
@@ -205,22 +241,20 @@ class CurriculumLoader:
             rows = len(idx) - 1 - last
             self.store.update(uniq, emb_t.detach().float().cpu().numpy()[rows], step=self.step)
 
-    @staticmethod
-    def _gather(parts: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return parts
-        local = [None if p is None else p.detach().cpu() for p in parts]
-        out: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(out, local)
-        merged = []
-        for j in range(len(parts)):
-            pieces = [o[j] for o in out]
-            if any(p is None for p in pieces):
-                merged.append(None)
-            else:
-                merged.append(torch.cat(pieces))
-        return merged
+    def _indices_for(self, indices: Any, batch: int | None) -> torch.Tensor:
+        if indices is not None and batch is not None:
+            raise ValueError("feedback: pass indices= or batch=, not both")
+        if indices is not None:
+            return torch.from_numpy(C.as_ids(indices, "indices", unique=False))
+        if batch is not None:
+            b = C.positive_int(batch, "batch", 0)
+            if b not in self._recent:
+                raise ValueError(f"batch: expected one of the last {_RECENT} batches yielded this epoch "
+                                 f"({sorted(self._recent)[:1] + sorted(self._recent)[-1:]}), got {b}")
+            return self._recent[b]
+        if self._last_indices is None:
+            raise RuntimeError("feedback: no batch has been yielded yet, pass indices=")
+        return self._last_indices
 
     # ------------------------------------------------------------------ re-scoring
     def _start_rescore(self) -> None:
@@ -260,20 +294,28 @@ class CurriculumLoader:
     def state_dict(self) -> dict[str, Any]:
         """Sampler position (as delivered to the loop), pacing step, scores and recorder, together."""
         s = self.batch_sampler.sampler
-        st = s.state_dict(consumed=min(self._delivered * self.batch_size, s.per_rank))
+        done = self._delivered if self._trained is None else self._trained
+        st = s.state_dict(consumed=min(done * self.batch_size, s.per_rank))
         st["epoch"] = self._epoch
-        return {"sampler": st, "delivered": self._delivered, "epoch": self._epoch,
+        return {"format": LOADER_STATE_FORMAT, "version": 1, "sampler": st, "delivered": done, "epoch": self._epoch,
                 "recorder": None if self.recorder is None else self.recorder.state_dict(),
                 "rescores_applied": self.rescores_applied}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume exactly where :meth:`state_dict` was taken (in this or a new process)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state: expected a dict from CurriculumLoader.state_dict(), got {type(state).__name__}")
+        if state.get("format", LOADER_STATE_FORMAT) != LOADER_STATE_FORMAT or state.get("version", 1) != 1:
+            raise ValueError(f"state: format {state.get('format')!r} version {state.get('version')!r} is not a loader "
+                             f"state this curriculum reads ({LOADER_STATE_FORMAT!r} version 1)")
         if (state.get("recorder") is None) != (self.recorder is None):
             raise ValueError("state: recorder presence differs between the saved state and this loader")
         self.batch_sampler.load_state_dict(state["sampler"])
         if self.recorder is not None:
             self.recorder.load_state_dict(state["recorder"])
         self._epoch, self._delivered = int(state["epoch"]), int(state["delivered"])
+        self._trained = None
+        self._recent.clear()
         self.rescores_applied = int(state.get("rescores_applied", 0))
 
 
@@ -294,9 +336,13 @@ class _RecorderRescore:
         return self.recorder.difficulty(self.name)
 
 
-def _check_cover(d: Difficulty, n: int) -> Difficulty:
+def _check_cover(d: Difficulty, n: int, warn: bool = False) -> Difficulty:
     if len(d) and (d.ids.max() >= n):
         raise ValueError(f"difficulty: scores ids must be dataset indices < len(dataset)={n}, got id {int(d.ids.max())}")
+    if warn and len(d) < n:
+        warnings.warn(f"difficulty: the scores cover {len(d):,} of the {n:,} samples - the other {n - len(d):,} are "
+                      f"never drawn and each scored one is drawn ~{n / max(len(d), 1):.1f}x per epoch; score every "
+                      f"sample, or pass num_samples={len(d)} to draw each once", UserWarning, stacklevel=3)
     return d
 
 
@@ -392,7 +438,7 @@ def wrap(loader: DataLoader, difficulty: Any = None, pacing: Any = None, strateg
             raise ValueError("difficulty: expected scores (a Difficulty or an array over dataset indices), or a "
                              "recorder= to start uniform and learn them from feedback")
         difficulty = recorder.difficulty("loss_ema")
-    d = _check_cover(as_difficulty(difficulty), n)
+    d = _check_cover(as_difficulty(difficulty), n, warn="num_samples" not in sampler_kwargs)
     sampler_kwargs.setdefault("num_samples", n)
     bs = CurriculumBatchSampler(d, pacing, batch_size=batch_size, drop_last=drop_last, strategy=strategy, seed=seed,
                                 **sampler_kwargs)

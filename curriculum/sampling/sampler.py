@@ -36,6 +36,7 @@ so a long-tailed pool is not dominated by its head.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -130,7 +131,8 @@ class CurriculumSampler(Sampler[int]):
     """
 
     def __init__(self, difficulty: Any, pacing: Any = None, num_samples: int | None = None,
-                 strategy: str = "threshold", batch_size: int = 1, seed: int = 0, balance: str | None = None,
+                 strategy: str = "threshold", batch_size: int | None = None, seed: int = 0,
+                 balance: str | None = None,
                  groups: Any = None, beta: tuple[float, float] = (-10.0, 5.0), pressure: float = 100.0,
                  smoothing: float = 0.1, rank: int | None = None, world_size: int | None = None,
                  drop_last: bool = False, start_step: int = 0) -> None:
@@ -139,7 +141,10 @@ class CurriculumSampler(Sampler[int]):
         if isinstance(self.pacing, SelfPaced) and self.strategy not in ("threshold",):
             raise ValueError(f"strategy: SelfPaced pacing admits by loss threshold, use strategy='threshold', "
                              f"got {strategy!r}")
-        self.batch_size = C.positive_int(batch_size, "batch_size")
+        if batch_size is None and not isinstance(self.pacing, Constant):
+            warnings.warn("batch_size: not given, so the pacing advances one step per drawn sample; pass the "
+                          "DataLoader's batch_size (the pacing's steps count batches)", UserWarning, stacklevel=2)
+        self.batch_size = C.positive_int(1 if batch_size is None else batch_size, "batch_size")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
         self.seed = int(seed) % (2 ** 63)
@@ -150,6 +155,7 @@ class CurriculumSampler(Sampler[int]):
         self.beta = (C.finite_float(beta[0], "beta"), C.finite_float(beta[1], "beta"))
         self.pressure = C.finite_float(pressure, "pressure", 1.0)
         self.smoothing = C.finite_float(smoothing, "smoothing", 0.0, 1.0)
+        self._dist_auto = rank is None and world_size is None  # re-read when iteration starts
         self.rank, self.world_size = dist_info(rank, world_size)
         self.drop_last = bool(drop_last)
         self.start_step = C.positive_int(start_step, "start_step", 0)
@@ -222,10 +228,26 @@ class CurriculumSampler(Sampler[int]):
     def per_rank(self) -> int:
         return self._per_rank(self.num_samples)
 
+    def _sync_dist(self) -> None:
+        """Rank and world size left to torch.distributed are read again when iteration starts: a
+        script may build its loader before ``init_process_group`` (torchrun recipes often do).
+        Mid-epoch, a change is an error rather than silently different shards."""
+        if not self._dist_auto:
+            return
+        rank, world = dist_info(None, None)
+        if (rank, world) == (self.rank, self.world_size):
+            return
+        if self._consumed > 0:
+            raise RuntimeError(f"rank/world_size: torch.distributed now reports rank {rank} of {world}, but this sampler "
+                               f"already drew {self._consumed} ids of epoch {self._epoch} as rank {self.rank} of "
+                               f"{self.world_size}; build it after init_process_group or pass rank= and world_size=")
+        self.rank, self.world_size = rank, world
+
     def _per_rank(self, num_samples: int) -> int:
         return num_samples // self.world_size if self.drop_last else math.ceil(num_samples / self.world_size)
 
     def __len__(self) -> int:
+        self._sync_dist()
         return self.per_rank
 
     @property
@@ -342,6 +364,8 @@ class CurriculumSampler(Sampler[int]):
         """Move to ``position`` of ``epoch`` (a loader rewinds a sampler that prefetching ran ahead)."""
         epoch = C.positive_int(epoch, "epoch", 0)
         position = C.positive_int(position, "position", 0)
+        if position == 0:
+            self._sync_dist()
         if position > self.per_rank:
             raise ValueError(f"position: expected at most the epoch length {self.per_rank}, got {position}")
         if epoch != self._epoch:
@@ -351,6 +375,8 @@ class CurriculumSampler(Sampler[int]):
 
     def next_batch(self, limit: int | None = None) -> list[int]:
         """The next batch (up to ``batch_size`` ids, stopping at ``limit``); advances the position."""
+        if self._consumed == 0:
+            self._sync_dist()
         self._at_boundary()
         p0 = self._consumed
         p1 = min(self.per_rank if limit is None else limit, p0 + self.batch_size)
@@ -380,6 +406,7 @@ class CurriculumSampler(Sampler[int]):
             yield self._draw(self._epoch, p0, p1), self._version
 
     def __iter__(self) -> Iterator[int]:
+        self._sync_dist()
         while True:
             restart = False
             for ids, ver in self._blocks():
@@ -426,6 +453,7 @@ class CurriculumSampler(Sampler[int]):
         """Restore a :meth:`state_dict`; the next draw continues exactly where it was taken. The
         state is checked whole before anything changes: a bad one raises and leaves the sampler as it was."""
         st = _check_state(state)
+        self._sync_dist()
         for key in ("seed", "world_size", "batch_size", "strategy") + (
                 ("num_samples",) if self._num_samples_arg is not None else ()):
             if st[key] != getattr(self, key):

@@ -479,19 +479,23 @@ class EmbeddingStore:
     def from_model(cls, model: Any, dataset: Any, batch_size: int = 256, device: Any = None,
                    progress: bool = True, metric: str = "cosine", index: str = "auto",
                    num_workers: int = 0, collate_fn: Any = None, step: int | None = None,
+                   input_key: str | None = None, label_key: str | None = None,
                    **store_kwargs: Any) -> "EmbeddingStore":
         """Embed every item of a map-style ``dataset`` with ``model`` (eval mode, no grad).
 
         Items may be ``x`` or ``(x, y, ...)``; when ``y`` is an integer class it becomes the row's
-        label. Ids are the dataset indices ``0..len(dataset)-1``. The model's train/eval mode is
+        label. Items that are dicts (a Hugging Face ``datasets.Dataset`` with
+        ``.with_format("torch")``) give the model ``item[input_key]`` and the label
+        ``item[label_key]`` (default ``"label"`` or ``"labels"`` when present). Ids are the dataset indices ``0..len(dataset)-1``. The model's train/eval mode is
         restored afterwards. Batches go to ``device``, by default the device of the model's first
         parameter (a model on the GPU embeds on the GPU), else the CPU.
 
         Example:
             >>> store = EmbeddingStore.from_model(backbone, train_set, batch_size=512)  # doctest: +SKIP
+            >>> store = EmbeddingStore.from_model(net, hf_ds.with_format("torch"), input_key="pixel_values")  # doctest: +SKIP
         """
         return embed_dataset(cls, model, dataset, batch_size, device, progress, metric, index, num_workers,
-                             collate_fn, step, store_kwargs)
+                             collate_fn, step, store_kwargs, input_key, label_key)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, extra: dict[str, np.ndarray] | None = None) -> None:

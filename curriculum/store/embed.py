@@ -18,10 +18,20 @@ def _model_device(model: Any, device: Any) -> Any:
     return first.device if first is not None else "cpu"
 
 
-def _split(batch: Any) -> tuple[Any, Any]:
-    """(inputs, integer labels or None) of one collated batch."""
-    x, y = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) and len(batch) > 1 else (batch, None)
-    x = x[0] if isinstance(x, (list, tuple)) else x
+def _split(batch: Any, input_key: str | None, label_key: str | None) -> tuple[Any, Any]:
+    """(inputs, integer labels or None) of one collated batch: ``x`` or ``(x, y, ...)``, or a dict
+    (Hugging Face datasets) read at ``input_key`` / ``label_key`` (default ``"label"`` or ``"labels"``)."""
+    if isinstance(batch, dict):
+        if input_key is None or input_key not in batch:
+            raise ValueError(f"input_key: the dataset's items are dicts with keys {sorted(batch)}; expected input_key= "
+                             f"naming the model's input among them, got {input_key!r}")
+        key = label_key if label_key is not None else next((k for k in ("label", "labels") if k in batch), None)
+        if key is not None and key not in batch:
+            raise ValueError(f"label_key: expected one of the item keys {sorted(batch)}, got {key!r}")
+        x, y = batch[input_key], None if key is None else batch[key]
+    else:
+        x, y = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) and len(batch) > 1 else (batch, None)
+        x = x[0] if isinstance(x, (list, tuple)) else x
     if y is not None:
         ya = C.to_numpy(y, "labels")
         y = ya if ya.ndim == 1 and np.issubdtype(ya.dtype, np.integer) else None
@@ -29,7 +39,8 @@ def _split(batch: Any) -> tuple[Any, Any]:
 
 
 def embed_dataset(cls: Any, model: Any, dataset: Any, batch_size: int, device: Any, progress: bool, metric: str,
-                  index: str, num_workers: int, collate_fn: Any, step: int | None, store_kwargs: dict) -> Any:
+                  index: str, num_workers: int, collate_fn: Any, step: int | None, store_kwargs: dict,
+                  input_key: str | None = None, label_key: str | None = None) -> Any:
     """See :meth:`curriculum.EmbeddingStore.from_model`."""
     import torch
     from torch.utils.data import DataLoader
@@ -37,6 +48,9 @@ def embed_dataset(cls: Any, model: Any, dataset: Any, batch_size: int, device: A
     if not hasattr(dataset, "__len__"):
         raise TypeError(f"dataset: expected a map-style dataset with __len__, got {type(dataset).__name__}")
     batch_size = C.positive_int(batch_size, "batch_size")
+    for name, key in (("input_key", input_key), ("label_key", label_key)):
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"{name}: expected a str (an item key) or None, got {type(key).__name__}")
     device = _model_device(model, device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_fn)
     was_training = getattr(model, "training", False)
@@ -46,7 +60,7 @@ def embed_dataset(cls: Any, model: Any, dataset: Any, batch_size: int, device: A
     try:
         with torch.no_grad(), progress_bar(total=len(dataset), desc="embedding", disable=not progress) as bar:
             for batch in loader:
-                x, y = _split(batch)
+                x, y = _split(batch, input_key, label_key)
                 z = model(x.to(device) if hasattr(x, "to") else x)
                 z = C.to_numpy(z, "model output").reshape(len(z), -1)
                 n_in = len(x) if hasattr(x, "__len__") else len(z)
