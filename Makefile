@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[demo,test]"
+	$(PY) -m pip install -q -e ".[demo,test,integrations]"
 	touch $(STAMP)
 
 # Fashion-MNIST from the Debian package (needs root); otherwise say how to get it.

@@ -39,12 +39,21 @@ _EPS = 1e-9
 
 
 class Pacing:
-    """Base class. Subclasses implement :meth:`competence` and list their config ``fields``."""
+    """Base class. Subclasses implement :meth:`competence` and list their config ``fields``.
+
+    Example:
+        >>> class Half(Pacing):
+        ...     def competence(self, step):
+        ...         return 0.5
+        >>> Half()(10), Half().admitted(10, n=7)
+        (0.5, 4)
+    """
 
     fields: ClassVar[tuple[str, ...]] = ()
     name: ClassVar[str] = "pacing"
 
     def competence(self, step: float) -> float:  # pragma: no cover - abstract
+        """The admitted share of the data at ``step``, in (0, 1] (``pacing(step)`` calls it)."""
         raise NotImplementedError
 
     def __call__(self, step: float) -> float:
@@ -70,6 +79,7 @@ class Pacing:
         return None
 
     def to_config(self) -> dict[str, Any]:
+        """Plain values that :func:`from_config` turns back into an equal schedule."""
         return {"name": self.name, **{f: _plain(getattr(self, f)) for f in self.fields}}
 
     def __repr__(self) -> str:
@@ -277,6 +287,7 @@ class FixedDiscrete(Pacing):
         self.difficulty_levels, self.max_step = tuple(lv), tuple(ms)
 
     def difficulty(self, step: float) -> float:
+        """The difficulty level in force at ``step`` (DeepSpeed's discrete schedule)."""
         for d, m in zip(self.difficulty_levels, self.max_step):
             if step <= m:
                 return _int_if_whole(d)
@@ -429,6 +440,7 @@ class FromCallable(Pacing):
 
     @property
     def fn(self) -> str:
+        """The wrapped callable's ``module:qualname`` (what a saved config records)."""
         f = self._fn
         return f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
 
@@ -460,6 +472,7 @@ class SelfPaced(Pacing):
         self.growth = C.finite_float(growth, "growth", 1.0, low_open=True)
 
     def threshold(self, epoch: int) -> float:
+        """The loss threshold of ``epoch``: samples with a lower loss are admitted."""
         return self.lambda0 * self.growth ** int(epoch)
 
     def admit(self, losses: np.ndarray, epoch: int) -> np.ndarray:
@@ -492,10 +505,19 @@ def from_config(config: dict[str, Any]) -> Pacing:
 
 
 def as_pacing(p: Any) -> Pacing:
-    """Accept a :class:`Pacing`, a config dict, or a plain callable (which must then be a Pacing)."""
+    """Accept a :class:`Pacing`, a config dict, or a plain callable (which must then be a Pacing).
+
+    Example:
+        >>> round(as_pacing({"name": "linear", "start": 0.2, "steps": 10})(5), 6)
+        0.6
+    """
     if isinstance(p, Pacing):
         return p
     if isinstance(p, dict):
         return from_config(p)
     raise TypeError(f"pacing: expected a curriculum.pacing.Pacing or its config dict, got {type(p).__name__} "
                     "(wrap a function with curriculum.pacing.FromCallable(fn, steps))")
+
+
+__all__ = ['Pacing', 'Linear', 'Root', 'Exponential', 'FixedLinear', 'FixedRoot', 'FixedDiscrete', 'Wu', 'Cosine',
+           'Constant', 'FromCallable', 'SelfPaced', 'REGISTRY', 'from_config', 'as_pacing']

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+
+import pytest
 
 from curriculum.cli import main
 
@@ -32,3 +35,36 @@ def test_score_report_on_real_data(tmp_path, capsys):
 def test_info_runs(capsys):
     assert main(["info"]) == 0
     assert "faiss" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    import curriculum
+
+    with pytest.raises(SystemExit) as ex:
+        main(["--version"])
+    assert ex.value.code == 0 and capsys.readouterr().out.strip() == f"curriculum {curriculum.__version__}"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["report", "/no/such/run"], "no results.json"),
+    (["bench", "--sections", "foo"], "sections: expected some of knn, scores"),
+    (["bench", "--sizes", "5"], "sizes: expected N values of at least 100"),
+    (["demo", "--data", "/no/such/folder", "--quick"], "'/no/such/folder' is not a folder"),
+    (["score", "--data", "/no/such/folder"], "'/no/such/folder' is not a folder"),
+])
+def test_user_errors_are_one_line_without_traceback(argv, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_every_flag_has_help():
+    from curriculum.cli.main import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in subs.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"curriculum {name} {action.option_strings[0]} has no help"

@@ -108,3 +108,19 @@ def test_store_exact_knn_uses_the_blocked_exact_engine_past_50k_rows():
     ref_d, ref_i = s.search(x[rows], 7)  # faiss flat, self included
     np.testing.assert_allclose(d[rows], ref_d[:, 1:], rtol=1e-4, atol=1e-4)
     assert ((ids[rows] == ref_i[:, 1:]) | np.isclose(d[rows], ref_d[:, 1:], atol=1e-4)).mean() == 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), min_size=1, max_size=40))
+def test_block_purity_matches_a_per_block_count(rows):
+    """Each block's label when pure, -1 mixed, -2 empty - also when empty blocks sit between
+    filled ones (a clamped reduceat start once cut a mixed block short and called it pure)."""
+    from curriculum.neighbors import block_purity
+
+    assign = np.array([b for b, _ in rows])
+    labels = np.array([lab for _, lab in rows])
+    want = []
+    for b in range(7):
+        labs = set(labels[assign == b].tolist())
+        want.append(-2 if not labs else labs.pop() if len(labs) == 1 else -1)
+    assert block_purity(labels, assign, 7).tolist() == want

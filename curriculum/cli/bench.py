@@ -133,8 +133,10 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
     from . import bench_sections as bs
 
     bad = [x for x in sections if x not in SECTIONS]
-    if bad:
-        raise ValueError(f"sections: expected some of {', '.join(SECTIONS)}, got {', '.join(bad)}")
+    if bad or not sections:
+        raise ValueError(f"sections: expected some of {', '.join(SECTIONS)}, got {', '.join(bad) or 'none'}")
+    if not sizes or any(int(n) < 100 for n in sizes):
+        raise ValueError(f"sizes: expected N values of at least 100, got {list(sizes)}")
     gf = sgemm_gflops()
     print(f"SGEMM: {gf:.1f} GFLOP/s on {os.cpu_count()} cores")
     os.makedirs(out, exist_ok=True)
@@ -359,3 +361,6 @@ def _plot(rows: list[dict[str, Any]], out: str) -> str:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return p
+
+
+__all__ = ['sgemm_gflops', 'datasets', 'SECTIONS', 'run_bench']

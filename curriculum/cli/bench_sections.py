@@ -387,3 +387,7 @@ def loader_section(batches: int = 200, batch_size: int = 256, workers: int = 2, 
                      "ratio_to_plain": float(np.median(v)) / base, "spread": f"{min(v):.1f}-{max(v):.1f}",
                      "data": ds.source})
     return rows
+
+
+__all__ = ['PeakRSS', 'median_time', 'print_table', 'scores_section', 'global_mining_section', 'inbatch_section',
+           'sampler_section', 'loader_section']

@@ -34,10 +34,12 @@ class ImageSet:
 
 
 def _fmnist_candidates(path: str | os.PathLike | None) -> list[Path]:
-    roots = []
-    if path is not None:
+    if path is not None:  # an explicit folder is the only place looked at (no silent fallback)
         p = Path(path)
-        roots += [p, p / "FashionMNIST" / "raw", p / "raw", p / "fashion-mnist"]
+        if not p.is_dir():
+            raise FileNotFoundError(f"data: {str(p)!r} is not a folder (expected one holding the Fashion-MNIST IDX files)")
+        return [p, p / "FashionMNIST" / "raw", p / "raw", p / "fashion-mnist"]
+    roots = []
     env = os.environ.get("CURRICULUM_FMNIST")
     if env:
         roots += [Path(env), Path(env) / "FashionMNIST" / "raw"]
@@ -177,3 +179,7 @@ def clustered(n: int, dim: int = 128, n_clusters: int = 100, intrinsic_dim: int 
             out[s:e] = centers[lab] + np.einsum("nr,nrd->nd", z, bases[lab])
             out[s:e] += rng.normal(size=(e - s, dim)).astype(dtype) * (0.05 * spread)
     return out, labels
+
+
+__all__ = ['DEBIAN_FMNIST', 'FMNIST_CLASSES', 'ImageSet', 'load_fashion_mnist', 'load_digits', 'load_real',
+           'long_tailed', 'symmetric_noise', 'pixel_pca', 'clustered']

@@ -338,3 +338,6 @@ def _print_table(res: dict) -> str:
     text = "\n".join(lines)
     print(text)
     return text
+
+
+__all__ = ['roc_auc', 'scoring_report', 'run_demo']

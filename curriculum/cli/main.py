@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -66,8 +67,11 @@ def _demo(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from curriculum import __version__
+
     p = argparse.ArgumentParser(prog="curriculum", description="Curriculum learning and global hard-sample mining "
                                 "for PyTorch, on a faiss-indexed embedding store.")
+    p.add_argument("--version", action="version", version=f"curriculum {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     d = sub.add_parser("demo", help="train a small CNN on real data: uniform vs curriculum vs anti vs online "
@@ -81,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="embed a real dataset (pixel PCA), score every sample, report label-noise "
                                      "detection and what a curriculum would draw")
-    s.add_argument("--data", default=None)
-    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--data", default=None, help="folder holding the Fashion-MNIST IDX files (default: search)")
+    s.add_argument("--k", type=int, default=10, help="neighbours per sample for the kNN scores (default 10)")
     s.add_argument("--noise", type=float, default=0.2, help="share of labels flipped (symmetric noise)")
-    s.add_argument("--dim", type=int, default=64)
+    s.add_argument("--dim", type=int, default=64, help="pixel-PCA embedding dimension (default 64)")
     s.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the label noise and the PCA (default 0)")
     s.set_defaults(func=_score)
 
     b = sub.add_parser("bench", help="mining speed: all-points kNN graph vs faiss flat/IVF/HNSW and the installed "
@@ -94,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "in-batch mining (vs pytorch-metric-learning), sampler, loader; table, JSON, PNG")
     b.add_argument("--quick", action="store_true", help="N = 20,000 and fewer settings (about a minute)")
     b.add_argument("--sizes", type=int, nargs="+", default=None, help="N values (default 100000 1000000)")
-    b.add_argument("--dim", type=int, default=128)
+    b.add_argument("--dim", type=int, default=128, help="embedding dimension of the synthetic sets (default 128)")
     b.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: search)")
     b.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
     b.add_argument("--sections", default="knn,scores,mining,inbatch,sampler,loader",
@@ -115,9 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run the command; a user error (a missing folder, a bad value) prints one line and returns 2
+    (``CURRICULUM_DEBUG=1`` shows the traceback instead)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, NotADirectoryError, ValueError, TypeError) as exc:
+        if os.environ.get("CURRICULUM_DEBUG"):
+            raise
+        print(f"curriculum {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = ['build_parser', 'main']

@@ -119,3 +119,6 @@ def _difficulty(res: dict, out: str) -> str:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return p
+
+
+__all__ = ['COLORS', 'draw']

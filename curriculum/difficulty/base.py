@@ -146,7 +146,12 @@ class Difficulty:
 
 
 def as_difficulty(x: Any, name: str = "difficulty") -> Difficulty:
-    """Accept a :class:`Difficulty` or a plain score array (ids ``0..n-1``)."""
+    """Accept a :class:`Difficulty` or a plain score array (ids ``0..n-1``).
+
+    Example:
+        >>> as_difficulty([0.5, 0.1]).ids.tolist()
+        [0, 1]
+    """
     if isinstance(x, Difficulty):
         return x
     return Difficulty(C.to_numpy(x, name), name=name)
@@ -173,7 +178,12 @@ def save_with_store(store: Any, path: str | os.PathLike, scores: dict[str, "Diff
 
 
 def load_with_store(path: str | os.PathLike) -> tuple[Any, dict[str, "Difficulty"]]:
-    """Load a file written by :func:`save_with_store`: ``(store, {name: Difficulty})``."""
+    """Load a file written by :func:`save_with_store`: ``(store, {name: Difficulty})``.
+
+    Example:
+        >>> store, scores = load_with_store("scores.cstore")  # doctest: +SKIP
+        >>> scores["knn_distance"].order()[:5]               # doctest: +SKIP
+    """
     from ..store import EmbeddingStore
 
     store = EmbeddingStore.load(path)
@@ -187,3 +197,6 @@ def load_with_store(path: str | os.PathLike) -> tuple[Any, dict[str, "Difficulty
             obs = z[pre + "observed"] if e["observed"] else None
             out[e["key"]] = Difficulty(z[pre + "scores"], z[pre + "ids"], e["name"], obs)
     return store, out
+
+
+__all__ = ['Difficulty', 'as_difficulty', 'save_with_store', 'load_with_store']

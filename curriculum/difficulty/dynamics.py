@@ -208,10 +208,12 @@ class Recorder:
 
     @property
     def loss(self) -> np.ndarray:
+        """Last recorded loss per sample (NaN where never observed)."""
         return torch.where(self._t["loss_count"] > 0, self._t["loss_last"], torch.nan).numpy()
 
     @property
     def loss_ema(self) -> np.ndarray:
+        """Exponential moving average of the loss per sample (decay ``ema_decay``; NaN where never observed)."""
         return torch.where(self._t["loss_count"] > 0, self._t["loss_ema"], torch.nan).numpy()
 
     def _last(self, key: str) -> np.ndarray:
@@ -219,18 +221,22 @@ class Recorder:
 
     @property
     def margin(self) -> np.ndarray:
+        """Last margin per sample: the true class's logit minus the largest other logit."""
         return self._last("margin_last")
 
     @property
     def aum(self) -> np.ndarray:
+        """Area under the margin: the mean margin over every observation (Pleiss et al. 2020)."""
         return self._mean("margin_sum")
 
     @property
     def el2n(self) -> np.ndarray:
+        """Last EL2N per sample: ``||softmax - onehot||_2`` (Paul et al. 2021)."""
         return self._last("el2n_last")
 
     @property
     def entropy(self) -> np.ndarray:
+        """Last predictive entropy per sample (nats)."""
         return self._last("entropy_last")
 
     @property
@@ -245,16 +251,19 @@ class Recorder:
 
     @property
     def confidence(self) -> np.ndarray:
+        """Mean probability of the true class over observations (dataset cartography)."""
         return self._mean("py_sum")
 
     @property
     def variability(self) -> np.ndarray:
+        """Standard deviation of the true class's probability over observations (cartography)."""
         m = self._mean("py_sum")
         sq = self._mean("py_sqsum")
         return np.sqrt(np.maximum(sq - m * m, 0.0))
 
     @property
     def correctness(self) -> np.ndarray:
+        """Share of observations where the prediction was right (cartography)."""
         return self._mean("correct_sum")
 
     def difficulty(self, name: str = "loss_ema") -> Difficulty:
@@ -303,3 +312,6 @@ class Recorder:
         self.num_classes, self.ema_decay, self.step = state["num_classes"], state["ema_decay"], state["step"]
         self._t = {k: v.clone() for k, v in state["tensors"].items()}
         self.labels = None if state.get("labels") is None else state["labels"].clone()
+
+
+__all__ = ['SCORES', 'RECORDER_STATE_FORMAT', 'Recorder']

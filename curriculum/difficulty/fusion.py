@@ -45,3 +45,6 @@ def combine(scores: Sequence[Any], weights: Sequence[float] | None = None, name:
             observed = m if observed is None else observed & m
     label = name or "combine(" + ", ".join(f"{d.name}*{x:g}" for d, x in zip(ds, w)) + ")"
     return Difficulty(total / w.sum(), ref, label, observed)
+
+
+__all__ = ['combine']

@@ -13,7 +13,7 @@ from scipy.sparse.csgraph import connected_components
 
 from .._util import checks as C
 from ..neighbors import blocked_knn, brute_knn
-from .._util.progress import progress_bar
+from .._util.progress import progress_bar, want
 from ..store import EmbeddingStore
 from .base import Difficulty
 
@@ -33,13 +33,13 @@ def _check_store(store: EmbeddingStore, k: int | None = None, labels: bool = Fal
                          "(pass labels= to store.add)")
 
 
-def _neighbour_labels(store: EmbeddingStore, k: int, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _neighbour_labels(store: EmbeddingStore, k: int, progress: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d, nb = store.knn(k, progress=progress)
     labels = store.labels
     return d, labels[store.rows_of(nb.ravel()).reshape(nb.shape)], labels
 
 
-def knn_distance(store: EmbeddingStore, k: int = 10, progress: bool = False) -> Difficulty:
+def knn_distance(store: EmbeddingStore, k: int = 10, progress: bool | None = None) -> Difficulty:
     """Mean distance to the ``k`` nearest other samples: outliers and rare modes are hard.
 
     Example:
@@ -51,28 +51,50 @@ def knn_distance(store: EmbeddingStore, k: int = 10, progress: bool = False) -> 
 
 
 def prototype_distance(store: EmbeddingStore, n_clusters: int = 10, seed: int = 0, niter: int = 20,
-                       progress: bool = False) -> Difficulty:
+                       progress: bool | None = None) -> Difficulty:
     """``1 - cos(z, nearest centroid)`` of spherical k-means (Sorscher et al. 2022, SSL prototypes).
 
     Samples far from every prototype are atypical, hence hard.
+
+    Example:
+        >>> import numpy as np
+        >>> store = EmbeddingStore(2, metric="cosine"); _ = store.add(np.array([[1., 0], [1, .1], [0, 1], [.1, 1], [1, 1]]))
+        >>> d = prototype_distance(store, n_clusters=2)
+        >>> int(d.order()[-1])   # the diagonal point, between both prototypes, is hardest
+        4
     """
     _check_store(store)
     km = store.kmeans(n_clusters, seed=seed, niter=niter, spherical=True, progress=progress)
     return Difficulty(km.distances.astype(np.float64), store.ids, f"prototype_distance(n_clusters={n_clusters})")
 
 
-def label_disagreement(store: EmbeddingStore, k: int = 10, progress: bool = False) -> Difficulty:
+def label_disagreement(store: EmbeddingStore, k: int = 10, progress: bool | None = None) -> Difficulty:
     """``1 -`` the share of the ``k`` nearest neighbours that carry the sample's own label.
 
     High for mislabelled samples and for samples deep in another class's region.
+
+    Example:
+        >>> import numpy as np
+        >>> store = EmbeddingStore(1, metric="l2")
+        >>> _ = store.add(np.array([[0.], [1], [2], [10], [11], [12]]), labels=[0, 0, 1, 1, 1, 1])
+        >>> label_disagreement(store, k=2).scores.round(2).tolist()
+        [0.5, 0.5, 1.0, 0.0, 0.0, 0.0]
     """
     _check_store(store, k, labels=True)
     _, nl, lab = _neighbour_labels(store, k, progress)
     return Difficulty(1.0 - (nl == lab[:, None]).mean(axis=1), store.ids, f"label_disagreement(k={k})")
 
 
-def label_entropy(store: EmbeddingStore, k: int = 10, progress: bool = False) -> Difficulty:
-    """Entropy (nats) of the label histogram of the ``k`` nearest neighbours: class boundaries are hard."""
+def label_entropy(store: EmbeddingStore, k: int = 10, progress: bool | None = None) -> Difficulty:
+    """Entropy (nats) of the label histogram of the ``k`` nearest neighbours: class boundaries are hard.
+
+    Example:
+        >>> import numpy as np
+        >>> store = EmbeddingStore(1, metric="l2")
+        >>> _ = store.add(np.array([[0.], [1], [2], [10], [11], [12]]), labels=[0, 0, 1, 1, 1, 1])
+        >>> (label_entropy(store, k=2).scores > 0).tolist()
+        [True, True, False, False, False, False]
+    """
     _check_store(store, k, labels=True)
     _, nl, lab = _neighbour_labels(store, k, progress)
     n_cls = int(max(lab.max(), nl.max())) + 1
@@ -84,7 +106,7 @@ def label_entropy(store: EmbeddingStore, k: int = 10, progress: bool = False) ->
     return Difficulty(h + 0.0, store.ids, f"label_entropy(k={k})")
 
 
-def class_margin(store: EmbeddingStore, k: int = 10, progress: bool = False) -> Difficulty:
+def class_margin(store: EmbeddingStore, k: int = 10, progress: bool | None = None) -> Difficulty:
     """Distance to the nearest same-class sample minus distance to the nearest other-class sample.
 
     Positive when another class is nearer than the sample's own (hard). Samples whose nearest
@@ -93,9 +115,17 @@ def class_margin(store: EmbeddingStore, k: int = 10, progress: bool = False) -> 
     ``exact_threshold`` rows), through the blocked kNN engine beyond (one label-aware pass finds
     every row's nearest other-class row at once). ``k`` trades speed only. A
     sample alone in its class takes the largest same-class distance seen.
+
+    Example:
+        >>> import numpy as np
+        >>> store = EmbeddingStore(1, metric="l2")
+        >>> _ = store.add(np.array([[0.], [1], [5], [6]]), labels=[0, 0, 1, 0])
+        >>> class_margin(store, k=2).order()[-1].item()   # id 3 sits in class 1's cluster
+        3
     """
     _check_store(store, k, labels=True)
     d, nl, lab = _neighbour_labels(store, k, progress)
+    progress = want(progress, len(store))
     same = nl == lab[:, None]
     first_same = np.argmax(same, axis=1)
     first_other = np.argmax(~same, axis=1)
@@ -138,13 +168,19 @@ def class_margin(store: EmbeddingStore, k: int = 10, progress: bool = False) -> 
 
 
 def near_duplicates(store: EmbeddingStore, threshold: float = 0.95, n_clusters: int | None = None,
-                    seed: int = 0, block: int = 2048, progress: bool = False) -> list[np.ndarray]:
+                    seed: int = 0, block: int = 2048, progress: bool | None = None) -> list[np.ndarray]:
     """Groups of near-duplicate ids: cosine similarity above ``threshold`` (SemDeDup, Abbas et al. 2023).
 
     Vectors are clustered by spherical k-means (``n_clusters`` defaults to ``N // 1000``, at
     least 1) and pairs are compared only within a cluster, in blocks. With ``n_clusters=1`` the
     answer is exact. Groups are the connected components of the duplicate graph, each sorted,
     listed by their smallest id.
+
+    Example:
+        >>> import numpy as np
+        >>> store = EmbeddingStore(2, metric="cosine"); _ = store.add(np.array([[1., 0], [1, 1e-3], [0, 1]]))
+        >>> [g.tolist() for g in near_duplicates(store, threshold=0.99)]
+        [[0, 1]]
     """
     _check_store(store)
     threshold = C.finite_float(threshold, "threshold", -1.0, 1.0)
@@ -158,7 +194,7 @@ def near_duplicates(store: EmbeddingStore, threshold: float = 0.95, n_clusters: 
     src, dst = [], []
     order = np.argsort(assign, kind="stable")
     bounds = np.searchsorted(assign[order], np.arange(nc + 1))
-    with progress_bar(total=n, desc="near-duplicates", disable=not progress) as bar:
+    with progress_bar(total=n, desc="near-duplicates", disable=not want(progress, n)) as bar:
         for c in range(nc):
             members = order[bounds[c]:bounds[c + 1]]
             x = vec[members]
@@ -182,3 +218,7 @@ def near_duplicates(store: EmbeddingStore, threshold: float = 0.95, n_clusters: 
     splits = np.flatnonzero(np.diff(comp[o])) + 1
     groups = [np.sort(ids[g_]) for g_ in np.split(o, splits)]
     return sorted(groups, key=lambda g_: int(g_[0]))
+
+
+__all__ = ['knn_distance', 'prototype_distance', 'label_disagreement', 'label_entropy', 'class_margin',
+           'near_duplicates']

@@ -40,7 +40,13 @@ def _sims(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor)
 
 def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
              temperature: float = 0.5) -> torch.Tensor:
-    """``-log(e^{s+/t} / (e^{s+/t} + sum_i e^{s_i/t}))`` per anchor (cosine similarities)."""
+    """``-log(e^{s+/t} / (e^{s+/t} + sum_i e^{s_i/t}))`` per anchor (cosine similarities).
+
+    Example:
+        >>> a = torch.tensor([[1., 0]]); p = torch.tensor([[1., 0]]); n = torch.tensor([[[0., 1]]])
+        >>> round(info_nce(a, p, n, temperature=1.0).item(), 4)   # -log(e / (e + 1))
+        0.3133
+    """
     _check(anchor, positive, negatives)
     t = C.finite_float(temperature, "temperature", 0.0, low_open=True)
     pos, neg = _sims(anchor, positive, negatives)
@@ -85,6 +91,12 @@ def mochi(query: torch.Tensor, negatives: torch.Tensor, n_hard: int = 16, s: int
     The ``n_hard`` negatives most similar to each query are mixed pairwise, ``h = a n_i + (1-a) n_j``
     with ``a ~ U(0, 1)`` (``s`` of them), and with the query, ``h' = b q + (1-b) n_j`` with
     ``b ~ U(0, 0.5)`` so the query never dominates (``s_prime`` of them).
+
+    Example:
+        >>> q = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+        >>> negs = torch.nn.functional.normalize(torch.randn(2, 32, 8), dim=2)
+        >>> mochi(q, negs, n_hard=8, s=4, s_prime=2, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([2, 6, 8])
     """
     if query.ndim != 2 or negatives.ndim != 3 or negatives.shape[0] != query.shape[0]:
         raise ValueError(f"query, negatives: expected (B, d) and (B, N, d), got {tuple(query.shape)} and "
@@ -104,3 +116,6 @@ def mochi(query: torch.Tensor, negatives: torch.Tensor, n_hard: int = 16, s: int
     bb = 0.5 * torch.rand(b, s_prime, 1, generator=generator)
     mixed_q = bb * q[:, None, :] + (1 - bb) * take(jj)
     return F.normalize(torch.cat([mixed, mixed_q], dim=1), dim=2)
+
+
+__all__ = ['info_nce', 'hard_negative_nce', 'mochi']

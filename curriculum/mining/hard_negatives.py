@@ -14,6 +14,7 @@ import numpy as np
 
 from .._util import checks as C
 from .._util.background import BackgroundTask
+from .._util.progress import want
 from ..store import EmbeddingStore
 
 
@@ -21,7 +22,15 @@ from ..store import EmbeddingStore
 class Mined:
     """Global mining result for ``B`` anchors: ``(B, k)`` dataset ids (``-1`` where fewer qualify),
     their distances to the anchor, and the training step each returned embedding was computed at
-    (``-1`` unknown) - its staleness under a drifting encoder."""
+    (``-1`` unknown) - its staleness under a drifting encoder.
+
+    Example:
+        >>> import numpy as np
+        >>> store = EmbeddingStore(1, metric="l2"); _ = store.add(np.array([[0.], [1], [5]]), labels=[0, 1, 1])
+        >>> m = HardNegativeMiner(store, k=1).negatives([0])
+        >>> m.ids.tolist(), m.distances.tolist()
+        ([[1]], [[1.0]])
+    """
 
     ids: np.ndarray
     distances: np.ndarray
@@ -66,7 +75,7 @@ class HardNegativeMiner:
 
     # ------------------------------------------------------------------ negatives table
     def build_table(self, k: int | None = None, nprobe: int | None = None, target_recall: float = 0.95,
-                    progress: bool = False, background: bool = False) -> "HardNegativeMiner":
+                    progress: bool | None = None, background: bool = False) -> "HardNegativeMiner":
         """Precompute every stored row's ``k`` (default ``2 * self.k + 8``) nearest rows of another
         label with the blocked all-points engine (:func:`curriculum.neighbors.blocked_knn` with labels:
         dense block products at matrix-multiply speed, a block of one label probing the
@@ -105,9 +114,10 @@ class HardNegativeMiner:
         self.wait_table()  # one build at a time
         t0 = time.perf_counter()
         snap = store.snapshot()
+        show = bool(progress) if background else want(progress, len(snap))  # no bar from a thread by default
 
         def work() -> None:
-            self._build(snap, kt, nprobe, target, progress, t0)
+            self._build(snap, kt, nprobe, target, show, t0)
 
         if background:
             self._task.start(work)
@@ -311,3 +321,6 @@ class HardNegativeMiner:
 
         out_ids, dist = self._search_filtered(q, k, excl, keep)
         return self._result(out_ids, dist)
+
+
+__all__ = ['Mined', 'HardNegativeMiner']

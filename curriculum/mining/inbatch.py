@@ -21,7 +21,12 @@ DISTANCES = ("cosine", "l2", "ip")
 
 
 def pairwise_distance(a: torch.Tensor, b: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
-    """``(len(a), len(b))`` distance matrix, smaller = nearer."""
+    """``(len(a), len(b))`` distance matrix, smaller = nearer.
+
+    Example:
+        >>> pairwise_distance(torch.tensor([[0., 0]]), torch.tensor([[3., 4]]), "l2").tolist()
+        [[5.0]]
+    """
     if distance == "l2":
         return torch.cdist(a, b).clamp_min(0)
     if distance == "cosine":
@@ -42,6 +47,13 @@ class BaseMiner:
     Calling a miner (``miner(emb, labels)``) checks the inputs and runs ``mine``. Anchors with
     no valid positive or negative produce no tuple (never a garbage index). Mining runs on the
     embeddings' device (a CUDA batch is mined on the GPU) and returns index tensors there.
+
+    Example:
+        >>> class Nearest(BaseMiner):
+        ...     def mine(self, emb, labels):
+        ...         return (pairwise_distance(emb, emb, self.distance).fill_diagonal_(float("inf")).argmin(1),)
+        >>> Nearest("l2")(torch.tensor([[0.], [1.], [5.]]), torch.tensor([0, 1, 1]))[0].tolist()
+        [1, 0, 1]
     """
 
     def __init__(self, distance: str = "cosine") -> None:
@@ -64,6 +76,7 @@ class BaseMiner:
             return self.mine(emb.detach(), lab.long())
 
     def mine(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:  # pragma: no cover
+        """The mined index tuples of one batch (each miner documents its shapes)."""
         raise NotImplementedError
 
     def _masks(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +96,7 @@ class BatchHardMiner(BaseMiner):
     """
 
     def mine(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The mined index tuples of one batch (see the class docstring for their shapes)."""
         d = pairwise_distance(emb, emb, self.distance)
         pos, neg = self._masks(labels)
         ok = pos.any(1) & neg.any(1)
@@ -108,6 +122,7 @@ class SemiHardMiner(BaseMiner):
         self.all_negatives = bool(all_negatives)
 
     def mine(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The mined index tuples of one batch (see the class docstring for their shapes)."""
         d = pairwise_distance(emb, emb, self.distance)
         pos, neg = self._masks(labels)
         a, p = torch.nonzero(pos, as_tuple=True)
@@ -140,6 +155,7 @@ class MarginMiner(BaseMiner):
         self.chunk = C.positive_int(chunk, "chunk")
 
     def mine(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The mined index tuples of one batch (see the class docstring for their shapes)."""
         d = pairwise_distance(emb, emb, self.distance)
         pos, neg = self._masks(labels)
         out = []
@@ -157,6 +173,12 @@ class MultiSimilarityMiner(BaseMiner):
     """Multi-similarity pair mining (Wang et al. 2019) on cosine similarity ``S``: keep a negative
     pair if ``S_an + epsilon > min_p S_ap`` and a positive pair if ``S_ap - epsilon < max_n S_an``.
     Returns pairs ``(a1, p, a2, n)``.
+
+    Example:
+        >>> emb = torch.tensor([[1., 0], [1, .1], [.9, .2], [0, 1]])
+        >>> a1, p, a2, n = MultiSimilarityMiner(epsilon=0.1)(emb, torch.tensor([0, 0, 1, 1]))
+        >>> len(a1) > 0 and len(a2) > 0
+        True
     """
 
     def __init__(self, epsilon: float = 0.1) -> None:
@@ -164,6 +186,7 @@ class MultiSimilarityMiner(BaseMiner):
         self.epsilon = C.finite_float(epsilon, "epsilon", 0.0)
 
     def mine(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The mined index tuples of one batch (see the class docstring for their shapes)."""
         e = torch.nn.functional.normalize(emb, dim=1)
         s = e @ e.T  # the similarity itself: 1 - (1 - cos) rounds differently at the epsilon boundary
         pos, neg = self._masks(labels)
@@ -277,3 +300,7 @@ class CrossBatchMemory:
         vals, slots = torch.topk(d, kk, dim=1, largest=False) if kk else (d[:, :0], d[:, :0].long())
         slots = torch.where(torch.isfinite(vals), slots, -1)
         return slots.to(out_dev), vals.to(out_dev)
+
+
+__all__ = ['DISTANCES', 'pairwise_distance', 'BaseMiner', 'BatchHardMiner', 'SemiHardMiner', 'MarginMiner',
+           'MultiSimilarityMiner', 'CrossBatchMemory']

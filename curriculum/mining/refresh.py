@@ -53,6 +53,7 @@ class IndexRefresher:
 
     @property
     def refreshing(self) -> bool:
+        """Whether a background re-embedding is running now."""
         return self._task.running
 
     def step(self, step: int) -> bool:
@@ -95,3 +96,6 @@ class IndexRefresher:
     def wait(self, timeout: float | None = None) -> None:
         """Block until a running refresh is done; re-raise its error if it failed."""
         self._task.wait(timeout)
+
+
+__all__ = ['IndexRefresher']

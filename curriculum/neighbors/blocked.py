@@ -34,6 +34,13 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     the rows costs N x (sqrt + share) centroid distances instead of N x n_clusters (at 1M rows:
     ~0.03 instead of ~1 TFLOP); each row then goes to its nearest block among those of its 4
     nearest coarse clusters.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(1024, 4)).astype(np.float32)
+        >>> centroids, assign = block_plan(x, 4, "l2")
+        >>> centroids.shape, assign.shape
+        ((4, 4), (1024,))
     """
     n, d = x.shape
     n_clusters = max(1, min(n_clusters, n))
@@ -73,7 +80,13 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
 
 
 def probe_lists(centroids: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
-    """The ``nprobe`` blocks nearest to each block, its own block always among them."""
+    """The ``nprobe`` blocks nearest to each block, its own block always among them.
+
+    Example:
+        >>> import numpy as np
+        >>> probe_lists(np.array([[0.], [1.], [10.]], np.float32), 2, "l2").tolist()
+        [[0, 1], [1, 0], [2, 1]]
+    """
     am = get_metric(metric).assign_faiss
     nb = len(centroids)
     nprobe = max(1, min(nprobe, nb))
@@ -89,7 +102,14 @@ def probe_lists_other_label(centroids: np.ndarray, nprobe: int, metric: str, pur
     """Like :func:`probe_lists`, for label-filtered search: a block whose rows all carry one label
     (``pure[b]`` = that label, ``-1`` for a mixed block) skips every block holding only that same
     label - its own included - so its ``nprobe`` probes all reach rows of other labels.
-    ``-1`` pads where fewer blocks qualify."""
+    ``-1`` pads where fewer blocks qualify.
+
+    Example:
+        >>> import numpy as np
+        >>> c = np.array([[0.], [1.], [10.]], np.float32)
+        >>> probe_lists_other_label(c, 1, "l2", pure=np.array([0, 0, 1])).tolist()   # block 0 skips block 1 (same label)
+        [[2], [2], [1]]
+    """
     import torch
 
     nb = len(centroids)
@@ -109,16 +129,22 @@ def probe_lists_other_label(centroids: np.ndarray, nprobe: int, metric: str, pur
 
 
 def block_purity(labels: np.ndarray, assign: np.ndarray, n_blocks: int) -> np.ndarray:
-    """Per block: its label when all its rows carry one, ``-1`` when mixed, ``-2`` when empty."""
+    """Per block: its label when all its rows carry one, ``-1`` when mixed, ``-2`` when empty.
+
+    Example:
+        >>> import numpy as np
+        >>> block_purity(np.array([3, 3, 1, 2]), np.array([0, 0, 1, 1]), 3).tolist()
+        [3, -1, -2]
+    """
     order = np.argsort(assign, kind="stable")
     bounds = np.searchsorted(assign[order], np.arange(n_blocks + 1))
     lab_sorted = np.asarray(labels, np.int64)[order]
-    empty = bounds[1:] == bounds[:-1]
-    starts = np.minimum(bounds[:-1], max(len(lab_sorted) - 1, 0))
-    lo = np.minimum.reduceat(lab_sorted, starts) if len(lab_sorted) else np.zeros(n_blocks, np.int64)
-    hi = np.maximum.reduceat(lab_sorted, starts) if len(lab_sorted) else np.zeros(n_blocks, np.int64)
-    pure = np.where(lo == hi, lo, -1)
-    pure[empty] = -2
+    filled = bounds[1:] > bounds[:-1]
+    pure = np.full(n_blocks, -2, np.int64)
+    if filled.any():  # an empty block has no width: each filled block's segment ends at the next start
+        starts = bounds[:-1][filled]
+        lo, hi = np.minimum.reduceat(lab_sorted, starts), np.maximum.reduceat(lab_sorted, starts)
+        pure[filled] = np.where(lo == hi, lo, -1)
     return pure
 
 
@@ -127,7 +153,14 @@ def run_blocks(task: Callable[[int], int], n_tasks: int, total: int, desc: str, 
     """Run ``task(0..n_tasks-1)`` on a thread pool, one single-threaded torch task per worker: both
     cores stay busy without OpenMP barriers between many small matrix products (torch releases the
     GIL inside its kernels). ``task`` returns the rows it covered (for the progress bar);
-    ``between(t)`` runs in the caller's thread after each finished task."""
+    ``between(t)`` runs in the caller's thread after each finished task.
+
+    Example:
+        >>> done = []
+        >>> run_blocks(lambda t: done.append(t) or 1, 4, 4, "demo", progress=False, threads=2)
+        >>> sorted(done)
+        [0, 1, 2, 3]
+    """
     import torch
 
     from .._util.progress import progress_bar
@@ -165,6 +198,14 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     label, the ``nprobe`` nearest blocks that hold other labels (:func:`probe_lists_other_label`).
     Returns ``(distances, rows of base)`` in the module's convention, and with ``return_stats`` a
     third item ``{"pairs_scored", "blocks"}`` (the cost, for benchmarks).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+        >>> from curriculum.neighbors import brute_knn
+        >>> d, i = blocked_knn(x, 5, "l2", nprobe=8)          # 7 blocks: every pair scored, exact
+        >>> bool((i == brute_knn(x, x, 6, "l2")[1][:, 1:]).mean() > 0.99)
+        True
     """
     same = base is None
     b = x if same else base
@@ -283,3 +324,6 @@ class _BlockSearch:
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         self.out_i[~np.isfinite(self.out_d)] = -1
         return self.out_d, self.out_i
+
+
+__all__ = ['block_plan', 'probe_lists', 'probe_lists_other_label', 'block_purity', 'run_blocks', 'blocked_knn']

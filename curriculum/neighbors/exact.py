@@ -300,3 +300,6 @@ class _Refinement:
             out_i[order[a:b]] = np.where(nb_i >= 0, order[np.maximum(nb_i, 0)], -1)
         out_i[~np.isfinite(out_d)] = -1
         return out_d, out_i, dict(self.stats)
+
+
+__all__ = ['exact_knn_graph']

@@ -118,7 +118,12 @@ METRICS: dict[str, Metric] = {
 
 
 def get_metric(metric: str | Metric, name: str = "metric") -> Metric:
-    """The :class:`Metric` called ``metric`` (a Metric passes through); unknown names are an error."""
+    """The :class:`Metric` called ``metric`` (a Metric passes through); unknown names are an error.
+
+    Example:
+        >>> get_metric("cosine").name, get_metric("l2").squared_norms
+        ('cosine', True)
+    """
     if isinstance(metric, Metric):
         return metric
     if metric not in METRICS:
@@ -128,20 +133,48 @@ def get_metric(metric: str | Metric, name: str = "metric") -> Metric:
 
 # -- the string-keyed spellings used by the kernels (each one line over the Metric) ------------
 def faiss_metric(metric: str) -> int:
-    """The faiss metric constant used to search vectors stored under ``metric``."""
+    """The faiss metric constant used to search vectors stored under ``metric``.
+
+    Example:
+        >>> import faiss
+        >>> faiss_metric("cosine") == faiss.METRIC_INNER_PRODUCT
+        True
+    """
     return get_metric(metric).faiss
 
 
 def to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
-    """Convert faiss's raw scores (squared L2 or inner products) to our distances, in place."""
+    """Convert faiss's raw scores (squared L2 or inner products) to our distances, in place.
+
+    Example:
+        >>> import numpy as np
+        >>> print(to_distance(np.array([[0.75]], np.float32), "cosine"))   # 1 - cos
+        [[0.25]]
+    """
     return get_metric(metric).to_distance(raw)
 
 
 def normalize(x: np.ndarray, name: str = "vectors") -> np.ndarray:
-    """L2-normalise the rows of ``x`` (a copy); zero rows are an error."""
+    """L2-normalise the rows of ``x`` (a copy); zero rows are an error.
+
+    Example:
+        >>> import numpy as np
+        >>> print(normalize(np.array([[3., 4.]])))
+        [[0.6 0.8]]
+    """
     return METRICS["cosine"].prepare(x, name)
 
 
 def pair_distances(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
-    """Row-wise distance between ``q[i]`` and ``x[i]`` (or ``x[i, j]`` for a 3-D ``x``)."""
+    """Row-wise distance between ``q[i]`` and ``x[i]`` (or ``x[i, j]`` for a 3-D ``x``).
+
+    Example:
+        >>> import numpy as np
+        >>> pair_distances(np.array([[0., 0]]), np.array([[3., 4]]), "l2").tolist()
+        [5.0]
+    """
     return get_metric(metric).pair_distances(q, x)
+
+
+__all__ = ['MAX_ABS', 'Metric', 'METRICS', 'get_metric', 'faiss_metric', 'to_distance', 'normalize',
+           'pair_distances']

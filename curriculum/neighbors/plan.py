@@ -22,7 +22,14 @@ def probe_ranks(centroids: np.ndarray, assign: np.ndarray, sample: np.ndarray, n
     """For each sampled row and each of its true neighbours (rows, ``-1`` = none): the neighbour's
     block's position in the probe order of the row's block (0 = probed first), as
     :func:`probe_lists` - or, with ``pure``, :func:`probe_lists_other_label` - orders them. The
-    blocked search is exact inside its probes, so recall(nprobe) = share of ranks < nprobe."""
+    blocked search is exact inside its probes, so recall(nprobe) = share of ranks < nprobe.
+
+    Example:
+        >>> import numpy as np
+        >>> c = np.array([[0.], [1.], [10.]], np.float32)
+        >>> probe_ranks(c, np.array([0, 1, 2]), np.array([0]), np.array([[1, 2]]), "l2").tolist()  # row 0's neighbours' blocks
+        [[1, 2]]
+    """
     import torch
 
     n_blocks = len(centroids)
@@ -43,7 +50,14 @@ def probe_ranks(centroids: np.ndarray, assign: np.ndarray, sample: np.ndarray, n
 
 def nprobe_for(ranks: np.ndarray, target: float, floor: int, n_blocks: int) -> tuple[int, float]:
     """The smallest nprobe (>= ``floor``) whose sampled recall clears ``target`` by two standard
-    errors - a quantile of the ranks (``-1`` entries ignored) - and its estimated recall."""
+    errors - a quantile of the ranks (``-1`` entries ignored) - and its estimated recall.
+
+    Example:
+        >>> import numpy as np
+        >>> ranks = np.tile(np.array([[0, 0, 1, 1, 2]]), (400, 1))   # every neighbour within the 3 nearest blocks
+        >>> nprobe_for(ranks, 0.95, floor=1, n_blocks=10)[0]
+        3
+    """
     flat = np.sort(ranks[ranks >= 0].ravel())
     if not flat.size:
         return int(min(floor, n_blocks)), 1.0
@@ -55,7 +69,15 @@ def nprobe_for(ranks: np.ndarray, target: float, floor: int, n_blocks: int) -> t
 
 @dataclass(frozen=True)
 class RecallPlan:
-    """The block plan and the smallest ``nprobe`` whose sampled recall clears the target."""
+    """The block plan and the smallest ``nprobe`` whose sampled recall clears the target.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(4000, 4)).astype(np.float32)
+        >>> plan = plan_recall(x, 10, "l2", target=0.9)
+        >>> bool(plan.recall_estimate >= 0.9), bool(len(plan.centroids) == plan.assign.max() + 1)
+        (True, True)
+    """
 
     centroids: np.ndarray
     assign: np.ndarray
@@ -93,3 +115,6 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
     ranks = probe_ranks(centroids, assign, sample, truth, metric, pure=pure)
     p, recall = nprobe_for(ranks, target, floor, len(centroids))
     return RecallPlan(centroids, assign, p, recall)
+
+
+__all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'RecallPlan', 'plan_recall']

@@ -84,6 +84,14 @@ class CurriculumLoader:
         loader: the rebuilt ``torch.utils.data.DataLoader`` (inspect its settings here).
         batch_sampler: the :class:`~curriculum.sampling.CurriculumBatchSampler` it draws from.
         recorder: the :class:`~curriculum.Recorder` fed by :meth:`feedback` (or None).
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> ds = TensorDataset(torch.arange(8.0))
+        >>> loader = wrap(DataLoader(ds, batch_size=4), difficulty=[0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6], seed=0)
+        >>> [len(b[0]) for b in loader], loader.epoch
+        ([4, 4], 1)
     """
 
     def __init__(self, loader: DataLoader, batch_sampler: CurriculumBatchSampler, recorder: Recorder | None,
@@ -115,10 +123,12 @@ class CurriculumLoader:
 
     @property
     def dataset(self) -> Any:
+        """The original loader's dataset."""
         return self.original.dataset
 
     @property
     def batch_size(self) -> int:
+        """Indices per batch (the original loader's batch size)."""
         return self.batch_sampler.batch_size
 
     @property
@@ -129,6 +139,7 @@ class CurriculumLoader:
 
     @property
     def epoch(self) -> int:
+        """The epoch the training loop is in (follows ``set_epoch`` and completed epochs)."""
         return self._epoch
 
     @property

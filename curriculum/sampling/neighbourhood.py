@@ -65,6 +65,7 @@ class NeighbourhoodBatchSampler(Sampler[list[int]]):
         return math.ceil(len(self.store) / self.P)
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch to draw (a new seed stream per epoch, like ``DistributedSampler``)."""
         self.epoch = C.positive_int(epoch, "epoch", 0)
 
     def _batch(self, rows: np.ndarray, rng: np.random.Generator) -> list[int]:
@@ -91,3 +92,6 @@ class NeighbourhoodBatchSampler(Sampler[list[int]]):
                 order = order[order < len(self._ids)]
             yield self._batch(order[s:s + self.P], rng)
         self.epoch += 1
+
+
+__all__ = ['NeighbourhoodBatchSampler']

@@ -226,6 +226,7 @@ class CurriculumSampler(Sampler[int]):
     # ------------------------------------------------------------------ epoch bookkeeping
     @property
     def per_rank(self) -> int:
+        """Indices this rank draws per epoch."""
         return self._per_rank(self.num_samples)
 
     def _sync_dist(self) -> None:
@@ -252,10 +253,12 @@ class CurriculumSampler(Sampler[int]):
 
     @property
     def steps_per_epoch(self) -> int:
+        """Pacing steps (batches of this rank) per epoch."""
         return math.ceil(self.per_rank / self.batch_size)
 
     @property
     def epoch(self) -> int:
+        """The epoch being drawn."""
         return self._epoch
 
     @property
@@ -265,6 +268,7 @@ class CurriculumSampler(Sampler[int]):
 
     @property
     def competence(self) -> float:
+        """The pacing's competence at the next step (the admitted share of the data)."""
         return self.pacing(self.step)
 
     def set_epoch(self, epoch: int) -> None:
@@ -407,16 +411,21 @@ class CurriculumSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         self._sync_dist()
+        B = self.batch_size
         while True:
             restart = False
             for ids, ver in self._blocks():
-                for i in ids.tolist():
-                    self._at_boundary()
-                    if self._version != ver:
-                        restart = True
-                        break
-                    self._consumed += 1
-                    yield i
+                lst, i = ids.tolist(), 0
+                while i < len(lst) and not restart:
+                    self._at_boundary()  # score sets deferred to a batch boundary land here
+                    j = min(len(lst), i + B - self._consumed % B)
+                    for x in lst[i:j]:
+                        if self._version != ver:  # new scores: redraw from this position
+                            restart = True
+                            break
+                        self._consumed += 1
+                        yield x
+                    i = j
                 if restart:
                     break
             if not restart:
@@ -542,14 +551,21 @@ class CurriculumBatchSampler(Sampler[list[int]]):
         s.finish_epoch()
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch to draw; setting the current epoch again keeps the position."""
         self.sampler.set_epoch(epoch)
 
     def set_difficulty(self, difficulty: Any) -> None:
+        """Replace the scores; they take effect at the next batch."""
         self.sampler.set_difficulty(difficulty)
 
     def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
+        """The sampler's state; ``batches_consumed``: batches the training loop used this epoch (workers prefetch ahead)."""
         c = None if batches_consumed is None else batches_consumed * self.batch_size
         return self.sampler.state_dict(consumed=c)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (checked whole before anything changes)."""
         self.sampler.load_state_dict(state)
+
+
+__all__ = ['STRATEGIES', 'STATE_FORMAT', 'STATE_VERSION', 'CurriculumSampler', 'CurriculumBatchSampler']

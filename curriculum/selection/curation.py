@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from .._util import checks as C
+from .._util.progress import progress_bar, want
 from ..neighbors import brute_knn, normalize
 from ..store import EmbeddingStore
 
@@ -23,7 +24,14 @@ from ..store import EmbeddingStore
 @dataclass(frozen=True)
 class Hierarchy:
     """Clusters at each level: ``assignments[0]`` maps every row to a level-0 (finest) cluster,
-    ``assignments[l]`` maps level-``l-1`` clusters to level-``l`` clusters; ``centroids[l]`` too."""
+    ``assignments[l]`` maps level-``l-1`` clusters to level-``l`` clusters; ``centroids[l]`` too.
+
+    Example:
+        >>> import numpy as np
+        >>> h = Hierarchy([np.array([0, 0, 1]), np.array([0, 0])], [np.zeros((2, 1)), np.zeros((1, 1))])
+        >>> len(h.assignments), h.assignments[0].tolist()
+        (2, [0, 0, 1])
+    """
 
     assignments: list[np.ndarray]
     centroids: list[np.ndarray]
@@ -78,7 +86,7 @@ def _assign(x: np.ndarray, cent: np.ndarray, metric: str) -> np.ndarray:
 
 def hierarchical_kmeans(vectors: np.ndarray, levels: tuple[int, ...], metric: str = "cosine", seed: int = 0,
                         resample_iters: int = 3, resample_per_cluster: int | None = None,
-                        upper: str = "ward") -> Hierarchy:
+                        upper: str = "ward", progress: bool | None = None) -> Hierarchy:
     """Hierarchical clustering with resampling refinement (after Vo et al. 2024).
 
     ``levels`` lists the number of clusters from the finest level to the coarsest (decreasing).
@@ -89,6 +97,13 @@ def hierarchical_kmeans(vectors: np.ndarray, levels: tuple[int, ...], metric: st
     the default: on a few hundred or thousand centroids it is cheap and does not split a dense
     mode into several top clusters while merging small ones, as k-means measurably did in our
     tests) or by the same refined k-means (``upper="kmeans"``, Vo et al.'s choice).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+        >>> h = hierarchical_kmeans(x, levels=(20, 4), metric="l2")
+        >>> [len(c) for c in h.centroids], h.assignments[0].shape
+        ([20, 4], (200,))
     """
     upper = C.choice(upper, "upper", ("ward", "kmeans"))
     x = np.ascontiguousarray(vectors, np.float32)
@@ -103,7 +118,9 @@ def hierarchical_kmeans(vectors: np.ndarray, levels: tuple[int, ...], metric: st
     rng = np.random.default_rng(seed)
     assignments, centroids = [], []
     pts = x
+    bar = progress_bar(total=len(ks), desc="hierarchical k-means (levels)", disable=not want(progress, len(x)))
     for li, k in enumerate(ks):
+        bar.update(1)
         if li > 0 and upper == "ward":
             from scipy.cluster.hierarchy import fcluster, linkage
 
@@ -129,6 +146,7 @@ def hierarchical_kmeans(vectors: np.ndarray, levels: tuple[int, ...], metric: st
         assignments.append(_assign(pts, cent, metric))
         centroids.append(cent)
         pts = cent
+    bar.close()
     return Hierarchy(assignments, centroids)
 
 
@@ -167,6 +185,12 @@ def balanced_select(h: Hierarchy, target: int, seed: int = 0, distances: np.ndar
 
     At every node, the node's quota is split over its children by :func:`_water_fill` on their
     sizes (in rows); inside a finest-level cluster the rows are drawn at random (seeded).
+
+    Example:
+        >>> import numpy as np
+        >>> h = Hierarchy([np.array([0, 0, 0, 0, 1, 2])], [np.zeros((3, 1), np.float32)])
+        >>> sorted(np.bincount(h.assignments[0][balanced_select(h, 3)], minlength=3).tolist())  # one per cluster
+        [1, 1, 1]
     """
     rng = np.random.default_rng(seed)
     n_rows = len(h.assignments[0])
@@ -202,13 +226,15 @@ def balanced_select(h: Hierarchy, target: int, seed: int = 0, distances: np.ndar
 
 
 def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | None = None, seed: int = 0,
-           dedup_threshold: float | None = None, resample_iters: int = 3, ids: np.ndarray | None = None) -> np.ndarray:
+           dedup_threshold: float | None = None, resample_iters: int = 3, ids: np.ndarray | None = None,
+           progress: bool | None = None) -> np.ndarray:
     """Select ``target_size`` ids from the store, balanced over a hierarchical k-means of it.
 
     ``levels`` defaults to two levels, ``(~2 sqrt(N), ~sqrt(N) / 2)`` clusters; the top level
     should be close to the number of natural modes of the pool. With ``dedup_threshold``
     (cosine), near-duplicates are removed first (one id kept per group). ``ids`` restricts the
     pool to those stored ids (e.g. the survivors of a de-duplication in another embedding).
+    ``progress``: a bar per clustering level (default: on from 50,000 rows).
 
     Example:
         >>> ids = curate(store, target_size=len(store) // 10)      # doctest: +SKIP
@@ -218,8 +244,8 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     all_ids = store.ids
     vec = store.vectors()
     if ids is not None:
-        want = C.as_ids(ids, "ids")
-        rows = store.rows_of(want)
+        wanted = C.as_ids(ids, "ids")
+        rows = store.rows_of(wanted)
         all_ids, vec = all_ids[rows], vec[rows]
     ids = all_ids
     if dedup_threshold is not None:
@@ -236,13 +262,20 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
         k2 = int(max(1, min(k1 - 1, np.sqrt(n) / 2)))
         levels = (k1, k2) if k2 >= 2 else (k1,)
     h = hierarchical_kmeans(vec, levels, metric="cosine" if store.metric == "cosine" else "l2", seed=seed,
-                            resample_iters=resample_iters)
+                            resample_iters=resample_iters, progress=progress)
     return np.sort(ids[balanced_select(h, target, seed=seed)])
 
 
 def deduplicate(store: EmbeddingStore, threshold: float = 0.95, n_clusters: int | None = None,
                 seed: int = 0) -> np.ndarray:
-    """Ids kept after SemDeDup-style removal: one id (the smallest) per near-duplicate group."""
+    """Ids kept after SemDeDup-style removal: one id (the smallest) per near-duplicate group.
+
+    Example:
+        >>> import numpy as np
+        >>> store = EmbeddingStore(2, metric="cosine"); _ = store.add(np.array([[1., 0], [1, 1e-3], [0, 1]]))
+        >>> deduplicate(store, threshold=0.99).tolist()
+        [0, 2]
+    """
     from ..difficulty.geometry import near_duplicates
 
     groups = near_duplicates(store, threshold, n_clusters=n_clusters, seed=seed)
@@ -253,7 +286,14 @@ def deduplicate(store: EmbeddingStore, threshold: float = 0.95, n_clusters: int 
 def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resample_iters: int = 3) -> np.ndarray:
     """Cluster of every dataset id (``groups[id]``, ``-1`` for ids not stored), for
     ``CurriculumSampler(..., balance="cluster", groups=...)``: k-means++ seeded, resampling-refined
-    k-means (one level of :func:`hierarchical_kmeans`), so tail clusters get their own groups."""
+    k-means (one level of :func:`hierarchical_kmeans`), so tail clusters get their own groups.
+
+    Example:
+        >>> import numpy as np
+        >>> store = EmbeddingStore(2, metric="l2"); _ = store.add(np.array([[0., 0], [0, 1], [9, 9], [9, 8]]))
+        >>> g = cluster_groups(store, 2); bool(g[0] == g[1] and g[2] == g[3] and g[0] != g[2])
+        True
+    """
     n_clusters = C.positive_int(n_clusters, "n_clusters")
     h = hierarchical_kmeans(store.vectors(), (n_clusters,), metric="cosine" if store.metric == "cosine" else "l2",
                             seed=seed, resample_iters=resample_iters)
@@ -261,3 +301,7 @@ def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resamp
     groups = np.full(int(ids.max()) + 1, -1, np.int64)
     groups[ids] = h.assignments[0]
     return groups
+
+
+__all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'balanced_select', 'curate', 'deduplicate',
+           'cluster_groups']

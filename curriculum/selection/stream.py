@@ -52,6 +52,7 @@ class SlidingWindowStore:
         return self.count
 
     def add(self, x: np.ndarray) -> None:
+        """Append embeddings; the oldest fall out of the window first."""
         x = self._metric.prepare(C.as_vectors(x, "x", self.dim)[-self.capacity:], "x")
         n = len(x)
         end = self.ptr + n
@@ -129,6 +130,7 @@ class StreamSelector(IterableDataset):
         self.max_buffer = 0
 
     def keep_share(self, window_index: int) -> float:
+        """Share of window ``window_index`` kept: ``keep``, or the pacing mapped into ``keep_range``."""
         if self.pacing is None:
             return self.keep
         lo, hi = self.keep_range
@@ -210,3 +212,5 @@ class StreamSelector(IterableDataset):
         for j in chosen:
             yield buf[int(j)]
 
+
+__all__ = ['SlidingWindowStore', 'StreamSelector']

@@ -42,6 +42,7 @@ import numpy as np
 
 from .._util import checks as C
 from .._util.background import BackgroundTask
+from .._util.progress import want
 from ..neighbors import METRICS, first_k_valid, get_metric
 from . import graph as G
 from . import persistence
@@ -136,6 +137,7 @@ class EmbeddingStore:
 
     @property
     def has_labels(self) -> bool:
+        """Whether every stored row carries a label (label-aware scores and mining need it)."""
         with self._lock:
             return bool(self._rows.n) and bool((self._rows.live("labels") >= 0).all())
 
@@ -271,7 +273,7 @@ class EmbeddingStore:
         if self._im.needs_rebuild():
             self.rebuild(background=True)
 
-    def _build_and_install(self, progress: bool) -> None:
+    def _build_and_install(self, progress: bool | None) -> None:
         """Build from a snapshot outside the lock; install under it (replaying later writes)."""
         with self._lock:
             n = len(self)
@@ -279,11 +281,11 @@ class EmbeddingStore:
                 self._im.drop()
                 return
             snap, spec = self._rows.snapshot(self._version), self._im.approx_spec(n)
-        index = self._im.build(snap.vec, snap.ids, spec, progress)
+        index = self._im.build(snap.vec, snap.ids, spec, want(progress, len(snap.ids)))
         with self._lock:
             self._im.install(index, self._rows, snap.version)
 
-    def build(self, progress: bool = False) -> None:
+    def build(self, progress: bool | None = None) -> None:
         """Bring the approximate index up to date now: wait for a running background rebuild, then
         build unless the installed index is current (nothing stale). Exact stores drop the index."""
         self._rebuild_task.wait()  # outside the lock: the rebuild installs under it
@@ -292,7 +294,7 @@ class EmbeddingStore:
         if not fresh:
             self._build_and_install(progress)
 
-    def rebuild(self, background: bool = False, progress: bool = False) -> bool:
+    def rebuild(self, background: bool = False, progress: bool | None = None) -> bool:
         """Rebuild the approximate index from the current vectors.
 
         With ``background=True`` the new index is built in a thread while searches keep using
@@ -301,9 +303,9 @@ class EmbeddingStore:
         foreground, waits for a running background build, then builds. A failed background
         build is re-raised by the next ``rebuild``, ``build``, ``search`` or :meth:`wait_rebuild`.
         """
-        if background:
+        if background:  # a bar from a background thread would cut into the training loop's output
             self._rebuild_task.check()
-            return self._rebuild_task.start(lambda: self._build_and_install(progress))
+            return self._rebuild_task.start(lambda: self._build_and_install(bool(progress)))
         self._rebuild_task.wait()
         self._build_and_install(progress)
         return True
@@ -373,7 +375,7 @@ class EmbeddingStore:
         return first_k_valid(d, ids, ok, k)
 
     # ------------------------------------------------------------------ graph and clusters
-    def knn(self, k: int, exclude_self: bool = True, batch_size: int = 8192, progress: bool = False,
+    def knn(self, k: int, exclude_self: bool = True, batch_size: int = 8192, progress: bool | None = None,
             method: str = "auto", nprobe: int | None = None,
             target_recall: float | None = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """The all-points kNN graph: ``k`` nearest stored ids of every stored row.
@@ -418,7 +420,7 @@ class EmbeddingStore:
             self._ensure_index()
             if self._im.index is None:
                 raise ValueError("method: 'index' needs an approximate index (this store searches exactly)")
-        d, ids, report = G.graph(snap, k, self.metric, method, nprobe, bool(exclude_self), progress,
+        d, ids, report = G.graph(snap, k, self.metric, method, nprobe, bool(exclude_self), want(progress, len(snap.ids)),
                                  target if tune else None, batch_size, self._locked_candidates)
         self.last_knn_report = report  # what ran: method, nprobe, recall estimate, pairs scored
         self._knn_cache = (key, k, d, ids)  # reused by every score computed before the next write
@@ -450,7 +452,7 @@ class EmbeddingStore:
         return G.knn_plan(snap.vec, k, self.metric, nprobe, bool(exclude_self), target)[0]
 
     def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,
-               spherical: bool | None = None, progress: bool = False) -> G.KMeansResult:
+               spherical: bool | None = None, progress: bool | None = None) -> G.KMeansResult:
         """faiss k-means over the stored vectors (spherical under the cosine metric).
 
         ``nredo`` runs k-means that many times from different seeds and keeps the best objective.
@@ -472,12 +474,12 @@ class EmbeddingStore:
         if n_clusters > vec.shape[0]:
             raise ValueError(f"n_clusters: expected at most the store size {vec.shape[0]}, got {n_clusters}")
         sph = self.metric == "cosine" if spherical is None else bool(spherical)
-        return G.kmeans(vec, self.metric, n_clusters, seed, niter, nredo, sph, progress)
+        return G.kmeans(vec, self.metric, n_clusters, seed, niter, nredo, sph, want(progress, len(vec)))
 
     # ------------------------------------------------------------------ embedding a dataset
     @classmethod
     def from_model(cls, model: Any, dataset: Any, batch_size: int = 256, device: Any = None,
-                   progress: bool = True, metric: str = "cosine", index: str = "auto",
+                   progress: bool | None = None, metric: str = "cosine", index: str = "auto",
                    num_workers: int = 0, collate_fn: Any = None, step: int | None = None,
                    input_key: str | None = None, label_key: str | None = None,
                    **store_kwargs: Any) -> "EmbeddingStore":
@@ -552,3 +554,5 @@ def _exclusions(exclude_ids: Any, n_queries: int) -> np.ndarray | None:
         raise TypeError(f"exclude_ids: expected integer ids, got dtype {excl.dtype}")
     return excl.astype(np.int64)
 
+
+__all__ = ['EmbeddingStore']

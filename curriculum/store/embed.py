@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._util import checks as C
-from .._util.progress import progress_bar
+from .._util.progress import progress_bar, want
 
 
 def _model_device(model: Any, device: Any) -> Any:
@@ -38,7 +38,7 @@ def _split(batch: Any, input_key: str | None, label_key: str | None) -> tuple[An
     return x, y
 
 
-def embed_dataset(cls: Any, model: Any, dataset: Any, batch_size: int, device: Any, progress: bool, metric: str,
+def embed_dataset(cls: Any, model: Any, dataset: Any, batch_size: int, device: Any, progress: bool | None, metric: str,
                   index: str, num_workers: int, collate_fn: Any, step: int | None, store_kwargs: dict,
                   input_key: str | None = None, label_key: str | None = None) -> Any:
     """See :meth:`curriculum.EmbeddingStore.from_model`."""
@@ -58,7 +58,7 @@ def embed_dataset(cls: Any, model: Any, dataset: Any, batch_size: int, device: A
     offset = 0
     model.eval()
     try:
-        with torch.no_grad(), progress_bar(total=len(dataset), desc="embedding", disable=not progress) as bar:
+        with torch.no_grad(), progress_bar(total=len(dataset), desc="embedding", disable=not want(progress, len(dataset), 10_000)) as bar:
             for batch in loader:
                 x, y = _split(batch, input_key, label_key)
                 z = model(x.to(device) if hasattr(x, "to") else x)
@@ -76,3 +76,6 @@ def embed_dataset(cls: Any, model: Any, dataset: Any, batch_size: int, device: A
     if store is None:
         raise ValueError("dataset: expected at least one item, got an empty dataset")
     return store
+
+
+__all__ = ['embed_dataset']

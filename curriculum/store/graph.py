@@ -24,7 +24,16 @@ EXACT_PAIR_SHARE = 0.4  # a blocked plan scoring this share of all pairs runs ex
 @dataclass(frozen=True)
 class KMeansResult:
     """Output of :meth:`EmbeddingStore.kmeans`: centroids, the cluster of every stored row (in
-    ``store.ids`` order) and each row's distance to its centroid (store metric)."""
+    ``store.ids`` order) and each row's distance to its centroid (store metric).
+
+    Example:
+        >>> import numpy as np
+        >>> from curriculum import EmbeddingStore
+        >>> store = EmbeddingStore(2, metric="l2"); _ = store.add(np.array([[0., 0], [0, 1], [9, 9], [9, 8]], np.float32))
+        >>> km = store.kmeans(2, seed=0, progress=False)
+        >>> sorted(np.bincount(km.assignments).tolist()), km.centroids.shape
+        ([2, 2], (2, 2))
+    """
 
     centroids: np.ndarray
     assignments: np.ndarray
@@ -118,3 +127,7 @@ def kmeans(vec: np.ndarray, metric: str, n_clusters: int, seed: int, niter: int,
     cent = np.ascontiguousarray(km.centroids, np.float32)
     d, a = brute_knn(vec, cent, 1, met)  # "ip" assigns by largest inner product
     return KMeansResult(cent, a[:, 0].astype(np.int64), d[:, 0])
+
+
+__all__ = ['EXACT_GRAPH_MIN_ROWS', 'DEFAULT_NPROBE', 'EXACT_PAIR_SHARE', 'KMeansResult', 'knn_plan', 'graph',
+           'kmeans']

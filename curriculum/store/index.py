@@ -121,3 +121,6 @@ class IndexManager:
     def on_remove(self, count: int) -> None:
         if self.index is not None:
             self.stale += count
+
+
+__all__ = ['auto_nlist', 'ivf_of', 'IndexManager']

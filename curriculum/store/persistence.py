@@ -122,3 +122,6 @@ def _index(raw: np.ndarray | None, header: dict[str, Any], path: str) -> Any:
     if index.d != header["dim"]:
         raise ValueError(f"index: expected dimension {header['dim']} (the header's dim) in {path!r}, got {index.d}")
     return index
+
+
+__all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'HEADER_KEYS', 'ARRAYS', 'check_extra', 'write', 'read']

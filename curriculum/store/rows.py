@@ -16,7 +16,16 @@ _FIELDS = ("vec", "ids", "labels", "steps", "version")
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The rows at one store version (copies: later writes never show through)."""
+    """The rows at one store version (copies: later writes never show through).
+
+    Example:
+        >>> import numpy as np
+        >>> from curriculum import EmbeddingStore
+        >>> store = EmbeddingStore(1, metric="l2"); _ = store.add(np.array([[0.], [1]]))
+        >>> snap = store.snapshot(); _ = store.add(np.array([[2.]]))
+        >>> len(snap), len(store)
+        (2, 3)
+    """
 
     vec: np.ndarray
     ids: np.ndarray
@@ -124,3 +133,6 @@ class Rows:
         self.vec[:n], self.ids[:n], self.labels[:n], self.steps[:n] = vec, ids, labels, steps
         self.n = n
         self._rebuild_map()
+
+
+__all__ = ['MISSING', 'Snapshot', 'Rows']

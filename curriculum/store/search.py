@@ -210,3 +210,6 @@ class Search:
         if excl.ndim == 2:
             return (ids[:, :, None] == excl[:, None, :]).any(-1)
         return np.isin(ids, excl)
+
+
+__all__ = ['Search']
