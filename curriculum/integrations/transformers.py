@@ -212,7 +212,11 @@ class CurriculumTrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         per = self.per_sample_loss(outputs, inputs).detach().float().reshape(-1)
         logits = outputs.get("logits") if isinstance(outputs, dict) else None
-        logits = logits.detach().float() if logits is not None and logits.ndim == 2 else None
-        idx, per, logits = gather_rows([torch.as_tensor(idx).reshape(-1).long(), per, logits])
-        self.recorder.update(idx.cpu(), loss=per.cpu(), logits=None if logits is None else logits.cpu())
+        labels = inputs.get("labels", inputs.get("label"))
+        if logits is None or logits.ndim != 2 or labels is None or labels.ndim != 1:
+            logits = labels = None  # margins and the like need class logits and labels
+        idx, per, logits, labels = gather_rows([torch.as_tensor(idx).reshape(-1).long(), per,
+                                                None if logits is None else logits.detach().float(),
+                                                None if labels is None else labels.detach().long()])
+        self.recorder.update(idx, loss=per, logits=logits, labels=labels)
         return (loss, outputs) if return_outputs else loss

@@ -35,3 +35,16 @@ def write(out, tag, batches, recorder):
     ema = np.nan_to_num(recorder.loss_ema, nan=-1.0).tolist() if recorder is not None else None
     with open(os.path.join(out, f"{tag}-rank{r}.json"), "w") as f:
         json.dump({"batches": batches, "loss_ema": ema}, f)
+
+
+def parse_args():
+    """``OUT TAG --epochs E [--max-steps S] [--resume CHECKPOINT]``, the same for every script."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("tag")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--max-steps", type=int, default=-1, help="stop (and checkpoint) after this many steps")
+    ap.add_argument("--resume", default=None, help="the framework's checkpoint to resume from")
+    return ap.parse_args()

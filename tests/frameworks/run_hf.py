@@ -1,6 +1,5 @@
 """Hugging Face Trainer run: python run_hf.py OUT TAG --epochs E [--max-steps S] [--resume DIR] (under torchrun for DDP)."""
 
-import argparse
 import os
 import sys
 
@@ -12,7 +11,7 @@ from transformers import TrainingArguments  # noqa: E402
 
 import curriculum as cl  # noqa: E402
 from curriculum.integrations.transformers import CurriculumTrainer, with_index  # noqa: E402
-from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, pacing, write  # noqa: E402
+from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, pacing, parse_args, write  # noqa: E402
 
 
 class Net(torch.nn.Module):
@@ -37,13 +36,7 @@ class Recording(CurriculumTrainer):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("tag")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--max-steps", type=int, default=-1)
-    ap.add_argument("--resume", default=None)
-    a = ap.parse_args()
+    a = parse_args()
     ds = datasets.Dataset.from_dict({"x": X, "labels": Y}).with_format("torch")
     args = TrainingArguments(output_dir=os.path.join(a.out, f"{a.tag}-ckpt"), per_device_train_batch_size=BATCH,
                              num_train_epochs=a.epochs, max_steps=a.max_steps, learning_rate=0.1,

@@ -1,6 +1,5 @@
 """Lightning run: python run_lightning.py OUT TAG --epochs E [--max-steps S] [--resume CKPT] (under torchrun for DDP)."""
 
-import argparse
 import os
 import sys
 
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import curriculum as cl  # noqa: E402
 from curriculum.integrations.lightning import CurriculumCallback  # noqa: E402
-from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, pacing, write  # noqa: E402
+from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, pacing, parse_args, write  # noqa: E402
 
 
 class Model(L.LightningModule):
@@ -41,13 +40,7 @@ class Model(L.LightningModule):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("tag")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--max-steps", type=int, default=-1)
-    ap.add_argument("--resume", default=None)
-    a = ap.parse_args()
+    a = parse_args()
     world = int(os.environ.get("WORLD_SIZE", 1))
     ckpt = ModelCheckpoint(dirpath=os.path.join(a.out, f"{a.tag}-ckpt"), every_n_train_steps=max(a.max_steps, 0) or None,
                            save_top_k=-1, save_on_train_epoch_end=False) if a.max_steps > 0 else None

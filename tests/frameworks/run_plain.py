@@ -5,7 +5,6 @@ and world size when iteration starts. At --max-steps the loop saves ``loader.sta
 ``torch.save`` and stops; --resume reads it back with ``torch.load(weights_only=True)``.
 """
 
-import argparse
 import os
 import sys
 
@@ -16,17 +15,11 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import curriculum as cl  # noqa: E402
-from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, pacing, rank_world, write  # noqa: E402
+from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, pacing, parse_args, rank_world, write  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("tag")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--max-steps", type=int, default=-1)
-    ap.add_argument("--resume", default=None)
-    a = ap.parse_args()
+    a = parse_args()
     ds = TensorDataset(torch.from_numpy(X), torch.from_numpy(Y))
     rec = cl.Recorder(N, CLASSES, labels=Y)
     loader = cl.wrap(DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=1), difficulty=SCORES,
