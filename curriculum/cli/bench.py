@@ -50,8 +50,12 @@ def sgemm_gflops() -> float:
     return 2 * 2048 * 128 * 32768 * 5 / (time.perf_counter() - t) / 1e9
 
 
-def datasets(n: int, dim: int, data: str | None = None) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+def datasets(n: int, dim: int, data: str | None = None, real: bool = False) -> dict[str, np.ndarray]:
+    """The kNN section's data sets at ``n`` rows: Fashion-MNIST pixel-PCA, clustered low-rank,
+    isotropic Gaussian and, with ``real``, the real embeddings of :mod:`curriculum.cli.real_embeddings`
+    (a set smaller than ``n`` is left out rather than tiled; the CNN features reach ``n`` with
+    augmented copies of the images, which are distinct points)."""
+    out: dict[str, np.ndarray] = _real_sets(n, data) if real else {}
     try:
         ds = load_real(data)
         imgs = ds.images
@@ -67,6 +71,30 @@ def datasets(n: int, dim: int, data: str | None = None) -> dict[str, np.ndarray]
         pass
     out["clustered low-rank"] = clustered(n, dim, n_clusters=max(10, n // 1000), intrinsic_dim=16, seed=1)[0]
     out["isotropic Gaussian"] = np.random.default_rng(2).normal(size=(n, dim)).astype(np.float32)
+    return out
+
+
+def _real_sets(n: int, data: str | None) -> dict[str, np.ndarray]:
+    from . import real_embeddings as R
+
+    out: dict[str, np.ndarray] = {}
+    try:
+        x, _ = R.text_embeddings()
+        if n <= len(x):
+            rows = np.sort(np.random.default_rng(0).choice(len(x), n, replace=False)) if n < len(x) else slice(None)
+            out[f"Debian descriptions MiniLM-384 (real text, of {len(x):,})"] = np.ascontiguousarray(x[rows])
+        else:
+            print(f"  text set: {len(x):,} rows, fewer than N={n:,}: left out (not tiled)")
+    except FileNotFoundError as exc:
+        print(f"  text set skipped: {exc}")
+    try:
+        ds = load_real(data)
+        aug = max(0, int(np.ceil(n / len(ds.images))) - 1)
+        x, _ = R.cnn_features(ds.images, ds.labels, augment=aug)
+        name = "Fashion-MNIST CNN-128 (real images" + (f", {aug} augmented copies)" if aug else ")")
+        out[name] = np.ascontiguousarray(x[:n])
+    except FileNotFoundError as exc:
+        print(f"  CNN features skipped: {exc}")
     return out
 
 
@@ -95,16 +123,20 @@ def _peers(x: np.ndarray, k: int, sample: np.ndarray) -> list[tuple[str, Callabl
     else:
         peers.append(("hnswlib", None))
     if importlib.util.find_spec("pynndescent"):
-        def run_nnd() -> tuple[float, float, np.ndarray]:
+        warm: list[bool] = []
+
+        def run_nnd(nn: int) -> tuple[float, float, np.ndarray]:
             import pynndescent
-            # numba compiles on first use (~30 s here), some paths only at realistic sizes: warm up
-            # on 20,000 rows of the same data, outside the timing
-            pynndescent.NNDescent(np.ascontiguousarray(x[:20_000]), n_neighbors=k + 1, random_state=0).neighbor_graph
+            if not warm:  # numba compiles on first use (~30 s here), some paths only at realistic sizes:
+                # warm up on 20,000 rows of the same data, outside the timing
+                pynndescent.NNDescent(np.ascontiguousarray(x[:20_000]), n_neighbors=k + 1, random_state=0).neighbor_graph
+                warm.append(True)
             t = time.perf_counter()
-            idx = pynndescent.NNDescent(x, n_neighbors=k + 1, random_state=0)
+            idx = pynndescent.NNDescent(x, n_neighbors=nn, random_state=0)
             g, _ = idx.neighbor_graph
-            return time.perf_counter() - t, 0.0, g[sample].astype(np.int64)
-        peers.append(("pynndescent", run_nnd))
+            return time.perf_counter() - t, 0.0, g[sample, :k + 1].astype(np.int64)
+        for nn in (k + 1, 2 * k, 3 * k):  # its recall knob: more neighbours per node
+            peers.append((f"pynndescent n_neighbors={nn}", lambda nn=nn: run_nnd(nn)))
     else:
         peers.append(("pynndescent", None))
     if importlib.util.find_spec("sklearn"):
@@ -182,9 +214,9 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
                  save: Callable[[list[dict[str, Any]]], None], max_method_s: float = 600.0,
                  peers: bool = True) -> list[dict[str, Any]]:
     bench = _KnnBench(k, queries, gf, save, max_method_s)
-    bar = progress_bar(total=3 * len(sizes), desc="bench data sets")
+    bar = progress_bar(total=(3 if quick else 5) * len(sizes), desc="bench data sets")
     for n in sizes:
-        for name, x in datasets(n, dim, data).items():
+        for name, x in datasets(n, dim, data, real=not quick).items():
             bar.update(1)
             bench.start(name, x)
             bench.ours((4, 8) if quick else (4, 8, 16, 32))
@@ -209,8 +241,12 @@ class _KnnBench:
 
     def start(self, name: str, x: np.ndarray) -> None:
         """A new data set: its query sample and exact neighbours (faiss flat, time extrapolated)."""
+        from .real_embeddings import intrinsic_dimension
+
         self.name, self.x = name, x
         n = len(x)
+        self.intrinsic = intrinsic_dimension(x, sample=1000)
+        print(f"  {name}: N={n:,} d={x.shape[1]} intrinsic dimension (TwoNN) {self.intrinsic:.1f}", flush=True)
         self.sample = np.random.default_rng(3).choice(n, min(self.queries, n), replace=False)
         t = time.perf_counter()
         _, ex = brute_knn(x[self.sample], x, self.k + 1, "l2")
@@ -229,7 +265,8 @@ class _KnnBench:
                "recall@10": None if found is None else _recall(found, self.exact),
                "gflops_effective": 2.0 * n * n * dim / total / 1e9 if total > 0 else None, "note": note,
                "peak_extra_mb": mem,
-               "sgemm_bound_s": None if pairs is None else pairs * 2.0 * dim / (self.gf * 1e9)}
+               "sgemm_bound_s": None if pairs is None else pairs * 2.0 * dim / (self.gf * 1e9),
+               "intrinsic_dim": round(self.intrinsic, 1)}
         self.rows.append(row)
         self.save(self.rows)
         rec = "skipped" if found is None else f"{row['recall@10']:.4f}"
