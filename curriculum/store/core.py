@@ -389,8 +389,8 @@ class EmbeddingStore:
         unordered pair once and skips pairs of blocks the triangle inequality rules out),
         ``"index"`` (through the approximate index, as ``search`` does), ``"blocked"`` (score each
         ~256-row cluster against its ``nprobe`` nearest clusters with one matrix product - see
-        :func:`curriculum.neighbors.blocked_knn`). ``"auto"``: exact up to ``exact_threshold`` rows
-        or with ``index="flat"``; beyond, the recall the blocked graph would reach is measured on
+        :func:`curriculum.neighbors.blocked_knn`). ``"auto"``: exact below 20,000 rows (and up to
+        ``exact_threshold``) or with ``index="flat"``; from there, the recall the blocked graph would reach is measured on
         512 sampled rows (:func:`curriculum.neighbors.plan_recall`) and the smallest nprobe
         (>= ``nprobe`` when given) meeting ``target_recall`` is used, or exact search when that
         nprobe would score 40% of all pairs or more. ``store.last_knn_report`` says what ran (method,
@@ -409,7 +409,8 @@ class EmbeddingStore:
                              f"{' minus self' if exclude_self else ''}), got {k}")
         tune = method == "auto" and target is not None
         if method == "auto":
-            method = "exact" if (self.index_spec == "flat" or n <= self.exact_threshold) else "blocked"
+            small = n <= self.exact_threshold and n < G.AUTO_PLAN_MIN_ROWS
+            method = "exact" if (self.index_spec == "flat" or small) else "blocked"
         tune = tune and method == "blocked"
         nprobe = floor if tune or nprobe is not None else G.DEFAULT_NPROBE
         key = (snap.version, bool(exclude_self), method, nprobe if method == "blocked" else None)
@@ -432,7 +433,7 @@ class EmbeddingStore:
 
     def plan_knn(self, k: int, nprobe: int | None = None, target_recall: float = 0.95,
                  exclude_self: bool = True) -> dict[str, Any]:
-        """What ``knn(k, method="auto")`` would run on a store past ``exact_threshold``, without
+        """What ``knn(k, method="auto")`` would run on a store of 20,000 rows or more, without
         running it: ``{"method", "nprobe", "recall_estimate", "pair_share"}`` (see :meth:`knn`).
 
         Example:

@@ -19,6 +19,7 @@ from .rows import Snapshot
 EXACT_GRAPH_MIN_ROWS = 50_000  # from here the exact graph runs in blocks (exact engine), below via faiss flat
 DEFAULT_NPROBE = 16  # blocked all-points kNN: clusters probed per cluster (the recall knob)
 EXACT_PAIR_SHARE = 0.4  # a blocked plan scoring this share of all pairs runs exact instead
+AUTO_PLAN_MIN_ROWS = 20_000  # knn(auto) plans from here (below, an exact graph takes well under a second)
 
 
 @dataclass(frozen=True)
@@ -129,5 +130,5 @@ def kmeans(vec: np.ndarray, metric: str, n_clusters: int, seed: int, niter: int,
     return KMeansResult(cent, a[:, 0].astype(np.int64), d[:, 0])
 
 
-__all__ = ['EXACT_GRAPH_MIN_ROWS', 'DEFAULT_NPROBE', 'EXACT_PAIR_SHARE', 'KMeansResult', 'knn_plan', 'graph',
+__all__ = ['EXACT_GRAPH_MIN_ROWS', 'DEFAULT_NPROBE', 'EXACT_PAIR_SHARE', 'AUTO_PLAN_MIN_ROWS', 'KMeansResult', 'knn_plan', 'graph',
            'kmeans']
