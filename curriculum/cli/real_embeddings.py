@@ -210,8 +210,11 @@ def _augment(imgs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def intrinsic_dimension(x: np.ndarray, metric: str = "l2", sample: int = 5000, seed: int = 0) -> float:
-    """TwoNN estimate (Facco et al. 2017) of the intrinsic dimension: ``n / sum(log(r2 / r1))`` over
-    sampled points, from each one's two nearest distances in the whole set (exact duplicates skipped).
+    """TwoNN estimate (Facco et al. 2017) of the intrinsic dimension from the ratios
+    ``mu = r2 / r1`` of each sampled point's two nearest distances in the whole set: the slope of
+    ``-log(1 - F(mu))`` against ``log(mu)`` through the origin over the 90% smallest ratios (the
+    paper's fit; exact duplicates are skipped and the discarded tail holds the near-duplicates, whose
+    huge ratios would otherwise drag the estimate towards 0).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -225,14 +228,17 @@ def intrinsic_dimension(x: np.ndarray, metric: str = "l2", sample: int = 5000, s
     if metric == "cosine":
         x = normalize(x)
     rows = np.random.default_rng(seed).choice(len(x), min(sample, len(x)), replace=False)
-    d, _ = brute_knn(x[rows], x, 8, "l2")  # Euclidean distances
-    r = []
-    for row in d:
-        pos = row[row > 1e-6]  # drop the point itself and exact duplicates
+    d, ids = brute_knn(x[rows], x, 8, "l2")  # Euclidean distances
+    ratios = []
+    for row, nb, me in zip(d, ids, rows):
+        pos = row[(nb != me) & (row > 1e-6 * max(float(row[-1]), 1e-12))]  # not itself, not an exact duplicate
         if len(pos) >= 2:
-            r.append(pos[1] / pos[0])
-    mu = np.log(np.asarray(r, np.float64))
-    return float(len(mu) / mu.sum())
+            ratios.append(pos[1] / pos[0])
+    mu = np.sort(np.asarray(ratios, np.float64))
+    keep = max(2, int(0.9 * len(mu)))
+    f = np.arange(1, len(mu) + 1)[:keep] / len(mu)
+    lx, ly = np.log(mu[:keep]), -np.log(1.0 - f)
+    return float((lx * ly).sum() / (lx * lx).sum())
 
 
 __all__ = ["cache_dir", "debian_descriptions", "text_embeddings", "cnn_features", "intrinsic_dimension"]

@@ -23,10 +23,10 @@ from ..difficulty.base import Difficulty, as_difficulty
 from ..difficulty.dynamics import Recorder
 from .._util.background import BackgroundTask
 from .._util.dist import gather_rows
+from .sampler import CurriculumBatchSampler
 
 LOADER_STATE_FORMAT = "curriculum.loader"
 _RECENT = 64  # batches whose indices feedback(batch=) can still name
-from .sampler import CurriculumBatchSampler
 
 
 class _IndexedDataset(Dataset):

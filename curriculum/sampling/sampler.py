@@ -107,14 +107,16 @@ class CurriculumSampler(Sampler[int]):
         pacing: a :mod:`curriculum.pacing` schedule; default ``Constant(1.0)`` (no curriculum).
         num_samples: draws per epoch, over all ranks (default: the number of scored samples).
         strategy: one of ``threshold``, ``anti``, ``soft``, ``rank``, ``importance``.
-        batch_size: per-rank batch size; the pacing step advances once per batch.
+        batch_size: per-rank batch size; the pacing step advances once per batch. Give the
+            DataLoader's batch size: left out under a non-constant pacing it warns and counts samples.
         seed: base seed; the draw of epoch ``e`` depends only on ``(seed, e)`` and the scores.
         balance: ``None``, ``"class"`` or ``"cluster"`` - pick a group uniformly, then a sample.
         groups: with ``balance``, the class/cluster of every dataset id (``groups[id]``).
         beta: ``(start, end)`` inverse temperatures of the ``soft`` strategy.
         pressure: maximum selection pressure of the ``rank`` strategy.
         smoothing: share of uniform probability mixed into ``importance``.
-        rank, world_size: distributed shard; read from torch.distributed when initialised.
+        rank, world_size: distributed shard; when both are left out, read from torch.distributed
+            when iteration starts (so the sampler may be built before ``init_process_group``).
         drop_last: drop the tail so every rank gets ``num_samples // world_size`` (else pad).
         start_step: pacing step of the first batch of epoch 0.
 
