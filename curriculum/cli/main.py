@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, NotADirectoryError, ValueError, TypeError) as exc:
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         if os.environ.get("CURRICULUM_DEBUG"):
             raise
         print(f"curriculum {args.command}: error: {exc}", file=sys.stderr)
