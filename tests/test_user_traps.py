@@ -107,6 +107,29 @@ def test_an_epoch_set_on_the_sampler_by_a_framework_is_followed():
     assert _drain(a, 12) == _drain(b, 12) and b.epoch == 3
 
 
+def test_a_new_epoch_set_on_the_sampler_after_a_partial_epoch_starts_it():
+    """Lightning's limit_train_batches: part of epoch 0, then sampler.set_epoch(1) and a new iter()."""
+    a, b = _loader(), _loader()
+    _drain(a, 3)
+    a.batch_sampler.sampler.set_epoch(1)
+    b.set_epoch(1)
+    assert _drain(a, 12) == _drain(b, 12) and a.epoch == 1
+
+
+def test_a_loop_that_breaks_mid_epoch_resumes_it_even_after_prefetch_finished_the_epoch():
+    ds = TensorDataset(torch.arange(N, dtype=torch.float32)[:, None])
+    make = lambda: cl.wrap(DataLoader(ds, batch_size=8, num_workers=2, prefetch_factor=8),  # noqa: E731
+                           difficulty=np.random.default_rng(0).random(N), pacing=cl.pacing.Linear(0.3, 20), seed=1)
+    a, b = make(), make()
+    first = []
+    for _ in a:
+        first.append(a.last_indices.tolist())
+        if len(first) == 10:  # the workers have drawn the whole epoch (12 batches) by now
+            break
+    rest = [a.last_indices.tolist() for _ in a]
+    assert first + rest == [b.last_indices.tolist() for _ in b] and a.epoch == 1
+
+
 def test_prefetching_frameworks_save_and_feed_back_the_trained_batch():
     rec = cl.Recorder(N, 3)
     loader = _loader(recorder=rec)

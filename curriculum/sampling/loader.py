@@ -107,6 +107,7 @@ class CurriculumLoader:
         self.loader = DataLoader(_IndexedDataset(loader.dataset), batch_sampler=batch_sampler,
                                  **{**_loader_settings(loader), "collate_fn": _IndexCollate(loader.collate_fn)})
         self._epoch = batch_sampler.sampler.epoch
+        self._sampler_epoch = self._epoch  # the sampler's epoch as this loader last left it
         self._delivered = 0          # batches handed to the training loop this epoch
         self._trained: int | None = None  # batches the loop reported finished (mark_trained)
         self._recent: dict[int, torch.Tensor] = {}  # batch number in the epoch -> its indices
@@ -154,6 +155,7 @@ class CurriculumLoader:
             self._epoch, self._delivered, self._trained = epoch, 0, None
             self._recent.clear()
             self.batch_sampler.sampler.seek(epoch, 0)
+            self._sampler_epoch = epoch
 
     def mark_trained(self, batch: int) -> None:
         """The training loop finished batch number ``batch`` (0-based, this epoch): ``state_dict``
@@ -172,7 +174,7 @@ class CurriculumLoader:
         s = self.batch_sampler.sampler
         if self._delivered >= len(self.batch_sampler) > 0:
             self._next_epoch()  # the last iterator stopped after the epoch's last batch (Lightning's does)
-        if self._delivered == 0 and s.position == 0 and s.epoch != self._epoch:
+        if s.epoch != self._sampler_epoch and s.position == 0:
             self.set_epoch(s.epoch)  # a framework set the epoch on the sampler itself (Lightning does)
         while True:
             # rewind the sampler (prefetching ran it ahead) to what the loop received: a score
@@ -188,12 +190,14 @@ class CurriculumLoader:
                 self._apply_pending()
                 if self.rescore_every and self._delivered % self.rescore_every == 0:
                     self._start_rescore()
+                self._sampler_epoch = s.epoch  # prefetching may have finished its epoch: that was us
                 yield (idx, batch) if self.with_indices else batch
                 if self._changed:  # batches prefetched with the old scores are dropped
                     break
             else:
                 break
         self._next_epoch()
+        self._sampler_epoch = s.epoch
 
     def _next_epoch(self) -> None:
         self._epoch += 1
@@ -325,6 +329,7 @@ class CurriculumLoader:
         if self.recorder is not None:
             self.recorder.load_state_dict(state["recorder"])
         self._epoch, self._delivered = int(state["epoch"]), int(state["delivered"])
+        self._sampler_epoch = self.batch_sampler.sampler.epoch
         self._trained = None
         self._recent.clear()
         self.rescores_applied = int(state.get("rescores_applied", 0))
