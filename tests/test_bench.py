@@ -39,3 +39,12 @@ def test_bench_quick_writes_json_and_png(tmp_path):
     assert {r["what"] for r in sec["loader"]} >= {"plain DataLoader", "wrap (root pacing)"}
     ours = [r for r in res["rows"] if r["method"].startswith("curriculum store.knn nprobe")]
     assert all(r["sgemm_bound_s"] > 0 for r in ours)
+
+
+def test_knn_section_filters_data_sets_and_reports_intrinsic_dimension(tmp_path, capsys):
+    from curriculum.cli.bench import run_bench
+
+    res = run_bench([3000], out=str(tmp_path), quick=True, sections=("knn",), peers=False, only="clustered")
+    assert {row["data"] for row in res["rows"]} == {"clustered low-rank"}
+    dims = {row["intrinsic_dim"] for row in res["rows"]}
+    assert len(dims) == 1 and 5 < dims.pop() < 30  # 16-dimensional clusters in 128-d

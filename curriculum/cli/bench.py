@@ -159,7 +159,8 @@ SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader")
 
 def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-results", queries: int = 1000,
               data: str | None = None, quick: bool = False, sections: tuple[str, ...] = SECTIONS,
-              scores_n: int | None = None, max_method_s: float = 600.0, peers: bool = True) -> dict[str, Any]:
+              scores_n: int | None = None, max_method_s: float = 600.0, peers: bool = True,
+              only: str | None = None) -> dict[str, Any]:
     """Run the benchmark sections; print the tables, write ``bench.json`` (after every step, so a
     long run keeps what it measured) and the PNG; return the results."""
     from . import bench_sections as bs
@@ -184,7 +185,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
             res["rows"] = rows
             save()
 
-        res["rows"] = _knn_section(sizes, dim, k, queries, data, quick, gf, save_knn, max_method_s, peers)
+        res["rows"] = _knn_section(sizes, dim, k, queries, data, quick, gf, save_knn, max_method_s, peers, only)
         png = _plot(res["rows"], out)
         print_table(res["rows"], ["data", "N", "method", "build_s", "query_s", "total_s", "recall@10",
                                   "gflops_effective", "sgemm_bound_s", "peak_extra_mb", "note"],
@@ -212,12 +213,14 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
 
 def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | None, quick: bool, gf: float,
                  save: Callable[[list[dict[str, Any]]], None], max_method_s: float = 600.0,
-                 peers: bool = True) -> list[dict[str, Any]]:
+                 peers: bool = True, only: str | None = None) -> list[dict[str, Any]]:
     bench = _KnnBench(k, queries, gf, save, max_method_s)
     bar = progress_bar(total=(3 if quick else 5) * len(sizes), desc="bench data sets")
     for n in sizes:
         for name, x in datasets(n, dim, data, real=not quick).items():
             bar.update(1)
+            if only is not None and only.lower() not in name.lower():
+                continue
             bench.start(name, x)
             bench.ours((4, 8) if quick else (4, 8, 16, 32))
             bench.auto()

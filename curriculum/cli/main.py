@@ -47,7 +47,7 @@ def _bench(a: argparse.Namespace) -> int:
     sizes = a.sizes or ([20_000] if a.quick else [100_000, 1_000_000])
     sections = tuple(x.strip() for x in a.sections.split(",") if x.strip())
     run_bench(sizes, dim=a.dim, out=a.out, data=a.data, quick=a.quick, sections=sections, scores_n=a.scores_n,
-              max_method_s=a.max_method_s, peers=not a.no_peers)
+              max_method_s=a.max_method_s, peers=not a.no_peers, only=a.datasets)
     return 0
 
 
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-method-s", type=float, default=600.0,
                    help="skip a peer whose run at the previous N predicts more seconds than this (default 600)")
     b.add_argument("--no-peers", action="store_true", help="knn section: ours and exact faiss only")
+    b.add_argument("--datasets", default=None, metavar="TEXT",
+                   help="knn section: only the data sets whose name contains TEXT (e.g. CNN, text, clustered)")
     b.set_defaults(func=_bench)
 
     r = sub.add_parser("report", help="redraw the figures of a finished demo run from its results.json")
