@@ -147,8 +147,10 @@ class CurriculumTrainer(Trainer):
         self.sampler_kwargs = dict(sampler_kwargs or {})
         self.curriculum_sampler: CurriculumSampler | None = None
         self._resume_state: dict[str, Any] | None = None
-        self._make_sampler(len(self.train_dataset) if self.train_dataset is not None else None)  # validate now
-        self.curriculum_sampler = None
+        if self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
+            raise TypeError(f"train_dataset: a curriculum orders a map-style dataset (with __len__), got "
+                            f"{type(self.train_dataset).__name__}")
+        self._make_sampler(None)  # validate the scores, pacing and strategy now
         self.add_callback(_SaveCurriculum(self))
 
     # ------------------------------------------------------------------ sampler
