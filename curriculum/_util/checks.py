@@ -138,3 +138,20 @@ def choice(x: Any, name: str, options: tuple[str, ...]) -> str:
     if x not in options:
         raise ValueError(f"{name}: expected one of {list(options)}, got {x!r}")
     return x
+
+
+def state_format(state: Any, fmt: str, versions: tuple[int, ...], what: str) -> int:
+    """Check a saved state's ``format`` and ``version`` (states written before formats were
+    recorded carry neither: read as ``fmt`` version 1) and return the version; a dict is required.
+
+    Example:
+        >>> state_format({"format": "curriculum.loader", "version": 1}, "curriculum.loader", (1,), "loader")
+        1
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"state: expected a dict from {what}.state_dict(), got {type(state).__name__}")
+    got, version = state.get("format", fmt), state.get("version", 1)
+    if got != fmt or version not in versions:
+        raise ValueError(f"state: format {got!r} version {version!r} is not a {what} state this curriculum reads "
+                         f"({fmt!r} version {', '.join(map(str, versions))})")
+    return int(version)

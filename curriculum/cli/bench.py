@@ -397,11 +397,9 @@ def _plot(rows: list[dict[str, Any]], out: str) -> str:
         ax.axhline(0.95, color="grey", ls=":", lw=1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    p = os.path.join(out, "recall_vs_time.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    from .report import save_figure
+
+    return save_figure(fig, out, "recall_vs_time.png")
 
 
 __all__ = ['sgemm_gflops', 'datasets', 'SECTIONS', 'run_bench']

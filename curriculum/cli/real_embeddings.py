@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .._util.io import atomic_savez
 from .._util.progress import progress_bar
 
 
@@ -123,9 +124,7 @@ def text_embeddings(progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
 
 def _save(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_savez(str(path), arrays)
 
 
 def cnn_features(images: np.ndarray, labels: np.ndarray, augment: int = 0, epochs: int = 2, seed: int = 0,

@@ -20,6 +20,20 @@ def _plt() -> Any:
     return plt
 
 
+def save_figure(fig: Any, out: str, name: str, tight: bool = True) -> str:
+    """Write ``fig`` to ``out/name`` (110 dpi), close it and return the path.
+
+    Example:
+        >>> fig = _plt().figure(); save_figure(fig, tmp_dir, "empty.png")  # doctest: +SKIP
+    """
+    if tight:
+        fig.tight_layout()
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def draw(run_dir: str) -> list[str]:
     """Redraw every figure of a finished run; returns the PNG paths."""
     path = os.path.join(run_dir, "results.json")
@@ -49,11 +63,7 @@ def _accuracy(res: dict, out: str) -> str:
         ax.legend(loc="lower right")
     name = res["data"].split(" from ")[0]
     fig.suptitle(f"{name}: the same CNN and step budget per method; band = min-max over {res['seeds']} seed(s)")
-    fig.tight_layout()
-    p = os.path.join(out, "accuracy.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return save_figure(fig, out, "accuracy.png")
 
 
 def _pacing(res: dict, out: str) -> str:
@@ -77,11 +87,7 @@ def _pacing(res: dict, out: str) -> str:
         ax.set_title(vv["title"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    p = os.path.join(out, "pacing.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return save_figure(fig, out, "pacing.png")
 
 
 def _difficulty(res: dict, out: str) -> str:
@@ -115,10 +121,7 @@ def _difficulty(res: dict, out: str) -> str:
             a.set_yticks([])
             a.set_title(str(labels[i]), fontsize=6, pad=1)
         fig.text(0.46, 0.93 - block * 0.46, f"{title} {n} (label shown above each image)", fontsize=10)
-    p = os.path.join(out, "difficulty.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return save_figure(fig, out, "difficulty.png", tight=False)
 
 
-__all__ = ['COLORS', 'draw']
+__all__ = ['COLORS', 'draw', 'save_figure']

@@ -301,11 +301,7 @@ class Recorder:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (also one read with ``torch.load(weights_only=True)``)."""
-        if not isinstance(state, dict):
-            raise TypeError(f"state: expected a dict from Recorder.state_dict(), got {type(state).__name__}")
-        if state.get("format", RECORDER_STATE_FORMAT) != RECORDER_STATE_FORMAT or state.get("version", 1) != 1:
-            raise ValueError(f"state: format {state.get('format')!r} version {state.get('version')!r} is not a "
-                             f"recorder state this curriculum reads ({RECORDER_STATE_FORMAT!r} version 1)")
+        C.state_format(state, RECORDER_STATE_FORMAT, (1,), "Recorder")
         if state.get("num_samples") != self.num_samples:
             raise ValueError(f"state: recorded for num_samples={state.get('num_samples')}, this recorder has "
                              f"{self.num_samples}")

@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError("curriculum.integrations.transformers needs transformers and accelerate: "
                       "pip install 'curriculum[integrations]'") from exc
 
+from .._util import checks as C
 from .._util.dist import gather_rows
 from ..difficulty.base import as_difficulty
 from ..difficulty.dynamics import Recorder
@@ -179,8 +180,7 @@ class CurriculumTrainer(Trainer):
                 "recorder": None if self.recorder is None else self.recorder.state_dict()}
 
     def _load_curriculum(self, state: dict[str, Any]) -> None:
-        if state.get("format") != "curriculum.hf-trainer" or state.get("version") != 1:
-            raise ValueError(f"{STATE_FILE}: not a CurriculumTrainer state (format {state.get('format')!r})")
+        C.state_format(state, "curriculum.hf-trainer", (1,), "CurriculumTrainer")
         if (state.get("recorder") is None) != (self.recorder is None):
             raise ValueError(f"{STATE_FILE}: recorder presence differs between the checkpoint and this trainer")
         self.curriculum_sampler.load_state_dict(state["sampler"])

@@ -271,8 +271,7 @@ class CrossBatchMemory:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; checked whole first (a bad state changes nothing)."""
-        if not isinstance(state, dict) or state.get("format") != "curriculum.xbm" or state.get("version") != 1:
-            raise ValueError("state: expected a CrossBatchMemory.state_dict() (format 'curriculum.xbm' version 1)")
+        C.state_format(state, "curriculum.xbm", (1,), "CrossBatchMemory")
         for key in ("size", "dim", "distance"):
             if state.get(key) != getattr(self, key):
                 raise ValueError(f"state: {key}={state.get(key)!r} was saved, this memory has {getattr(self, key)!r}")

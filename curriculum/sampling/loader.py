@@ -318,11 +318,7 @@ class CurriculumLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume exactly where :meth:`state_dict` was taken (in this or a new process)."""
-        if not isinstance(state, dict):
-            raise TypeError(f"state: expected a dict from CurriculumLoader.state_dict(), got {type(state).__name__}")
-        if state.get("format", LOADER_STATE_FORMAT) != LOADER_STATE_FORMAT or state.get("version", 1) != 1:
-            raise ValueError(f"state: format {state.get('format')!r} version {state.get('version')!r} is not a loader "
-                             f"state this curriculum reads ({LOADER_STATE_FORMAT!r} version 1)")
+        C.state_format(state, LOADER_STATE_FORMAT, (1,), "CurriculumLoader")
         if (state.get("recorder") is None) != (self.recorder is None):
             raise ValueError("state: recorder presence differs between the saved state and this loader")
         self.batch_sampler.load_state_dict(state["sampler"])

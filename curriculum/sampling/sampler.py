@@ -495,12 +495,7 @@ def _scores_from(st: dict[str, Any], where: str) -> Difficulty:
 
 def _check_state(state: Any) -> dict[str, Any]:
     """A sampler state checked for format, version, keys and value ranges (nothing applied)."""
-    if not isinstance(state, dict):
-        raise TypeError(f"state: expected a dict from state_dict(), got {type(state).__name__}")
-    version = state.get("version", 1)  # 0.1.0 states carry no version: same draws, no pending
-    if state.get("format", STATE_FORMAT) != STATE_FORMAT or version not in (1, STATE_VERSION):
-        raise ValueError(f"state: format {state.get('format')!r} version {version!r} is not a sampler state this "
-                         f"curriculum reads ({STATE_FORMAT!r} versions 1-{STATE_VERSION})")
+    C.state_format(state, STATE_FORMAT, (1, STATE_VERSION), "CurriculumSampler")  # 0.1.0 states: version 1
     missing = [k for k in ("epoch", "consumed", "seed", "num_samples", "world_size", "batch_size", "strategy",
                            "start_step", "scores", "ids") if k not in state]
     if missing:
