@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,43 @@ def nprobe_for(ranks: np.ndarray, target: float, floor: int, n_blocks: int) -> t
     return p, float((flat < p).mean())
 
 
+def sample_truth(vec: np.ndarray, sample: np.ndarray, k: int, metric: str, exclude_self: bool = True,
+                 return_distances: bool = False) -> Any:
+    """The exact ``k`` nearest rows of each ``sample`` row (itself left out with ``exclude_self``),
+    and with ``return_distances`` their distances first.
+
+    Example:
+        >>> x = np.array([[0.], [1.], [3.], [7.]], np.float32)
+        >>> sample_truth(x, np.array([0, 3]), 2, "l2").tolist()
+        [[1, 2], [2, 1]]
+    """
+    dist, ex = exact_topk(vec[sample], vec, k + int(exclude_self), metric)
+    keep = np.stack([(r != q) if exclude_self else np.ones(len(r), bool) for r, q in zip(ex, sample)])
+    rows = np.stack([r[m][:k] for r, m in zip(ex, keep)])
+    return (np.stack([d[m][:k] for d, m in zip(dist, keep)]), rows) if return_distances else rows
+
+
+def sampled_recall(vec: np.ndarray, rows: np.ndarray, k: int, metric: str, exclude_self: bool = True,
+                   seed: int = 0) -> float:
+    """The recall@k of a computed graph (``rows``: each row's neighbour rows, ``-1`` = none)
+    against the exact neighbours of :data:`PLAN_SAMPLE` sampled rows. A found row at no more than
+    the true ``k``-th distance counts (among exact duplicates any choice is right).
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(600, 4)).astype(np.float32)
+        >>> truth = sample_truth(x, np.arange(600), 3, "l2")
+        >>> sampled_recall(x, truth, 3, "l2"), sampled_recall(x, truth[:, ::-1] * 0 - 1, 3, "l2")
+        (1.0, 0.0)
+    """
+    sample = np.random.default_rng(seed).choice(len(vec), min(PLAN_SAMPLE, len(vec)), replace=False)
+    true_d, _ = sample_truth(vec, sample, k, metric, exclude_self, return_distances=True)
+    found = rows[sample, :k]
+    d = get_metric(metric).pair_distances(vec[sample], vec[np.maximum(found, 0)])
+    tol = 1e-5 * np.maximum(np.abs(true_d[:, -1:]), 1.0)
+    hit = (found >= 0) & (d <= true_d[:, -1:] + tol)
+    return float(np.minimum(hit.sum(1), k).mean() / k)
+
+
 @dataclass(frozen=True)
 class RecallPlan:
     """The block plan and the smallest ``nprobe`` whose sampled recall clears the target.
@@ -107,8 +145,7 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
     centroids, assign = block_plan(vec, max(1, n // 256), metric, seed)
     pure = None
     if labels is None:
-        ex = exact_topk(vec[sample], vec, k + int(exclude_self), metric)[1]
-        truth = np.stack([r[r != q][:k] if exclude_self else r[:k] for r, q in zip(ex, sample)])
+        truth = sample_truth(vec, sample, k, metric, exclude_self)
     else:
         truth = exact_topk(vec[sample], vec, k, metric, labels[sample], labels)[1]
         pure = block_purity(labels, assign, len(centroids))
@@ -117,4 +154,4 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
     return RecallPlan(centroids, assign, p, recall)
 
 
-__all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'RecallPlan', 'plan_recall']
+__all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall', 'RecallPlan', 'plan_recall']

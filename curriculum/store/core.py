@@ -389,16 +389,22 @@ class EmbeddingStore:
         unordered pair once and skips pairs of blocks the triangle inequality rules out),
         ``"index"`` (through the approximate index, as ``search`` does), ``"blocked"`` (score each
         ~256-row cluster against its ``nprobe`` nearest clusters with one matrix product - see
-        :func:`curriculum.neighbors.blocked_knn`). ``"auto"``: exact below 20,000 rows (and up to
-        ``exact_threshold``) or with ``index="flat"``; from there, the recall the blocked graph would reach is measured on
-        512 sampled rows (:func:`curriculum.neighbors.plan_recall`) and the smallest nprobe
-        (>= ``nprobe`` when given) meeting ``target_recall`` is used, or exact search when that
-        nprobe would score 40% of all pairs or more. ``store.last_knn_report`` says what ran (method,
-        nprobe, recall estimate, pairs scored); :meth:`plan_knn` says it before running.
+        :func:`curriculum.neighbors.blocked_knn`), ``"descent"`` (NN-descent from a random-projection
+        forest, on a PCA projection above 128 dimensions, final distances exact - see
+        :func:`curriculum.neighbors.descent_knn`). ``"auto"``: exact below 20,000 rows (and up to
+        ``exact_threshold``) or with ``index="flat"``; from there a quick blocked plan on 16,384
+        sampled rows routes the data: where k-means blocks hold the neighbourhoods (clustered
+        data), the recall the blocked graph would reach is measured on 512 sampled rows
+        (:func:`curriculum.neighbors.plan_recall`) and the smallest nprobe (>= ``nprobe`` when
+        given) meeting ``target_recall`` is used, or exact search when that nprobe would score 40%
+        of all pairs or more; where they do not (real text and image embeddings), NN-descent runs
+        and its recall is measured on 512 sampled rows - below ``target_recall`` the exact graph
+        replaces it. ``store.last_knn_report`` says what ran (method, nprobe, recall estimate or
+        measurement, pairs scored); :meth:`plan_knn` says it before running.
         """
         k = C.positive_int(k, "k")
         batch_size = C.positive_int(batch_size, "batch_size")
-        method = C.choice(method, "method", ("auto", "exact", "index", "blocked"))
+        method = C.choice(method, "method", ("auto", "exact", "index", "blocked", "descent"))
         target = None if target_recall is None else C.finite_float(target_recall, "target_recall", 0.0, 1.0,
                                                                      low_open=True)
         floor = 1 if nprobe is None else C.positive_int(nprobe, "nprobe")
@@ -434,7 +440,9 @@ class EmbeddingStore:
     def plan_knn(self, k: int, nprobe: int | None = None, target_recall: float = 0.95,
                  exclude_self: bool = True) -> dict[str, Any]:
         """What ``knn(k, method="auto")`` would run on a store of 20,000 rows or more, without
-        running it: ``{"method", "nprobe", "recall_estimate", "pair_share"}`` (see :meth:`knn`).
+        running it: ``{"method", "recall_estimate", "sample_pair_share"}`` and for the blocked
+        route ``"nprobe"`` and ``"pair_share"`` (see :meth:`knn`; NN-descent's recall is measured
+        when it runs, so its estimate is ``None``).
 
         Example:
             >>> import numpy as np
@@ -442,7 +450,7 @@ class EmbeddingStore:
             >>> store = EmbeddingStore(8, metric="l2")
             >>> _ = store.add(np.random.default_rng(0).normal(size=(2000, 8)).astype("float32"))
             >>> sorted(store.plan_knn(5))
-            ['method', 'nprobe', 'pair_share', 'recall_estimate']
+            ['method', 'nprobe', 'pair_share', 'recall_estimate', 'sample_pair_share']
         """
         k = C.positive_int(k, "k")
         nprobe = 1 if nprobe is None else C.positive_int(nprobe, "nprobe")

@@ -13,13 +13,16 @@ import faiss
 import numpy as np
 
 from .._util.progress import progress_bar
-from ..neighbors import blocked_knn, brute_knn, exact_knn_graph, first_k_valid, get_metric, plan_recall
+from ..neighbors import (blocked_knn, brute_knn, descent_knn, exact_knn_graph, first_k_valid, get_metric, plan_recall,
+                         sampled_recall)
 from .rows import Snapshot
 
 EXACT_GRAPH_MIN_ROWS = 50_000  # from here the exact graph runs in blocks (exact engine), below via faiss flat
 DEFAULT_NPROBE = 16  # blocked all-points kNN: clusters probed per cluster (the recall knob)
 EXACT_PAIR_SHARE = 0.4  # a blocked plan scoring this share of all pairs runs exact instead
 AUTO_PLAN_MIN_ROWS = 20_000  # knn(auto) plans from here (below, an exact graph takes well under a second)
+ROUTE_SAMPLE = 16_384  # rows of the quick blocked plan that routes knn(auto) to blocks or NN-descent
+DESCENT_SUB_SHARE = 0.15  # ... NN-descent when that plan would score more than this share of the pairs
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,25 @@ class KMeansResult:
 
 def knn_plan(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool,
              target: float) -> tuple[dict[str, Any], Any]:
-    """What ``knn(method="auto")`` runs (see :func:`curriculum.neighbors.plan_recall`): the
-    smallest nprobe meeting ``target``, priced by the share of all pairs it scores. A scored pair
-    costs ~1.6x a GEMM pair in the blocked engine (its top-k), while the exact engine scores each
-    unordered pair once (~1.3x per pair with its bound checks): exact wins from ~40% of the pairs."""
+    """What ``knn(method="auto")`` runs. First a blocked plan on :data:`ROUTE_SAMPLE` sampled rows
+    (a tenth of a second): when reaching ``target`` there would score more than
+    :data:`DESCENT_SUB_SHARE` of the pairs, the neighbourhoods do not follow k-means blocks (real
+    text and image embeddings of high intrinsic dimension) and NN-descent runs instead
+    (:func:`curriculum.neighbors.descent_knn`; its recall is measured after it runs). Otherwise the
+    blocked plan on all rows (:func:`curriculum.neighbors.plan_recall`) picks the smallest nprobe
+    meeting ``target``, priced by the share of all pairs it scores: a scored pair costs ~1.6x a
+    GEMM pair in the blocked engine (its top-k), while the exact engine scores each unordered pair
+    once (~1.3x per pair with its bound checks), so exact wins from ~40% of the pairs. An explicit
+    ``floor`` (nprobe > 1) keeps the blocked engine."""
+    n = len(vec)
+    sub = vec[np.random.default_rng(0).choice(n, min(ROUTE_SAMPLE, n), replace=False)] if n > ROUTE_SAMPLE else vec
+    sub_share = plan_recall(sub, k, metric, target, exclude_self=exclude_self).pair_share(len(sub))
+    if floor <= 1 and sub_share > DESCENT_SUB_SHARE:
+        return {"method": "descent", "recall_estimate": None, "sample_pair_share": sub_share}, None
     plan = plan_recall(vec, k, metric, target, floor=floor, exclude_self=exclude_self)
-    share = plan.pair_share(len(vec))
+    share = plan.pair_share(n)
     report = {"method": "exact" if share >= EXACT_PAIR_SHARE else "blocked", "nprobe": plan.nprobe,
-              "recall_estimate": plan.recall_estimate, "pair_share": share}
+              "recall_estimate": plan.recall_estimate, "pair_share": share, "sample_pair_share": sub_share}
     return report, plan
 
 
@@ -59,26 +73,19 @@ def graph(snap: Snapshot, k: int, metric: str, method: str, nprobe: int, exclude
           index_candidates: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None
           ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``(distances, ids, report)`` of the kNN graph of ``snap`` by ``method`` (already resolved
-    from "auto" to "exact" / "blocked" / "index"; ``target`` set = tune nprobe for it)."""
-    vec, report = snap.vec, {"method": method}
-    rows = None
-    if method == "blocked":
-        if target is None:
-            d, rows, st = blocked_knn(vec, k, metric, nprobe=nprobe, exclude_self=exclude_self, progress=progress,
-                                      return_stats=True)
-            report.update(nprobe=nprobe, pairs_scored=st["pairs_scored"])
-        else:
-            report, plan = knn_plan(vec, k, metric, nprobe, exclude_self, target)
-            if report["method"] == "blocked":
-                d, rows, st = blocked_knn(vec, k, metric, nprobe=plan.nprobe, exclude_self=exclude_self,
-                                          progress=progress, centroids=plan.centroids, assign=plan.assign,
-                                          return_stats=True)
-            elif len(vec) >= EXACT_GRAPH_MIN_ROWS:
-                d, rows, st = exact_knn_graph(vec, k, metric, exclude_self=exclude_self, progress=progress,
-                                              centroids=plan.centroids, assign=plan.assign, return_stats=True)
-            method = report["method"]
-            if rows is not None:
-                report["pairs_scored"] = st["pairs_scored"]
+    from "auto" to "exact" / "blocked" / "descent" / "index"; ``target`` set with "blocked" = the
+    auto route of :func:`knn_plan`)."""
+    vec, report, rows = snap.vec, {"method": method}, None
+    if method == "blocked" and target is not None:
+        d, rows, report = _auto(vec, k, metric, nprobe, exclude_self, target, progress)
+        method = report["method"]
+    elif method == "blocked":
+        d, rows, st = blocked_knn(vec, k, metric, nprobe=nprobe, exclude_self=exclude_self, progress=progress,
+                                  return_stats=True)
+        report.update(nprobe=nprobe, pairs_scored=st["pairs_scored"])
+    elif method == "descent":
+        d, rows, st = descent_knn(vec, k, metric, exclude_self=exclude_self, progress=progress, return_stats=True)
+        report.update(st)
     elif method == "exact" and len(vec) >= EXACT_GRAPH_MIN_ROWS:
         d, rows, st = exact_knn_graph(vec, k, metric, exclude_self=exclude_self, progress=progress, return_stats=True)
         report["pairs_scored"] = st["pairs_scored"]
@@ -86,8 +93,35 @@ def graph(snap: Snapshot, k: int, metric: str, method: str, nprobe: int, exclude
         return d, np.where(rows >= 0, snap.ids[np.maximum(rows, 0)], -1), report
     d, ids = _chunked(snap, k, metric, exclude_self, progress, batch_size,
                       index_candidates if method == "index" else None)
-    report.setdefault("pairs_scored", len(vec) * len(vec) if method == "exact" else None)
+    report["pairs_scored"] = report.get("pairs_scored", 0) + len(vec) * len(vec) if method == "exact" else None
     return d, ids, report
+
+
+def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, target: float,
+          progress: bool) -> tuple[Any, Any, dict[str, Any]]:
+    """Run the route :func:`knn_plan` picks; NN-descent whose measured recall falls short of
+    ``target`` (rare: data with no neighbourhood structure, such as isotropic noise) is replaced
+    by the exact graph, and the report says so."""
+    report, plan = knn_plan(vec, k, metric, floor, exclude_self, target)
+    if report["method"] == "descent":
+        d, rows, st = descent_knn(vec, k, metric, exclude_self=exclude_self, progress=progress, return_stats=True)
+        recall = sampled_recall(vec, rows, k, metric, exclude_self)
+        report.update(st, recall_measured=recall)
+        if recall >= target:
+            return d, rows, report
+        report.update(method="exact", descent_recall=recall)
+    elif report["method"] == "blocked":
+        d, rows, st = blocked_knn(vec, k, metric, nprobe=plan.nprobe, exclude_self=exclude_self, progress=progress,
+                                  centroids=plan.centroids, assign=plan.assign, return_stats=True)
+        report["pairs_scored"] = st["pairs_scored"]
+        return d, rows, report
+    if len(vec) < EXACT_GRAPH_MIN_ROWS:
+        return None, None, report  # the caller's faiss search in query chunks
+    extra = {} if plan is None else {"centroids": plan.centroids, "assign": plan.assign}
+    d, rows, st = exact_knn_graph(vec, k, metric, exclude_self=exclude_self, progress=progress, return_stats=True,
+                                  **extra)
+    report["pairs_scored"] = report.get("pairs_scored", 0) + st["pairs_scored"]
+    return d, rows, report
 
 
 def _chunked(snap: Snapshot, k: int, metric: str, exclude_self: bool, progress: bool, batch_size: int,

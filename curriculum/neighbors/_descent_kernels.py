@@ -1,0 +1,382 @@
+"""Compiled kernels of the NN-descent engine (numba, ``parallel``, cached on disk).
+
+Conventions: ``x`` is a C-contiguous float32 matrix; ``kind`` 0 ranks by ``-<a, b>`` (ip, and
+cosine on L2-normalised rows), 1 by the squared L2 distance. A node's list is a max-heap of
+``K`` entries (``dist[i, 0]`` is its worst), ``idx = -1`` marks an empty slot, ``flag`` 1 a
+neighbour not yet joined. Every parallel phase writes only rows it owns (node ``i`` belongs to
+thread ``i % T``), and updates are applied in a fixed order, so the graph does not depend on the
+thread count or timing. Random choices come from a counter-based hash of (seed, ...): no state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_M = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True, inline="always")
+def _hash(a: int, b: int, c: int) -> np.uint64:
+    """splitmix64 of three integers: a deterministic pseudo-random 64-bit value."""
+    z = np.uint64(a) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(b) * np.uint64(0xD1B54A32D192ED03) \
+        + np.uint64(c) * np.uint64(0x8CB92BA72F3D8DD7)
+    z = (z ^ (z >> np.uint64(30))) * _M
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _dist(x, a, b, kind):
+    s = np.float32(0.0)
+    if kind == 0:
+        for t in range(x.shape[1]):
+            s += x[a, t] * x[b, t]
+        return -s
+    for t in range(x.shape[1]):
+        u = x[a, t] - x[b, t]
+        s += u * u
+    return s
+
+
+@njit(cache=True, inline="always")
+def _push(dist, idx, flag, i, d, j, f):
+    """Insert neighbour ``j`` at ``d`` into node ``i``'s heap unless it is no better than the
+    worst or already listed; 1 if inserted."""
+    if d >= dist[i, 0]:
+        return 0
+    K = dist.shape[1]
+    for t in range(K):
+        if idx[i, t] == j:
+            return 0
+    pos = 0
+    while True:
+        c = 2 * pos + 1
+        if c >= K:
+            break
+        if c + 1 < K and dist[i, c + 1] > dist[i, c]:
+            c += 1
+        if dist[i, c] <= d:
+            break
+        dist[i, pos], idx[i, pos], flag[i, pos] = dist[i, c], idx[i, c], flag[i, c]
+        pos = c
+    dist[i, pos], idx[i, pos], flag[i, pos] = d, j, f
+    return 1
+
+
+@njit(cache=True, inline="always")
+def _push_priority(pri, idx, i, p, j):
+    """Keep in row ``i`` the entries of smallest priority (a max-heap on ``pri``), no repeats."""
+    if p >= pri[i, 0]:
+        return
+    K = pri.shape[1]
+    for t in range(K):
+        if idx[i, t] == j:
+            return
+    pos = 0
+    while True:
+        c = 2 * pos + 1
+        if c >= K:
+            break
+        if c + 1 < K and pri[i, c + 1] > pri[i, c]:
+            c += 1
+        if pri[i, c] <= p:
+            break
+        pri[i, pos], idx[i, pos] = pri[i, c], idx[i, c]
+        pos = c
+    pri[i, pos], idx[i, pos] = p, j
+
+
+@njit(cache=True, fastmath=True)
+def _rp_tree(x, leaf_size, seed, tree, angular, perm, bounds):
+    """One random-projection tree: ``perm`` ends up grouped into leaves of at most ``leaf_size``
+    rows, leaf ``l`` = ``perm[bounds[l]:bounds[l + 1]]``; returns the number of leaves."""
+    n, d = x.shape
+    for i in range(n):
+        perm[i] = i
+    stack = np.empty((n + 2, 2), np.int64)  # pending segments are disjoint and non-empty
+    stack[0, 0], stack[0, 1] = 0, n
+    top = 1
+    n_leaves = 0
+    normal = np.empty(d, np.float32)
+    side = np.empty(n, np.uint8)
+    step = 0
+    while top > 0:
+        top -= 1
+        s, e = stack[top, 0], stack[top, 1]
+        m = e - s
+        if m <= leaf_size:
+            bounds[n_leaves] = s
+            n_leaves += 1
+            continue
+        step += 1
+        a = perm[s + np.int64(_hash(seed, tree, 2 * step) % np.uint64(m))]
+        b = perm[s + np.int64(_hash(seed, tree, 2 * step + 1) % np.uint64(m - 1))]
+        if b == a:
+            b = perm[e - 1]
+        off = np.float32(0.0)
+        for t in range(d):
+            normal[t] = x[a, t] - x[b, t]
+            if not angular:
+                off -= normal[t] * (x[a, t] + x[b, t]) * np.float32(0.5)
+        n_left = 0
+        for r in range(s, e):
+            v = off
+            for t in range(d):
+                v += normal[t] * x[perm[r], t]
+            if v == 0:
+                side[r - s] = np.uint8(_hash(seed, tree, perm[r]) & np.uint64(1))
+            else:
+                side[r - s] = 1 if v > 0 else 0
+            n_left += side[r - s]
+        if n_left == 0 or n_left == m:  # a degenerate split (duplicates): halve at random
+            n_left = m // 2
+            for r in range(m):
+                side[r] = 1 if r < n_left else 0
+        lo, hi = s, e - 1
+        while lo < hi:  # partition: side 1 first
+            if side[lo - s] == 1:
+                lo += 1
+            elif side[hi - s] == 0:
+                hi -= 1
+            else:
+                perm[lo], perm[hi] = perm[hi], perm[lo]
+                side[lo - s], side[hi - s] = side[hi - s], side[lo - s]
+        stack[top, 0], stack[top, 1] = s, s + n_left
+        stack[top + 1, 0], stack[top + 1, 1] = s + n_left, e
+        top += 2
+    bounds[n_leaves] = n
+    # leaves were emitted depth-first; sort the starts so bounds[l]..bounds[l+1] is a leaf
+    bounds[:n_leaves + 1] = np.sort(bounds[:n_leaves + 1])
+    return n_leaves
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def rp_forest(x, n_trees, leaf_size, seed, angular):
+    """``n_trees`` random-projection trees built in parallel: ``(perms, bounds, n_leaves)``."""
+    n = x.shape[0]
+    perms = np.empty((n_trees, n), np.int32)
+    bounds = np.zeros((n_trees, n + 1), np.int64)
+    counts = np.zeros(n_trees, np.int64)
+    for t in prange(n_trees):
+        p = np.empty(n, np.int64)
+        counts[t] = _rp_tree(x, leaf_size, seed, t, angular, p, bounds[t])
+        perms[t] = p
+    return perms, bounds, counts
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def join_leaves(x, kind, perm, bounds, n_leaves, dist, idx, flag):
+    """Score every pair inside each leaf of one tree into both rows' heaps (leaves are disjoint,
+    so leaves run in parallel without sharing a row). Returns the pairs scored."""
+    scored = np.zeros(n_leaves, np.int64)
+    for leaf in prange(n_leaves):
+        s, e = bounds[leaf], bounds[leaf + 1]
+        for u in range(s, e):
+            a = perm[u]
+            for v in range(u + 1, e):
+                b = perm[v]
+                d = _dist(x, a, b, kind)
+                _push(dist, idx, flag, a, d, b, 1)
+                _push(dist, idx, flag, b, d, a, 1)
+        scored[leaf] = (e - s) * (e - s - 1) // 2
+    return scored.sum()
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def fill_random(x, kind, seed, dist, idx, flag):
+    """Fill the empty slots of every heap with random rows (scored), as NN-descent starts."""
+    n, K = idx.shape
+    for i in prange(n):
+        tries = 0
+        while idx[i, 0] < 0 and tries < 4 * K + 16:
+            j = np.int64(_hash(seed, i, 7919 + tries) % np.uint64(n))
+            tries += 1
+            if j != i:
+                _push(dist, idx, flag, i, _dist(x, i, j, kind), j, 1)
+
+
+@njit(cache=True, parallel=True)
+def build_candidates(idx, flag, n_cand, seed, it, n_threads):
+    """Each node's sampled new and old candidates: its neighbours and reverse neighbours, at most
+    ``n_cand`` of each kind, picked by a hashed priority. Sampled new neighbours become old."""
+    n, K = idx.shape
+    new_i = np.full((n, n_cand), -1, np.int32)
+    old_i = np.full((n, n_cand), -1, np.int32)
+    new_p = np.full((n, n_cand), np.inf, np.float32)
+    old_p = np.full((n, n_cand), np.inf, np.float32)
+    pri = np.empty((n, K), np.float32)
+    for i in prange(n):
+        for s in range(K):
+            j = idx[i, s]
+            pri[i, s] = np.float32(_hash(seed + it, min(i, j), max(i, j)) >> np.uint64(40))
+    for t in prange(n_threads):
+        for i in range(n):
+            for s in range(K):
+                j = idx[i, s]
+                if j < 0:
+                    continue
+                if flag[i, s]:
+                    if i % n_threads == t:
+                        _push_priority(new_p, new_i, i, pri[i, s], j)
+                    if j % n_threads == t:
+                        _push_priority(new_p, new_i, j, pri[i, s], i)
+                else:
+                    if i % n_threads == t:
+                        _push_priority(old_p, old_i, i, pri[i, s], j)
+                    if j % n_threads == t:
+                        _push_priority(old_p, old_i, j, pri[i, s], i)
+    for i in prange(n):
+        for s in range(K):
+            if flag[i, s]:
+                for c in range(n_cand):
+                    if new_i[i, c] == idx[i, s]:
+                        flag[i, s] = 0
+                        break
+    return new_i, old_i
+
+
+@njit(cache=True, inline="always")
+def _listed(idx, i, j):
+    for t in range(idx.shape[1]):
+        if idx[i, t] == j:
+            return True
+    return False
+
+
+@njit(cache=True, inline="always")
+def _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud):
+    """Score pair (a, b) unless each already lists the other, and record it if it improves an
+    end that does not list the other yet; the sign of the stored row says which: ``ub = b``
+    improves ``b``'s list, ``-1 - b`` does not (likewise ``ua``). Returns the new count."""
+    in_a = _listed(idx, a, b)
+    in_b = _listed(idx, b, a)
+    if in_a and in_b:
+        return c
+    d = _dist(x, a, b, kind)
+    to_a = (not in_a) and d < dist[a, 0]
+    to_b = (not in_b) and d < dist[b, 0]
+    if not (to_a or to_b):
+        return c
+    ua[base + c] = a if to_a else -1 - a
+    ub[base + c] = b if to_b else -1 - b
+    ud[base + c] = d
+    return c + 1
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt):
+    """Local join of nodes ``lo..hi``: candidate pairs (new x new, new x old) closer than either
+    end's current worst, written to node-owned slots of ``ua / ub / ud``."""
+    nc = new_i.shape[1]
+    for i in prange(lo, hi):
+        base = (i - lo) * slot
+        c = 0
+        for p in range(nc):
+            a = new_i[i, p]
+            if a < 0:
+                continue
+            for q in range(p + 1, nc):
+                b = new_i[i, q]
+                if b >= 0:
+                    c = _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud)
+            for q in range(old_i.shape[1]):
+                b = old_i[i, q]
+                if b >= 0 and b != a:
+                    c = _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud)
+        cnt[i - lo] = c
+
+
+@njit(cache=True, parallel=True)
+def _apply(ua, ub, ud, cnt, slot, dist, idx, flag, n_threads):
+    """Apply the recorded updates to the ends they improved, each row by its owning thread, in
+    slot order."""
+    changed = np.zeros(n_threads, np.int64)
+    for t in prange(n_threads):
+        for r in range(cnt.shape[0]):
+            base = r * slot
+            for u in range(cnt[r]):
+                a, b, d = ua[base + u], ub[base + u], ud[base + u]
+                ra = a if a >= 0 else -1 - a
+                rb = b if b >= 0 else -1 - b
+                if a >= 0 and ra % n_threads == t:
+                    changed[t] += _push(dist, idx, flag, ra, d, rb, 1)
+                if b >= 0 and rb % n_threads == t:
+                    changed[t] += _push(dist, idx, flag, rb, d, ra, 1)
+    return changed.sum()
+
+
+@njit(cache=True)
+def local_join(x, kind, new_i, old_i, dist, idx, flag, chunk, n_threads):
+    """One NN-descent round over all nodes, in chunks of ``chunk`` nodes; returns
+    ``(heap updates, pairs scored)``."""
+    n, nc = new_i.shape
+    slot = nc * (nc - 1) // 2 + nc * old_i.shape[1]
+    ua = np.empty(chunk * slot, np.int32)
+    ub = np.empty(chunk * slot, np.int32)
+    ud = np.empty(chunk * slot, np.float32)
+    cnt = np.zeros(chunk, np.int64)
+    changed = 0
+    scored = 0
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        cnt[:] = 0
+        _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt)
+        changed += _apply(ua, ub, ud, cnt[:hi - lo], slot, dist, idx, flag, n_threads)
+        for i in range(lo, hi):
+            m = 0
+            for p in range(nc):
+                m += new_i[i, p] >= 0
+            o = 0
+            for p in range(old_i.shape[1]):
+                o += old_i[i, p] >= 0
+            scored += m * (m - 1) // 2 + m * o
+    return changed, scored
+
+
+@njit(cache=True, parallel=True)
+def sort_heaps(dist, idx):
+    """Each row's heap in ascending distance order (in place)."""
+    for i in prange(dist.shape[0]):
+        order = np.argsort(dist[i])
+        dist[i] = dist[i][order]
+        idx[i] = idx[i][order]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def rescore(x, kind, idx, k):
+    """Each row's ``k`` nearest among its listed rows, scored again on ``x`` (the full vectors
+    after a search in a reduced space): ``(raw scores ascending, rows)``."""
+    n, K = idx.shape
+    out_d = np.empty((n, k), np.float32)
+    out_i = np.empty((n, k), np.int64)
+    for i in prange(n):
+        d = np.empty(K, np.float32)
+        for s in range(K):
+            j = idx[i, s]
+            d[s] = _dist(x, i, j, kind) if j >= 0 else np.inf
+        order = np.argsort(d, kind="mergesort")
+        for s in range(k):
+            out_d[i, s] = d[order[s]]
+            out_i[i, s] = idx[i, order[s]] if d[order[s]] < np.inf else -1
+    return out_d, out_i
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def rescore_heaps(x, kind, dist, idx, flag, new):
+    """Score every listed neighbour again on ``x`` (a finer projection) and rebuild each heap
+    (a list sorted worst-first is a valid max-heap); ``new`` marks every entry for joining."""
+    n, K = idx.shape
+    for i in prange(n):
+        d = np.empty(K, np.float32)
+        for s in range(K):
+            j = idx[i, s]
+            d[s] = _dist(x, i, j, kind) if j >= 0 else np.inf
+        order = np.argsort(-d)
+        ids = idx[i].copy()
+        fl = flag[i].copy()
+        for s in range(K):
+            dist[i, s] = d[order[s]]
+            idx[i, s] = ids[order[s]]
+            flag[i, s] = 1 if new else fl[order[s]]

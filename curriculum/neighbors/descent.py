@@ -1,0 +1,159 @@
+"""The NN-descent all-points kNN engine, for embeddings whose neighbourhoods k-means blocks do not
+follow (real text and image embeddings of high intrinsic dimension).
+
+A forest of random-projection trees gives every row a first list (all pairs inside each leaf);
+NN-descent rounds then score, for every row, pairs among its sampled neighbours and reverse
+neighbours ("a neighbour of my neighbour is likely my neighbour") until almost no list changes.
+Above 128 dimensions the search runs on a PCA projection keeping 97% of the variance, at most
+half the dimensions (the L2
+geometry, which for L2-normalised rows orders pairs as cosine does) over a longer list, and each
+row's list is scored again on the full vectors at the end - the final ``k`` are exact distances.
+The kernels are compiled with numba (:mod:`._descent_kernels`) and use every core; the result is
+deterministic for a seed, whatever the thread count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .._util import checks as C
+from .._util.progress import progress_bar
+from .metric import get_metric
+
+REDUCE_FROM_DIM = 129   # from this dimension the descent runs on a PCA projection
+REDUCE_VARIANCE = 0.97  # ... keeping this share of the variance (at most half the dimensions)
+PCA_SAMPLE = 20_000     # rows the projection is fitted on
+
+
+def _kernels() -> Any:
+    import numba  # noqa: F401  (a clear ImportError if the dependency is missing)
+
+    from . import _descent_kernels
+    return _descent_kernels
+
+
+def pca_projection(x: np.ndarray, variance: float = REDUCE_VARIANCE, seed: int = 0,
+                   max_dim: int | None = None) -> np.ndarray:
+    """Rows of ``x`` centred and projected on the fewest principal axes (fitted on up to
+    :data:`PCA_SAMPLE` sampled rows) that keep ``variance`` of the total, at most ``max_dim``.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> x = (rng.normal(size=(500, 3)) @ rng.normal(size=(3, 40))).astype(np.float32)  # rank 3
+        >>> pca_projection(x, 0.99).shape
+        (500, 3)
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    sample = xt[torch.from_numpy(rng.choice(len(x), min(PCA_SAMPLE, len(x)), replace=False))]
+    mean = sample.mean(0)
+    centred = sample - mean
+    w, v = torch.linalg.eigh((centred.T @ centred).double())
+    w, v = w.flip(0).numpy(), v.flip(1).float()
+    keep = int(np.searchsorted(np.cumsum(w) / max(float(w.sum()), 1e-30), variance) + 1)
+    keep = max(1, min(keep, max_dim or x.shape[1], x.shape[1]))
+    return np.ascontiguousarray(((xt - mean) @ v[:, :keep]).numpy(), np.float32)
+
+
+def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = None, n_trees: int | None = None,
+                leaf_size: int | None = None, max_iters: int = 12, delta: float = 0.005, seed: int = 0,
+                exclude_self: bool = True, reduce: bool | None = None, progress: bool = False,
+                return_stats: bool = False) -> Any:
+    """The ``k`` nearest rows of every row of ``x`` by NN-descent (approximate; see the module).
+
+    ``n_neighbors`` is the length of the working lists (default ``max(k + 10, 2k)``, longer when
+    the search runs reduced); ``n_trees`` / ``leaf_size`` shape the initial forest; rounds stop
+    after ``max_iters`` or when fewer than ``delta * N * n_neighbors`` list entries changed.
+    ``reduce`` (default: from :data:`REDUCE_FROM_DIM` dimensions, not under ``ip``) searches a PCA
+    projection and rescoring the lists on the full rows. Returns ``(distances, rows)`` in the
+    module's convention, and with ``return_stats`` a third item ``{"pairs_scored", "iterations",
+    "dim"}``.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+        >>> d, rows = descent_knn(x, 5, "l2")
+        >>> rows.shape, bool((rows != np.arange(2000)[:, None]).all())
+        ((2000, 5), True)
+    """
+    x = C.as_vectors(x, "x")
+    n, dim = x.shape
+    k = C.positive_int(k, "k")
+    if n < 2 or k > n - int(bool(exclude_self)):
+        raise ValueError(f"k: expected at most {n - int(bool(exclude_self))} (rows of x"
+                         f"{' minus self' if exclude_self else ''}), got {k}")
+    for value, name in ((n_neighbors, "n_neighbors"), (n_trees, "n_trees"), (leaf_size, "leaf_size")):
+        if value is not None:
+            C.positive_int(value, name, minimum=2 if name != "n_trees" else 1)
+    max_iters = C.positive_int(max_iters, "max_iters", minimum=0)
+    delta = C.finite_float(delta, "delta", 0.0, 1.0)
+    met = get_metric(metric)
+    x = met.prepare(x, "x")
+    kern = _kernels()
+    kf = k if exclude_self else k - 1
+    if reduce is None:
+        reduce = dim >= REDUCE_FROM_DIM and met.name != "ip"
+    work = pca_projection(x, seed=seed, max_dim=dim // 2) if reduce else np.ascontiguousarray(x, np.float32)
+    kind = 0 if (met.name == "ip" or (met.name == "cosine" and not reduce)) else 1
+    default = max(kf + 8, int(1.8 * kf)) if reduce else max(kf + 6, int(1.6 * kf))
+    K = min(n - 1, max(kf, n_neighbors or default))
+    trees = n_trees or max(3, min(12, int(round(2 * math.log10(max(n, 10))))))
+    leaf = leaf_size or max(60, min(256, 5 * K))
+    dist = np.full((n, K), np.inf, np.float32)
+    idx = np.full((n, K), -1, np.int32)
+    flag = np.zeros((n, K), np.uint8)
+    stats = {"pairs_scored": 0, "iterations": 0, "dim": int(work.shape[1])}
+    with progress_bar(total=max_iters + 1, desc=f"NN-descent k={k}", disable=not progress) as bar:
+        perms, bounds, counts = kern.rp_forest(work, trees, leaf, seed, kind == 0 and met.name == "cosine")
+        for t in range(trees):
+            stats["pairs_scored"] += int(kern.join_leaves(work, kind, perms[t], bounds[t], counts[t], dist, idx, flag))
+        del perms, bounds
+        kern.fill_random(work, kind, seed, dist, idx, flag)
+        bar.update(1)
+        threads = _threads()
+        n_cand = max(8, min(K, 60))
+        for it in range(max_iters):
+            new_i, old_i = kern.build_candidates(idx, flag, n_cand, seed, it, threads)
+            changed, scored = kern.local_join(work, kind, new_i, old_i, dist, idx, flag, 4096, threads)
+            stats["pairs_scored"] += int(scored)
+            stats["iterations"] = it + 1
+            bar.update(1)
+            if changed <= delta * n * K:
+                break
+    out_d, out_i = _finish(kern, x, met, kind, reduce, dist, idx, kf)
+    if not exclude_self:
+        out_d = np.concatenate([np.zeros((n, 1), np.float32) if met.name != "ip" else
+                                -(x * x).sum(1, keepdims=True).astype(np.float32), out_d], 1)
+        out_i = np.concatenate([np.arange(n)[:, None], out_i], 1)
+    return (out_d, out_i, stats) if return_stats else (out_d, out_i)
+
+
+def _threads() -> int:
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+def _finish(kern: Any, x: np.ndarray, met: Any, kind: int, reduce: bool, dist: np.ndarray, idx: np.ndarray,
+            k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each list as distances in the module's convention (rescored on ``x``
+    when the search ran reduced)."""
+    if reduce:
+        raw, rows = kern.rescore(np.ascontiguousarray(x, np.float32), 0 if met.name != "l2" else 1, idx, k)
+    else:
+        kern.sort_heaps(dist, idx)
+        raw, rows = dist[:, :k].copy(), idx[:, :k].astype(np.int64)
+    rows = np.where(np.isfinite(raw), rows, -1)
+    if met.name == "l2":
+        out = np.sqrt(np.maximum(raw, 0.0))
+    elif met.name == "cosine":
+        out = 1.0 + raw  # raw = -cos
+    else:
+        out = raw
+    return np.ascontiguousarray(out, np.float32), rows

@@ -1,0 +1,131 @@
+"""The NN-descent engine: exact where its lists cover every pair, high recall on structured data,
+exact distances, deterministic for any thread count, and what ``knn(auto)`` routes to it."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import curriculum as cl
+from curriculum.neighbors import descent_knn, exact_topk, pair_distances, sampled_recall
+
+from test_knn_exact import brute_graph
+
+
+def manifold(n: int, dim: int = 64, latent: int = 8, seed: int = 0) -> np.ndarray:
+    """A curved 8-d manifold in ``dim`` dimensions: k-means blocks cut its neighbourhoods."""
+    rng = np.random.default_rng(seed)
+    return np.sin(3 * rng.uniform(size=(n, latent)) @ rng.normal(size=(latent, dim))).astype(np.float32)
+
+
+def exact_rows(x: np.ndarray, k: int, metric: str) -> np.ndarray:
+    rows = exact_topk(x, x, k + 1, metric)[1]
+    return np.stack([r[r != i][:k] for i, r in enumerate(rows)])
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(3, 55), dim=st.integers(1, 12), k=st.integers(1, 6), seed=st.integers(0, 99),
+       metric=st.sampled_from(["l2", "cosine", "ip"]))
+def test_one_leaf_is_brute_force(n, dim, k, seed, metric):
+    # fewer rows than a leaf: every pair is scored, so the graph is exact
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    k = min(k, n - 1)
+    xp = cl.neighbors.get_metric(metric).prepare(x)
+    d, rows = descent_knn(x, k, metric)
+    bd, bi = brute_graph(xp, k, metric)
+    np.testing.assert_allclose(d, bd, rtol=1e-4, atol=1e-4)
+    assert ((rows == bi) | np.isclose(d, bd, rtol=1e-4, atol=1e-4)).all()
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_recall_on_a_curved_manifold(metric):
+    x = manifold(20_000)
+    d, rows, stats = descent_knn(x, 10, metric, return_stats=True)
+    xp = cl.neighbors.get_metric(metric).prepare(x)
+    sample = np.random.default_rng(1).choice(len(x), 500, replace=False)
+    truth = exact_topk(xp[sample], xp, 11, metric)[1]
+    recall = np.mean([np.isin(t[t != q][:10], r).mean() for t, q, r in zip(truth, sample, rows[sample])])
+    assert recall >= 0.95, (recall, stats)
+    assert stats["pairs_scored"] < 0.1 * len(x) ** 2 and stats["iterations"] >= 1
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+@pytest.mark.parametrize("dim", [16, 200])  # 200: searched on a PCA projection, rescored on the rows
+def test_distances_are_exact_sorted_and_rows_distinct(metric, dim):
+    x = manifold(3000, dim=dim, seed=3)
+    d, rows = descent_knn(x, 7, metric)
+    xp = cl.neighbors.get_metric(metric).prepare(x)
+    np.testing.assert_allclose(d, pair_distances(xp, xp[rows], metric), rtol=1e-4, atol=1e-4)
+    assert (np.diff(d, axis=1) >= -1e-6).all()
+    assert (rows != np.arange(len(x))[:, None]).all()
+    assert all(len(set(r)) == len(r) for r in rows.tolist())
+    assert sampled_recall(xp, rows, 7, metric) >= 0.9
+
+
+def test_same_graph_for_a_seed_whatever_the_thread_count():
+    x = manifold(6000, dim=32)
+    a = descent_knn(x, 8, "l2", seed=4)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        b = descent_knn(x, 8, "l2", seed=4)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+    c = descent_knn(x, 8, "l2", seed=5)[1]
+    overlap = np.mean([np.isin(u, v).mean() for u, v in zip(a[1], c)])
+    assert (c != a[1]).any() and overlap > 0.8  # another seed: another, equally good graph
+
+
+def test_self_kept_first_when_asked_and_duplicates_are_safe():
+    x = manifold(3000, dim=16)
+    d, rows = descent_knn(x, 5, "l2", exclude_self=False)
+    assert (rows[:, 0] == np.arange(len(x))).all() and (d[:, 0] == 0).all()
+    same = np.ones((400, 8), np.float32)  # every row identical: every split is degenerate
+    d, rows = descent_knn(same, 4, "cosine")
+    assert (rows >= 0).all() and (rows != np.arange(400)[:, None]).all()
+    assert all(len(set(r)) == 4 for r in rows.tolist()) and np.allclose(d, 0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(k=0), "k: expected an integer >= 1"), (dict(k=30), "k: expected at most 29"),
+    (dict(metric="manhattan"), "metric"), (dict(n_neighbors=1), "n_neighbors"),
+    (dict(delta=2.0), "delta"), (dict(x=np.ones(5)), "x: expected a 2-D array"),
+])
+def test_bad_arguments_are_clear_errors(bad, match):
+    args = dict(x=np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32), k=3, metric="l2") | bad
+    with pytest.raises((ValueError, TypeError), match=match):
+        descent_knn(args.pop("x"), **args)
+
+
+def test_store_auto_routes_manifold_to_descent_and_noise_to_exact():
+    s = cl.EmbeddingStore(64, metric="l2", exact_threshold=0)
+    s.add(manifold(25_000))
+    assert s.plan_knn(10)["method"] == "descent"
+    d, ids = s.knn(10)
+    rep = s.last_knn_report
+    assert rep["method"] == "descent" and rep["recall_measured"] >= 0.95 and rep["pairs_scored"] > 0
+    truth = exact_rows(manifold(25_000), 10, "l2")
+    recall = np.mean([np.isin(t, r).mean() for t, r in zip(truth, ids)])  # ids are rows here (added 0..N-1)
+    assert recall >= 0.95 and abs(recall - rep["recall_measured"]) < 0.03
+    noise = cl.EmbeddingStore(48, metric="l2", exact_threshold=0)
+    noise.add(np.random.default_rng(0).normal(size=(20_000, 48)).astype(np.float32))
+    _, got = noise.knn(5)
+    rep = noise.last_knn_report
+    assert rep["method"] == "exact" and rep["descent_recall"] < 0.95
+    _, exact = noise.knn(5, method="exact")
+    np.testing.assert_array_equal(got, exact)
+
+
+def test_store_descent_method_and_cache():
+    s = cl.EmbeddingStore(32, metric="cosine")
+    s.add(manifold(5000, dim=32))
+    d, ids = s.knn(6, method="descent")
+    assert s.last_knn_report["method"] == "descent" and set(s.last_knn_report) >= {"pairs_scored", "iterations"}
+    assert (ids != s.ids[:, None]).all()
+    d2, ids2 = s.knn(6, method="descent")
+    np.testing.assert_array_equal(ids, ids2)
