@@ -224,6 +224,7 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
                 continue
             bench.start(name, x)
             bench.ours((4, 8) if quick else (4, 8, 16, 32))
+            bench.descent()
             bench.auto()
             if peers:
                 bench.faiss_peers(quick)
@@ -295,6 +296,18 @@ class _KnnBench:
                 el = time.perf_counter() - t
             self.add(f"curriculum store.knn nprobe={npb}", 0.0, el, ids[self.sample], mem=mem.mb,
                      pairs=store.last_knn_report["pairs_scored"])
+
+    def descent(self) -> None:
+        """The NN-descent engine called by name (``knn(auto)`` routes to it where blocks fail)."""
+        store = EmbeddingStore(self.x.shape[1], metric="l2", index="flat")
+        store.add(self.x)
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            _, ids = store.knn(self.k, method="descent", progress=True)
+            el = time.perf_counter() - t
+        rep = store.last_knn_report
+        self.add("curriculum store.knn method=descent", 0.0, el, ids[self.sample],
+                 f"{rep['iterations']} rounds on {rep['dim']} dims", mem=mem.mb, pairs=rep["pairs_scored"])
 
     def auto(self) -> None:
         """The default path, recall-checked; a plan for exact past 200k rows is reported from a timed share."""
