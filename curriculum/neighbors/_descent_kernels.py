@@ -65,29 +65,6 @@ def _push(dist, idx, flag, i, d, j, f):
     return 1
 
 
-@njit(cache=True, inline="always")
-def _push_priority(pri, idx, i, p, j):
-    """Keep in row ``i`` the entries of smallest priority (a max-heap on ``pri``), no repeats."""
-    if p >= pri[i, 0]:
-        return
-    K = pri.shape[1]
-    for t in range(K):
-        if idx[i, t] == j:
-            return
-    pos = 0
-    while True:
-        c = 2 * pos + 1
-        if c >= K:
-            break
-        if c + 1 < K and pri[i, c + 1] > pri[i, c]:
-            c += 1
-        if pri[i, c] <= p:
-            break
-        pri[i, pos], idx[i, pos] = pri[i, c], idx[i, c]
-        pos = c
-    pri[i, pos], idx[i, pos] = p, j
-
-
 @njit(cache=True, fastmath=True)
 def _rp_tree(x, leaf_size, seed, tree, angular, perm, bounds):
     """One random-projection tree: ``perm`` ends up grouped into leaves of at most ``leaf_size``
@@ -204,8 +181,9 @@ def build_candidates(idx, flag, n_cand, seed, it, n_threads):
     n, K = idx.shape
     new_i = np.full((n, n_cand), -1, np.int32)
     old_i = np.full((n, n_cand), -1, np.int32)
-    new_p = np.full((n, n_cand), np.inf, np.float32)
+    new_p = np.full((n, n_cand), np.inf, np.float32)  # heaps on the priority: the smallest are kept
     old_p = np.full((n, n_cand), np.inf, np.float32)
+    unused = np.zeros((n, n_cand), np.uint8)
     pri = np.empty((n, K), np.float32)
     for i in prange(n):
         for s in range(K):
@@ -219,14 +197,14 @@ def build_candidates(idx, flag, n_cand, seed, it, n_threads):
                     continue
                 if flag[i, s]:
                     if i % n_threads == t:
-                        _push_priority(new_p, new_i, i, pri[i, s], j)
+                        _push(new_p, new_i, unused, i, pri[i, s], j, 0)
                     if j % n_threads == t:
-                        _push_priority(new_p, new_i, j, pri[i, s], i)
+                        _push(new_p, new_i, unused, j, pri[i, s], i, 0)
                 else:
                     if i % n_threads == t:
-                        _push_priority(old_p, old_i, i, pri[i, s], j)
+                        _push(old_p, old_i, unused, i, pri[i, s], j, 0)
                     if j % n_threads == t:
-                        _push_priority(old_p, old_i, j, pri[i, s], i)
+                        _push(old_p, old_i, unused, j, pri[i, s], i, 0)
     for i in prange(n):
         for s in range(K):
             if flag[i, s]:
@@ -363,20 +341,4 @@ def rescore(x, kind, idx, k):
     return out_d, out_i
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def rescore_heaps(x, kind, dist, idx, flag, new):
-    """Score every listed neighbour again on ``x`` (a finer projection) and rebuild each heap
-    (a list sorted worst-first is a valid max-heap); ``new`` marks every entry for joining."""
-    n, K = idx.shape
-    for i in prange(n):
-        d = np.empty(K, np.float32)
-        for s in range(K):
-            j = idx[i, s]
-            d[s] = _dist(x, i, j, kind) if j >= 0 else np.inf
-        order = np.argsort(-d)
-        ids = idx[i].copy()
-        fl = flag[i].copy()
-        for s in range(K):
-            dist[i, s] = d[order[s]]
-            idx[i, s] = ids[order[s]]
-            flag[i, s] = 1 if new else fl[order[s]]
+__all__ = ["rp_forest", "join_leaves", "fill_random", "build_candidates", "local_join", "sort_heaps", "rescore"]

@@ -96,7 +96,7 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     met = get_metric(metric)
     x = met.prepare(x, "x")
     kern = _kernels()
-    kf = k if exclude_self else k - 1
+    kf = min(k, n - 1)  # neighbours other than the row itself (itself is merged in after)
     if reduce is None:
         reduce = dim >= REDUCE_FROM_DIM and met.name != "ip"
     work = pca_projection(x, seed=seed, max_dim=dim // 2) if reduce else np.ascontiguousarray(x, np.float32)
@@ -105,33 +105,41 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     K = min(n - 1, max(kf, n_neighbors or default))
     trees = n_trees or max(3, min(12, int(round(2 * math.log10(max(n, 10))))))
     leaf = leaf_size or max(60, min(256, 5 * K))
-    dist = np.full((n, K), np.inf, np.float32)
-    idx = np.full((n, K), -1, np.int32)
-    flag = np.zeros((n, K), np.uint8)
+    lists = (np.full((n, K), np.inf, np.float32), np.full((n, K), -1, np.int32), np.zeros((n, K), np.uint8))
     stats = {"pairs_scored": 0, "iterations": 0, "dim": int(work.shape[1])}
     with progress_bar(total=max_iters + 1, desc=f"NN-descent k={k}", disable=not progress) as bar:
         perms, bounds, counts = kern.rp_forest(work, trees, leaf, seed, kind == 0 and met.name == "cosine")
         for t in range(trees):
-            stats["pairs_scored"] += int(kern.join_leaves(work, kind, perms[t], bounds[t], counts[t], dist, idx, flag))
+            stats["pairs_scored"] += int(kern.join_leaves(work, kind, perms[t], bounds[t], counts[t], *lists))
         del perms, bounds
-        kern.fill_random(work, kind, seed, dist, idx, flag)
+        kern.fill_random(work, kind, seed, *lists)
         bar.update(1)
-        threads = _threads()
-        n_cand = max(8, min(K, 60))
-        for it in range(max_iters):
-            new_i, old_i = kern.build_candidates(idx, flag, n_cand, seed, it, threads)
-            changed, scored = kern.local_join(work, kind, new_i, old_i, dist, idx, flag, 4096, threads)
-            stats["pairs_scored"] += int(scored)
-            stats["iterations"] = it + 1
-            bar.update(1)
-            if changed <= delta * n * K:
-                break
-    out_d, out_i = _finish(kern, x, met, kind, reduce, dist, idx, kf)
-    if not exclude_self:
-        out_d = np.concatenate([np.zeros((n, 1), np.float32) if met.name != "ip" else
-                                -(x * x).sum(1, keepdims=True).astype(np.float32), out_d], 1)
+        _descend(kern, work, kind, lists, seed, max_iters, delta, stats, bar)
+    out_d, out_i = _finish(kern, x, met, kind, reduce, lists[0], lists[1], kf)
+    if not exclude_self:  # the row itself, merged in at its distance (first, except under ip)
+        own = met.pair_distances(x, x).astype(np.float32)[:, None]
+        out_d = np.concatenate([own, out_d], 1)
         out_i = np.concatenate([np.arange(n)[:, None], out_i], 1)
+        order = np.argsort(out_d, axis=1, kind="stable")[:, :k]
+        out_d, out_i = np.take_along_axis(out_d, order, 1), np.take_along_axis(out_i, order, 1)
     return (out_d, out_i, stats) if return_stats else (out_d, out_i)
+
+
+def _descend(kern: Any, work: np.ndarray, kind: int, lists: tuple[np.ndarray, ...], seed: int, max_iters: int,
+             delta: float, stats: dict[str, int], bar: Any) -> None:
+    """NN-descent rounds on ``lists`` (distances, rows, new-flags) until fewer than
+    ``delta * N * K`` entries change or ``max_iters`` rounds ran."""
+    n, K = lists[1].shape
+    threads = _threads()
+    n_cand = max(8, min(K, 60))
+    for it in range(max_iters):
+        new_i, old_i = kern.build_candidates(lists[1], lists[2], n_cand, seed, it, threads)
+        changed, scored = kern.local_join(work, kind, new_i, old_i, *lists, 4096, threads)
+        stats["pairs_scored"] += int(scored)
+        stats["iterations"] = it + 1
+        bar.update(1)
+        if changed <= delta * n * K:
+            break
 
 
 def _threads() -> int:
@@ -157,3 +165,6 @@ def _finish(kern: Any, x: np.ndarray, met: Any, kind: int, reduce: bool, dist: n
     else:
         out = raw
     return np.ascontiguousarray(out, np.float32), rows
+
+
+__all__ = ["REDUCE_FROM_DIM", "REDUCE_VARIANCE", "PCA_SAMPLE", "pca_projection", "descent_knn"]
