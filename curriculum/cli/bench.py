@@ -224,7 +224,6 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
                 continue
             bench.start(name, x)
             bench.ours((4, 8) if quick else (4, 8, 16, 32))
-            bench.descent()
             bench.auto()
             if peers:
                 bench.faiss_peers(quick)
@@ -287,27 +286,23 @@ class _KnnBench:
         return None if pred <= self.max_method_s else f"skipped: predicted {pred:.0f} s from the N={prev[0]} run"
 
     def ours(self, nprobes: tuple[int, ...]) -> None:
+        """The blocked engine at fixed nprobes, then the NN-descent engine by name (``knn(auto)``
+        routes to it where blocks fail), on one store."""
         store = EmbeddingStore(self.x.shape[1], metric="l2", index="flat")
         store.add(self.x)
         for npb in nprobes:
-            with PeakRSS() as mem:
-                t = time.perf_counter()
-                _, ids = store.knn(self.k, method="blocked", nprobe=npb, progress=True)
-                el = time.perf_counter() - t
-            self.add(f"curriculum store.knn nprobe={npb}", 0.0, el, ids[self.sample], mem=mem.mb,
-                     pairs=store.last_knn_report["pairs_scored"])
+            self._timed(store, f"curriculum store.knn nprobe={npb}", method="blocked", nprobe=npb)
+        self._timed(store, "curriculum store.knn method=descent", lambda r: f"{r['iterations']} rounds on {r['dim']} dims",
+                    method="descent")
 
-    def descent(self) -> None:
-        """The NN-descent engine called by name (``knn(auto)`` routes to it where blocks fail)."""
-        store = EmbeddingStore(self.x.shape[1], metric="l2", index="flat")
-        store.add(self.x)
+    def _timed(self, store: EmbeddingStore, label: str, note: Callable[[dict[str, Any]], str] | None = None,
+               **kw: Any) -> None:
         with PeakRSS() as mem:
             t = time.perf_counter()
-            _, ids = store.knn(self.k, method="descent", progress=True)
+            _, ids = store.knn(self.k, progress=True, **kw)
             el = time.perf_counter() - t
         rep = store.last_knn_report
-        self.add("curriculum store.knn method=descent", 0.0, el, ids[self.sample],
-                 f"{rep['iterations']} rounds on {rep['dim']} dims", mem=mem.mb, pairs=rep["pairs_scored"])
+        self.add(label, 0.0, el, ids[self.sample], note(rep) if note else "", mem=mem.mb, pairs=rep["pairs_scored"])
 
     def auto(self) -> None:
         """The default path, recall-checked; a plan for exact past 200k rows is reported from a timed share."""

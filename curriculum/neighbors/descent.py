@@ -67,11 +67,11 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
                 return_stats: bool = False) -> Any:
     """The ``k`` nearest rows of every row of ``x`` by NN-descent (approximate; see the module).
 
-    ``n_neighbors`` is the length of the working lists (default ``max(k + 10, 2k)``, longer when
-    the search runs reduced); ``n_trees`` / ``leaf_size`` shape the initial forest; rounds stop
-    after ``max_iters`` or when fewer than ``delta * N * n_neighbors`` list entries changed.
-    ``reduce`` (default: from :data:`REDUCE_FROM_DIM` dimensions, not under ``ip``) searches a PCA
-    projection and rescoring the lists on the full rows. Returns ``(distances, rows)`` in the
+    ``n_neighbors`` is the length of the working lists (default ``max(k + 6, 1.6k)``, and
+    ``max(k + 8, 1.8k)`` when the search runs reduced); ``n_trees`` / ``leaf_size`` shape the
+    initial forest; rounds stop after ``max_iters`` or when fewer than ``delta * N * n_neighbors``
+    list entries changed. ``reduce`` (default: from :data:`REDUCE_FROM_DIM` dimensions, not under
+    ``ip``) searches a PCA projection and rescores the lists on the full rows. Returns ``(distances, rows)`` in the
     module's convention, and with ``return_stats`` a third item ``{"pairs_scored", "iterations",
     "dim"}``.
 
@@ -99,7 +99,7 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     kf = min(k, n - 1)  # neighbours other than the row itself (itself is merged in after)
     if reduce is None:
         reduce = dim >= REDUCE_FROM_DIM and met.name != "ip"
-    work = pca_projection(x, seed=seed, max_dim=dim // 2) if reduce else np.ascontiguousarray(x, np.float32)
+    work = pca_projection(x, seed=seed, max_dim=dim // 2) if reduce else x
     kind = 0 if (met.name == "ip" or (met.name == "cosine" and not reduce)) else 1
     default = max(kf + 8, int(1.8 * kf)) if reduce else max(kf + 6, int(1.6 * kf))
     K = min(n - 1, max(kf, n_neighbors or default))
@@ -153,7 +153,7 @@ def _finish(kern: Any, x: np.ndarray, met: Any, kind: int, reduce: bool, dist: n
     """The ``k`` best of each list as distances in the module's convention (rescored on ``x``
     when the search ran reduced)."""
     if reduce:
-        raw, rows = kern.rescore(np.ascontiguousarray(x, np.float32), 0 if met.name != "l2" else 1, idx, k)
+        raw, rows = kern.rescore(x, 0 if met.name != "l2" else 1, idx, k)
     else:
         kern.sort_heaps(dist, idx)
         raw, rows = dist[:, :k].copy(), idx[:, :k].astype(np.int64)

@@ -93,7 +93,7 @@ def sampled_recall(vec: np.ndarray, rows: np.ndarray, k: int, metric: str, exclu
     Example:
         >>> x = np.random.default_rng(0).normal(size=(600, 4)).astype(np.float32)
         >>> truth = sample_truth(x, np.arange(600), 3, "l2")
-        >>> sampled_recall(x, truth, 3, "l2"), sampled_recall(x, truth[:, ::-1] * 0 - 1, 3, "l2")
+        >>> sampled_recall(x, truth, 3, "l2"), sampled_recall(x, np.full_like(truth, -1), 3, "l2")
         (1.0, 0.0)
     """
     sample = np.random.default_rng(seed).choice(len(vec), min(PLAN_SAMPLE, len(vec)), replace=False)

@@ -57,10 +57,12 @@ def knn_plan(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: boo
     once (~1.3x per pair with its bound checks), so exact wins from ~40% of the pairs. An explicit
     ``floor`` (nprobe > 1) keeps the blocked engine."""
     n = len(vec)
-    sub = vec[np.random.default_rng(0).choice(n, min(ROUTE_SAMPLE, n), replace=False)] if n > ROUTE_SAMPLE else vec
-    sub_share = plan_recall(sub, k, metric, target, exclude_self=exclude_self).pair_share(len(sub))
-    if floor <= 1 and sub_share > DESCENT_SUB_SHARE:
-        return {"method": "descent", "recall_estimate": None, "sample_pair_share": sub_share}, None
+    sub_share = None
+    if floor <= 1:
+        sub = vec[np.random.default_rng(0).choice(n, ROUTE_SAMPLE, replace=False)] if n > ROUTE_SAMPLE else vec
+        sub_share = plan_recall(sub, k, metric, target, exclude_self=exclude_self).pair_share(len(sub))
+        if sub_share > DESCENT_SUB_SHARE:
+            return {"method": "descent", "recall_estimate": None, "sample_pair_share": sub_share}, None
     plan = plan_recall(vec, k, metric, target, floor=floor, exclude_self=exclude_self)
     share = plan.pair_share(n)
     report = {"method": "exact" if share >= EXACT_PAIR_SHARE else "blocked", "nprobe": plan.nprobe,
