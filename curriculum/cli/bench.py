@@ -19,7 +19,8 @@ rather than run whole.
 
 The other sections (:mod:`curriculum.bench_sections`): geometry scores end to end, global
 hard-negative mining latency, in-batch miners against pytorch-metric-learning, the sampler's
-draws per second and the wrapped loader's throughput. ``--sections`` picks among them.
+draws per second and the wrapped loader's throughput; :mod:`curriculum.cli.bench_noise` finds flipped
+labels beside cleanlab. ``--sections`` picks among them.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .bench_noise import noise_section
 from .bench_sections import PeakRSS, print_table
 from .data import clustered, load_real, pixel_pca
-from ..neighbors import brute_knn
+from ..neighbors import brute_knn, descent_knn
 from .._util.progress import progress_bar
 from ..store import EmbeddingStore
 from ..store.index import auto_nlist as _auto_nlist
@@ -155,7 +157,7 @@ def _peers(x: np.ndarray, k: int, sample: np.ndarray) -> list[tuple[str, Callabl
     return peers
 
 
-SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader")
+SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader", "noise")
 
 
 def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-results", queries: int = 1000,
@@ -198,6 +200,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
         "inbatch": lambda: bs.inbatch_section([256, 1024] if quick else [256, 1024, 4096], dim),
         "sampler": lambda: bs.sampler_section([100_000] if quick else [1_000_000]),
         "loader": lambda: bs.loader_section(batches=30 if quick else 200, rounds=1 if quick else 5, data=data),
+        "noise": lambda: noise_section(4_000 if quick else 20_000, 4_000 if quick else 24_000, data=data),
     }
     for name in sections:
         if name == "knn":
@@ -290,6 +293,7 @@ class _KnnBench:
         routes to it where blocks fail), on one store."""
         store = EmbeddingStore(self.x.shape[1], metric="l2", index="flat")
         store.add(self.x)
+        descent_knn(self.x[:2000], self.k, "l2")  # load the compiled kernels outside the timing, as pynndescent's
         for npb in nprobes:
             self._timed(store, f"curriculum store.knn nprobe={npb}", method="blocked", nprobe=npb)
         self._timed(store, "curriculum store.knn method=descent", lambda r: f"{r['iterations']} rounds on {r['dim']} dims",

@@ -63,14 +63,15 @@ def pca_projection(x: np.ndarray, variance: float = REDUCE_VARIANCE, seed: int =
 
 def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = None, n_trees: int | None = None,
                 leaf_size: int | None = None, max_iters: int = 12, delta: float = 0.005, seed: int = 0,
-                exclude_self: bool = True, reduce: bool | None = None, progress: bool = False,
-                return_stats: bool = False) -> Any:
+                exclude_self: bool = True, reduce: bool | None = None, max_candidates: int | None = None,
+                progress: bool = False, return_stats: bool = False) -> Any:
     """The ``k`` nearest rows of every row of ``x`` by NN-descent (approximate; see the module).
 
-    ``n_neighbors`` is the length of the working lists (default ``max(k + 6, 1.6k)``, and
+    ``n_neighbors`` is the length of the working lists (default ``max(k + 4, 1.4k)``, and
     ``max(k + 8, 1.8k)`` when the search runs reduced); ``n_trees`` / ``leaf_size`` shape the
     initial forest; rounds stop after ``max_iters`` or when fewer than ``delta * N * n_neighbors``
-    list entries changed. ``reduce`` (default: from :data:`REDUCE_FROM_DIM` dimensions, not under
+    list entries changed; ``max_candidates`` (default ``n_neighbors``) new and as many old
+    candidates are sampled per row and round. ``reduce`` (default: from :data:`REDUCE_FROM_DIM` dimensions, not under
     ``ip``) searches a PCA projection and rescores the lists on the full rows. Returns ``(distances, rows)`` in the
     module's convention, and with ``return_stats`` a third item ``{"pairs_scored", "iterations",
     "dim"}``.
@@ -88,7 +89,8 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     if n < 2 or k > n - int(bool(exclude_self)):
         raise ValueError(f"k: expected at most {n - int(bool(exclude_self))} (rows of x"
                          f"{' minus self' if exclude_self else ''}), got {k}")
-    for value, name in ((n_neighbors, "n_neighbors"), (n_trees, "n_trees"), (leaf_size, "leaf_size")):
+    for value, name in ((n_neighbors, "n_neighbors"), (n_trees, "n_trees"), (leaf_size, "leaf_size"),
+                        (max_candidates, "max_candidates")):
         if value is not None:
             C.positive_int(value, name, minimum=2 if name != "n_trees" else 1)
     max_iters = C.positive_int(max_iters, "max_iters", minimum=0)
@@ -101,12 +103,12 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
         reduce = dim >= REDUCE_FROM_DIM and met.name != "ip"
     work = pca_projection(x, seed=seed, max_dim=dim // 2) if reduce else x
     kind = 0 if (met.name == "ip" or (met.name == "cosine" and not reduce)) else 1
-    default = max(kf + 8, int(1.8 * kf)) if reduce else max(kf + 6, int(1.6 * kf))
+    default = max(kf + 8, int(1.8 * kf)) if reduce else max(kf + 4, int(1.4 * kf))
     K = min(n - 1, max(kf, n_neighbors or default))
     trees = n_trees or max(3, min(12, int(round(2 * math.log10(max(n, 10))))))
     leaf = leaf_size or max(60, min(256, 5 * K))
     lists = (np.full((n, K), np.inf, np.float32), np.full((n, K), -1, np.int32), np.zeros((n, K), np.uint8))
-    stats = {"pairs_scored": 0, "iterations": 0, "dim": int(work.shape[1])}
+    stats = {"pairs_scored": 0, "iterations": 0, "dim": int(work.shape[1]), "n_neighbors": K}
     with progress_bar(total=max_iters + 1, desc=f"NN-descent k={k}", disable=not progress) as bar:
         perms, bounds, counts = kern.rp_forest(work, trees, leaf, seed, kind == 0 and met.name == "cosine")
         for t in range(trees):
@@ -114,7 +116,7 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
         del perms, bounds
         kern.fill_random(work, kind, seed, *lists)
         bar.update(1)
-        _descend(kern, work, kind, lists, seed, max_iters, delta, stats, bar)
+        _descend(kern, work, kind, lists, max_candidates or min(K, 60), seed, max_iters, delta, stats, bar)
     out_d, out_i = _finish(kern, x, met, kind, reduce, lists[0], lists[1], kf)
     if not exclude_self:  # the row itself, merged in at its distance (first, except under ip)
         own = met.pair_distances(x, x).astype(np.float32)[:, None]
@@ -125,13 +127,12 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     return (out_d, out_i, stats) if return_stats else (out_d, out_i)
 
 
-def _descend(kern: Any, work: np.ndarray, kind: int, lists: tuple[np.ndarray, ...], seed: int, max_iters: int,
-             delta: float, stats: dict[str, int], bar: Any) -> None:
+def _descend(kern: Any, work: np.ndarray, kind: int, lists: tuple[np.ndarray, ...], n_cand: int, seed: int,
+             max_iters: int, delta: float, stats: dict[str, int], bar: Any) -> None:
     """NN-descent rounds on ``lists`` (distances, rows, new-flags) until fewer than
     ``delta * N * K`` entries change or ``max_iters`` rounds ran."""
     n, K = lists[1].shape
     threads = _threads()
-    n_cand = max(8, min(K, 60))
     for it in range(max_iters):
         new_i, old_i = kern.build_candidates(lists[1], lists[2], n_cand, seed, it, threads)
         changed, scored = kern.local_join(work, kind, new_i, old_i, *lists, 4096, threads)

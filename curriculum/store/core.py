@@ -392,15 +392,16 @@ class EmbeddingStore:
         :func:`curriculum.neighbors.blocked_knn`), ``"descent"`` (NN-descent from a random-projection
         forest, on a PCA projection above 128 dimensions, final distances exact - see
         :func:`curriculum.neighbors.descent_knn`). ``"auto"``: exact below 20,000 rows (and up to
-        ``exact_threshold``) or with ``index="flat"``; from there a quick blocked plan on 16,384
-        sampled rows routes the data: where k-means blocks hold the neighbourhoods (clustered
-        data), the recall the blocked graph would reach is measured on 512 sampled rows
-        (:func:`curriculum.neighbors.plan_recall`) and the smallest nprobe (>= ``nprobe`` when
-        given) meeting ``target_recall`` is used, or exact search when that nprobe would score 40%
-        of all pairs or more; where they do not (real text and image embeddings), NN-descent runs
-        and its recall is measured on 512 sampled rows - below ``target_recall`` the exact graph
-        replaces it. ``store.last_knn_report`` says what ran (method, nprobe, recall estimate or
-        measurement, pairs scored); :meth:`plan_knn` says it before running.
+        ``exact_threshold``) or with ``index="flat"``; from there the recall the blocked graph would
+        reach is measured on 512 sampled rows (:func:`curriculum.neighbors.plan_recall`) and the
+        smallest nprobe (>= ``nprobe`` when given) meeting ``target_recall`` is found. Where it
+        needs fewer than 2,500 pairs per row (k-means blocks hold the neighbourhoods: clustered
+        data) the blocked graph runs at that nprobe, or exact search when it would score 40% of all
+        pairs; from 2,500 (real text and image embeddings) NN-descent runs and its recall is
+        measured on 512 sampled rows - short of ``target_recall``, it runs once more with lists
+        twice as long, then the exact graph replaces it. ``store.last_knn_report`` says what ran
+        (method, nprobe, recall estimate or measurement, pairs scored); :meth:`plan_knn` says it
+        before running.
         """
         k = C.positive_int(k, "k")
         batch_size = C.positive_int(batch_size, "batch_size")
@@ -440,18 +441,19 @@ class EmbeddingStore:
     def plan_knn(self, k: int, nprobe: int | None = None, target_recall: float = 0.95,
                  exclude_self: bool = True) -> dict[str, Any]:
         """What ``knn(k, method="auto")`` would run on a store of 20,000 rows or more, without
-        running it: ``{"method", "recall_estimate", "sample_pair_share"}`` and for the blocked
-        route ``"nprobe"`` and ``"pair_share"`` (see :meth:`knn`; NN-descent's recall is measured
-        when it runs, so its estimate is ``None``).
+        running it: ``{"method", "nprobe", "recall_estimate", "pair_share"}`` (see :meth:`knn`;
+        the estimate and share are the blocked plan's, also when NN-descent is chosen - its recall
+        is measured when it runs).
 
         Example:
             >>> import numpy as np
             >>> from curriculum import EmbeddingStore
             >>> store = EmbeddingStore(8, metric="l2")
             >>> rng = np.random.default_rng(0)
-            >>> _ = store.add(rng.normal(size=(2000, 8)).astype("float32"))   # noise: no blocks hold it
-            >>> store.plan_knn(5)["method"]
-            'descent'
+            >>> _ = store.add(rng.normal(size=(20_000, 8)).astype("float32"))   # noise: blocks hold no neighbourhood
+            >>> plan = store.plan_knn(5)
+            >>> plan["method"], plan["pair_share"] * 20_000 > 2500   # blocks would need > 2,500 pairs per row
+            ('descent', True)
         """
         k = C.positive_int(k, "k")
         nprobe = 1 if nprobe is None else C.positive_int(nprobe, "nprobe")

@@ -21,8 +21,8 @@ EXACT_GRAPH_MIN_ROWS = 50_000  # from here the exact graph runs in blocks (exact
 DEFAULT_NPROBE = 16  # blocked all-points kNN: clusters probed per cluster (the recall knob)
 EXACT_PAIR_SHARE = 0.4  # a blocked plan scoring this share of all pairs runs exact instead
 AUTO_PLAN_MIN_ROWS = 20_000  # knn(auto) plans from here (below, an exact graph takes well under a second)
-ROUTE_SAMPLE = 16_384  # rows of the quick blocked plan that routes knn(auto) to blocks or NN-descent
-DESCENT_SUB_SHARE = 0.15  # ... NN-descent when that plan would score more than this share of the pairs
+DESCENT_PAIRS_PER_ROW = 2500  # knn(auto) runs NN-descent where the blocked plan needs this many pairs per row
+DESCENT_PAIRS_PER_LIST_SLOT = 12  # ... and more than this x (k + 8)^2: NN-descent's cost grows with its lists squared
 
 
 @dataclass(frozen=True)
@@ -46,27 +46,24 @@ class KMeansResult:
 
 def knn_plan(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool,
              target: float) -> tuple[dict[str, Any], Any]:
-    """What ``knn(method="auto")`` runs. First a blocked plan on :data:`ROUTE_SAMPLE` sampled rows
-    (a tenth of a second): when reaching ``target`` there would score more than
-    :data:`DESCENT_SUB_SHARE` of the pairs, the neighbourhoods do not follow k-means blocks (real
-    text and image embeddings of high intrinsic dimension) and NN-descent runs instead
-    (:func:`curriculum.neighbors.descent_knn`; its recall is measured after it runs). Otherwise the
-    blocked plan on all rows (:func:`curriculum.neighbors.plan_recall`) picks the smallest nprobe
-    meeting ``target``, priced by the share of all pairs it scores: a scored pair costs ~1.6x a
-    GEMM pair in the blocked engine (its top-k), while the exact engine scores each unordered pair
-    once (~1.3x per pair with its bound checks), so exact wins from ~40% of the pairs. An explicit
-    ``floor`` (nprobe > 1) keeps the blocked engine."""
+    """What ``knn(method="auto")`` runs. The blocked plan (:func:`curriculum.neighbors.plan_recall`)
+    finds the smallest nprobe meeting ``target`` and so the pairs per row the blocked engine would
+    score. From :data:`DESCENT_PAIRS_PER_ROW` on (and above ~12 (k + 8)^2, NN-descent's own pairs per
+    row, which grow with its lists squared - at k = 50 on 24k rows exact is cheaper), the
+    neighbourhoods do not follow k-means blocks (real text and image embeddings) and NN-descent is
+    cheaper
+    (:func:`curriculum.neighbors.descent_knn`, ~400-900 pairs per row at ~6-8x the cost of a GEMM
+    pair; its recall is measured after it runs). Otherwise the blocked engine runs, or exact from
+    40% of all pairs: a blocked pair costs ~1.6x a GEMM pair (its top-k), the exact engine scores
+    each unordered pair once (~1.3x per pair with its bound checks). An explicit ``floor`` (nprobe
+    > 1) keeps the blocked engine."""
     n = len(vec)
-    sub_share = None
-    if floor <= 1:
-        sub = vec[np.random.default_rng(0).choice(n, ROUTE_SAMPLE, replace=False)] if n > ROUTE_SAMPLE else vec
-        sub_share = plan_recall(sub, k, metric, target, exclude_self=exclude_self).pair_share(len(sub))
-        if sub_share > DESCENT_SUB_SHARE:
-            return {"method": "descent", "recall_estimate": None, "sample_pair_share": sub_share}, None
     plan = plan_recall(vec, k, metric, target, floor=floor, exclude_self=exclude_self)
     share = plan.pair_share(n)
-    report = {"method": "exact" if share >= EXACT_PAIR_SHARE else "blocked", "nprobe": plan.nprobe,
-              "recall_estimate": plan.recall_estimate, "pair_share": share, "sample_pair_share": sub_share}
+    method = "exact" if share >= EXACT_PAIR_SHARE else "blocked"
+    if floor <= 1 and share * n >= max(DESCENT_PAIRS_PER_ROW, DESCENT_PAIRS_PER_LIST_SLOT * (k + 8) ** 2):
+        method = "descent"
+    report = {"method": method, "nprobe": plan.nprobe, "recall_estimate": plan.recall_estimate, "pair_share": share}
     return report, plan
 
 
@@ -101,16 +98,21 @@ def graph(snap: Snapshot, k: int, metric: str, method: str, nprobe: int, exclude
 
 def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, target: float,
           progress: bool) -> tuple[Any, Any, dict[str, Any]]:
-    """Run the route :func:`knn_plan` picks; NN-descent whose measured recall falls short of
-    ``target`` (rare: data with no neighbourhood structure, such as isotropic noise) is replaced
-    by the exact graph, and the report says so."""
+    """Run the route :func:`knn_plan` picks. NN-descent whose measured recall falls short of
+    ``target`` runs once more with lists twice as long; short again (data with no neighbourhood
+    structure, such as isotropic noise), the exact graph replaces it and the report says so."""
     report, plan = knn_plan(vec, k, metric, floor, exclude_self, target)
     if report["method"] == "descent":
-        d, rows, st = descent_knn(vec, k, metric, exclude_self=exclude_self, progress=progress, return_stats=True)
-        recall = sampled_recall(vec, rows, k, metric, exclude_self)
-        report.update(st, recall_measured=recall)
-        if recall >= target:
-            return d, rows, report
+        n_neighbors, spent = None, 0
+        for _ in range(2):
+            d, rows, st = descent_knn(vec, k, metric, n_neighbors=n_neighbors, exclude_self=exclude_self,
+                                      progress=progress, return_stats=True)
+            spent += st["pairs_scored"]
+            recall = sampled_recall(vec, rows, k, metric, exclude_self)
+            report.update(st, pairs_scored=spent, recall_measured=recall)
+            if recall >= target:
+                return d, rows, report
+            n_neighbors = min(2 * st["n_neighbors"], len(vec) - 1)
         report.update(method="exact", descent_recall=recall)
     elif report["method"] == "blocked":
         d, rows, st = blocked_knn(vec, k, metric, nprobe=plan.nprobe, exclude_self=exclude_self, progress=progress,
@@ -119,9 +121,8 @@ def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, 
         return d, rows, report
     if len(vec) < EXACT_GRAPH_MIN_ROWS:
         return None, None, report  # the caller's faiss search in query chunks
-    extra = {} if plan is None else {"centroids": plan.centroids, "assign": plan.assign}
     d, rows, st = exact_knn_graph(vec, k, metric, exclude_self=exclude_self, progress=progress, return_stats=True,
-                                  **extra)
+                                  centroids=plan.centroids, assign=plan.assign)
     report["pairs_scored"] = report.get("pairs_scored", 0) + st["pairs_scored"]
     return d, rows, report
 

@@ -1,0 +1,129 @@
+"""``curriculum bench --sections noise``: finding flipped labels, side by side with cleanlab.
+
+Each data set gets 20% label noise, symmetric (a flipped label is any other class) and pairwise
+(class ``c`` becomes ``c + 1``); every score ranks the samples and is judged by the ROC-AUC of the
+flipped ones, and the flagged sets by precision / recall. cleanlab (``pip install
+curriculum[bench]``) is run as its users run it on embeddings: self-confidence from 5-fold
+out-of-fold scikit-learn logistic-regression probabilities, and ``find_label_issues`` on them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+NOISE_RATE = 0.2
+
+
+def noise_sets(n_images: int, n_text: int, data: str | None) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """``name -> (vectors, clean labels, metric)``: Fashion-MNIST pixel-PCA-64 and, when built, the
+    Debian descriptions' MiniLM embeddings with their 59 archive sections as labels."""
+    from . import real_embeddings as R
+    from .data import load_real, pixel_pca
+
+    out: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+    ds = load_real(data)
+    rows = np.random.default_rng(0).choice(len(ds.images), min(n_images, len(ds.images)), replace=False)
+    out[f"{ds.source.split(' from ')[0]} pixel-PCA-64"] = (pixel_pca(ds.images[rows], 64), ds.labels[rows], "l2")
+    try:
+        x, y = R.text_embeddings()
+        rows = np.random.default_rng(1).choice(len(x), min(n_text, len(x)), replace=False)
+        out["Debian descriptions MiniLM-384, 59 sections"] = (x[rows], np.unique(y[rows], return_inverse=True)[1], "cosine")
+    except FileNotFoundError as exc:
+        print(f"  text set skipped: {exc}")
+    return out
+
+
+def add_noise(y: np.ndarray, kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(noisy labels, flipped mask)``: :data:`NOISE_RATE` of the labels moved to another class,
+    at random (``"symmetric"``) or to the next class (``"pairwise"``)."""
+    rng = np.random.default_rng(seed)
+    c = int(y.max()) + 1
+    flip = rng.random(len(y)) < NOISE_RATE
+    other = (y + (rng.integers(1, c, len(y)) if kind == "symmetric" else 1)) % c
+    return np.where(flip, other, y), flip
+
+
+def auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """ROC-AUC of ``score`` for the ``positive`` rows (Mann-Whitney, ties averaged)."""
+    from scipy.stats import rankdata
+
+    r = rankdata(score)
+    npos, nneg = int(positive.sum()), int((~positive).sum())
+    return float((r[positive].sum() - npos * (npos + 1) / 2) / max(npos * nneg, 1))
+
+
+def noise_section(n_images: int = 20_000, n_text: int = 24_000, data: str | None = None) -> list[dict[str, Any]]:
+    """The rows: per data set and noise kind, each score's AUC and time, and for the flagged sets
+    (our probe's issue mask, cleanlab's ``find_label_issues``) their share, precision and recall."""
+    rows: list[dict[str, Any]] = []
+    for name, (x, y, metric) in noise_sets(n_images, n_text, data).items():
+        for kind in ("symmetric", "pairwise"):
+            noisy, flip = add_noise(y, kind)
+            print(f"  {name}, {kind} noise: N={len(x):,}, {int(y.max()) + 1} classes, {flip.mean():.1%} flipped",
+                  flush=True)
+            for what, secs, score, mask in _ours(x, noisy, metric) + _cleanlab(x, noisy):
+                row = {"section": "noise", "data": name, "noise": kind, "N": len(x), "what": what, "seconds": secs,
+                       "auc": auc(score, flip)}
+                if mask is not None:
+                    row.update(flagged=float(mask.mean()), precision=float(flip[mask].mean()) if mask.any() else 0.0,
+                               recall=float(mask[flip].mean()))
+                rows.append(row)
+                print(f"    {what:44s} {secs:7.2f} s  AUC {row['auc']:.3f}"
+                      + (f"  flagged {row['flagged']:.1%} P {row['precision']:.2f} R {row['recall']:.2f}"
+                         if mask is not None else ""), flush=True)
+    return rows
+
+
+Result = tuple[str, float, np.ndarray, "np.ndarray | None"]
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def _ours(x: np.ndarray, noisy: np.ndarray, metric: str) -> list[Result]:
+    from ..difficulty import class_margin, combine, label_disagreement, label_probe
+    from ..store import EmbeddingStore
+
+    store = EmbeddingStore(x.shape[1], metric=metric)
+    store.add(x, labels=noisy)
+    out: list[Result] = []
+    dis, s1 = _timed(lambda: label_disagreement(store, 10, progress=False))  # the graph is built here
+    out.append(("label_disagreement(k=10) (with its kNN graph)", s1, dis.scores, None))
+    dis50, s2 = _timed(lambda: label_disagreement(store, 50, progress=False))
+    out.append(("label_disagreement(k=50) (with its kNN graph)", s2, dis50.scores, None))
+    cm, s3 = _timed(lambda: class_margin(store, 10, progress=False))
+    out.append(("class_margin(k=10)", s3, cm.scores, None))
+    probe, s4 = _timed(lambda: label_probe(store, progress=False))
+    out.append(("label_probe self_confidence (5 folds)", s4, probe.score("self_confidence").scores,
+                probe.issue_mask()))
+    out.append(("label_probe margin (same probe)", s4, probe.score("margin").scores, None))
+    both, s5 = _timed(lambda: combine([probe.score("margin"), dis50]))
+    out.append(("combine(probe margin, label_disagreement k=50)", s4 + s2 + s5, both.scores, None))
+    return out
+
+
+def _cleanlab(x: np.ndarray, noisy: np.ndarray) -> list[Result]:
+    if not (importlib.util.find_spec("cleanlab") and importlib.util.find_spec("sklearn")):
+        print("    cleanlab skipped: not installed (pip install curriculum[bench])")
+        return []
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    probs, secs = _timed(lambda: cross_val_predict(LogisticRegression(max_iter=1000), x, noisy, cv=5,
+                                                   method="predict_proba", n_jobs=-1))
+    quality, s2 = _timed(lambda: get_label_quality_scores(noisy, probs, method="self_confidence"))
+    issues, s3 = _timed(lambda: find_label_issues(noisy, probs, n_jobs=1))
+    return [("cleanlab self_confidence (5-fold sklearn LR)", secs + s2, 1.0 - quality, issues),
+            ("  of which cross-validation", secs, 1.0 - quality, None)]
+
+
+__all__ = ["NOISE_RATE", "noise_sets", "add_noise", "auc", "noise_section"]

@@ -1,0 +1,166 @@
+"""Out-of-fold linear probes on the stored embeddings: model-based label-noise scores.
+
+A multinomial logistic regression is fitted in torch (full-batch L-BFGS, standardised features,
+L2 penalty) on all folds but one and predicts the held-out fold, so every sample's class
+probabilities come from a probe that never saw its label - the *out-of-fold* probabilities
+cleanlab's methods start from (Northcutt et al. 2021), here without a cross-validation library and
+in seconds. :class:`Probe` turns them into difficulty scores (self-confidence, margin) and into
+the shapes cleanlab users know: a boolean issue mask and a ranked list of issue ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._util import checks as C
+from .._util.progress import progress_bar, want
+from ..store import EmbeddingStore
+from .base import Difficulty
+
+PROBE_KINDS = ("self_confidence", "margin")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Out-of-fold class probabilities of every stored row (see :func:`label_probe`).
+
+    Attributes:
+        probs: ``(N, C)`` float64, row ``i`` for ``ids[i]``, columns in ``classes`` order.
+        ids: dataset ids in store row order.
+        labels: the given label of each row.
+        classes: the label value of each column.
+
+    Example:
+        >>> import numpy as np
+        >>> p = Probe(np.array([[.9, .1], [.2, .8], [.7, .3]]), np.array([5, 6, 7]), np.array([0, 1, 1]), np.array([0, 1]))
+        >>> p.score("self_confidence").scores.round(2).tolist()   # 1 - p(given label)
+        [0.1, 0.2, 0.7]
+        >>> p.issue_mask().tolist(), p.ranked_issues().tolist()   # the probe predicts another label for id 7
+        ([False, False, True], [7])
+    """
+
+    probs: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+    classes: np.ndarray
+
+    def _given(self) -> np.ndarray:
+        col = np.searchsorted(self.classes, self.labels)
+        return self.probs[np.arange(len(self.probs)), col]
+
+    def score(self, kind: str = "self_confidence") -> Difficulty:
+        """A :class:`Difficulty` (higher = more likely mislabelled): ``"self_confidence"`` is
+        ``1 - p(given label)``; ``"margin"`` is ``max p(other label) - p(given label)``."""
+        kind = C.choice(kind, "kind", PROBE_KINDS)
+        given = self._given()
+        if kind == "self_confidence":
+            return Difficulty(1.0 - given, self.ids, "probe_self_confidence")
+        other = self.probs.copy()
+        other[np.arange(len(other)), np.searchsorted(self.classes, self.labels)] = -np.inf
+        return Difficulty(other.max(axis=1) - given, self.ids, "probe_margin")
+
+    def issue_mask(self, share: float | None = None) -> np.ndarray:
+        """Boolean per row (store order), True = flagged as a label issue. Without ``share``, a row
+        is flagged where the probe's most probable class is not its given label (cleanlab's
+        ``predicted_neq_given``); with ``share``, the ``share`` of rows with the largest margin."""
+        margin = self.score("margin").scores
+        if share is None:
+            return margin > 0
+        share = C.finite_float(share, "share", 0.0, 1.0)
+        mask = np.zeros(len(margin), bool)
+        mask[np.argsort(-margin, kind="stable")[:int(round(share * len(margin)))]] = True
+        return mask
+
+    def ranked_issues(self, share: float | None = None) -> np.ndarray:
+        """Ids of the flagged rows (:meth:`issue_mask`), most likely mislabelled first - as
+        cleanlab's ``find_label_issues(..., return_indices_ranked_by=...)`` returns them."""
+        mask = self.issue_mask(share)
+        margin = self.score("margin").scores
+        rows = np.flatnonzero(mask)
+        return self.ids[rows[np.argsort(-margin[rows], kind="stable")]]
+
+
+def label_probe(store: EmbeddingStore, folds: int = 5, weight_decay: float = 1e-2, max_iter: int = 30,
+                seed: int = 0, progress: bool | None = None) -> Probe:
+    """Out-of-fold probabilities of a linear probe (multinomial logistic regression) trained on
+    the stored vectors to predict the stored labels: ``folds`` class-stratified folds, each
+    predicted by a probe fitted on the others (full-batch L-BFGS, at most ``max_iter`` steps,
+    L2 penalty ``weight_decay`` on standardised features). Deterministic for a ``seed`` (which
+    deals the folds).
+
+    Example:
+        >>> import numpy as np
+        >>> from curriculum import EmbeddingStore
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.integers(0, 3, 600)
+        >>> x = (np.eye(3)[y] * 4 + rng.normal(size=(600, 3))).astype(np.float32)
+        >>> y[:20] = (y[:20] + 1) % 3                       # 20 flipped labels
+        >>> store = EmbeddingStore(3, metric="l2"); _ = store.add(x, labels=y)
+        >>> probe = label_probe(store, progress=False)
+        >>> top = probe.score().hardest(20 / 600)           # the 20 least self-confident
+        >>> int(np.isin(top, np.arange(20)).sum()) >= 18
+        True
+    """
+    if not isinstance(store, EmbeddingStore):
+        raise TypeError(f"store: expected an EmbeddingStore, got {type(store).__name__}")
+    folds = C.positive_int(folds, "folds", minimum=2)
+    weight_decay = C.finite_float(weight_decay, "weight_decay", 0.0)
+    max_iter = C.positive_int(max_iter, "max_iter")
+    snap = store.snapshot()
+    labels = snap.labels
+    if (labels < 0).any():
+        raise ValueError(f"store: label_probe needs a label on every row, {int((labels < 0).sum())} of "
+                         f"{len(labels)} rows have none (pass labels= to store.add)")
+    classes, y = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"store: label_probe needs at least 2 classes, got {len(classes)}")
+    fold = _stratified_folds(y, folds, seed)
+    probs = np.zeros((len(y), len(classes)))
+    with progress_bar(total=folds, desc=f"label probe ({folds} folds)", disable=not want(progress, len(y))) as bar:
+        for f in range(folds):
+            test = fold == f
+            probs[test] = _fit_predict(snap.vec[~test], y[~test], snap.vec[test], len(classes), weight_decay,
+                                       max_iter)
+            bar.update(1)
+    return Probe(probs, snap.ids, labels, classes)
+
+
+def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold of each row: rows of each class dealt round-robin in a seeded random order."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    order = order[np.argsort(y[order], kind="stable")]
+    fold = np.empty(len(y), np.int64)
+    starts = np.searchsorted(y[order], np.arange(y.max() + 1))
+    fold[order] = (np.arange(len(y)) - np.repeat(starts, np.bincount(y, minlength=len(starts)))) % folds
+    return fold
+
+
+def _fit_predict(x: np.ndarray, y: np.ndarray, q: np.ndarray, n_classes: int, weight_decay: float,
+                 max_iter: int) -> np.ndarray:
+    """Fit the softmax probe on ``(x, y)`` from zeros (a fold never starts from weights that saw
+    its rows) and return its class probabilities for ``q``."""
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    mean, std = xt.mean(0), xt.std(0).clamp_min(1e-12)
+    xt = (xt - mean) / std
+    yt = torch.from_numpy(y.astype(np.int64))
+    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    qt = (torch.from_numpy(np.ascontiguousarray(q, np.float32)) - mean) / std
+    with torch.no_grad():
+        return torch.softmax(qt @ w + b, dim=1).double().numpy()
+
+
+__all__ = ["PROBE_KINDS", "Probe", "label_probe"]

@@ -1,0 +1,94 @@
+"""Out-of-fold linear probes: they find flipped labels, never see a row's label when predicting
+it, are deterministic, and give cleanlab-shaped outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import curriculum as cl
+from curriculum.difficulty import Probe, label_probe
+
+
+def noisy_store(n: int = 3000, classes: int = 5, dim: int = 16, noise: float = 0.2, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = (rng.normal(size=(classes, dim))[y] * 1.5 + rng.normal(size=(n, dim))).astype(np.float32)
+    flipped = rng.random(n) < noise
+    given = np.where(flipped, (y + rng.integers(1, classes, n)) % classes, y)
+    store = cl.EmbeddingStore(dim, metric="l2")
+    store.add(x, ids=np.arange(n) + 1000, labels=given * 10)  # ids and label values need not be 0..n / 0..C
+    return store, flipped
+
+
+def auc(score: np.ndarray, positive: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    r = rankdata(score)
+    npos, nneg = positive.sum(), (~positive).sum()
+    return float((r[positive].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def test_probe_scores_rank_flipped_labels_first():
+    store, flipped = noisy_store()
+    probe = label_probe(store, progress=False)
+    assert probe.probs.shape == (3000, 5) and np.allclose(probe.probs.sum(1), 1.0)
+    assert probe.classes.tolist() == [0, 10, 20, 30, 40] and (probe.ids == store.ids).all()
+    for kind in ("self_confidence", "margin"):
+        s = probe.score(kind)
+        assert auc(s.scores, flipped) > 0.95, kind
+        assert (s.ids == store.ids).all()
+    mask = probe.issue_mask()
+    precision, recall = flipped[mask].mean(), mask[flipped].mean()
+    assert precision > 0.85 and recall > 0.8, (precision, recall)
+
+
+def test_out_of_fold_means_a_rows_own_label_never_helps_it():
+    # random vectors, random labels: an in-sample probe would memorise; out-of-fold it cannot
+    rng = np.random.default_rng(1)
+    store = cl.EmbeddingStore(64, metric="l2")
+    store.add(rng.normal(size=(400, 64)).astype(np.float32), labels=rng.integers(0, 2, 400))
+    probe = label_probe(store, progress=False)
+    given = probe.probs[np.arange(400), np.searchsorted(probe.classes, probe.labels)]
+    assert given.mean() < 0.55  # chance level (in-sample: ~0.9)
+
+
+def test_deterministic_and_seed_changes_folds():
+    store, _ = noisy_store(n=1200)
+    a, b = label_probe(store, seed=3, progress=False), label_probe(store, seed=3, progress=False)
+    np.testing.assert_array_equal(a.probs, b.probs)
+    c = label_probe(store, seed=4, progress=False)
+    assert not np.array_equal(a.probs, c.probs)
+
+
+def test_issue_mask_share_and_ranked_issues():
+    p = Probe(np.array([[.9, .1], [.4, .6], [.7, .3], [.45, .55]]), np.array([5, 6, 7, 8]), np.array([0, 0, 1, 0]),
+              np.array([0, 1]))
+    assert p.issue_mask().tolist() == [False, True, True, True]
+    assert p.ranked_issues().tolist() == [7, 6, 8]  # margins 0.4, 0.2, 0.1
+    assert p.issue_mask(share=0.5).tolist() == [False, True, True, False]
+    assert p.ranked_issues(share=0.25).tolist() == [7]
+    assert p.score("margin").scores.round(2).tolist() == [-0.8, 0.2, 0.4, 0.1]
+
+
+@pytest.mark.parametrize("bad, match", [(dict(folds=1), "folds"), (dict(weight_decay=-1.0), "weight_decay"),
+                                        (dict(max_iter=0), "max_iter")])
+def test_bad_arguments(bad, match):
+    store, _ = noisy_store(n=200)
+    with pytest.raises((ValueError, TypeError), match=match):
+        label_probe(store, **bad)
+
+
+def test_store_without_labels_or_with_one_class_is_a_clear_error():
+    store = cl.EmbeddingStore(4, metric="l2")
+    store.add(np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))
+    with pytest.raises(ValueError, match="label on every row"):
+        label_probe(store)
+    one = cl.EmbeddingStore(4, metric="l2")
+    one.add(np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32), labels=np.zeros(50, int))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        label_probe(one)
+    with pytest.raises(TypeError, match="store"):
+        label_probe(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="kind"):
+        Probe(np.ones((1, 2)) / 2, np.array([0]), np.array([0]), np.array([0, 1])).score("entropy")
