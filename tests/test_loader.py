@@ -228,3 +228,15 @@ def test_len_epochs_and_step():
     assert n0 == 23 and w.epoch == 1
     w.set_epoch(1)  # same epoch: no reset
     assert w.step == 23
+
+
+def test_wrap_cleaning_mode_never_yields_excluded_items():
+    import warnings
+
+    flagged = np.arange(0, 200, 9)
+    orig = DataLoader(IndexEncoded(), batch_size=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # excluding is not "partial coverage"
+        w = cl.wrap(orig, difficulty=SCORES, pacing=P.Linear(0.5, 20), exclude=flagged)
+    seen = torch.cat([x[:, 0] for x, _ in w]).long().numpy()
+    assert len(seen) == 200 - len(flagged) and not np.isin(seen, flagged).any()

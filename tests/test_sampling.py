@@ -271,3 +271,50 @@ def test_property_shards_and_lengths(n, world, bs, seed, strategy, drop_last):
         idx = s.epoch_indices(0)
         assert idx.min(initial=0) >= 0 and idx.max(initial=0) < n
         np.testing.assert_array_equal(idx, list(s))
+
+
+# ---------------------------------------------------------------------- cleaning mode (exclude=)
+FLAGGED = np.random.default_rng(7).choice(2000, 300, replace=False)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_excluded_ids_are_never_drawn_and_the_epoch_counts_the_rest(strategy):
+    s = make(strategy, exclude=FLAGGED)
+    assert len(s) == 1700
+    drawn = np.concatenate([s.epoch_indices(e) for e in range(3)])
+    assert not np.isin(drawn, FLAGGED).any()
+    s.set_difficulty(SCORES[::-1].copy())  # a new score set keeps the exclusion
+    assert not np.isin(s.epoch_indices(4), FLAGGED).any()
+
+
+def test_exclusion_equals_dropping_the_ids_from_the_scores():
+    keep = np.setdiff1d(np.arange(2000), FLAGGED)
+    a = CurriculumSampler(SCORES, P.Linear(0.1, 120), batch_size=50, seed=3, exclude=FLAGGED)
+    b = CurriculumSampler(Difficulty(SCORES[keep], keep), P.Linear(0.1, 120), batch_size=50, seed=3)
+    np.testing.assert_array_equal(a.epoch_indices(0), b.epoch_indices(0))
+
+
+def test_exclusion_resumes_and_a_mismatch_is_refused():
+    s = make(exclude=FLAGGED)
+    it = iter(s)
+    head = [next(it) for _ in range(275)]
+    state = s.state_dict()
+    whole = head + list(it)
+    r = make(exclude=FLAGGED[::-1])  # same set, any order
+    r.load_state_dict(state)
+    assert head + list(r) == whole
+    other = make()
+    before = other.state_dict()
+    with pytest.raises(ValueError, match="exclude"):
+        other.load_state_dict(state)
+    assert json.dumps({k: str(v) for k, v in other.state_dict().items()}) == json.dumps(
+        {k: str(v) for k, v in before.items()})  # nothing changed
+
+
+def test_exclusion_errors():
+    with pytest.raises(ValueError, match="exclude: leaves no scored sample"):
+        CurriculumSampler([0.1, 0.2], batch_size=1, exclude=[0, 1])
+    with pytest.raises(ValueError, match="exclude: expected non-negative ids"):
+        make(exclude=[-1])
+    with pytest.raises(TypeError, match="exclude"):
+        make(exclude=[0.5])

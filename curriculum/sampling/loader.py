@@ -422,7 +422,8 @@ def wrap(loader: DataLoader, difficulty: Any = None, pacing: Any = None, strateg
         difficulty: a :class:`~curriculum.Difficulty` or score array over dataset indices. If
             None and a ``recorder`` is given, its ``loss_ema`` (uniform until feedback arrives).
         pacing, strategy, seed, **sampler_kwargs: passed to :class:`~curriculum.CurriculumSampler`
-            (``balance=``, ``groups=``, ``beta=``...). Rank/world size come from torch.distributed.
+            (``balance=``, ``groups=``, ``beta=``, ``exclude=`` - the cleaning mode: ids never
+            drawn, the epoch then counts the rest...). Rank/world size come from torch.distributed.
         recorder: a :class:`~curriculum.Recorder` updated by :meth:`CurriculumLoader.feedback`.
         store: an :class:`~curriculum.EmbeddingStore` whose rows ``feedback(embeddings=...)`` updates.
         rescore_every: every ``n`` batches, recompute the scores in a background thread and hand
@@ -451,7 +452,8 @@ def wrap(loader: DataLoader, difficulty: Any = None, pacing: Any = None, strateg
                              "recorder= to start uniform and learn them from feedback")
         difficulty = recorder.difficulty("loss_ema")
     d = _check_cover(as_difficulty(difficulty), n, warn="num_samples" not in sampler_kwargs)
-    sampler_kwargs.setdefault("num_samples", n)
+    if sampler_kwargs.get("exclude") is None:  # else the epoch defaults to the ids left
+        sampler_kwargs.setdefault("num_samples", n)
     bs = CurriculumBatchSampler(d, pacing, batch_size=batch_size, drop_last=drop_last, strategy=strategy, seed=seed,
                                 **sampler_kwargs)
     return CurriculumLoader(loader, bs, recorder, store, with_indices, rescore_every, rescore_fn)

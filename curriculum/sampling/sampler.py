@@ -119,6 +119,10 @@ class CurriculumSampler(Sampler[int]):
             when iteration starts (so the sampler may be built before ``init_process_group``).
         drop_last: drop the tail so every rank gets ``num_samples // world_size`` (else pad).
         start_step: pacing step of the first batch of epoch 0.
+        exclude: dataset ids never drawn - the cleaning mode: train on everything but the flagged
+            samples (e.g. ``label_probe(store).ranked_issues()``, or the ids of
+            ``difficulty.hardest(share)``). Applies to every later score set too; the default
+            ``num_samples`` counts the ids left.
 
     ``__iter__`` yields ints, ``len()`` is the per-rank epoch length. A new ``iter()``
     continues where the last one stopped within an epoch; a finished epoch advances the epoch
@@ -137,7 +141,7 @@ class CurriculumSampler(Sampler[int]):
                  balance: str | None = None,
                  groups: Any = None, beta: tuple[float, float] = (-10.0, 5.0), pressure: float = 100.0,
                  smoothing: float = 0.1, rank: int | None = None, world_size: int | None = None,
-                 drop_last: bool = False, start_step: int = 0) -> None:
+                 drop_last: bool = False, start_step: int = 0, exclude: Any = None) -> None:
         self.pacing: Pacing = Constant(1.0) if pacing is None else as_pacing(pacing)
         self.strategy = C.choice(strategy, "strategy", STRATEGIES)
         if isinstance(self.pacing, SelfPaced) and self.strategy not in ("threshold",):
@@ -161,6 +165,7 @@ class CurriculumSampler(Sampler[int]):
         self.rank, self.world_size = dist_info(rank, world_size)
         self.drop_last = bool(drop_last)
         self.start_step = C.positive_int(start_step, "start_step", 0)
+        self.exclude = np.unique(C.as_ids([] if exclude is None else exclude, "exclude", unique=False))
         self._epoch = 0
         self._consumed = 0
         self._version = 0
@@ -176,6 +181,11 @@ class CurriculumSampler(Sampler[int]):
         """The draw tables of score set ``d``, fully validated; nothing is assigned here."""
         if len(d) == 0:
             raise ValueError("difficulty: expected at least one scored sample, got an empty pool")
+        if len(self.exclude):
+            keep = ~np.isin(d.ids, self.exclude)
+            if not keep.any():
+                raise ValueError(f"exclude: leaves no scored sample to draw (all {len(d)} ids excluded)")
+            d = Difficulty(d.scores[keep], d.ids[keep], d.name, None if d.observed is None else d.observed[keep])
         scores, ids = d.scores, d.ids
         if self.strategy == "importance" and scores.min() < 0:
             raise ValueError(f"difficulty: strategy='importance' needs non-negative scores, got minimum "
@@ -458,7 +468,8 @@ class CurriculumSampler(Sampler[int]):
         return {"format": STATE_FORMAT, "version": STATE_VERSION, "epoch": self._epoch, "consumed": pos,
                 "seed": self.seed, "num_samples": self.num_samples, "world_size": self.world_size,
                 "batch_size": self.batch_size, "strategy": self.strategy, "start_step": self.start_step,
-                "pacing": _safe_config(self.pacing), **_scores_state(self.difficulty), "pending": pending}
+                "pacing": _safe_config(self.pacing), **_scores_state(self.difficulty), "pending": pending,
+                "exclude": torch.from_numpy(self.exclude.copy())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the next draw continues exactly where it was taken. The
@@ -469,6 +480,10 @@ class CurriculumSampler(Sampler[int]):
                 ("num_samples",) if self._num_samples_arg is not None else ()):
             if st[key] != getattr(self, key):
                 raise ValueError(f"state: {key}={st[key]!r} was saved, this sampler has {getattr(self, key)!r}")
+        saved = np.asarray(st.get("exclude", np.zeros(0, np.int64)), np.int64)
+        if not np.array_equal(saved, self.exclude):
+            raise ValueError(f"state: {len(saved)} excluded ids were saved, this sampler excludes {len(self.exclude)} "
+                             "(pass the same exclude= to resume)")
         per_rank = self._per_rank(st["num_samples"])
         if st["consumed"] > per_rank:
             raise ValueError(f"state: consumed={st['consumed']} exceeds the epoch length {per_rank}")
