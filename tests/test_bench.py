@@ -27,7 +27,12 @@ def test_bench_quick_writes_json_and_png(tmp_path):
     assert (tmp_path / "recall_vs_time.png").stat().st_size > 10_000
     # the other sections ran in the same command and landed in the same JSON
     sec = res["sections"]
-    assert set(sec) == {"scores", "mining", "inbatch", "sampler", "loader"}
+    assert set(sec) == {"scores", "mining", "inbatch", "sampler", "loader", "noise"}
+    probe = [r for r in sec["noise"] if r["what"].startswith("label_probe self_confidence")]
+    assert {r["noise"] for r in probe} == {"symmetric", "pairwise"} and all(r["auc"] > 0.85 for r in probe)
+    assert all(0.1 < r["precision"] <= 1 and r["recall"] > 0.5 for r in probe)
+    effect = [r for r in sec["noise"] if "test_accuracy" in r]
+    assert {r["what"] for r in effect} >= {"train on all noisy labels", "train without flagged: label_probe self_confidence"}
     assert any(r["what"].startswith("class_margin") for r in sec["scores"])
     assert all(r["recall_vs_exact"] > 0.8 and r["ms"] > 0 for r in sec["mining"])
     for r in sec["inbatch"]:
@@ -48,3 +53,18 @@ def test_knn_section_filters_data_sets_and_reports_intrinsic_dimension(tmp_path,
     assert {row["data"] for row in res["rows"]} == {"clustered low-rank"}
     dims = {row["intrinsic_dim"] for row in res["rows"]}
     assert len(dims) == 1 and 5 < dims.pop() < 30  # 16-dimensional clusters in 128-d
+
+
+def test_noise_helpers():
+    import numpy as np
+
+    from curriculum.cli.bench_noise import NOISE_RATE, add_noise, auc
+
+    y = np.arange(20_000) % 7
+    sym, flip = add_noise(y, "symmetric")
+    assert abs(flip.mean() - NOISE_RATE) < 0.01 and (sym[flip] != y[flip]).all() and (sym[~flip] == y[~flip]).all()
+    pair, flip2 = add_noise(y, "pairwise")
+    assert (pair[flip2] == (y[flip2] + 1) % 7).all()
+    assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, True, False, True])) == 1.0
+    assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([True, False, True, False])) == 0.0
+    assert auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5

@@ -92,3 +92,24 @@ def test_store_without_labels_or_with_one_class_is_a_clear_error():
         label_probe(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="kind"):
         Probe(np.ones((1, 2)) / 2, np.array([0]), np.array([0]), np.array([0, 1])).score("entropy")
+
+
+def test_confident_joint_mask_is_more_precise_than_argmax_with_many_classes():
+    store, flipped = noisy_store(n=6000, classes=30, dim=24, seed=2)
+    probe = label_probe(store, progress=False)
+    mask = probe.issue_mask()
+    argmax_neq_given = probe.probs.argmax(1) != np.searchsorted(probe.classes, probe.labels)
+    assert flipped[mask].mean() > flipped[argmax_neq_given].mean()
+    assert mask[flipped].mean() > 0.7
+
+
+def test_label_noise_default_fuses_probe_and_neighbours():
+    from curriculum.difficulty import label_noise
+
+    store, flipped = noisy_store()
+    probe = label_probe(store, progress=False)
+    d = label_noise(store, probe)
+    assert d.name == "label_noise(k=10)" and (d.ids == store.ids).all()
+    assert auc(d.scores, flipped) > 0.95
+    with pytest.raises(TypeError, match="probe"):
+        label_noise(store, probe="cleanlab")

@@ -200,7 +200,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
         "inbatch": lambda: bs.inbatch_section([256, 1024] if quick else [256, 1024, 4096], dim),
         "sampler": lambda: bs.sampler_section([100_000] if quick else [1_000_000]),
         "loader": lambda: bs.loader_section(batches=30 if quick else 200, rounds=1 if quick else 5, data=data),
-        "noise": lambda: noise_section(4_000 if quick else 20_000, 4_000 if quick else 24_000, data=data),
+        "noise": lambda: noise_section(4_000 if quick else 20_000, 0 if quick else 24_000, data=data),
     }
     for name in sections:
         if name == "knn":
