@@ -17,7 +17,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .data import load_real, pixel_pca, symmetric_noise
-from ..difficulty import class_margin, combine, knn_distance, label_disagreement, label_entropy, prototype_distance
+from ..difficulty import (class_margin, combine, knn_distance, label_disagreement, label_entropy, label_probe,
+                          prototype_distance)
 from ..pacing import Root
 from .._util.progress import progress_bar
 from ..sampling.sampler import CurriculumSampler
@@ -121,7 +122,7 @@ def _accuracy(model: Any, x: "torch.Tensor", y: np.ndarray) -> tuple[float, np.n
 
 def _train_one(method: str, x: "torch.Tensor", y: "torch.Tensor", difficulty: Any, xt: "torch.Tensor",
                yt: np.ndarray, steps: int, seed: int, checkpoints: list[int], start: float,
-               flipped: np.ndarray | None = None, device: str = "cpu") -> dict:
+               flipped: np.ndarray | None = None, device: str = "cpu", exclude: np.ndarray | None = None) -> dict:
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
@@ -140,6 +141,8 @@ def _train_one(method: str, x: "torch.Tensor", y: "torch.Tensor", difficulty: An
         loader = wrap(base, difficulty=difficulty, pacing=Constant(1.0), seed=seed)
     elif method == "curriculum":
         loader = wrap(base, difficulty=difficulty, pacing=Root(start=start, steps=int(0.8 * steps)), seed=seed)
+    elif method == "cleaning":  # uniform over everything but the probe's flagged rows
+        loader = wrap(base, difficulty=difficulty, pacing=Constant(1.0), seed=seed, exclude=exclude)
     elif method == "anti-curriculum":
         loader = wrap(base, difficulty=difficulty, pacing=Root(start=start, steps=int(0.8 * steps)), strategy="anti",
                       seed=seed)
@@ -196,7 +199,8 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
              device: str = "cpu") -> dict:
     """Train the same CNN under the same step budget with uniform sampling, a curriculum
     (label-disagreement difficulty from a pixel-PCA store + root pacing), an anti-curriculum and
-    online hard-sample selection (rank-based on the loss EMA), on the clean set and on a
+    online hard-sample selection (rank-based on the loss EMA) and the cleaning mode (uniform over all
+    but the rows a :func:`~curriculum.difficulty.label_probe` flags), on the clean set and on a
     noisy (20% symmetric) long-tailed (rho = 100) variant. Writes ``results.json`` and the
     figures to ``out`` and prints the results table. The table reports whatever was measured.
     ``device`` runs the CNN there (``"cuda"``); sampling, feedback and scores stay on the CPU.
@@ -220,18 +224,22 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
         for variant, noisy_lt, title in (("clean", False, "clean"),
                                          ("noisy-lt", True, "20% label noise, long-tailed (rho=100)")):
             idx, y, flipped = _variant_data(train_images, train_labels, noisy_lt, 6000 if quick else None, 0)
-            diff = label_disagreement(_pixel_store(train_images[idx], y), k=10)
+            store = _pixel_store(train_images[idx], y)
+            diff = label_disagreement(store, k=10)
+            flagged = label_probe(store, progress=False).ranked_issues()
             x = torch.tensor(train_images[idx], dtype=torch.float32).div(255).unsqueeze(1)
             vres: dict[str, Any] = {"title": f"{title} ({len(idx)} train)", "n_train": int(len(idx)),
                                     "class_counts": np.bincount(y, minlength=10).tolist(),
                                     "competence": [Root(_START, int(0.8 * steps))(s) for s in range(steps)],
                                     "auc_flipped": roc_auc(diff.scores, flipped) if flipped.any() else None,
+                                    "cleaning_flagged": int(len(flagged)),
+                                    "cleaning_precision": float(flipped[flagged].mean()) if len(flagged) else None,
                                     "methods": {}}
             for m in _METHODS:
                 vres["methods"][m] = []
                 for sd in range(n_seeds):
                     vres["methods"][m].append(_train_one(m, x, torch.from_numpy(y), diff, xt, test_labels, steps, sd,
-                                                         checkpoints, _START, flipped, str(dev)))
+                                                         checkpoints, _START, flipped, str(dev), flagged))
                     bar.update(1)
             results["variants"][variant] = vres
             if noisy_lt:
@@ -245,7 +253,7 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
     return results
 
 
-_METHODS = ("uniform", "curriculum", "anti-curriculum", "online hard")
+_METHODS = ("uniform", "curriculum", "anti-curriculum", "online hard", "cleaning")
 _START = 0.2  # the root pacing's starting competence
 
 
@@ -326,6 +334,10 @@ def _print_table(res: dict) -> str:
                     d = np.mean([r["test_accuracy"][-1] for r in runs]) * 100 - base
                     lines.append(f"  {m} vs uniform at the last checkpoint: {d:+.2f} points"
                                  + ("" if d > 0 else "  (no gain)"))
+        if vv.get("cleaning_flagged") is not None:
+            prec = vv.get("cleaning_precision")
+            lines.append(f"  cleaning: {vv['cleaning_flagged']} rows flagged by label_probe"
+                         + (f", {prec:.0%} of them flipped" if prec is not None and v == "noisy-lt" else ""))
         dyn = [r.get("dynamics_auc_flipped") for r in vv["methods"].get("online hard", []) if r.get("dynamics_auc_flipped")]
         if dyn:
             lines.append("  training dynamics of the online run, ROC-AUC for flipped labels: " + ", ".join(

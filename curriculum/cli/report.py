@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-COLORS = {"uniform": "#4d4d4d", "curriculum": "#1f77b4", "anti-curriculum": "#d62728", "online hard": "#2ca02c"}
+COLORS = {"uniform": "#4d4d4d", "curriculum": "#1f77b4", "anti-curriculum": "#d62728", "online hard": "#2ca02c",
+          "cleaning": "#9467bd"}
 
 
 def _plt() -> Any:
