@@ -18,7 +18,7 @@ from scipy.stats import rankdata
 
 from .data import load_real, pixel_pca, symmetric_noise
 from ..difficulty import (class_margin, combine, knn_distance, label_disagreement, label_entropy, label_noise,
-                          label_probe, prototype_distance)
+                          prototype_distance)
 from ..pacing import Root
 from .._util.progress import progress_bar
 from ..sampling.sampler import CurriculumSampler
@@ -230,7 +230,7 @@ def run_demo(data: str | None = None, out: str = "runs/demo", quick: bool = Fals
             # cleaning: leave out the hardest share by label_noise, the share given (the injected rate);
             # the probe's own issue mask (confident joint) flags 32% here, most of the tail classes
             share = _NOISE if noisy_lt else 0.0
-            flagged = label_noise(store, label_probe(store, progress=False)).hardest(share) if share else np.zeros(0, int)
+            flagged = label_noise(store, progress=False).hardest(share) if share else np.zeros(0, int)
             x = torch.tensor(train_images[idx], dtype=torch.float32).div(255).unsqueeze(1)
             vres: dict[str, Any] = {"title": f"{title} ({len(idx)} train)", "n_train": int(len(idx)),
                                     "class_counts": np.bincount(y, minlength=10).tolist(),
