@@ -5,8 +5,9 @@ from __future__ import annotations
 import ast
 import difflib
 import os
-import subprocess
 import sys
+
+import _gloo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EX = os.path.join(ROOT, "examples")
@@ -22,8 +23,7 @@ def code_lines(path):
 
 def run(script, *args):
     env = {**os.environ, "CURRICULUM_PROGRESS": "0"}
-    out = subprocess.run([sys.executable, os.path.join(EX, script), *args], capture_output=True, text=True,
-                         env=env, timeout=600)
+    out = _gloo.run([sys.executable, os.path.join(EX, script), *args], env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 

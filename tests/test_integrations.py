@@ -19,13 +19,14 @@ import importlib.util
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 import curriculum as cl
+
+import _gloo
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frameworks")
 sys.path.insert(0, HERE)
@@ -55,7 +56,7 @@ def _run(fw: str, out: str, tag: str, procs: int, *args: str) -> list[dict]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
                "--master_port", str(_free_port()), *cmd[1:]]
     env = {**os.environ, "CURRICULUM_PROGRESS": "0", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=out)
+    res = _gloo.run(cmd, env=env, timeout=600, cwd=out)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return [json.load(open(os.path.join(out, f"{tag}-rank{r}.json"))) for r in range(procs)]
 

@@ -12,6 +12,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 import curriculum as cl
 from curriculum import pacing as P
 
+import _gloo
+
 
 class IndexEncoded(Dataset):
     """Item i is (tensor([i, i]), i % 3): the item says which index it is."""
@@ -208,9 +210,7 @@ def _gloo_wrap_worker(rank, world, path, initfile):
 
 
 def test_two_process_gloo_identical_scores_disjoint_draws(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_wrap_worker, args=(2, str(tmp_path / "out"), str(tmp_path / "init")), nprocs=2, join=True)
+    _gloo.spawn(_gloo_wrap_worker, 2, tmp_path)
     r0 = json.load(open(tmp_path / "out.0"))
     r1 = json.load(open(tmp_path / "out.1"))
     assert r0["loss_ema"] == r1["loss_ema"]  # every rank saw every rank's feedback

@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
+import _gloo
+
 from curriculum import pacing as P
 from curriculum.difficulty import Difficulty
 from curriculum.sampling import STRATEGIES, CurriculumBatchSampler, CurriculumSampler
@@ -214,9 +216,7 @@ def _gloo_worker(rank, world, path, initfile):
 
 
 def test_two_process_gloo_ranks_draw_disjoint_shards(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "out"), str(tmp_path / "init")), nprocs=2, join=True)
+    _gloo.spawn(_gloo_worker, 2, tmp_path)
     r0 = json.load(open(tmp_path / "out.0"))
     r1 = json.load(open(tmp_path / "out.1"))
     assert (r0["rank"], r0["world"], r1["rank"]) == (0, 2, 1)
