@@ -113,9 +113,12 @@ def main() -> None:
         pixel_store.add(pixel_pca(images, dim=64), labels=labels)
     survivors = deduplicate(pixel_store, 0.98)
     curated = curate(store, a.select, ids=survivors, seed=0)
+    # a user who hand-checked 500 random pool images passes the good ones as the in-distribution reference
+    checked = np.random.default_rng(1).choice(np.intersect1d(np.flatnonzero(kind == 0), survivors), 500, replace=False)
+    with_ref = curate(store, a.select, ids=survivors, seed=0, reference=checked)
     rand = np.sort(np.random.default_rng(0).choice(len(labels), a.select, replace=False))
     rows = {}
-    for name, sel in (("random", rand), ("curated", curated)):
+    for name, sel in (("random", rand), ("curated", curated), ("+reference", with_ref)):
         acc = train_eval(images[sel], labels[sel], test, a.steps)
         real = sel[kind[sel] == 0]
         rows[name] = {"tail_share": float(np.isin(labels[real], range(5, 10)).mean()),

@@ -175,4 +175,4 @@ def test_progress_defaults_to_on_only_for_long_work(capfd, monkeypatch):
     store.knn(6, progress=True)  # k=5 again would come from the store's graph cache
     cl.curate(store, 30, progress=True)
     err = capfd.readouterr().err
-    assert "kNN" in err and "hierarchical k-means" in err
+    assert "kNN" in err and "curation" in err

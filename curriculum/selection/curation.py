@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from .._util import checks as C
 from .._util.progress import progress_bar, want
-from ..neighbors import brute_knn, normalize
+from ..neighbors import brute_knn, normalize, pca_projection
+from . import kmeans as KM
+from .kmeans import kmeans_pp_init
 from ..store import EmbeddingStore
 
 
@@ -44,59 +45,203 @@ class Hierarchy:
         return a
 
 
-def kmeans_pp_init(x: np.ndarray, k: int, seed: int = 0, sample: int = 50_000) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) on a sample: each new centre is drawn with
-    probability proportional to the squared distance to the nearest centre so far, so small,
-    distant clusters (the tail) get centres instead of being swallowed by the dense head."""
+MODE_GAP = 1.2        # a single-linkage merge this much higher than the one before it separates modes
+LEVEL_FACTOR = 4      # clusters per level grow by this factor from the modes down to the leaves
+MAX_LEAVES = 2048     # finest-level clusters at most (k-means cost and the linkage's k^2 memory)
+REDUCE_TO = 128       # rows of more dimensions are clustered on a PCA projection (97% of the variance)
+SAMPLE_PER_LEAF = 64  # the finest level is fitted on this many sampled rows per cluster
+FALLBACK_TOP = 0.5    # without clear modes the top level has n_leaves ** FALLBACK_TOP Ward clusters
+REFERENCE_ALPHA = 1e-2     # a region this unlikely to hold so few reference rows is out of distribution
+REFERENCE_EXPECTED = 5.0   # ... judged over the nearest leaves expected to hold this many reference rows
+MIN_MODE_ROWS = 3     # a leaf with fewer rows is a stray point, not (part of) a mode
+
+
+def clustering_space(vectors: np.ndarray, metric: str, seed: int = 0) -> np.ndarray:
+    """Rows as k-means sees them: unit rows for cosine (l2 on the sphere is cosine), and above
+    :data:`REDUCE_TO` dimensions a PCA projection keeping 97% of the variance (at most
+    ``REDUCE_TO`` dims). l2 on these rows stands in for the store's metric.
+
+    Example:
+        >>> import numpy as np
+        >>> clustering_space(np.ones((10, 300), np.float32), "cosine").shape[1] <= 128
+        True
+    """
+    x = np.ascontiguousarray(vectors, np.float32)
+    if metric == "cosine":
+        x = normalize(x)
+    if x.shape[1] > REDUCE_TO:
+        x = pca_projection(x, 0.97, seed=seed, max_dim=REDUCE_TO)
+    return x
+
+
+def leaf_count(n: int) -> int:
+    """Default number of finest-level clusters for ``n`` rows: ``n / 16`` (a few per mode even
+    with hundreds of modes), at least ``2 sqrt(n)``, at most ``n / 8`` and :data:`MAX_LEAVES`.
+
+    Example:
+        >>> leaf_count(24_000), leaf_count(1_000_000), leaf_count(100)
+        (1500, 2048, 12)
+    """
+    return int(max(2, min(MAX_LEAVES, n // 8, max(2 * np.sqrt(n), n / 16))))
+
+
+def fit_leaves(x: np.ndarray, k: int, resample_iters: int = 3, seed: int = 0) -> np.ndarray:
+    """The finest level's centroids: seeded k-means on a sample of :data:`SAMPLE_PER_LEAF` rows
+    per cluster, refined by ``resample_iters`` resampling steps (Vo et al.). Only the final
+    assignment (by the caller) touches every row.
+
+    Example:
+        >>> import numpy as np
+        >>> fit_leaves(np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32), 10).shape
+        (10, 3)
+    """
     rng = np.random.default_rng(seed)
-    if len(x) > sample:
-        x = x[rng.choice(len(x), sample, replace=False)]
-    x = np.ascontiguousarray(x, np.float32)
-    centers = np.empty((k, x.shape[1]), np.float32)
-    centers[0] = x[rng.integers(len(x))]
-    d2 = ((x - centers[0]) ** 2).sum(1)
-    for i in range(1, k):
-        tot = d2.sum()
-        j = rng.choice(len(x), p=d2 / tot) if tot > 0 else rng.integers(len(x))
-        centers[i] = x[j]
-        d2 = np.minimum(d2, ((x - centers[i]) ** 2).sum(1))
-    return centers
+    sample = x if len(x) <= k * SAMPLE_PER_LEAF else x[np.sort(rng.choice(len(x), k * SAMPLE_PER_LEAF, replace=False))]
+    cent = KM.kmeans(sample, k, seed=seed, niter=10)
+    return KM.resample_refine(sample, cent, resample_iters, seed=seed)
 
 
-def _kmeans(x: np.ndarray, k: int, seed: int, spherical: bool, niter: int = 20, nredo: int | None = None) -> np.ndarray:
-    """k-means++ seeded faiss k-means; the best of ``nredo`` restarts (5 for small inputs such as
-    the upper levels of a hierarchy, where a bad local optimum splits a mode or merges two)."""
-    x = np.ascontiguousarray(x, np.float32)
-    redo = nredo if nredo is not None else (5 if len(x) * k <= 5e7 else 1)
-    best, best_obj = None, np.inf
-    for r in range(redo):
-        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed + r, spherical=spherical, verbose=False,
-                          min_points_per_centroid=1, max_points_per_centroid=1 << 30)
-        km.train(x, init_centroids=kmeans_pp_init(x, k, seed + 7919 * r))
-        obj = float(km.obj[-1]) if len(km.obj) else 0.0
-        better = obj > best_obj if spherical else obj < best_obj  # spherical k-means maximises similarity
-        if best is None or better:
-            best, best_obj = np.ascontiguousarray(km.centroids, np.float32), obj
-    return best
+def mode_cut(centroids: np.ndarray, sizes: np.ndarray | None = None,
+             min_gap: float = MODE_GAP) -> np.ndarray | None:
+    """Modes among the leaf centroids, or ``None`` when there is no clear mode structure.
+
+    Single linkage merges the centroids by distance; inside a mode merges stay at the leaf
+    spacing, and joining two modes costs a jump. The cut below the largest jump (relative to the
+    merge before it; at least ``min_gap``) gives the modes - their number is found, not given.
+    Leaves of fewer than :data:`MIN_MODE_ROWS` rows (``sizes``: rows per leaf) are stray points,
+    not modes: they stay out of the linkage (where they would bridge modes or pose as modes) and
+    join the mode of their nearest leaf.
+
+    Example:
+        >>> import numpy as np
+        >>> c = np.concatenate([np.random.default_rng(0).normal(size=(20, 2)) + m for m in (0, 50, 100)])
+        >>> np.bincount(mode_cut(c.astype(np.float32))).tolist()
+        [20, 20, 20]
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    centroids = np.asarray(centroids, np.float32)
+    core = np.ones(len(centroids), bool) if sizes is None else np.asarray(sizes) >= MIN_MODE_ROWS
+    k = int(core.sum())
+    if k < 4:
+        return None
+    z = linkage(centroids[core].astype(np.float64), "single")
+    heights = z[:, 2]
+    counts = np.arange(2, k // 2 + 1)  # clusters left after the cut
+    before = np.maximum(heights[k - counts - 1], 1e-12 * max(float(heights[-1]), 1e-30))
+    gaps = heights[k - counts] / before
+    best = int(np.argmax(gaps))
+    if gaps[best] < min_gap:
+        return None
+    modes = np.empty(len(centroids), np.int64)
+    modes[core] = np.unique(fcluster(z, counts[best], "maxclust"), return_inverse=True)[1]
+    if not core.all():
+        modes[~core] = modes[core][KM.assign(centroids[~core], centroids[core])[0]]
+    return modes
 
 
-def _assign(x: np.ndarray, cent: np.ndarray, metric: str) -> np.ndarray:
-    return brute_knn(np.ascontiguousarray(x, np.float32), cent, 1, metric)[1][:, 0]
+def _ward_levels(centroids: np.ndarray, top: np.ndarray, factor: int = LEVEL_FACTOR) -> list[np.ndarray]:
+    """Nested labels of the leaf centroids between the top level and the leaves: inside each top
+    cluster, cuts of its Ward dendrogram at ``factor`` times more clusters per level (clusters
+    spread over the top clusters in proportion to their leaf counts). Coarsest last."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    n_top, k = int(top.max()) + 1, len(centroids)
+    counts, levels = [], []
+    c = n_top * factor
+    while c <= k / factor:
+        counts.append(c)
+        c *= factor
+    trees = {t: linkage(np.asarray(centroids[top == t], np.float64), "ward") for t in range(n_top)
+             if (top == t).sum() > 2}
+    for c in counts:
+        lab = np.empty(k, np.int64)
+        offset = 0
+        for t in range(n_top):
+            rows = np.flatnonzero(top == t)
+            want_t = max(1, min(len(rows), round(c * len(rows) / k)))
+            sub = np.zeros(len(rows), np.int64) if len(rows) < 2 else (
+                np.arange(len(rows)) if t not in trees else fcluster(trees[t], want_t, "maxclust") - 1)
+            sub = np.unique(sub, return_inverse=True)[1]
+            lab[rows] = offset + sub
+            offset += int(sub.max()) + 1
+        levels.append(lab)
+    return levels
+
+
+def _maps(leaf_labels: list[np.ndarray]) -> list[np.ndarray]:
+    """Nested labels of the leaves (finest first) as Hierarchy maps: cluster at level l -> parent."""
+    maps = []
+    for fine, coarse in zip(leaf_labels, leaf_labels[1:]):
+        m = np.zeros(int(fine.max()) + 1, np.int64)
+        m[fine] = coarse
+        maps.append(m)
+    return maps
+
+
+def _centroids_of(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    sums, counts = KM.reduce_sums(x, labels, k)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
+def auto_hierarchy(vectors: np.ndarray, metric: str = "cosine", n_leaves: int | None = None,
+                   resample_iters: int = 3, seed: int = 0, progress: bool | None = None) -> Hierarchy:
+    """A hierarchy whose levels are found in the data, not given.
+
+    Leaves: resampling-refined k-means (:func:`fit_leaves`, ``n_leaves`` default
+    :func:`leaf_count`). Top: the modes that single linkage separates by a clear jump
+    (:func:`mode_cut`); without one, the leaves themselves grouped by Ward into about
+    ``sqrt(n_leaves)`` clusters. Between them, nested Ward cuts ``LEVEL_FACTOR`` apart. Balanced
+    sampling over this hierarchy then gives every mode the same share, however many there are.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> x = np.concatenate([rng.normal(size=(n, 8)) + 20 * m for m, n in enumerate((2000, 200, 20))])
+        >>> h = auto_hierarchy(x.astype(np.float32), "l2")
+        >>> len(h.centroids[-1])  # three modes found
+        3
+    """
+    return _auto_hierarchy(clustering_space(vectors, metric, seed), n_leaves, resample_iters, seed, progress)
+
+
+def _auto_hierarchy(x: np.ndarray, n_leaves: int | None, resample_iters: int, seed: int,
+                    progress: bool | None) -> Hierarchy:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    bar = progress_bar(total=2, desc="curation: leaves, modes", disable=not want(progress, len(x)))
+    k = C.positive_int(n_leaves, "n_leaves") if n_leaves is not None else leaf_count(len(x))
+    if k > len(x):
+        raise ValueError(f"n_leaves: expected at most the number of vectors ({len(x)}), got {k}")
+    cent = fit_leaves(x, k, resample_iters, seed)
+    rows, _ = KM.assign(x, cent)
+    bar.update(1)
+    top = mode_cut(cent, np.bincount(rows, minlength=k))
+    if top is None:
+        top = fcluster(linkage(cent.astype(np.float64), "ward"), max(2, round(k ** FALLBACK_TOP)), "maxclust") - 1
+        top = np.unique(top, return_inverse=True)[1].astype(np.int64)
+    labels = [np.arange(k)] + _ward_levels(cent, top) + [top]
+    labels = [lab for i, lab in enumerate(labels) if i == 0 or lab.max() < labels[i - 1].max()]
+    bar.update(1)
+    bar.close()
+    maps = _maps(labels)
+    cents = [_centroids_of(x, rows, k)]
+    for m in maps:
+        cents.append(_centroids_of(cents[-1], m, int(m.max()) + 1))
+    return Hierarchy([rows] + maps, cents)
 
 
 def hierarchical_kmeans(vectors: np.ndarray, levels: tuple[int, ...], metric: str = "cosine", seed: int = 0,
                         resample_iters: int = 3, resample_per_cluster: int | None = None,
                         upper: str = "ward", progress: bool | None = None) -> Hierarchy:
-    """Hierarchical clustering with resampling refinement (after Vo et al. 2024).
+    """Hierarchical clustering with given level sizes and resampling refinement (Vo et al. 2024).
 
     ``levels`` lists the number of clusters from the finest level to the coarsest (decreasing).
-    The finest level is k-means (k-means++ seeded) refined by ``resample_iters`` rounds that
-    re-run k-means on a sample of at most ``resample_per_cluster`` points per current cluster
-    (default: the median cluster size), so dense regions stop pulling every centroid to them.
-    Upper levels cluster the previous level's centroids: by Ward agglomeration (``upper="ward"``,
-    the default: on a few hundred or thousand centroids it is cheap and does not split a dense
-    mode into several top clusters while merging small ones, as k-means measurably did in our
-    tests) or by the same refined k-means (``upper="kmeans"``, Vo et al.'s choice).
+    The finest level is seeded k-means refined by ``resample_iters`` resampling steps (the
+    ``resample_per_cluster`` rows closest to each centroid, default half the mean cluster size).
+    Upper levels cluster the previous level's centroids: by Ward agglomeration (``upper="ward"``)
+    or by the same refined k-means (``upper="kmeans"``, Vo et al.'s choice). When the number of
+    modes is unknown (the usual case) use :func:`auto_hierarchy`, which finds the levels.
 
     Example:
         >>> import numpy as np
@@ -106,46 +251,35 @@ def hierarchical_kmeans(vectors: np.ndarray, levels: tuple[int, ...], metric: st
         ([20, 4], (200,))
     """
     upper = C.choice(upper, "upper", ("ward", "kmeans"))
-    x = np.ascontiguousarray(vectors, np.float32)
-    if metric == "cosine":
-        x = normalize(x)
+    return _hierarchical_kmeans(clustering_space(vectors, metric, seed), levels, seed, resample_iters,
+                                resample_per_cluster, upper, progress)
+
+
+def _hierarchical_kmeans(x: np.ndarray, levels: tuple[int, ...], seed: int, resample_iters: int,
+                         resample_per_cluster: int | None, upper: str, progress: bool | None) -> Hierarchy:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
     ks = [C.positive_int(k, "levels") for k in levels]
     if not ks or any(b >= a for a, b in zip(ks, ks[1:])):
         raise ValueError(f"levels: expected strictly decreasing cluster counts, got {list(levels)}")
     if ks[0] > len(x):
         raise ValueError(f"levels: the finest level asks for {ks[0]} clusters but there are {len(x)} vectors")
-    sph = metric == "cosine"
-    rng = np.random.default_rng(seed)
     assignments, centroids = [], []
     pts = x
     bar = progress_bar(total=len(ks), desc="hierarchical k-means (levels)", disable=not want(progress, len(x)))
     for li, k in enumerate(ks):
         bar.update(1)
         if li > 0 and upper == "ward":
-            from scipy.cluster.hierarchy import fcluster, linkage
-
             lab = fcluster(linkage(pts.astype(np.float64), "ward"), k, "maxclust") - 1
-            lab = np.unique(lab, return_inverse=True)[1]
-            cent = np.stack([pts[lab == c].mean(0) for c in range(lab.max() + 1)]).astype(np.float32)
-            if sph:
-                cent = normalize(cent)
-            assignments.append(lab.astype(np.int64))
-            centroids.append(cent)
-            pts = cent
-            continue
-        cent = _kmeans(pts, k, seed + li, sph)
-        for it in range(resample_iters):
-            a = _assign(pts, cent, metric)
-            sizes = np.bincount(a, minlength=k)
-            r = resample_per_cluster or max(1, int(np.median(sizes[sizes > 0])))
-            pick = np.concatenate([rng.choice(np.flatnonzero(a == c), min(r, s), replace=False)
-                                   for c, s in enumerate(sizes) if s > 0])
-            if len(pick) < k:
-                break
-            cent = _kmeans(pts[pick], k, seed + 1000 * (li + 1) + it, sph)
-        assignments.append(_assign(pts, cent, metric))
-        centroids.append(cent)
-        pts = cent
+            lab = np.unique(lab, return_inverse=True)[1].astype(np.int64)
+        else:
+            cent = KM.kmeans(pts, k, seed=seed + li)
+            cent = KM.resample_refine(pts, cent, resample_iters, seed=seed + 1000 * (li + 1),
+                                      per_cluster=resample_per_cluster)
+            lab = KM.assign(pts, cent)[0]
+        assignments.append(lab)
+        centroids.append(_centroids_of(pts, lab, int(lab.max()) + 1))
+        pts = centroids[-1]
     bar.close()
     return Hierarchy(assignments, centroids)
 
@@ -180,11 +314,12 @@ def _water_fill(sizes: np.ndarray, target: int) -> np.ndarray:
     return alloc
 
 
-def balanced_select(h: Hierarchy, target: int, seed: int = 0, distances: np.ndarray | None = None) -> np.ndarray:
+def balanced_select(h: Hierarchy, target: int, seed: int = 0, keep: np.ndarray | None = None) -> np.ndarray:
     """Row positions of a subset of size ``target`` balanced down the hierarchy.
 
     At every node, the node's quota is split over its children by :func:`_water_fill` on their
-    sizes (in rows); inside a finest-level cluster the rows are drawn at random (seeded).
+    sizes (in rows); inside a finest-level cluster the rows are drawn at random (seeded). ``keep``
+    (a boolean mask over the rows) leaves the other rows out, as if they were not in the pool.
 
     Example:
         >>> import numpy as np
@@ -194,76 +329,136 @@ def balanced_select(h: Hierarchy, target: int, seed: int = 0, distances: np.ndar
     """
     rng = np.random.default_rng(seed)
     n_rows = len(h.assignments[0])
+    keep = np.ones(n_rows, bool) if keep is None else np.asarray(keep, bool)
+    if keep.shape != (n_rows,):
+        raise ValueError(f"keep: expected a boolean mask of {n_rows} rows, got shape {keep.shape}")
     target = C.positive_int(target, "target")
-    if target > n_rows:
-        raise ValueError(f"target: expected at most the pool size {n_rows}, got {target}")
-    # row lists per finest cluster, and row counts per node at every level
-    leaf = h.assignments[0]
-    rows_of_leaf = [np.flatnonzero(leaf == c) for c in range(len(h.centroids[0]))]
+    if target > int(keep.sum()):
+        raise ValueError(f"target: expected at most the pool size {int(keep.sum())}, got {target}")
+    rows_of_leaf = [r[keep[r]] for r in _groups(h.assignments[0], len(h.centroids[0]))]
     sizes = [np.array([len(r) for r in rows_of_leaf])]
     children = []
     for lvl in range(1, len(h.assignments)):
-        m = h.assignments[lvl]
-        kids = [np.flatnonzero(m == c) for c in range(len(h.centroids[lvl]))]
+        kids = _groups(h.assignments[lvl], len(h.centroids[lvl]))
         children.append(kids)
         sizes.append(np.array([sizes[-1][kk].sum() for kk in kids]))
-    top = len(h.assignments) - 1
-    quota = {(top, c): q for c, q in enumerate(_water_fill(sizes[top], target))}
-    for lvl in range(top, 0, -1):
-        nxt = {}
+    quota = _water_fill(sizes[-1], target)
+    for lvl in range(len(h.assignments) - 1, 0, -1):
+        nxt = np.zeros(len(sizes[lvl - 1]), np.int64)
         for c, kids in enumerate(children[lvl - 1]):
-            q = quota.get((lvl, c), 0)
-            if q and len(kids):
-                for kid, qq in zip(kids, _water_fill(sizes[lvl - 1][kids], q)):
-                    nxt[(lvl - 1, int(kid))] = qq
+            if quota[c] and len(kids):
+                nxt[kids] = _water_fill(sizes[lvl - 1][kids], int(quota[c]))
         quota = nxt
-    out = []
-    for (lvl, c), q in quota.items():
-        if q:
-            out.append(rng.choice(rows_of_leaf[c], int(q), replace=False))
-    sel = np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
-    return sel
+    out = [rng.choice(rows_of_leaf[c], int(q), replace=False) for c, q in enumerate(quota) if q]
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+def _groups(labels: np.ndarray, k: int) -> list[np.ndarray]:
+    """Positions of each label 0..k-1 (one sort, not k scans)."""
+    order = np.argsort(labels, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(labels, minlength=k))[:-1])
 
 
 def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | None = None, seed: int = 0,
            dedup_threshold: float | None = None, resample_iters: int = 3, ids: np.ndarray | None = None,
-           progress: bool | None = None) -> np.ndarray:
-    """Select ``target_size`` ids from the store, balanced over a hierarchical k-means of it.
+           reference: np.ndarray | None = None, drop_stray: bool = True, progress: bool | None = None) -> np.ndarray:
+    """Select ``target_size`` ids from the store, balanced over a hierarchical clustering of it.
 
-    ``levels`` defaults to two levels, ``(~2 sqrt(N), ~sqrt(N) / 2)`` clusters; the top level
-    should be close to the number of natural modes of the pool. With ``dedup_threshold``
-    (cosine), near-duplicates are removed first (one id kept per group). ``ids`` restricts the
-    pool to those stored ids (e.g. the survivors of a de-duplication in another embedding).
-    ``progress``: a bar per clustering level (default: on from 50,000 rows).
+    By default the hierarchy is found in the data (:func:`auto_hierarchy`): resampled k-means
+    leaves, the modes that separate by a clear jump in distance on top, nested levels between,
+    so every mode gets the same share whatever their number; modes smaller than that share are
+    taken whole. ``levels`` (finest to coarsest cluster counts) fixes the levels instead, as in
+    Vo et al.'s pipeline (the top level then should match the number of modes).
+
+    Before balancing (which would over-sample junk that forms its own cluster), rows are left out:
+    stray rows (leaves of fewer than :data:`MIN_MODE_ROWS` rows) unless ``drop_stray=False``, and
+    with ``reference`` (ids of a random sample of rows known to be in distribution, e.g. a few
+    hundred hand-checked), every cluster that holds too few of them (:func:`out_of_reference`). With
+    ``dedup_threshold`` (cosine), near-duplicates are removed first (one id kept per group).
+    ``ids`` restricts the pool to those stored ids. ``progress``: bars (default: on from 50,000 rows).
 
     Example:
         >>> ids = curate(store, target_size=len(store) // 10)      # doctest: +SKIP
     """
+    ids, vec = _pool(store, ids, dedup_threshold, seed)
+    target = C.positive_int(target_size, "target_size")
+    if target > len(ids):
+        raise ValueError(f"target_size: expected at most {len(ids)} (the pool"
+                         f"{' after de-duplication' if dedup_threshold else ''}), got {target}")
+    ref_rows = None
+    if reference is not None:
+        ref = C.as_ids(reference, "reference")
+        missing = np.setdiff1d(ref, ids)
+        if len(missing):
+            raise ValueError(f"reference: expected ids of the pool, got {len(missing)} that are not "
+                             f"(first: {missing[:5].tolist()})")
+        ref_rows = np.searchsorted(ids, ref) if np.all(ids[:-1] <= ids[1:]) else np.flatnonzero(np.isin(ids, ref))
+    x = clustering_space(vec, "cosine" if store.metric == "cosine" else "l2", seed)
+    if levels is None:
+        h = _auto_hierarchy(x, None, resample_iters, seed, progress)
+    else:
+        h = _hierarchical_kmeans(x, levels, seed, resample_iters, None, "ward", progress)
+    sizes = np.bincount(h.assignments[0], minlength=len(h.centroids[0]))
+    keep = sizes[h.assignments[0]] >= (MIN_MODE_ROWS if drop_stray else 0)
+    if ref_rows is not None:
+        keep &= ~out_of_reference(h, ref_rows)
+    if target > int(keep.sum()):
+        raise ValueError(f"target_size: expected at most {int(keep.sum())} (the rows left after dropping "
+                         f"{int((~keep).sum())} stray or out-of-reference rows), got {target}")
+    return np.sort(ids[balanced_select(h, target, seed=seed, keep=keep)])
+
+
+def _pool(store: EmbeddingStore, ids: np.ndarray | None, dedup_threshold: float | None,
+          seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and vectors of the pool: the store, restricted to ``ids``, de-duplicated."""
     if not isinstance(store, EmbeddingStore):
         raise TypeError(f"store: expected an EmbeddingStore, got {type(store).__name__}")
-    all_ids = store.ids
-    vec = store.vectors()
+    pool_ids, vec = store.ids, store.vectors()
     if ids is not None:
-        wanted = C.as_ids(ids, "ids")
-        rows = store.rows_of(wanted)
-        all_ids, vec = all_ids[rows], vec[rows]
-    ids = all_ids
+        rows = store.rows_of(C.as_ids(ids, "ids"))
+        pool_ids, vec = pool_ids[rows], vec[rows]
     if dedup_threshold is not None:
-        keep = np.intersect1d(deduplicate(store, dedup_threshold, seed=seed), ids)
-        rows = np.argsort(ids)[np.searchsorted(np.sort(ids), keep)]
-        ids, vec = ids[rows], vec[rows]
-    n = len(ids)
-    target = C.positive_int(target_size, "target_size")
-    if target > n:
-        raise ValueError(f"target_size: expected at most {n} (the pool{' after de-duplication' if dedup_threshold else ''}), "
-                         f"got {target}")
-    if levels is None:
-        k1 = int(max(2, min(n // 4, 2 * np.sqrt(n))))
-        k2 = int(max(1, min(k1 - 1, np.sqrt(n) / 2)))
-        levels = (k1, k2) if k2 >= 2 else (k1,)
-    h = hierarchical_kmeans(vec, levels, metric="cosine" if store.metric == "cosine" else "l2", seed=seed,
-                            resample_iters=resample_iters, progress=progress)
-    return np.sort(ids[balanced_select(h, target, seed=seed)])
+        kept = np.isin(pool_ids, deduplicate(store, dedup_threshold, seed=seed))
+        pool_ids, vec = pool_ids[kept], vec[kept]
+    return pool_ids, vec
+
+
+def out_of_reference(h: Hierarchy, reference_rows: np.ndarray, alpha: float = REFERENCE_ALPHA,
+                     expected: float = REFERENCE_EXPECTED) -> np.ndarray:
+    """Rows out of distribution (a boolean mask): those of leaves whose neighbourhood holds too
+    few of the trusted ``reference_rows`` (positions of a random sample of in-distribution rows,
+    e.g. hand-checked).
+
+    A density-ratio test: the reference samples the distribution in proportion, so any region of
+    ``m`` rows should hold about ``m * len(reference) / len(pool)`` of them. Each leaf's region is
+    the leaf and its nearest leaves (by centroid) until it should hold ``expected`` reference
+    rows; where the Poisson probability of holding as few as it does is below ``alpha``, the
+    reference never covers it: junk. Rare modes of the distribution keep their share (the
+    reference samples them too), which a distance threshold would not give them.
+
+    Example:
+        >>> import numpy as np
+        >>> leaves = np.repeat(np.arange(20), 50)  # rows 0..899 in leaves 0..17, 900..999 in 18, 19
+        >>> cent = np.r_[np.zeros(18), 50, 51].astype(np.float32)[:, None]
+        >>> h = Hierarchy([leaves], [cent])
+        >>> ref = np.random.default_rng(0).choice(900, 60, replace=False)  # none among rows 900..999
+        >>> out = out_of_reference(h, ref)
+        >>> int(out[:900].sum()), int(out[900:].sum())
+        (0, 100)
+    """
+    from scipy.stats import poisson
+
+    leaf, cent = h.assignments[0], np.ascontiguousarray(h.centroids[0], np.float32)
+    k = len(cent)
+    reference_rows = np.unique(np.asarray(reference_rows, np.int64))
+    rate = len(reference_rows) / len(leaf)
+    size = np.bincount(leaf, minlength=k)
+    held = np.bincount(leaf[reference_rows], minlength=k)
+    order = brute_knn(cent, cent, k, "l2")[1]  # every leaf's leaves by distance, itself first
+    rows = np.cumsum(size[order], axis=1)
+    stop = np.minimum((rows < expected / rate).sum(1), k - 1)  # first prefix expected to hold enough
+    got = np.cumsum(held[order], axis=1)[np.arange(k), stop]
+    return (poisson.cdf(got, rows[np.arange(k), stop] * rate) < alpha)[leaf]
 
 
 def deduplicate(store: EmbeddingStore, threshold: float = 0.95, n_clusters: int | None = None,
@@ -303,5 +498,6 @@ def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resamp
     return groups
 
 
-__all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'balanced_select', 'curate', 'deduplicate',
+__all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'auto_hierarchy', 'mode_cut', 'clustering_space',
+           'leaf_count', 'fit_leaves', 'balanced_select', 'curate', 'deduplicate',
            'cluster_groups']

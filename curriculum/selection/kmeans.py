@@ -1,0 +1,160 @@
+"""k-means for curation: a vectorised k-means++ seeding, Lloyd iterations written as
+"assign, then reduce sums and counts" (the step a sharded run all-reduces), and the
+resampling refinement of Vo et al. 2024.
+
+Everything works on float32 rows already in the metric's space (unit rows for cosine; the
+centroids are re-normalised then, i.e. spherical k-means). Assignment runs through faiss's
+blocked BLAS search, so memory stays O(rows x 1) whatever the number of centroids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._util import checks as C
+from ..neighbors import brute_knn, normalize
+
+SEED_ROUNDS = 16  # k-means++ draws its k seeds in this many batches (one GEMM each)
+POINTS_PER_CENTROID = 128  # Lloyd iterations run on a sample of this many rows per centroid (faiss: 256)
+
+
+def kmeans_pp_init(x: np.ndarray, k: int, seed: int = 0, sample: int = 50_000,
+                   rounds: int = SEED_ROUNDS) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007), batched: each of ``rounds`` rounds draws
+    ``k / rounds`` new centres with probability proportional to the squared distance to the
+    nearest centre so far, then updates those distances with one matrix product. Small, distant
+    clusters (the tail) get centres instead of being swallowed by the head. Runs on a random
+    sample of at most ``max(sample, 4 k)`` rows.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.concatenate([np.zeros((500, 2)), np.full((5, 2), 100.0)]).astype(np.float32)
+        >>> c = kmeans_pp_init(x, 2, rounds=2)
+        >>> sorted(c[:, 0].tolist())  # the 5 far rows get a centre of their own
+        [0.0, 100.0]
+    """
+    k = C.positive_int(k, "k")
+    rounds = C.positive_int(rounds, "rounds")
+    rng = np.random.default_rng(seed)
+    if len(x) > max(sample, 4 * k):
+        x = x[np.sort(rng.choice(len(x), max(sample, 4 * k), replace=False))]
+    x = np.ascontiguousarray(x, np.float32)
+    if k > len(x):
+        raise ValueError(f"k: expected at most the number of rows ({len(x)}), got {k}")
+    sq = np.einsum("ij,ij->i", x, x)
+    first = x[rng.integers(len(x))][None]
+    d2 = np.maximum(sq - 2 * (x @ first[0]) + float(first[0] @ first[0]), 0)
+    centres, got, step = [first], 1, max(1, -(-k // rounds))
+    while got < k:
+        b = min(step, k - got)
+        w = d2.astype(np.float64)
+        nz = int(np.count_nonzero(w))
+        idx = rng.choice(len(x), b, replace=False, p=w / w.sum()) if nz >= b else \
+            rng.choice(len(x), b, replace=False)
+        new = x[idx]
+        dn = sq[:, None] - 2 * (x @ new.T) + np.einsum("ij,ij->i", new, new)[None]
+        d2 = np.minimum(d2, np.maximum(dn.min(1), 0))
+        centres.append(new)
+        got += b
+    return np.ascontiguousarray(np.concatenate(centres), np.float32)
+
+
+def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (l2; rows and centroids already in the metric's space) of every row, and
+    the distance to it.
+
+    Example:
+        >>> import numpy as np
+        >>> assign(np.array([[0., 0], [9, 9]], np.float32), np.array([[10., 10], [1, 0]], np.float32))[0].tolist()
+        [1, 0]
+    """
+    d, i = brute_knn(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(centroids, np.float32), 1, "l2")
+    return i[:, 0].astype(np.int64), d[:, 0]
+
+
+def reduce_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster row sums and counts: the reduction a sharded k-means all-reduces.
+
+    Example:
+        >>> import numpy as np
+        >>> s, c = reduce_sums(np.array([[1., 1], [3, 3], [5, 5]], np.float32), np.array([0, 0, 1]), 2)
+        >>> s.tolist(), c.tolist()
+        ([[4.0, 4.0], [5.0, 5.0]], [2, 1])
+    """
+    onehot = sp.csr_matrix((np.ones(len(labels), np.float32), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
+    return np.asarray(onehot @ x, np.float64), np.bincount(labels, minlength=k)
+
+
+def _update(sums: np.ndarray, counts: np.ndarray, old: np.ndarray, spherical: bool,
+            rng: np.random.Generator) -> np.ndarray:
+    """New centroids from sums and counts; an emptied centroid takes a perturbed copy of the
+    largest cluster's centroid (as faiss does), so k clusters stay k."""
+    cent = old.astype(np.float64).copy()
+    full = counts > 0
+    cent[full] = sums[full] / counts[full, None]
+    for j in np.flatnonzero(~full):
+        big = int(np.argmax(counts))
+        cent[j] = cent[big] * (1 + 1e-3 * rng.standard_normal(cent.shape[1]))
+        counts[big] //= 2
+    cent = cent.astype(np.float32)
+    return normalize(cent) if spherical else cent
+
+
+def kmeans(x: np.ndarray, k: int, spherical: bool = False, seed: int = 0, niter: int = 20,
+           init: np.ndarray | None = None, points_per_centroid: int = POINTS_PER_CENTROID) -> np.ndarray:
+    """``k`` centroids of ``x`` by Lloyd's algorithm from a k-means++ seeding (or ``init``), run on a
+    random sample of at most ``k * points_per_centroid`` rows; ``spherical`` keeps them unit-norm.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.concatenate([np.zeros((50, 2)), np.ones((50, 2))]).astype(np.float32)
+        >>> sorted(kmeans(x, 2)[:, 0].round(3).tolist())
+        [0.0, 1.0]
+    """
+    k = C.positive_int(k, "k")
+    rng = np.random.default_rng(seed)
+    x = np.ascontiguousarray(x, np.float32)
+    if len(x) > k * points_per_centroid:
+        x = x[np.sort(rng.choice(len(x), k * points_per_centroid, replace=False))]
+    cent = kmeans_pp_init(x, k, seed=seed) if init is None else np.ascontiguousarray(init, np.float32)
+    for _ in range(niter):
+        labels, _ = assign(x, cent)
+        sums, counts = reduce_sums(x, labels, k)
+        new = _update(sums, counts, cent, spherical, rng)
+        moved = float(np.abs(new - cent).max())
+        cent = new
+        if moved < 1e-6:
+            break
+    return cent
+
+
+def resample_refine(x: np.ndarray, centroids: np.ndarray, iters: int, spherical: bool = False, seed: int = 0,
+                    per_cluster: int | None = None) -> np.ndarray:
+    """Vo et al.'s resampling steps: ``iters`` times, take the ``per_cluster`` rows closest to each
+    centroid (default: half the mean cluster size, at least 2) and re-run seeded k-means on that
+    sample, in which every cluster weighs the same. Centroids move off the dense head and onto
+    the tail.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(400, 2)).astype(np.float32)
+        >>> resample_refine(x, kmeans(x, 8), iters=2).shape
+        (8, 2)
+    """
+    k = len(centroids)
+    cent = centroids
+    for it in range(iters):
+        labels, d2 = assign(x, cent)
+        sizes = np.bincount(labels, minlength=k)
+        r = per_cluster or max(2, len(x) // (2 * k))
+        order = np.lexsort((d2, labels))
+        rank = np.arange(len(x)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        pick = order[rank < r]
+        if len(pick) < k:
+            break
+        cent = kmeans(x[pick], k, spherical, seed=seed + 1 + it)
+    return cent
+
+
+__all__ = ["kmeans_pp_init", "kmeans", "assign", "reduce_sums", "resample_refine"]
