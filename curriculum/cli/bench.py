@@ -20,7 +20,8 @@ rather than run whole.
 The other sections (:mod:`curriculum.bench_sections`): geometry scores end to end, global
 hard-negative mining latency, in-batch miners against pytorch-metric-learning, the sampler's
 draws per second and the wrapped loader's throughput; :mod:`curriculum.cli.bench_noise` finds flipped
-labels beside cleanlab. ``--sections`` picks among them.
+labels beside cleanlab; :mod:`curriculum.cli.bench_curation` balances long-tailed pools beside random
+subsets and the anchor's implementation. ``--sections`` picks among them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .bench_curation import curation_section, plot_curation
 from .bench_noise import noise_section
 from .bench_sections import PeakRSS, print_table
 from .data import clustered, load_real, pixel_pca
@@ -157,7 +159,7 @@ def _peers(x: np.ndarray, k: int, sample: np.ndarray) -> list[tuple[str, Callabl
     return peers
 
 
-SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader", "noise")
+SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader", "noise", "curation")
 
 
 def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-results", queries: int = 1000,
@@ -201,6 +203,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
         "sampler": lambda: bs.sampler_section([100_000] if quick else [1_000_000]),
         "loader": lambda: bs.loader_section(batches=30 if quick else 200, rounds=1 if quick else 5, data=data),
         "noise": lambda: noise_section(4_000 if quick else 20_000, 0 if quick else 24_000, data=data),
+        "curation": lambda: curation_section(quick, data=data),
     }
     for name in sections:
         if name == "knn":
@@ -210,6 +213,8 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
         save()
         cols = sorted({c for r in res["sections"][name] for c in r}, key=lambda c: (c != "section", c != "what", c))
         print_table(res["sections"][name], cols, f"section: {name}")
+        if name == "curation":
+            print(f"wrote {plot_curation(res['sections'][name], os.path.join(out, 'curation.png'))}")
     save()
     print(f"wrote {os.path.join(out, 'bench.json')}")
     return res

@@ -1,0 +1,219 @@
+"""``curriculum bench --sections curation``: balance of a curated subset of long-tailed pools,
+beside random subsets and, where a checkout is given, the anchor's implementation.
+
+Pools: synthetic Gaussian modes (5 to 500 of them, sizes falling 100x from head to tail, 16-d to
+384-d; the number of modes is never passed to ``curate``), the same family at 250k / 1M rows with
+a fixed 100 modes (cost against N), and real labelled long-tailed sets: Fashion-MNIST-LT
+(rho = 100) with CNN features and the Debian descriptions' MiniLM embeddings by archive section.
+Every pool is curated to 10% with default arguments. Balance: max/min of the per-mode counts
+over the modes larger than their fair share (smaller ones should be taken whole: the share that
+was), the effective number of modes or classes (exp of the entropy), and the share of the rarest
+10% of the classes, each beside the median of 5 random subsets.
+
+The anchor (Vo et al. 2024, facebookresearch/ssl-data-curation) is not on PyPI; point
+``CURRICULUM_ANCHOR_CURATION`` at a checkout to run it on the pools up to 25k rows, configured
+as its README's example scaled to N: two levels of N/30 and N/100 clusters, 15 and 2 points
+sampled per cluster, 10 resampling steps, random hierarchical sampling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+ANCHOR_ENV = "CURRICULUM_ANCHOR_CURATION"
+ANCHOR_MAX_ROWS = 25_000
+SHARE = 0.1
+
+
+def mode_pool(modes: int, dim: int, rows: int, rho: float = 100.0, seed: int = 0,
+              separation: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(vectors, mode of each row)``: ``modes`` Gaussian modes (unit-ish spread, centres
+    ``separation`` apart per axis) whose sizes fall geometrically by ``rho`` from head to tail,
+    ``rows`` in all.
+
+    Example:
+        >>> x, y = mode_pool(5, 8, 1000)
+        >>> x.shape, np.bincount(y).tolist()
+        ((1000, 8), [689, 216, 68, 21, 6])
+    """
+    rng = np.random.default_rng(seed)
+    w = (1.0 / rho) ** (np.arange(modes) / max(modes - 1, 1))
+    sizes = np.maximum(1, np.floor(w / w.sum() * rows)).astype(np.int64)
+    sizes[0] += rows - sizes.sum()
+    centres = rng.normal(size=(modes, dim)) * separation
+    spread = rng.uniform(0.7, 1.3, modes)
+    x = np.empty((rows, dim), np.float32)
+    start = 0
+    for c, s in enumerate(sizes):
+        x[start:start + s] = centres[c] + spread[c] * rng.standard_normal((s, dim), np.float32)
+        start += s
+    return x, np.repeat(np.arange(modes), sizes)
+
+
+def balance(y: np.ndarray, sel: np.ndarray) -> dict[str, float]:
+    """Balance of the rows ``sel`` over the groups ``y``: ``max_min`` over groups larger than
+    their fair share, ``small_taken`` (mean share taken of the smaller groups, 1 = whole),
+    ``effective`` groups, ``rare_share`` (rows of the rarest 10% of groups).
+
+    Example:
+        >>> b = balance(np.repeat([0, 1, 2], [100, 100, 5]), np.r_[0:10, 100:110, 200:205])
+        >>> b["max_min"], b["small_taken"], b["rare_share"]
+        (1.0, 1.0, 0.2)
+    """
+    sizes = np.bincount(y)
+    got = np.bincount(y[sel], minlength=len(sizes))
+    big = sizes > len(sel) / len(sizes)
+    p = got[got > 0] / got.sum()
+    rare = np.argsort(sizes, kind="stable")[:max(1, int(round(len(sizes) / 10)))]
+    return {"max_min": float(got[big].max() / max(got[big].min(), 1)) if big.any() else 1.0,
+            "small_taken": float((got[~big] / sizes[~big]).mean()) if (~big).any() else 1.0,
+            "effective": float(np.exp(-(p * np.log(p)).sum())),
+            "rare_share": float(got[rare].sum() / got.sum())}
+
+
+def curation_sets(quick: bool, data: str | None) -> dict[str, tuple[np.ndarray, np.ndarray, str, str]]:
+    """``name -> (vectors, groups, metric, kind)``; kind ``modes`` (planted) or ``classes`` (labels)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray, str, str]] = {}
+    shapes = [(16, 16, 24_000), (50, 64, 20_000)] if quick else \
+        [(5, 16, 15_000), (16, 16, 24_000), (50, 64, 22_000), (200, 128, 43_000), (500, 384, 54_000),
+         (100, 128, 250_000), (100, 128, 1_000_000)]
+    for modes, dim, rows in shapes:
+        for metric in (("l2",) if rows > 100_000 else ("l2", "cosine")):
+            x, y = mode_pool(modes, dim, rows, seed=modes)
+            out[f"{modes} modes, {dim}-d, {rows // 1000}k ({metric})"] = (x, y, metric, "modes")
+    out.update(_real_sets(quick, data))
+    return out
+
+
+def _real_sets(quick: bool, data: str | None) -> dict[str, tuple[np.ndarray, np.ndarray, str, str]]:
+    from . import real_embeddings as R
+    from .data import load_real, long_tailed, pixel_pca
+
+    out: dict[str, tuple[np.ndarray, np.ndarray, str, str]] = {}
+    ds = load_real(data)
+    name = ds.source.split(" from ")[0]
+    if quick:
+        idx = long_tailed(ds.labels, 100.0)
+        out[f"{name}-LT pixel-PCA-64"] = (pixel_pca(ds.images[idx], 64), ds.labels[idx], "l2", "classes")
+        return out
+    x, y = R.cnn_features(ds.images, ds.labels, progress=True)
+    x, y = x[:len(ds.labels)], y[:len(ds.labels)]
+    idx = long_tailed(y, 100.0)
+    out[f"{name}-LT CNN-128"] = (x[idx], y[idx], "cosine", "classes")
+    try:
+        xt, yt = R.text_embeddings()
+        out["Debian descriptions MiniLM-384, 59 sections"] = (xt, np.unique(yt, return_inverse=True)[1], "cosine", "classes")
+    except FileNotFoundError as exc:
+        print(f"  text set skipped: {exc}")
+    return out
+
+
+def _anchor(x: np.ndarray, target: int) -> tuple[np.ndarray, float] | str:
+    """The anchor's pipeline on ``x`` (see the module), or why it did not run."""
+    path = os.environ.get(ANCHOR_ENV)
+    if not path:
+        return f"set {ANCHOR_ENV} to a checkout of facebookresearch/ssl-data-curation"
+    if len(x) > ANCHOR_MAX_ROWS:
+        return f"skipped above {ANCHOR_MAX_ROWS} rows (CPU torch: over 10 min at 43k)"
+    import torch
+
+    sys.path.insert(0, path)
+    np.Inf = np.inf  # type: ignore[attr-defined]  # the anchor predates NumPy 2
+    try:
+        from src import hierarchical_kmeans_gpu as hk  # type: ignore[import-not-found]
+        from src import hierarchical_sampling as hs  # type: ignore[import-not-found]
+        from src.clusters import HierarchicalCluster  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(path)
+    levels = [max(2, len(x) // 30), max(1, len(x) // 100)]
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        res = hk.hierarchical_kmeans_with_resampling(torch.from_numpy(np.ascontiguousarray(x, np.float32)), levels, 2,
+                                                     [15, 2], n_resamples=10, verbose=False)
+        sel = hs.hierarchical_sampling(HierarchicalCluster.from_dict(res), target_size=target)
+    return np.asarray(sel, np.int64), time.perf_counter() - t
+
+
+def curation_section(quick: bool = False, data: str | None = None) -> list[dict[str, Any]]:
+    """One row per pool and method (``curate`` defaults, random subsets, the anchor)."""
+    import curriculum as cl
+
+    from .bench_sections import PeakRSS
+
+    rows: list[dict[str, Any]] = []
+    for name, (x, y, metric, kind) in curation_sets(quick, data).items():
+        target = int(len(x) * SHARE)
+        store = cl.EmbeddingStore(x.shape[1], metric=metric)
+        store.add(x)
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            sel = cl.curate(store, target)
+            secs = time.perf_counter() - t
+        rand = [balance(y, np.random.default_rng(s).choice(len(x), target, replace=False)) for s in range(5)]
+        base = {k: float(np.median([r[k] for r in rand])) for k in rand[0]}
+        common = {"section": "curation", "set": name, "n": len(x), "dim": x.shape[1], "groups": int(y.max()) + 1,
+                  "kind": kind}
+        rows.append({**common, "method": "random (median of 5)", **_rounded(base)})
+        rows.append({**common, "method": "curate()", "seconds": round(secs, 2), "peak_mb": mem.mb,
+                     **_rounded(balance(y, store.rows_of(sel))), "rare_x_random": _ratio(balance(y, store.rows_of(sel)), base)})
+        got = _anchor(x if metric == "l2" else x / np.linalg.norm(x, axis=1, keepdims=True), target)
+        if isinstance(got, str):
+            rows.append({**common, "method": "anchor (ssl-data-curation)", "note": got})
+        else:
+            b = balance(y, got[0])
+            rows.append({**common, "method": "anchor (ssl-data-curation)", "seconds": round(got[1], 2), **_rounded(b),
+                         "rare_x_random": _ratio(b, base)})
+        print(f"  {name}: curate {secs:.1f} s, max/min {rows[-2]['max_min']}, rare x random {rows[-2]['rare_x_random']}",
+              flush=True)
+    return rows
+
+
+def plot_curation(rows: list[dict[str, Any]], path: str) -> str:
+    """Bar chart per pool: max/min per mode (planted modes) and the rarest classes' share relative
+    to random (labelled sets), for each method. Returns ``path``.
+
+    Example:
+        >>> plot_curation(rows, "curation.png")  # doctest: +SKIP
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = ["random (median of 5)", "curate()", "anchor (ssl-data-curation)"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    for ax, kind, key, label in ((axes[0], "modes", "max_min", "max/min rows per planted mode (log)"),
+                                 (axes[1], "classes", "rare_share", "share of the rarest 10% of classes")):
+        sets = list(dict.fromkeys(r["set"] for r in rows if r["kind"] == kind))
+        for j, m in enumerate(methods):
+            vals = [next((r.get(key, np.nan) for r in rows if r["set"] == s and r["method"] == m), np.nan) for s in sets]
+            ax.bar(np.arange(len(sets)) + (j - 1) * 0.27, vals, 0.27, label=m)
+        ax.set_xticks(np.arange(len(sets)), [s.replace(", ", "\n", 2) for s in sets], fontsize=7)
+        ax.set_ylabel(label)
+        if kind == "modes":
+            ax.set_yscale("log")
+            ax.axhline(2.5, color="k", lw=0.8, ls="--")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("curate() with default arguments, 10% of each long-tailed pool")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _rounded(b: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4 if k == "rare_share" else 2) for k, v in b.items()}
+
+
+def _ratio(b: dict[str, float], base: dict[str, float]) -> float:
+    return round(b["rare_share"] / max(base["rare_share"], 1e-9), 2)
+
+
+__all__ = ["mode_pool", "balance", "curation_sets", "curation_section", "plot_curation"]

@@ -1,0 +1,144 @@
+"""Curation: k-means pieces against brute force, modes found without being told their number,
+balanced subsets of long-tailed pools (default arguments), the junk filters, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import curriculum as cl
+from curriculum.cli.bench_curation import balance, curation_section, mode_pool
+from curriculum.selection import curation as CU
+from curriculum.selection import kmeans as KM
+
+
+def blobs(sizes, dim=8, sep=40.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(sizes), dim)) * sep
+    x = np.concatenate([c + rng.normal(size=(n, dim)) for c, n in zip(centres, sizes)]).astype(np.float32)
+    return x, np.repeat(np.arange(len(sizes)), sizes)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 6), st.integers(1, 7), st.integers(0, 99))
+def test_reduce_sums_equals_brute_force(n, d, k, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    lab = rng.integers(0, k, n)
+    sums, counts = KM.reduce_sums(x, lab, k)
+    for c in range(k):
+        np.testing.assert_allclose(sums[c], x[lab == c].sum(0), rtol=1e-5, atol=1e-5)
+        assert counts[c] == (lab == c).sum()
+
+
+def test_assign_matches_brute_force():
+    rng = np.random.default_rng(1)
+    x, c = rng.normal(size=(300, 5)).astype(np.float32), rng.normal(size=(17, 5)).astype(np.float32)
+    lab, dist = KM.assign(x, c)
+    full = np.linalg.norm(x[:, None] - c[None], axis=2)
+    np.testing.assert_array_equal(lab, full.argmin(1))
+    np.testing.assert_allclose(dist, full.min(1), rtol=1e-4, atol=1e-4)
+
+
+def test_kmeans_seeds_the_tail_and_recovers_separated_blobs():
+    x, y = blobs([3000, 300, 30, 10])
+    hits = [len({int(y[np.linalg.norm(x - s, axis=1).argmin()]) for s in KM.kmeans_pp_init(x, 8, seed=s)})
+            for s in range(10)]
+    assert min(hits) == 4  # 8 seeds: every blob, the 10-row one too (uniform seeds: 1% of the draws)
+    lab = KM.assign(x, KM.kmeans(x, 8, seed=0))[0]
+    assert all(len(np.unique(y[lab == c])) == 1 for c in np.unique(lab))  # no cluster spans two blobs
+    assert len(np.unique(y[np.unique(lab, return_index=True)[1]])) == 4
+    np.testing.assert_array_equal(KM.kmeans(x, 8, seed=3), KM.kmeans(x, 8, seed=3))  # deterministic
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(2, 40), st.sampled_from([4, 16, 64]), st.integers(0, 9))
+def test_mode_cut_finds_the_number_of_modes(modes, dim, seed):
+    x, y = blobs([20] * modes, dim=dim, seed=seed)
+    cut = CU.mode_cut(x)  # every row a "leaf": the modes are the blobs
+    assert cut is not None
+    assert len(np.unique(cut)) == modes
+    assert all(len(np.unique(cut[y == b])) == 1 for b in range(modes))
+
+
+def test_mode_cut_sees_no_modes_in_one_gaussian():
+    x = np.random.default_rng(0).normal(size=(400, 16)).astype(np.float32)
+    assert CU.mode_cut(x) is None
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("modes,dim,rows", [(5, 16, 8000), (16, 16, 24000), (60, 64, 20000)])
+def test_curate_defaults_balance_an_unknown_number_of_modes(metric, modes, dim, rows):
+    x, y = mode_pool(modes, dim, rows, seed=modes)
+    store = cl.EmbeddingStore(dim, metric=metric)
+    store.add(x)
+    target = rows // 10
+    sel = cl.curate(store, target)
+    assert len(sel) == target and len(np.unique(sel)) == target
+    got = balance(y, store.rows_of(sel))
+    rand = balance(y, np.random.default_rng(0).choice(rows, target, replace=False))
+    assert got["max_min"] <= 2.5 and got["small_taken"] >= 0.9, got
+    assert got["effective"] > rand["effective"] and got["rare_share"] > 2 * rand["rare_share"]
+    np.testing.assert_array_equal(sel, cl.curate(store, target))  # same seed, same subset
+
+
+def test_balanced_select_leaves_out_what_keep_excludes():
+    h = CU.Hierarchy([np.repeat([0, 1, 2], [50, 50, 50])], [np.zeros((3, 1), np.float32)])
+    keep = np.ones(150, bool)
+    keep[100:140] = False
+    sel = CU.balanced_select(h, 30, keep=keep)
+    assert keep[sel].all() and np.bincount(h.assignments[0][sel]).tolist() == [10, 10, 10]
+    with pytest.raises(ValueError, match="target: expected at most the pool size 110"):
+        CU.balanced_select(h, 111, keep=keep)
+    with pytest.raises(ValueError, match="keep"):
+        CU.balanced_select(h, 3, keep=keep[:5])
+
+
+def test_reference_drops_planted_junk_but_keeps_rare_modes():
+    x, y = blobs([4000, 1000, 100, 40, 400])  # blob 4 is junk: nothing of it in the reference
+    store = cl.EmbeddingStore(8, metric="l2")
+    store.add(x)
+    reference = np.random.default_rng(0).choice(np.flatnonzero(y != 4), 400, replace=False)
+    plain = cl.curate(store, 600)
+    clean = cl.curate(store, 600, reference=reference)
+    assert (y[plain] == 4).sum() >= 100  # balancing over-samples a junk mode ...
+    assert (y[clean] == 4).sum() == 0  # ... the reference test removes it
+    assert (y[clean] == 3).sum() >= 32 and (y[clean] == 2).sum() >= 80  # the rare real modes stay (near) whole
+
+
+def test_stray_rows_are_left_out_unless_asked():
+    x, _ = blobs([2000, 500])
+    x = np.concatenate([x, np.full((1, 8), 500.0, np.float32)])  # one far stray row
+    store = cl.EmbeddingStore(8, metric="l2")
+    store.add(x)
+    assert 2500 not in cl.curate(store, 2000).tolist()
+    assert 2500 in cl.curate(store, 2501, drop_stray=False).tolist()
+
+
+def test_bad_inputs_name_the_argument_and_change_nothing():
+    x, _ = blobs([300, 30])
+    store = cl.EmbeddingStore(8, metric="l2")
+    store.add(x)
+    before = store.vectors().copy()
+    with pytest.raises(ValueError, match="reference: expected ids of the pool"):
+        cl.curate(store, 50, reference=[0, 1, 10_000])
+    with pytest.raises(ValueError, match="target_size"):
+        cl.curate(store, 10_000)
+    with pytest.raises(ValueError, match="n_leaves"):
+        CU.auto_hierarchy(x, "l2", n_leaves=10_000)
+    with pytest.raises(TypeError, match="store"):
+        cl.curate(x, 10)
+    np.testing.assert_array_equal(store.vectors(), before)
+
+
+def test_bench_section_reports_balance_beside_random(monkeypatch):
+    monkeypatch.delenv("CURRICULUM_ANCHOR_CURATION", raising=False)
+    monkeypatch.setattr("curriculum.cli.bench_curation.curation_sets",
+                        lambda quick, data: {"toy": (*mode_pool(8, 8, 4000, seed=1), "l2", "modes")})
+    rows = curation_section(quick=True)
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"random (median of 5)", "curate()", "anchor (ssl-data-curation)"}
+    assert by["curate()"]["max_min"] < by["random (median of 5)"]["max_min"]
+    assert "CURRICULUM_ANCHOR_CURATION" in by["anchor (ssl-data-curation)"]["note"]
