@@ -27,7 +27,10 @@ def test_bench_quick_writes_json_and_png(tmp_path):
     assert (tmp_path / "recall_vs_time.png").stat().st_size > 10_000
     # the other sections ran in the same command and landed in the same JSON
     sec = res["sections"]
-    assert set(sec) == {"scores", "mining", "inbatch", "sampler", "loader", "noise"}
+    assert set(sec) == {"scores", "mining", "inbatch", "sampler", "loader", "noise", "curation"}
+    ours = [r for r in sec["curation"] if r["method"] == "curate()"]
+    assert ours and all(r["max_min"] <= 2.5 for r in ours if r["kind"] == "modes")
+    assert (tmp_path / "curation.png").stat().st_size > 10_000
     probe = [r for r in sec["noise"] if r["what"].startswith("label_probe self_confidence")]
     assert {r["noise"] for r in probe} == {"symmetric", "pairwise"} and all(r["auc"] > 0.85 for r in probe)
     assert all(0.1 < r["precision"] <= 1 and r["recall"] > 0.5 for r in probe)
