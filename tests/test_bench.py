@@ -27,7 +27,11 @@ def test_bench_quick_writes_json_and_png(tmp_path):
     assert (tmp_path / "recall_vs_time.png").stat().st_size > 10_000
     # the other sections ran in the same command and landed in the same JSON
     sec = res["sections"]
-    assert set(sec) == {"scores", "mining", "inbatch", "sampler", "loader", "noise", "curation"}
+    assert set(sec) == {"scores", "mining", "inbatch", "sampler", "loader", "noise", "curation", "stream"}
+    rates = {r["memory"]: r["items_per_s"] for r in sec["stream"] if "items_per_s" in r}
+    assert set(rates) == {1_000, 100_000} and min(rates.values()) > 0
+    picked = {r["method"]: r for r in sec["stream"] if "distinct_items" in r}
+    assert picked["novelty (default)"]["distinct_items"] > picked["random 25%"]["distinct_items"]
     ours = [r for r in sec["curation"] if r["method"] == "curate()"]
     assert ours and all(r["max_min"] <= 2.5 for r in ours if r["kind"] == "modes")
     assert (tmp_path / "curation.png").stat().st_size > 10_000

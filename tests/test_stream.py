@@ -153,3 +153,66 @@ def test_stream_bad_arguments():
         StreamSelector([1], embed=embed_identity, scorer="loss")
     with pytest.raises(ValueError, match="keep"):
         StreamSelector([1], embed=embed_identity, keep=0.0)
+
+
+def _clustered(n, dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, dim)).astype(np.float32) * 2
+    return centres[rng.integers(0, 50, n)] + rng.standard_normal((n, dim), np.float32)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_windowed_store_goes_approximate_and_never_underestimates(metric):
+    from curriculum.selection.stream import EXACT_UNTIL
+
+    x = _clustered(3 * EXACT_UNTIL)
+    s = SlidingWindowStore(2 * EXACT_UNTIL, 32, metric=metric)
+    exact = SlidingWindowStore(2 * EXACT_UNTIL, 32, metric=metric, index="exact")
+    for part in np.array_split(x, 6):
+        s.add(part)
+        exact.add(part)
+    assert s.approximate and not exact.approximate and len(s) == len(exact) == 2 * EXACT_UNTIL
+    rng = np.random.default_rng(1)
+    stored = x[-len(s):][rng.choice(len(s), 300, replace=False)]
+    q = np.concatenate([stored + 0.01 * rng.standard_normal(stored.shape, np.float32), _clustered(300, seed=2)])
+    got, truth = s.nearest_distance(q), exact.nearest_distance(q)
+    assert (got >= truth - 1e-4).all()  # every distance is re-checked exactly: never below the truth
+    assert np.isclose(got[:300], truth[:300], rtol=1e-3, atol=1e-5).mean() >= 0.95  # near-repeats found
+    assert np.median(got[300:] / truth[300:]) < 1.15
+
+
+def test_windowed_store_forgets_evicted_embeddings():
+    from curriculum.selection.stream import EXACT_UNTIL
+
+    old, new = _clustered(EXACT_UNTIL, seed=3) + 50, _clustered(2 * EXACT_UNTIL, seed=4)
+    s = SlidingWindowStore(2 * EXACT_UNTIL, 32, index="ivf")
+    s.add(old)
+    assert s.nearest_distance(old[:50]).max() < 1e-3  # found while stored
+    for part in np.array_split(new, 8):
+        s.add(part)
+    assert len(s) == 2 * EXACT_UNTIL and s.nearest_distance(old[:50]).min() > 1.0  # gone once evicted
+
+
+def test_selector_with_approximate_memory_matches_exact_choice():
+    x = _clustered(12_000, dim=16, seed=5)
+    rng = np.random.default_rng(6)
+    src = np.repeat(rng.integers(0, len(x), 6000), 3)[:12_000]
+    emb = x[src] + 0.01 * rng.standard_normal((12_000, 16), np.float32)
+    runs = {}
+    for index in ("exact", "ivf"):
+        sel = StreamSelector(range(12_000), embed=lambda idx: emb[np.asarray(idx)], window=500, keep=0.3, index=index)
+        sel.prime(x[:9000])
+        runs[index] = np.fromiter(sel, np.int64)
+    assert len(runs["ivf"]) == len(runs["exact"])
+    distinct = {k: len(np.unique(src[v])) for k, v in runs.items()}
+    assert distinct["ivf"] >= 0.98 * distinct["exact"]
+    assert len(np.intersect1d(runs["ivf"], runs["exact"])) >= 0.9 * len(runs["exact"])
+
+
+def test_prime_and_index_arguments_are_checked():
+    with pytest.raises(ValueError, match="index"):
+        StreamSelector([1], embed=embed_identity, index="hnsw")
+    sel = StreamSelector([1], embed=embed_identity)
+    with pytest.raises(ValueError, match="embeddings"):
+        sel.prime(np.zeros(3))
+    assert sel.store is None  # nothing half-made

@@ -21,7 +21,8 @@ The other sections (:mod:`curriculum.bench_sections`): geometry scores end to en
 hard-negative mining latency, in-batch miners against pytorch-metric-learning, the sampler's
 draws per second and the wrapped loader's throughput; :mod:`curriculum.cli.bench_noise` finds flipped
 labels beside cleanlab; :mod:`curriculum.cli.bench_curation` balances long-tailed pools beside random
-subsets and the anchor's implementation. ``--sections`` picks among them.
+subsets and the anchor's implementation; :mod:`curriculum.cli.bench_stream` times stream selection against
+its memory size. ``--sections`` picks among them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 
 from .bench_curation import curation_section, plot_curation
 from .bench_noise import noise_section
+from .bench_stream import stream_section
 from .bench_sections import PeakRSS, print_table
 from .data import clustered, load_real, pixel_pca
 from ..neighbors import brute_knn, descent_knn
@@ -159,7 +161,7 @@ def _peers(x: np.ndarray, k: int, sample: np.ndarray) -> list[tuple[str, Callabl
     return peers
 
 
-SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader", "noise", "curation")
+SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader", "noise", "curation", "stream")
 
 
 def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-results", queries: int = 1000,
@@ -204,6 +206,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
         "loader": lambda: bs.loader_section(batches=30 if quick else 200, rounds=1 if quick else 5, data=data),
         "noise": lambda: noise_section(4_000 if quick else 20_000, 0 if quick else 24_000, data=data),
         "curation": lambda: curation_section(quick, data=data),
+        "stream": lambda: stream_section(quick, data=data),
     }
     for name in sections:
         if name == "knn":

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dim", type=int, default=128, help="embedding dimension of the synthetic sets (default 128)")
     b.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: search)")
     b.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
-    b.add_argument("--sections", default="knn,scores,mining,inbatch,sampler,loader,noise,curation",
+    b.add_argument("--sections", default="knn,scores,mining,inbatch,sampler,loader,noise,curation,stream",
                    help="comma-separated subset of knn,scores,mining,inbatch,sampler,loader,noise (default: all)")
     b.add_argument("--scores-n", type=int, default=None, help="N for the scores section (default: smallest size)")
     b.add_argument("--max-method-s", type=float, default=600.0,

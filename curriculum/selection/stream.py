@@ -29,9 +29,29 @@ from ..neighbors import METRICS, get_metric
 from ..pacing import Pacing, as_pacing
 
 
+EXACT_UNTIL = 8_192   # the window is searched exactly up to this many embeddings, then through IVF lists
+REBUILD_GROWTH = 8    # the lists are re-trained when the window has grown this many times since the last
+NPROBE = 2            # lists searched per query (more barely helps: the codes limit the hits)
+LIST_ROWS = 1000      # embeddings per IVF list (so a query's cost does not grow with the window)
+TRAIN_SAMPLE = 65_536 # lists and codes are trained on at most this many embeddings of the window
+RECHECK = 8           # candidates per query whose distances are computed exactly from the ring
+STALE_SHARE = 16      # evicted embeddings are removed from the lists in batches of capacity / this
+RETRAIN_MIN = 65_536  # the lists are re-trained after 2 x capacity insertions, and not more often than this
+
+
 class SlidingWindowStore:
-    """A ring buffer of the ``capacity`` most recent embeddings, searchable exactly (faiss BLAS).
-    Vectors are prepared by the metric as the store prepares them (unit rows under cosine).
+    """A ring buffer of the ``capacity`` most recent embeddings and the nearest-neighbour search
+    over them, at a cost that stays (nearly) flat as the window grows.
+
+    Up to :data:`EXACT_UNTIL` embeddings the search is exact (faiss BLAS). Beyond, an inverted
+    file over the window answers it: k-means lists of about :data:`LIST_ROWS` embeddings, their
+    members as 4-bit product-quantizer codes scanned with SIMD lookups (faiss FastScan), each query
+    scanning ``nprobe`` lists; its :data:`RECHECK` best candidates are re-scored exactly from the
+    ring, so a distance returned is exact and only a neighbour missed by the codes or in an
+    unscanned list can make it too large. Every embedding is filed under its insertion
+    number, so eviction of the oldest is one range removal; the lists are re-trained when the
+    window has grown :data:`REBUILD_GROWTH` times and whenever it has turned over completely
+    (twice; the stream drifts). ``index="exact"`` keeps the exact search at every size.
 
     Example:
         >>> w = SlidingWindowStore(4, 2, metric="cosine")
@@ -40,21 +60,36 @@ class SlidingWindowStore:
         [0.0]
     """
 
-    def __init__(self, capacity: int, dim: int, metric: str = "l2") -> None:
+    def __init__(self, capacity: int, dim: int, metric: str = "l2", index: str = "auto",
+                 nprobe: int = NPROBE) -> None:
         self.capacity, self.dim = C.positive_int(capacity, "capacity"), C.positive_int(dim, "dim")
         self.metric = C.choice(metric, "metric", tuple(METRICS))
+        self.index_kind = C.choice(index, "index", ("auto", "exact", "ivf"))
+        self.nprobe = C.positive_int(nprobe, "nprobe")
         self._metric = get_metric(metric)
         self.buf = np.zeros((self.capacity, self.dim), np.float32)
         self.count = 0
         self.ptr = 0
+        self.added = 0  # insertion number of the next embedding
+        self._ivf: Any = None
+        self._built_at = 0  # window size and insertion number at the last training
+        self._built_added = 0
 
     def __len__(self) -> int:
         return self.count
+
+    @property
+    def approximate(self) -> bool:
+        """Whether searches go through the IVF lists (else: exact)."""
+        return self._ivf is not None
 
     def add(self, x: np.ndarray) -> None:
         """Append embeddings; the oldest fall out of the window first."""
         x = self._metric.prepare(C.as_vectors(x, "x", self.dim)[-self.capacity:], "x")
         n = len(x)
+        if self._ivf is not None and self._ivf.ntotal + n > self.capacity + max(n, self.capacity // STALE_SHARE):
+            # evicted embeddings stay filed until this many have piled up (searches skip them)
+            self._ivf.remove_ids(faiss.IDSelectorRange(0, self.added + n - self.capacity))
         end = self.ptr + n
         if end <= self.capacity:
             self.buf[self.ptr:end] = x
@@ -64,14 +99,63 @@ class SlidingWindowStore:
             self.buf[: n - first] = x[first:]
         self.ptr = end % self.capacity
         self.count = min(self.capacity, self.count + n)
+        if self._ivf is not None:
+            self._ivf.add_with_ids(x, np.arange(self.added, self.added + n, dtype=np.int64))
+        self.added += n
+        if self._wants_training():
+            self._train()
+
+    def _wants_training(self) -> bool:
+        if self.index_kind == "exact" or (self.index_kind == "auto" and self.count < EXACT_UNTIL):
+            return False
+        if self._ivf is None:
+            return self.count >= min(EXACT_UNTIL, self.capacity) or self.index_kind == "ivf"
+        turned = self.added - self._built_added >= max(2 * self.capacity, RETRAIN_MIN)
+        return self.count >= REBUILD_GROWTH * self._built_at or turned
+
+    def _window(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stored embeddings, oldest first, and their insertion numbers."""
+        rows = (self.ptr - self.count + np.arange(self.count)) % self.capacity
+        return self.buf[rows], np.arange(self.added - self.count, self.added, dtype=np.int64)
+
+    def _train(self) -> None:
+        x, ids = self._window()
+        rng = np.random.default_rng(int(self.added))
+        sample = x if len(x) <= TRAIN_SAMPLE else x[np.sort(rng.choice(len(x), TRAIN_SAMPLE, replace=False))]
+        nlist = int(max(1, min(len(x) // LIST_ROWS, len(sample) // 39, 4096)))
+        # unit rows (cosine) are filed by l2, which orders them as cosine does and quantizes them better
+        metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+        quantizer = faiss.IndexFlat(self.dim, metric)
+        km = faiss.Kmeans(self.dim, nlist, niter=10, seed=int(self.added) % (1 << 30), spherical=self.metric == "cosine")
+        km.train(sample)
+        quantizer.add(km.centroids)
+        pref = (self.dim // 2, self.dim // 4) if self.dim <= 64 else (self.dim // 4, self.dim // 2)  # sub-vectors of 2-4 dims
+        m = next((m for m in pref if m and self.dim % m == 0 and m % 2 == 0), 0)
+        if m:  # 4-bit PQ codes scanned with SIMD lookups; the few candidates are re-checked exactly
+            ivf = faiss.IndexIVFPQFastScan(quantizer, self.dim, nlist, m, 4, metric)
+            ivf.train(sample)
+        else:
+            ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, metric)
+            ivf.is_trained = True
+        ivf.own_fields = True
+        quantizer.this.disown()
+        ivf.add_with_ids(x, ids)
+        ivf.nprobe = min(self.nprobe, nlist)
+        self._ivf, self._built_at, self._built_added = ivf, len(x), self.added
 
     def nearest_distance(self, q: np.ndarray) -> np.ndarray:
         """Distance of each query to its nearest stored embedding (``inf`` while empty)."""
         if self.count == 0:
             return np.full(len(q), np.inf)
         q = self._metric.prepare(C.as_vectors(q, "q", self.dim), "q")
-        d, _ = faiss.knn(q, self.buf[: self.count], 1, metric=self._metric.faiss)
-        return self._metric.to_distance(d[:, 0].astype(np.float64))
+        if self._ivf is None:
+            d, _ = faiss.knn(q, self.buf[: self.count], 1, metric=self._metric.faiss)
+            return self._metric.to_distance(d[:, 0].astype(np.float64))
+        _, ids = self._ivf.search(q, RECHECK)
+        valid = ids >= self.added - self.count  # -1 (no candidate) fails too
+        cand = self.buf[np.where(valid, ids, 0) % self.capacity]  # (n, RECHECK, dim): rows of the ring
+        d = self._metric.pair_distances(q, cand).astype(np.float64)
+        return np.where(valid, d, np.inf).min(1)
 
 
 class StreamSelector(IterableDataset):
@@ -88,7 +172,10 @@ class StreamSelector(IterableDataset):
         scorer: ``"novelty"`` or ``fn(samples, embeddings) -> scores`` (higher = more
             informative; e.g. the current model's loss).
         select: ``"topk"`` (the highest scores) or ``"sample"`` (without replacement, prob. ~ score).
-        store_size: capacity of the sliding-window store of emitted embeddings.
+        store_size: capacity of the sliding-window store of emitted embeddings (searched exactly up
+            to 8,192, then through IVF lists at a nearly flat cost: see :class:`SlidingWindowStore`;
+            1M-10M is fine).
+        index: ``"auto"`` (that switch), ``"exact"`` or ``"ivf"`` for the store's search.
         seed: the draw depends only on ``(seed, window index, shard)``.
 
     Example:
@@ -102,7 +189,7 @@ class StreamSelector(IterableDataset):
     def __init__(self, source: Iterable[Any] | Callable[[], Iterator[Any]], embed: Callable[[list[Any]], Any],
                  window: int = 1024, keep: float = 0.25, pacing: Pacing | None = None,
                  keep_range: tuple[float, float] = (0.1, 1.0), scorer: str | Callable[..., Any] = "novelty",
-                 select: str = "topk", store_size: int = 100_000, metric: str = "l2", seed: int = 0,
+                 select: str = "topk", store_size: int = 100_000, metric: str = "l2", index: str = "auto", seed: int = 0,
                  rank: int | None = None, world_size: int | None = None) -> None:
         if not callable(embed):
             raise TypeError(f"embed: expected a callable list_of_samples -> (n, dim) array, got {type(embed).__name__}")
@@ -120,6 +207,7 @@ class StreamSelector(IterableDataset):
         self.scorer = scorer
         self.select = C.choice(select, "select", ("topk", "sample"))
         self.store_size = C.positive_int(store_size, "store_size")
+        self.index = C.choice(index, "index", ("auto", "exact", "ivf"))
         self.metric = C.choice(metric, "metric", tuple(METRICS))
         self.seed = int(seed)
         self.rank, self.world_size = dist_info(rank, world_size)
@@ -128,6 +216,20 @@ class StreamSelector(IterableDataset):
         self.items_seen = 0
         self.items_emitted = 0
         self.max_buffer = 0
+
+    def prime(self, embeddings: Any) -> None:
+        """Fill the memory with embeddings already emitted (a previous run's, or a reference set),
+        so what comes next is judged against them too.
+
+        Example:
+            >>> sel = StreamSelector(range(10), embed=lambda xs: np.array(xs, "float32")[:, None], window=5)
+            >>> sel.prime(np.arange(5, dtype="float32")[:, None]); len(sel.store)
+            5
+        """
+        emb = C.as_vectors(embeddings, "embeddings")
+        if self.store is None:
+            self.store = SlidingWindowStore(self.store_size, emb.shape[1], self.metric, self.index)
+        self.store.add(emb)
 
     def keep_share(self, window_index: int) -> float:
         """Share of window ``window_index`` kept: ``keep``, or the pacing mapped into ``keep_range``."""
@@ -149,17 +251,13 @@ class StreamSelector(IterableDataset):
 
     def _greedy_novel(self, emb: np.ndarray, scores: np.ndarray, m: int) -> np.ndarray:
         """Farthest-point (k-centre greedy) choice: each pick is the candidate farthest from the
-        store *and* from the picks so far, so near-repeats inside one window are not all kept."""
-        d = scores.copy()
-        picked = []
-        for _ in range(m):
-            j = int(np.argmax(d))
-            picked.append(j)
-            dj = np.sqrt(np.maximum(((emb - emb[j]) ** 2).sum(1), 0.0)) if self.metric == "l2" else \
-                1.0 - emb @ emb[j] / np.maximum(np.linalg.norm(emb, axis=1) * np.linalg.norm(emb[j]), 1e-12)
-            d = np.minimum(d, dj)
-            d[j] = -np.inf
-        return np.sort(np.array(picked, np.int64))
+        store *and* from the picks so far, so near-repeats inside one window are not all kept.
+        The window's distances come from one Gram matrix (a GEMM); the picks run compiled."""
+        from ._stream_kernels import greedy_farthest
+
+        e = np.ascontiguousarray(emb, np.float32)
+        picked = greedy_farthest(e @ e.T, scores.astype(np.float64), int(m), self.metric != "l2")
+        return np.sort(picked)
 
     def _choose(self, scores: np.ndarray, m: int, rng: np.random.Generator, emb: np.ndarray | None = None) -> np.ndarray:
         if m >= len(scores):
@@ -201,7 +299,7 @@ class StreamSelector(IterableDataset):
             raise ValueError(f"embed output: expected {len(buf)} rows (one per sample), got shape {emb.shape}")
         emb = np.ascontiguousarray(emb.reshape(len(buf), -1), np.float32)
         if self.store is None:
-            self.store = SlidingWindowStore(self.store_size, emb.shape[1], self.metric)
+            self.store = SlidingWindowStore(self.store_size, emb.shape[1], self.metric, self.index)
         scores = self._scores(buf, emb)
         rng = np.random.Generator(np.random.PCG64([self.seed, shard, w]))
         m = max(1, int(round(self.keep_share(w) * len(buf))))

@@ -1,0 +1,129 @@
+"""``curriculum bench --sections stream``: ``StreamSelector`` throughput against the size of its
+memory, and what it selects from a real-embedding stream with planted near-repeat bursts.
+
+Throughput: a stream of d = 128 embeddings (200 Gaussian modes; the embedding is a lookup, so
+the selector's own cost is measured), window 1024, keep 25%, after the memory was primed full
+with 1k / 10k / 100k / 1M emitted embeddings; the 100k memory also with the exact search of the
+first wave (``index="exact"``). Median of 3 runs of 40 windows (after 3 untimed ones).
+
+Quality: a stream of bursts (each a random item of a labelled long-tailed set, repeated 1-6
+times with a little noise), keep 25%: distinct items emitted and the share of the rarest 10% of
+the classes, beside a random 25% of the same stream.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+WINDOW = 1024
+KEEP = 0.25
+WARM = 3  # untimed windows before the throughput is measured
+
+
+def _modes(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(200, dim)).astype(np.float32) * 2
+    return centres[rng.integers(0, 200, n)] + rng.standard_normal((n, dim), np.float32)
+
+
+def throughput(memory: int, dim: int = 128, windows: int = 40, index: str = "auto", reps: int = 3) -> float:
+    """Items per second of ``StreamSelector`` (novelty, top-k) with a memory primed full.
+
+    Example:
+        >>> throughput(1_000, dim=8, windows=5, reps=1) > 0
+        True
+    """
+    from ..selection.stream import StreamSelector
+
+    stream = _modes(windows * WINDOW, dim, 1)
+    times = []
+    for r in range(reps):
+        sel = StreamSelector(range(len(stream)), embed=lambda idx: stream[np.asarray(idx)], window=WINDOW, keep=KEEP,
+                             store_size=memory, index=index, seed=r)
+        sel.prime(_modes(memory, dim, 2 + r))
+        it = iter(sel)
+        while sel.windows_seen < WARM:  # the first windows fault in the ring and load the kernels
+            next(it)
+        t = time.perf_counter()
+        for _ in it:
+            pass
+        times.append(time.perf_counter() - t)
+    return (len(stream) - WARM * WINDOW) / float(np.median(times))
+
+
+def repeat_stream(x: np.ndarray, y: np.ndarray, items: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(embeddings, source item, label)`` of a stream of bursts: a random item of ``x`` repeated
+    1-6 times, each copy moved by noise of 5% of the rows' typical norm.
+
+    Example:
+        >>> e, src, lab = repeat_stream(np.eye(4, dtype=np.float32), np.arange(4), 50)
+        >>> e.shape, bool((np.diff(src) == 0).any())
+        ((50, 4), True)
+    """
+    rng = np.random.default_rng(seed)
+    bursts = rng.integers(0, len(x), items)
+    src = np.repeat(bursts, rng.integers(1, 7, items))[:items]
+    scale = 0.05 * float(np.median(np.linalg.norm(x, axis=1))) / np.sqrt(x.shape[1])
+    emb = x[src] + rng.normal(scale=scale, size=(items, x.shape[1])).astype(np.float32)
+    return emb.astype(np.float32), src, y[src]
+
+
+def quality(x: np.ndarray, y: np.ndarray, metric: str, items: int) -> list[dict[str, Any]]:
+    """Distinct items and rare-class share of the default selection vs a random 25%."""
+    from ..selection.stream import StreamSelector
+
+    emb, src, lab = repeat_stream(x, y, items)
+    sizes = np.bincount(y)
+    rare = np.argsort(sizes, kind="stable")[:max(1, int(round(len(sizes) / 10)))]
+    sel = StreamSelector(range(items), embed=lambda idx: emb[np.asarray(idx)], window=WINDOW, keep=KEEP,
+                         metric=metric, store_size=1_000_000)
+    t = time.perf_counter()
+    chosen = np.fromiter(sel, np.int64)
+    secs = time.perf_counter() - t
+    rand = np.sort(np.random.default_rng(0).choice(items, len(chosen), replace=False))
+    rows = []
+    for name, pick in (("random 25%", rand), ("novelty (default)", chosen)):
+        rows.append({"method": name, "emitted": len(pick), "distinct_items": int(len(np.unique(src[pick]))),
+                     "rare_share": round(float(np.isin(lab[pick], rare).mean()), 4)})
+    rows[1]["seconds"] = round(secs, 2)
+    rows[1]["distinct_x_random"] = round(rows[1]["distinct_items"] / max(rows[0]["distinct_items"], 1), 3)
+    return rows
+
+
+def stream_section(quick: bool = False, data: str | None = None) -> list[dict[str, Any]]:
+    """Rows for the bench: throughput per memory size, then selection quality."""
+    rows: list[dict[str, Any]] = []
+    memories = (1_000, 100_000) if quick else (1_000, 10_000, 100_000, 1_000_000)
+    for memory in memories:
+        rate = throughput(memory, windows=10 if quick else 40, reps=1 if quick else 3)
+        rows.append({"section": "stream", "what": "throughput, d=128", "memory": memory, "index": "auto",
+                     "items_per_s": round(rate)})
+        print(f"  memory {memory}: {rate:,.0f} items/s", flush=True)
+    if not quick:
+        rate = throughput(100_000, index="exact")
+        rows.append({"section": "stream", "what": "throughput, d=128", "memory": 100_000, "index": "exact (first wave)",
+                     "items_per_s": round(rate)})
+    name, x, y, metric = _quality_set(quick, data)
+    for r in quality(x, y, metric, 20_000 if quick else 100_000):
+        rows.append({"section": "stream", "what": f"quality: {name}, bursts of 1-6 near-repeats, keep 25%", **r})
+    return rows
+
+
+def _quality_set(quick: bool, data: str | None) -> tuple[str, np.ndarray, np.ndarray, str]:
+    from . import real_embeddings as R
+    from .data import load_real, pixel_pca
+
+    if not quick:
+        try:
+            x, y = R.text_embeddings()
+            return "Debian descriptions MiniLM-384", x, np.unique(y, return_inverse=True)[1], "cosine"
+        except FileNotFoundError as exc:
+            print(f"  text set skipped: {exc}")
+    ds = load_real(data)
+    return f"{ds.source.split(' from ')[0]} pixel-PCA-64", pixel_pca(ds.images, 64), ds.labels, "l2"
+
+
+__all__ = ["throughput", "repeat_stream", "quality", "stream_section"]
