@@ -216,3 +216,37 @@ def test_prime_and_index_arguments_are_checked():
     with pytest.raises(ValueError, match="embeddings"):
         sel.prime(np.zeros(3))
     assert sel.store is None  # nothing half-made
+
+
+def test_quota_lifts_a_rare_cluster_once_fitted():
+    rng = np.random.default_rng(7)
+    n = 20_000
+    rare = rng.random(n) < 0.03
+    emb = (np.where(rare[:, None], 40.0, 0.0) + rng.standard_normal((n, 8))).astype(np.float32)
+    plain = StreamSelector(range(n), embed=lambda idx: emb[np.asarray(idx)], window=1000, keep=0.1)
+    quota = StreamSelector(range(n), embed=lambda idx: emb[np.asarray(idx)], window=1000, keep=0.1,
+                           quota_clusters=2)
+    got_plain, got_quota = np.fromiter(plain, np.int64), np.fromiter(quota, np.int64)
+    assert quota.quota_centroids is not None and len(got_quota) == len(got_plain)
+    late = got_quota[got_quota >= 5000]  # after the fit on the first 4,096 candidates
+    assert rare[late].mean() > 4 * rare.mean()  # the rare cluster's part of the shortlist is kept whole
+    assert rare[late].mean() > 1.1 * rare[got_plain[got_plain >= 5000]].mean()  # novelty alone: fewer
+
+
+def test_mix_novelty_combines_a_loss_with_novelty():
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((500, 4)).astype(np.float32)
+    emb = np.repeat(base, 4, axis=0) + 1e-3 * rng.standard_normal((2000, 4)).astype(np.float32)
+    loss = np.repeat(rng.random(500), 4)  # copies share their loss: a loss alone keeps whole bursts
+
+    def run(w):
+        sel = StreamSelector(range(2000), embed=lambda idx: emb[np.asarray(idx)], window=400, keep=0.25,
+                             scorer=lambda items, e: loss[np.asarray(items)], mix_novelty=w)
+        return np.fromiter(sel, np.int64)
+
+    alone, mixed = run(0.0), run(0.5)
+    assert len(np.unique(alone // 4)) < len(np.unique(mixed // 4))  # novelty breaks up the bursts
+    with pytest.raises(ValueError, match="mix_novelty"):
+        StreamSelector([1], embed=embed_identity, mix_novelty=2.0)
+    with pytest.raises(ValueError, match="quota_clusters"):
+        StreamSelector([1], embed=embed_identity, quota_clusters=1)

@@ -72,25 +72,61 @@ def repeat_stream(x: np.ndarray, y: np.ndarray, items: int, seed: int = 0) -> tu
 
 
 def quality(x: np.ndarray, y: np.ndarray, metric: str, items: int) -> list[dict[str, Any]]:
-    """Distinct items and rare-class share of the default selection vs a random 25%."""
+    """Distinct items and rare-class share of each score vs a random 25% of the same stream."""
     from ..selection.stream import StreamSelector
 
     emb, src, lab = repeat_stream(x, y, items)
     sizes = np.bincount(y)
     rare = np.argsort(sizes, kind="stable")[:max(1, int(round(len(sizes) / 10)))]
-    sel = StreamSelector(range(items), embed=lambda idx: emb[np.asarray(idx)], window=WINDOW, keep=KEEP,
-                         metric=metric, store_size=1_000_000)
-    t = time.perf_counter()
-    chosen = np.fromiter(sel, np.int64)
-    secs = time.perf_counter() - t
-    rand = np.sort(np.random.default_rng(0).choice(items, len(chosen), replace=False))
-    rows = []
-    for name, pick in (("random 25%", rand), ("novelty (default)", chosen)):
-        rows.append({"method": name, "emitted": len(pick), "distinct_items": int(len(np.unique(src[pick]))),
-                     "rare_share": round(float(np.isin(lab[pick], rare).mean()), 4)})
-    rows[1]["seconds"] = round(secs, 2)
-    rows[1]["distinct_x_random"] = round(rows[1]["distinct_items"] / max(rows[0]["distinct_items"], 1), 3)
+    loss = _loss_scorer(emb, lab)
+    variants = {"novelty (default)": {}, "novelty + quota (64 clusters)": {"quota_clusters": 64},
+                "loss (linear probe)": {"scorer": loss},
+                "loss + novelty + quota": {"scorer": loss, "mix_novelty": 0.5, "quota_clusters": 64}}
+    picks, secs = {}, {}
+    for name, kw in variants.items():
+        sel = StreamSelector(range(items), embed=lambda idx: emb[np.asarray(idx)], window=WINDOW, keep=KEEP,
+                             metric=metric, store_size=1_000_000, **kw)
+        t = time.perf_counter()
+        picks[name] = np.fromiter(sel, np.int64)
+        secs[name] = time.perf_counter() - t
+    n = len(picks["novelty (default)"])
+    rows = [{"method": "random 25%", "emitted": n, **_judge(np.random.default_rng(0).choice(items, n, replace=False),
+                                                             src, lab, rare)}]
+    for name, pick in picks.items():
+        rows.append({"method": name, "emitted": len(pick), **_judge(pick, src, lab, rare),
+                     "seconds": round(secs[name], 2), "us_per_item": round(secs[name] / items * 1e6, 1)})
+        rows[-1]["distinct_x_random"] = round(rows[-1]["distinct_items"] / max(rows[0]["distinct_items"], 1), 3)
     return rows
+
+
+def _judge(pick: np.ndarray, src: np.ndarray, lab: np.ndarray, rare: np.ndarray) -> dict[str, Any]:
+    return {"distinct_items": int(len(np.unique(src[pick]))), "rare_share": round(float(np.isin(lab[pick], rare).mean()), 4)}
+
+
+def _loss_scorer(emb: np.ndarray, lab: np.ndarray, fit: int = 5_000) -> Any:
+    """``scorer(items, embeddings)``: cross-entropy of a linear probe fitted on the stream's first
+    ``fit`` items (the "cheap forward pass" of online hard selection)."""
+    import torch
+
+    x, y = torch.from_numpy(emb[:fit]), torch.from_numpy(lab[:fit])
+    w = torch.zeros(emb.shape[1], int(lab.max()) + 1, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=50)
+
+    def closure() -> Any:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w, y) + 1e-3 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w = w.detach()
+
+    def scorer(items: list[int], e: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(torch.from_numpy(e) @ w, torch.from_numpy(lab[np.asarray(items)]),
+                                                     reduction="none").numpy()
+
+    return scorer
 
 
 def stream_section(quick: bool = False, data: str | None = None) -> list[dict[str, Any]]:

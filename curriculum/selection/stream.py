@@ -36,6 +36,7 @@ LIST_ROWS = 1000      # embeddings per IVF list (so a query's cost does not grow
 TRAIN_SAMPLE = 65_536 # lists and codes are trained on at most this many embeddings of the window
 RECHECK = 8           # candidates per query whose distances are computed exactly from the ring
 STALE_SHARE = 16      # evicted embeddings are removed from the lists in batches of capacity / this
+QUOTA_SHORTLIST = 2   # the cluster quota balances the 2m best candidates of a window
 RETRAIN_MIN = 65_536  # the lists are re-trained after 2 x capacity insertions, and not more often than this
 
 
@@ -176,6 +177,17 @@ class StreamSelector(IterableDataset):
             to 8,192, then through IVF lists at a nearly flat cost: see :class:`SlidingWindowStore`;
             1M-10M is fine).
         index: ``"auto"`` (that switch), ``"exact"`` or ``"ivf"`` for the store's search.
+        mix_novelty: with a callable ``scorer`` (e.g. the model's loss), the weight of novelty in a
+            combined score ``(1 - w) rank(scorer) + w rank(novelty)`` (ranks within the window,
+            so the scales need not match; novelty counts the memory and the window's earlier
+            candidates, so later copies of a burst rank low); 0 = the scorer alone. Cost: the
+            novelty search and the window's Gram matrix.
+        quota_clusters: balance each window's keep over this many clusters of the stream (k-means,
+            resampling-refined as in curation, fitted on the first ``max(64 k, 4096)`` candidates;
+            before that, no quota): the window's share is water-filled over the clusters of its
+            ``2 x keep`` best candidates by the score (a cluster with fewer than its share is kept
+            whole), each cluster's part taken in the score's order, so balancing never trades a
+            novel candidate for a repeat. Cost: one assignment of the window to k centroids.
         seed: the draw depends only on ``(seed, window index, shard)``.
 
     Example:
@@ -189,8 +201,9 @@ class StreamSelector(IterableDataset):
     def __init__(self, source: Iterable[Any] | Callable[[], Iterator[Any]], embed: Callable[[list[Any]], Any],
                  window: int = 1024, keep: float = 0.25, pacing: Pacing | None = None,
                  keep_range: tuple[float, float] = (0.1, 1.0), scorer: str | Callable[..., Any] = "novelty",
-                 select: str = "topk", store_size: int = 100_000, metric: str = "l2", index: str = "auto", seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None) -> None:
+                 select: str = "topk", store_size: int = 100_000, metric: str = "l2", index: str = "auto",
+                 quota_clusters: int | None = None, mix_novelty: float = 0.0, seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None) -> None:
         if not callable(embed):
             raise TypeError(f"embed: expected a callable list_of_samples -> (n, dim) array, got {type(embed).__name__}")
         if not (callable(source) or hasattr(source, "__iter__")):
@@ -205,9 +218,13 @@ class StreamSelector(IterableDataset):
         if not (isinstance(scorer, str) and scorer == "novelty") and not callable(scorer):
             raise ValueError(f"scorer: expected 'novelty' or a callable (samples, embeddings) -> scores, got {scorer!r}")
         self.scorer = scorer
+        self.mix_novelty = C.finite_float(mix_novelty, "mix_novelty", 0.0, 1.0)
         self.select = C.choice(select, "select", ("topk", "sample"))
         self.store_size = C.positive_int(store_size, "store_size")
         self.index = C.choice(index, "index", ("auto", "exact", "ivf"))
+        self.quota_clusters = None if quota_clusters is None else C.positive_int(quota_clusters, "quota_clusters", 2)
+        self._quota_rows: list[np.ndarray] = []
+        self.quota_centroids: np.ndarray | None = None
         self.metric = C.choice(metric, "metric", tuple(METRICS))
         self.seed = int(seed)
         self.rank, self.world_size = dist_info(rank, world_size)
@@ -246,8 +263,28 @@ class StreamSelector(IterableDataset):
             s = C.to_numpy(self.scorer(items, emb), "scorer output").astype(np.float64).reshape(-1)
             if s.shape[0] != len(items) or not np.isfinite(s).all():
                 raise ValueError(f"scorer: expected {len(items)} finite scores, got shape {s.shape}")
+            if self.mix_novelty > 0:
+                from scipy.stats import rankdata
+
+                s = (1 - self.mix_novelty) * rankdata(s) + self.mix_novelty * rankdata(self._causal_novelty(emb))
             return s
         return self.store.nearest_distance(emb) if self.store is not None else np.full(len(items), np.inf)
+
+    def _causal_novelty(self, emb: np.ndarray) -> np.ndarray:
+        """Distance of each candidate to the memory and to the window's earlier candidates: the
+        second and later copies of a burst are not novel, whatever their score."""
+        store = self.store.nearest_distance(emb) if self.store is not None and len(self.store) else \
+            np.full(len(emb), np.inf)
+        e = np.ascontiguousarray(emb, np.float64)
+        gram = e @ e.T
+        sq = np.diag(gram)
+        if self.metric == "l2":
+            d = np.sqrt(np.maximum(sq[:, None] + sq[None] - 2 * gram, 0.0))
+        else:
+            n = np.sqrt(np.maximum(sq, 1e-24))
+            d = 1.0 - gram / (n[:, None] * n[None])
+        d[np.triu_indices(len(e))] = np.inf  # only earlier candidates count
+        return np.minimum(store, d.min(1))
 
     def _greedy_novel(self, emb: np.ndarray, scores: np.ndarray, m: int) -> np.ndarray:
         """Farthest-point (k-centre greedy) choice: each pick is the candidate farthest from the
@@ -256,19 +293,58 @@ class StreamSelector(IterableDataset):
         from ._stream_kernels import greedy_farthest
 
         e = np.ascontiguousarray(emb, np.float32)
-        picked = greedy_farthest(e @ e.T, scores.astype(np.float64), int(m), self.metric != "l2")
-        return np.sort(picked)
+        return greedy_farthest(e @ e.T, scores.astype(np.float64), int(m), self.metric != "l2")
 
     def _choose(self, scores: np.ndarray, m: int, rng: np.random.Generator, emb: np.ndarray | None = None) -> np.ndarray:
+        labels = self._quota_labels(emb) if emb is not None else None
         if m >= len(scores):
             return np.arange(len(scores))
+        if labels is None:
+            return np.sort(self._choose_by_score(scores, m, rng, emb))
+        from .curation import _water_fill
+
+        # the quota balances a shortlist of the 2m best by the score, in the score's order, so
+        # balancing never trades a novel candidate for a repeat
+        short = self._choose_by_score(scores, min(len(scores), QUOTA_SHORTLIST * m), rng, emb)
+        alloc = _water_fill(np.bincount(labels[short], minlength=len(self.quota_centroids)), m)
+        rank_in_cluster = np.zeros(len(short), np.int64)
+        seen = np.zeros(len(self.quota_centroids), np.int64)
+        for i, c in enumerate(labels[short]):
+            rank_in_cluster[i] = seen[c]
+            seen[c] += 1
+        return np.sort(short[rank_in_cluster < alloc[labels[short]]])
+
+    def _quota_labels(self, emb: np.ndarray) -> np.ndarray | None:
+        """Cluster of each candidate once the quota clusters are fitted (fitting them from the
+        first candidates as they come); ``None`` without a quota or before the fit."""
+        if self.quota_clusters is None:
+            return None
+        x = get_metric(self.metric).prepare(emb) if self.metric == "cosine" else np.ascontiguousarray(emb, np.float32)
+        if self.quota_centroids is None:
+            self._quota_rows.append(x)
+            rows = sum(len(r) for r in self._quota_rows)
+            if rows < max(64 * self.quota_clusters, 4096):
+                return None
+            from .kmeans import kmeans, resample_refine
+
+            fit = np.concatenate(self._quota_rows)
+            k = min(self.quota_clusters, len(fit))
+            self.quota_centroids = resample_refine(fit, kmeans(fit, k, seed=self.seed), 3, seed=self.seed)
+            self._quota_rows = []
+        from .kmeans import assign
+
+        return assign(x, self.quota_centroids)[0]
+
+    def _choose_by_score(self, scores: np.ndarray, m: int, rng: np.random.Generator,
+                         emb: np.ndarray | None = None) -> np.ndarray:
+        """``m`` candidates, best first: farthest-point order for novelty, else by score or drawn."""
         if emb is not None and self.select == "topk" and not callable(self.scorer):
             return self._greedy_novel(emb, scores, m)
         if self.select == "topk" or not np.isfinite(scores).all():
             s = np.where(np.isfinite(scores), scores, np.finfo(np.float64).max)
-            return np.sort(np.argsort(-s, kind="stable")[:m])
+            return np.argsort(-s, kind="stable")[:m]
         p = np.maximum(scores, 0) + 1e-12
-        return np.sort(rng.choice(len(scores), m, replace=False, p=p / p.sum()))
+        return rng.choice(len(scores), m, replace=False, p=p / p.sum())
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
