@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: test demo data venv bench clean
+.PHONY: test demo data browser venv bench clean
 
 venv: $(STAMP)
 
@@ -27,7 +27,16 @@ data:
 		(apt-get update -q && apt-get install -y -q dataset-fashion-mnist) >/dev/null && echo "Fashion-MNIST installed"; \
 	else echo "Fashion-MNIST not found: as root run 'apt-get install dataset-fashion-mnist', or pass --data PATH / set CURRICULUM_FMNIST to a folder holding the four IDX files"; fi
 
-test: $(STAMP) data
+# headless Chromium for the report's browser test (tests/test_inspect.py, marker "browser"); without
+# root the test is skipped and says how to get it.
+browser:
+	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		((apt-get update -q && apt-get install -y -q chromium) >/dev/null && echo "chromium installed") || \
+		echo "chromium could not be installed: the report's browser test will be skipped"; \
+	else echo "chromium not found: the report's browser test will be skipped ('apt-get install chromium')"; fi
+
+test: $(STAMP) data browser
 	$(PY) -m pytest -q -x --timeout=900
 
 demo: $(STAMP) data

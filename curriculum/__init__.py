@@ -7,6 +7,7 @@ user's own DataLoader so that what it yields shifts from easy to hard.
 
 from . import difficulty, pacing
 from .difficulty import Difficulty, Recorder
+from .inspection import Inspection, inspect
 from .mining import HardNegativeMiner
 from .sampling import CurriculumBatchSampler, CurriculumLoader, CurriculumSampler, wrap
 from .selection import StreamSelector, curate
@@ -14,5 +15,5 @@ from .store import EmbeddingStore, KMeansResult
 
 __version__ = "0.1.0"
 __all__ = ["EmbeddingStore", "KMeansResult", "Difficulty", "Recorder", "CurriculumSampler", "CurriculumBatchSampler",
-           "CurriculumLoader", "wrap", "HardNegativeMiner", "curate", "StreamSelector",
+           "CurriculumLoader", "wrap", "HardNegativeMiner", "curate", "StreamSelector", "inspect", "Inspection",
            "difficulty", "pacing", "__version__"]

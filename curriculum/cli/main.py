@@ -4,6 +4,7 @@
     curriculum report RUN_DIR                               redraw a demo run's figures
     curriculum bench  [--quick] [--sizes N ...] [--sections ...] [--out DIR] mining speed vs peers
     curriculum score  [--data PATH] [--k 10] [--noise 0.2]  score a real dataset and report
+    curriculum inspect EMBEDDINGS [--labels L] [--items I] --out DIR   scores and report.html of your data
     curriculum info                                         versions, threads, data found
 """
 
@@ -38,6 +39,16 @@ def _score(a: argparse.Namespace) -> int:
     from curriculum.cli.demo import scoring_report
 
     scoring_report(data=a.data, k=a.k, noise=a.noise, dim=a.dim, limit=a.limit, seed=a.seed)
+    return 0
+
+
+def _inspect(a: argparse.Namespace) -> int:
+    from curriculum.cli.inspect_cmd import run_inspect, summary_numbers
+
+    res = run_inspect(a.embeddings, a.out, labels=a.labels, items=a.items, metric=a.metric, k=a.k)
+    for key, v in summary_numbers(res).items():
+        print(f"  {key}: {v}")
+    print(f"wrote {os.path.join(a.out, 'scores.npz')}, flagged.csv ({len(res.flagged)} rows), report.html")
     return 0
 
 
@@ -93,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the label noise and the PCA (default 0)")
     s.set_defaults(func=_score)
 
+    n = sub.add_parser("inspect", help="your own embeddings: label issues, near-duplicates, outliers, difficulty and "
+                                       "cluster balance as arrays, a CSV of flagged samples and a static report.html")
+    n.add_argument("embeddings", help=".npy / .npz / .pt, or a folder of such shards")
+    n.add_argument("--labels", default=None, help=".npy / .txt (one per line) / .csv (a 'label' column)")
+    n.add_argument("--items", default=None, help="what to show per row: .txt / .csv captions or paths, .npy images")
+    n.add_argument("--out", required=True, help="output folder")
+    n.add_argument("--metric", default="cosine", choices=("cosine", "l2", "ip"),
+                   help="distance between embeddings (default cosine)")
+    n.add_argument("--k", type=int, default=10, help="neighbours per sample (default 10)")
+    n.set_defaults(func=_inspect)
+
     b = sub.add_parser("bench", help="mining speed: all-points kNN graph vs faiss flat/IVF/HNSW and the installed "
                                      "peers on real, clustered and isotropic data; geometry scores, global and "
                                      "in-batch mining (vs pytorch-metric-learning), sampler, loader; table, JSON, PNG")
@@ -127,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    except (FileNotFoundError, NotADirectoryError, ValueError, TypeError) as exc:
         if os.environ.get("CURRICULUM_DEBUG"):
             raise
         print(f"curriculum {args.command}: error: {exc}", file=sys.stderr)
