@@ -100,6 +100,23 @@ def test_image_items_become_inline_thumbnails(tmp_path):
     assert summary_numbers(res)["rows"] == 200
 
 
+def test_image_paths_become_thumbnails_and_other_paths_stay_text(tmp_path):
+    import matplotlib.image
+
+    x, y, _ = fixture(n=200)
+    np.save(tmp_path / "x.npy", x)
+    paths = []
+    for i in range(200):
+        p = tmp_path / f"im{i}.png"
+        if i % 2 == 0:
+            matplotlib.image.imsave(p, np.random.default_rng(i).random((6, 6)))
+        paths.append(str(p) if i % 2 == 0 else f"missing/im{i}.png")
+    (tmp_path / "items.txt").write_text("\n".join(paths))
+    run_inspect(str(tmp_path / "x.npy"), str(tmp_path / "out"), items=str(tmp_path / "items.txt"))
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "missing/im" in page
+
+
 @pytest.mark.parametrize("case,err", [
     ("short_labels", "labels: expected 400 labels"),
     ("nan", "embeddings: expected finite values"),

@@ -4,8 +4,8 @@ embeddings as arrays (``scores.npz``), a CSV of flagged samples and a self-conta
 
 Inputs: embeddings as ``.npy`` / ``.npz`` / ``.pt`` or a folder of such shards (concatenated in
 name order); labels as ``.npy`` / ``.txt`` (one per line) / ``.csv`` (a ``label`` column, else the
-first); items to show as ``.txt`` / ``.csv`` (captions or paths, shown as text) or ``.npy`` image
-arrays ``(n, H, W[, C])`` (thumbnails). Everything is written to a temporary folder first and moved
+first); items to show as ``.txt`` / ``.csv`` (captions, or paths - image files become thumbnails)
+or ``.npy`` image arrays ``(n, H, W[, C])`` (thumbnails). Everything is written to a temporary folder first and moved
 into place at the end, so a failure leaves nothing half-written.
 """
 
@@ -27,6 +27,7 @@ from ..inspection import Inspection, inspect
 
 SHOW = 30          # rows per table in the report
 MAP_POINTS = 3000  # points drawn in the 2-D maps
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def load_embeddings(path: str | os.PathLike) -> np.ndarray:
@@ -223,13 +224,23 @@ def _item(items: Any, r: int) -> str:
         return f"row {r}"
     if isinstance(items, np.ndarray):
         return f"<img class='t' alt='row {r}' src='{_png(items[r])}'>"
-    return html.escape(str(items[r])[:200])
+    text = str(items[r])
+    if Path(text).suffix.lower() in IMAGE_SUFFIXES and Path(text).is_file():
+        import matplotlib.image
+
+        try:
+            return f"<img class='t' alt='{html.escape(text)}' src='{_png(matplotlib.image.imread(text))}'>"
+        except (OSError, ValueError):
+            pass  # unreadable: show the path
+    return html.escape(text[:200])
 
 
 def _png(img: np.ndarray) -> str:
     import matplotlib.image
 
     a = np.asarray(img, np.float64)
+    if a.ndim == 3 and a.shape[-1] not in (3, 4):
+        a = a.mean(-1)
     a = (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
     buf = io.BytesIO()
     matplotlib.image.imsave(buf, a, cmap="gray" if a.ndim == 2 else None, format="png")
