@@ -250,3 +250,16 @@ def test_mix_novelty_combines_a_loss_with_novelty():
         StreamSelector([1], embed=embed_identity, mix_novelty=2.0)
     with pytest.raises(ValueError, match="quota_clusters"):
         StreamSelector([1], embed=embed_identity, quota_clusters=1)
+
+
+@pytest.mark.parametrize("capacity,rows", [(10, 3), (10, 30), (2000, 1500)])
+def test_forced_ivf_on_small_windows_matches_exact(capacity, rows):
+    x = np.random.default_rng(0).normal(size=(rows, 4)).astype(np.float32)
+    s, e = SlidingWindowStore(capacity, 4, index="ivf"), SlidingWindowStore(capacity, 4, index="exact")
+    s.add(x)
+    e.add(x)
+    assert s.approximate == (min(rows, capacity) >= min(1024, capacity))
+    q = x[-50:] + 1e-3
+    got, truth = s.nearest_distance(q), e.nearest_distance(q)
+    assert (got >= truth - 1e-5).all()
+    assert np.isclose(got, truth, rtol=1e-4, atol=1e-5).mean() >= (0.8 if s.approximate and rows >= 1024 else 1.0)

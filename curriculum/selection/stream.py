@@ -46,13 +46,15 @@ class SlidingWindowStore:
 
     Up to :data:`EXACT_UNTIL` embeddings the search is exact (faiss BLAS). Beyond, an inverted
     file over the window answers it: k-means lists of about :data:`LIST_ROWS` embeddings, their
-    members as 4-bit product-quantizer codes scanned with SIMD lookups (faiss FastScan), each query
+    members (from 32 dims) as 4-bit product-quantizer codes scanned with SIMD lookups (faiss
+    FastScan; below, as plain vectors), each query
     scanning ``nprobe`` lists; its :data:`RECHECK` best candidates are re-scored exactly from the
     ring, so a distance returned is exact and only a neighbour missed by the codes or in an
     unscanned list can make it too large. Every embedding is filed under its insertion
     number, so eviction of the oldest is one range removal; the lists are re-trained when the
     window has grown :data:`REBUILD_GROWTH` times and whenever it has turned over completely
-    (twice; the stream drifts). ``index="exact"`` keeps the exact search at every size.
+    (twice; the stream drifts). ``index="exact"`` keeps the exact search at every size;
+    ``index="ivf"`` goes approximate from 1,024 embeddings (or a full smaller window).
 
     Example:
         >>> w = SlidingWindowStore(4, 2, metric="cosine")
@@ -110,7 +112,7 @@ class SlidingWindowStore:
         if self.index_kind == "exact" or (self.index_kind == "auto" and self.count < EXACT_UNTIL):
             return False
         if self._ivf is None:
-            return self.count >= min(EXACT_UNTIL, self.capacity) or self.index_kind == "ivf"
+            return self.count >= min(EXACT_UNTIL if self.index_kind == "auto" else 1024, self.capacity)
         turned = self.added - self._built_added >= max(2 * self.capacity, RETRAIN_MIN)
         return self.count >= REBUILD_GROWTH * self._built_at or turned
 
@@ -131,8 +133,8 @@ class SlidingWindowStore:
         km.train(sample)
         quantizer.add(km.centroids)
         pref = (self.dim // 2, self.dim // 4) if self.dim <= 64 else (self.dim // 4, self.dim // 2)  # sub-vectors of 2-4 dims
-        m = next((m for m in pref if m and self.dim % m == 0 and m % 2 == 0), 0)
-        if m:  # 4-bit PQ codes scanned with SIMD lookups; the few candidates are re-checked exactly
+        m = next((m for m in pref if self.dim % m == 0 and m % 2 == 0), 0) if len(sample) >= 1024 and self.dim >= 32 else 0
+        if m:  # 4-bit PQ codes scanned with SIMD lookups (below 32 dims plain lists scan as fast and exactly)
             ivf = faiss.IndexIVFPQFastScan(quantizer, self.dim, nlist, m, 4, metric)
             ivf.train(sample)
         else:
