@@ -22,6 +22,7 @@ DUPLICATE_SIMILARITY = 0.98
 FLAG_QUANTILE = 0.75    # label issues: the neighbours disagree and the label-noise score is above this quantile ...
 OUTLIER_QUANTILE = 0.99  # ... outliers: beyond this quantile of the k-th neighbour distance
 CURATED_SHARE = 0.1
+GRAPH_RECALL = 0.8  # a report's kNN graph: NN-descent's lists suffice where 0.95 would force the exact graph
 
 
 @dataclass
@@ -79,19 +80,30 @@ def inspect(embeddings: Any, labels: Any = None, metric: str = "cosine", k: int 
     y = None if labels is None else C.as_labels(labels, "labels", n)
     store = EmbeddingStore(x.shape[1], metric=C.choice(metric, "metric", ("cosine", "l2", "ip")))
     store.add(x, labels=y)
-    dist, nbr = store.knn(k, progress=progress)
+    dist, nbr = store.knn(k, progress=progress, target_recall=GRAPH_RECALL)  # later scores reuse this graph
     scores: dict[str, np.ndarray] = {"outlier": dist[:, -1].astype(np.float64)}
     scores["neighbour_label"] = np.full(n, -1, np.int64)
     if y is not None:
         from .difficulty import label_noise
 
         votes = y[nbr]
-        scores["neighbour_label"] = np.array([np.bincount(v, minlength=int(y.max()) + 1).argmax() for v in votes])
+        scores["neighbour_label"] = _majority(votes, int(y.max()) + 1)
         scores["label_noise"] = _by_row(label_noise(store, k=k, progress=progress), n)
     scores["difficulty"] = _rank01(scores["label_noise"] if y is not None else scores["outlier"])
     scores["duplicate_group"] = _duplicate_groups(store, n, seed, progress)
     scores.update(_clusters(store, n, seed, progress))
     return Inspection(scores, _flags(scores, y), y, metric, store.rows_of(nbr.reshape(-1)).reshape(nbr.shape))
+
+
+def _majority(votes: np.ndarray, classes: int) -> np.ndarray:
+    """Most frequent label per row of ``votes`` (ties: the smallest label), in chunks of rows."""
+    out = np.empty(len(votes), np.int64)
+    for a in range(0, len(votes), 65_536):
+        v = votes[a:a + 65_536]
+        counts = np.zeros((len(v), classes), np.int32)
+        np.add.at(counts, (np.repeat(np.arange(len(v)), v.shape[1]), v.reshape(-1)), 1)
+        out[a:a + len(v)] = counts.argmax(1)
+    return out
 
 
 def _by_row(d: Any, n: int) -> np.ndarray:
