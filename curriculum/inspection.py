@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._util import checks as C
+from .difficulty import Difficulty, label_noise
 from .store import EmbeddingStore
 
 K = 10                  # neighbours behind the neighbourhood scores
@@ -84,12 +85,10 @@ def inspect(embeddings: Any, labels: Any = None, metric: str = "cosine", k: int 
     scores: dict[str, np.ndarray] = {"outlier": dist[:, -1].astype(np.float64)}
     scores["neighbour_label"] = np.full(n, -1, np.int64)
     if y is not None:
-        from .difficulty import label_noise
-
         votes = y[nbr]
         scores["neighbour_label"] = _majority(votes, int(y.max()) + 1)
         scores["label_noise"] = _by_row(label_noise(store, k=k, progress=progress), n)
-    scores["difficulty"] = _rank01(scores["label_noise"] if y is not None else scores["outlier"])
+    scores["difficulty"] = Difficulty(scores["label_noise"] if y is not None else scores["outlier"]).rank()
     scores["duplicate_group"] = _duplicate_groups(store, n, seed, progress)
     scores.update(_clusters(store, n, seed, progress))
     return Inspection(scores, _flags(scores, y), y, metric, store.rows_of(nbr.reshape(-1)).reshape(nbr.shape))
@@ -110,12 +109,6 @@ def _by_row(d: Any, n: int) -> np.ndarray:
     out = np.empty(n)
     out[d.ids] = d.scores
     return out
-
-
-def _rank01(v: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return (rankdata(v) - 1) / max(len(v) - 1, 1)
 
 
 def _duplicate_groups(store: EmbeddingStore, n: int, seed: int, progress: bool | None) -> np.ndarray:

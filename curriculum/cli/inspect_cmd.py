@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..difficulty import Difficulty
 from ..inspection import Inspection, inspect
 
 SHOW = 30          # rows per table in the report
@@ -301,12 +302,8 @@ def _maps(res: Inspection, x: np.ndarray, names: list[str]) -> str:
     if res.labels is not None:
         svgs.append(_scatter(u, _palette(res.labels[rows]), "coloured by label"))
     key = "label_noise" if "label_noise" in res.scores else "outlier"
-    svgs.append(_scatter(u, _ramp(_rank_of(res.scores[key])[rows]), f"coloured by {key} (dark = high)"))
+    svgs.append(_scatter(u, _ramp(Difficulty(res.scores[key]).rank()[rows]), f"coloured by {key} (dark = high)"))
     return f"<section id='map'><h2>Map of the embedding (PCA, {len(rows)} points)</h2><div class='maps'>{''.join(svgs)}</div></section>"
-
-
-def _rank_of(v: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(v, kind="stable"), kind="stable") / max(len(v) - 1, 1)
 
 
 def _palette(y: np.ndarray) -> list[str]:

@@ -228,7 +228,7 @@ def _auto_hierarchy(x: np.ndarray, n_leaves: int | None, resample_iters: int, se
     bar.update(1)
     bar.close()
     maps = _maps(labels)
-    cents = [_centroids_of(x, rows, k)]
+    cents = [cent]
     for m in maps:
         cents.append(_centroids_of(cents[-1], m, int(m.max()) + 1))
     return Hierarchy([rows] + maps, cents)
@@ -395,7 +395,7 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
         if len(missing):
             raise ValueError(f"reference: expected ids of the pool, got {len(missing)} that are not "
                              f"(first: {missing[:5].tolist()})")
-        ref_rows = np.searchsorted(ids, ref) if np.all(ids[:-1] <= ids[1:]) else np.flatnonzero(np.isin(ids, ref))
+        ref_rows = np.flatnonzero(np.isin(ids, ref))
     x = clustering_space(vec, "cosine" if store.metric == "cosine" else "l2", seed)
     if levels is None:
         h = _auto_hierarchy(x, None, resample_iters, seed, progress)
