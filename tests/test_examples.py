@@ -23,7 +23,7 @@ def code_lines(path):
 
 def run(script, *args):
     env = {**os.environ, "CURRICULUM_PROGRESS": "0"}
-    out = _gloo.run([sys.executable, os.path.join(EX, script), *args], env=env, timeout=600)
+    out = _gloo.run([sys.executable, os.path.join(EX, script), *args], env=env, timeout=280)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 

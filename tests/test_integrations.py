@@ -56,7 +56,7 @@ def _run(fw: str, out: str, tag: str, procs: int, *args: str) -> list[dict]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
                "--master_port", str(_free_port()), *cmd[1:]]
     env = {**os.environ, "CURRICULUM_PROGRESS": "0", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = _gloo.run(cmd, env=env, timeout=600, cwd=out)
+    res = _gloo.run(cmd, env=env, timeout=240, cwd=out)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return [json.load(open(os.path.join(out, f"{tag}-rank{r}.json"))) for r in range(procs)]
 
