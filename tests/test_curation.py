@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import curriculum as cl
 from curriculum.cli.bench_curation import balance, curation_section, mode_pool
 from curriculum.selection import curation as CU
-from curriculum.selection import kmeans as KM
+from curriculum.neighbors import kmeans as KM
 
 
 def blobs(sizes, dim=8, sep=40.0, seed=0):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 
 from . import checks as C
@@ -72,3 +75,96 @@ def gather_rows(parts: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         dist.all_gather(bufs, padded)
         out.append(torch.cat([b[:int(c)] for b, c in zip(bufs, col)]).cpu())
     return out
+
+
+class Comm:
+    """Collectives on numpy arrays over a torch.distributed process group (gloo on CPU, NCCL with
+    the tensors moved to the current CUDA device), counting the bytes this rank sends. Without a
+    process group it is a world of one and every collective returns its input.
+
+    Example:
+        >>> import numpy as np
+        >>> comm = Comm()                       # no process group: world of one
+        >>> comm.world, comm.all_reduce(np.array([1, 2])).tolist()
+        (1, [1, 2])
+        >>> [a.tolist() for a in comm.exchange([np.array([[1.0, 2.0]])])]
+        [[[1.0, 2.0]]]
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        self.group = group
+        self.rank, self.world = (torch.distributed.get_rank(group), torch.distributed.get_world_size(group)) \
+            if initialized() else (0, 1)
+        self.bytes_sent = 0
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(_collective_device())
+
+    def all_reduce(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Element-wise ``sum`` / ``max`` / ``min`` of ``a`` over the ranks."""
+        if self.world == 1:
+            return np.array(a, copy=True)
+        t = self._tensor(np.asarray(a))
+        ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX,
+               "min": torch.distributed.ReduceOp.MIN}
+        torch.distributed.all_reduce(t, op=ops[op], group=self.group)
+        self.bytes_sent += t.numel() * t.element_size()
+        return t.cpu().numpy()
+
+    def all_gather(self, a: np.ndarray) -> list[np.ndarray]:
+        """Every rank's ``a`` (any number of rows, same trailing shape and dtype), in rank order."""
+        if self.world == 1:
+            return [np.asarray(a)]
+        return self.exchange([np.asarray(a)] * self.world)
+
+    def exchange(self, buckets: list[np.ndarray]) -> list[np.ndarray]:
+        """All-to-all: ``buckets[j]`` goes to rank ``j``; returns what each rank sent to this one.
+        Buckets share a dtype and a trailing shape; their row counts may differ (one
+        ``all_to_all_single`` of the counts, then one of the rows)."""
+        if len(buckets) != self.world:
+            raise ValueError(f"buckets: expected one array per rank ({self.world}), got {len(buckets)}")
+        if self.world == 1:
+            return [np.asarray(buckets[0])]
+        parts = [np.ascontiguousarray(b) for b in buckets]
+        tail, dtype = parts[0].shape[1:], parts[0].dtype
+        send = np.array([len(p) for p in parts], np.int64)
+        recv = self._tensor(np.zeros(self.world, np.int64))
+        torch.distributed.all_to_all_single(recv, self._tensor(send), group=self.group)
+        recv_rows = recv.cpu().numpy()
+        width = int(np.prod(tail, dtype=np.int64))
+        flat = np.concatenate([p.reshape(len(p), width) for p in parts]) if width else np.zeros((int(send.sum()), 0))
+        out = self._tensor(np.zeros((int(recv_rows.sum()), width), dtype))
+        torch.distributed.all_to_all_single(out, self._tensor(flat.astype(dtype, copy=False)),
+                                            output_split_sizes=recv_rows.tolist(),
+                                            input_split_sizes=send.tolist(), group=self.group)
+        self.bytes_sent += int((send.sum() - send[self.rank]) * width * np.dtype(dtype).itemsize) + send.nbytes
+        got = out.cpu().numpy()
+        return [g.reshape((len(g),) + tail) for g in np.split(got, np.cumsum(recv_rows)[:-1])]
+
+    def shift(self, a: np.ndarray) -> np.ndarray:
+        """Ring step: send ``a`` to the next rank, return the previous rank's."""
+        if self.world == 1:
+            return np.asarray(a)
+        empty = np.zeros((0,) + np.asarray(a).shape[1:], np.asarray(a).dtype)
+        buckets = [empty] * self.world
+        buckets[(self.rank + 1) % self.world] = np.asarray(a)
+        return self.exchange(buckets)[(self.rank - 1) % self.world]
+
+    def agree(self, error: BaseException | None) -> None:
+        """Raise on every rank when any rank failed: the failing rank re-raises its own error, the
+        others a ``RuntimeError`` that names the rank and its message. Collective state stays in
+        step because every rank reaches the same decision."""
+        if self.world == 1:
+            if error is not None:
+                raise error
+            return
+        msg = b"" if error is None else f"{type(error).__name__}: {error}".encode()[:2000]
+        flags = self.all_gather(np.array([len(msg) > 0 or error is not None], np.int64))
+        if not any(int(f[0]) for f in flags):
+            return
+        texts = self.all_gather(np.frombuffer(msg, np.uint8).copy())
+        if error is not None:
+            raise error
+        first = next(r for r, f in enumerate(flags) if int(f[0]))
+        raise RuntimeError(f"rank {first} failed, so this collective call stopped on every rank: "
+                           f"{bytes(texts[first]).decode(errors='replace')}")

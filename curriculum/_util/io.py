@@ -47,13 +47,28 @@ def atomic_savez(path: str, arrays: dict[str, np.ndarray], prefix: str = ".curri
     and the temp file removed; temp files left by saves that were killed are removed by the next
     save to the same path. The file keeps the mode a plain write would give it. Loading needs
     only ``np.load(allow_pickle=False)``."""
+    _atomic(path, lambda f: np.savez(f, **arrays), prefix)
+
+
+def atomic_write_bytes(path: str, data: bytes, prefix: str = ".curriculum-") -> None:
+    """Write ``data`` to ``path`` atomically, as :func:`atomic_savez` does.
+
+    Example:
+        >>> import os, tempfile
+        >>> p = os.path.join(tempfile.mkdtemp(), "m.json"); atomic_write_bytes(p, b"{}"); open(p).read()
+        '{}'
+    """
+    _atomic(path, lambda f: f.write(data), prefix)
+
+
+def _atomic(path: str, write, prefix: str) -> None:
     d = os.path.dirname(os.path.abspath(path))
     stem = f"{prefix}{os.path.basename(path)}."
     _clean_leftovers(d, stem)
     fd, tmp = tempfile.mkstemp(prefix=f"{stem}{os.getpid()}.", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fchmod(f.fileno(), _mode_for(path))
             os.fsync(f.fileno())

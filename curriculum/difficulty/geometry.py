@@ -1,7 +1,9 @@
 """Geometry difficulty scores, read from the embedding store (higher = harder).
 
 Every score goes through the store's kNN graph (exact for small stores, the faiss index beyond)
-computed in chunks, so a million samples fit in memory. Distances follow the store's metric
+computed in chunks, so a million samples fit in memory. ``knn_distance``, ``prototype_distance``,
+``label_disagreement`` and ``label_entropy`` also take a :class:`~curriculum.store.ShardedStore`
+(every rank calls them; each gets its own shard's rows, :meth:`ShardedStore.gather` makes them global). Distances follow the store's metric
 (*smaller = nearer*, see :mod:`curriculum.knn`).
 """
 
@@ -14,13 +16,15 @@ from scipy.sparse.csgraph import connected_components
 from .._util import checks as C
 from ..neighbors import blocked_knn, brute_knn
 from .._util.progress import progress_bar, want
-from ..store import EmbeddingStore
+from ..store import EmbeddingStore, ShardedStore
 from .base import Difficulty
 
 
-def _check_store(store: EmbeddingStore, k: int | None = None, labels: bool = False) -> None:
-    if not isinstance(store, EmbeddingStore):
-        raise TypeError(f"store: expected an EmbeddingStore, got {type(store).__name__}")
+def _check_store(store: EmbeddingStore, k: int | None = None, labels: bool = False, sharded: bool = False) -> None:
+    kinds = (EmbeddingStore, ShardedStore) if sharded else EmbeddingStore
+    if not isinstance(store, kinds):
+        raise TypeError(f"store: expected an EmbeddingStore{' or a ShardedStore' if sharded else ''}, "
+                        f"got {type(store).__name__}")
     if len(store) < 2:
         raise ValueError(f"store: expected at least 2 rows, got {len(store)}")
     if k is not None:
@@ -36,7 +40,7 @@ def _check_store(store: EmbeddingStore, k: int | None = None, labels: bool = Fal
 def _neighbour_labels(store: EmbeddingStore, k: int, progress: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d, nb = store.knn(k, progress=progress)
     labels = store.labels
-    return d, labels[store.rows_of(nb.ravel()).reshape(nb.shape)], labels
+    return d, store.labels_of(nb), labels
 
 
 def knn_distance(store: EmbeddingStore, k: int = 10, progress: bool | None = None) -> Difficulty:
@@ -45,7 +49,7 @@ def knn_distance(store: EmbeddingStore, k: int = 10, progress: bool | None = Non
     Example:
         >>> scores = knn_distance(store, k=10)        # doctest: +SKIP
     """
-    _check_store(store, k)
+    _check_store(store, k, sharded=True)
     d, _ = store.knn(k, progress=progress)
     return Difficulty(d.astype(np.float64).mean(axis=1), store.ids, f"knn_distance(k={k})")
 
@@ -63,7 +67,7 @@ def prototype_distance(store: EmbeddingStore, n_clusters: int = 10, seed: int = 
         >>> int(d.order()[-1])   # the diagonal point, between both prototypes, is hardest
         4
     """
-    _check_store(store)
+    _check_store(store, sharded=True)
     km = store.kmeans(n_clusters, seed=seed, niter=niter, spherical=True, progress=progress)
     return Difficulty(km.distances.astype(np.float64), store.ids, f"prototype_distance(n_clusters={n_clusters})")
 
@@ -80,7 +84,7 @@ def label_disagreement(store: EmbeddingStore, k: int = 10, progress: bool | None
         >>> label_disagreement(store, k=2).scores.round(2).tolist()
         [0.5, 0.5, 1.0, 0.0, 0.0, 0.0]
     """
-    _check_store(store, k, labels=True)
+    _check_store(store, k, labels=True, sharded=True)
     _, nl, lab = _neighbour_labels(store, k, progress)
     return Difficulty(1.0 - (nl == lab[:, None]).mean(axis=1), store.ids, f"label_disagreement(k={k})")
 
@@ -95,7 +99,7 @@ def label_entropy(store: EmbeddingStore, k: int = 10, progress: bool | None = No
         >>> (label_entropy(store, k=2).scores > 0).tolist()
         [True, True, False, False, False, False]
     """
-    _check_store(store, k, labels=True)
+    _check_store(store, k, labels=True, sharded=True)
     _, nl, lab = _neighbour_labels(store, k, progress)
     n_cls = int(max(lab.max(), nl.max())) + 1
     counts = np.zeros((len(lab), n_cls))

@@ -47,18 +47,41 @@ def pca_projection(x: np.ndarray, variance: float = REDUCE_VARIANCE, seed: int =
         >>> pca_projection(x, 0.99).shape
         (500, 3)
     """
+    rng = np.random.default_rng(seed)
+    sample = x[rng.choice(len(x), min(PCA_SAMPLE, len(x)), replace=False)]
+    mean, basis = pca_basis(sample, variance, max_dim)
+    return project(x, mean, basis)
+
+
+def pca_basis(sample: np.ndarray, variance: float = REDUCE_VARIANCE,
+              max_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and principal axes ``(dim, kept)`` of ``sample`` keeping ``variance`` (at most
+    ``max_dim`` axes); :func:`project` applies them (fit once, apply on every shard).
+
+    Example:
+        >>> import numpy as np
+        >>> mean, basis = pca_basis(np.random.default_rng(0).normal(size=(100, 5)), 0.5)
+        >>> mean.shape, basis.shape[0]
+        ((5,), 5)
+    """
     import torch
 
-    rng = np.random.default_rng(seed)
-    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    sample = xt[torch.from_numpy(rng.choice(len(x), min(PCA_SAMPLE, len(x)), replace=False))]
-    mean = sample.mean(0)
-    centred = sample - mean
+    st = torch.from_numpy(np.ascontiguousarray(sample, np.float32))
+    mean = st.mean(0)
+    centred = st - mean
     w, v = torch.linalg.eigh((centred.T @ centred).double())
     w, v = w.flip(0).numpy(), v.flip(1).float()
     keep = int(np.searchsorted(np.cumsum(w) / max(float(w.sum()), 1e-30), variance) + 1)
-    keep = max(1, min(keep, max_dim or x.shape[1], x.shape[1]))
-    return np.ascontiguousarray(((xt - mean) @ v[:, :keep]).numpy(), np.float32)
+    keep = max(1, min(keep, max_dim or st.shape[1], st.shape[1]))
+    return mean.numpy(), np.ascontiguousarray(v[:, :keep].numpy())
+
+
+def project(x: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``(x - mean) @ basis`` as contiguous float32 (see :func:`pca_basis`)."""
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    return np.ascontiguousarray(((xt - torch.from_numpy(mean)) @ torch.from_numpy(basis)).numpy(), np.float32)
 
 
 def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = None, n_trees: int | None = None,

@@ -17,9 +17,10 @@ import numpy as np
 from .._util import checks as C
 from .._util.progress import progress_bar, want
 from ..neighbors import brute_knn, normalize, pca_projection
-from . import kmeans as KM
-from .kmeans import kmeans_pp_init
-from ..store import EmbeddingStore
+from ..neighbors import kmeans as KM
+from ..neighbors.kmeans import kmeans_pp_init
+from ..store import EmbeddingStore, ShardedStore
+from ..store.sharded import id_priority
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ FALLBACK_TOP = 0.5    # without clear modes the top level has n_leaves ** FALLBA
 REFERENCE_ALPHA = 1e-2     # a region this unlikely to hold so few reference rows is out of distribution
 REFERENCE_EXPECTED = 5.0   # ... judged over the nearest leaves expected to hold this many reference rows
 MIN_MODE_ROWS = 3     # a leaf with fewer rows is a stray point, not (part of) a mode
+PICK_SEED = 1_000_003  # rows inside a leaf are picked by id_priority(ids, seed + PICK_SEED)
 
 
 def clustering_space(vectors: np.ndarray, metric: str, seed: int = 0) -> np.ndarray:
@@ -88,18 +90,20 @@ def leaf_count(n: int) -> int:
     return int(max(2, min(MAX_LEAVES, n // 8, max(2 * np.sqrt(n), n / 24))))
 
 
-def fit_leaves(x: np.ndarray, k: int, resample_iters: int = 3, seed: int = 0) -> np.ndarray:
+def fit_leaves(x: np.ndarray, k: int, resample_iters: int = 3, seed: int = 0,
+               sample: np.ndarray | None = None) -> np.ndarray:
     """The finest level's centroids: seeded k-means on a sample of :data:`SAMPLE_PER_LEAF` rows
-    per cluster, refined by ``resample_iters`` resampling steps (Vo et al.). Only the final
-    assignment (by the caller) touches every row.
+    per cluster (drawn from ``x``, or ``sample`` when given), refined by ``resample_iters``
+    resampling steps (Vo et al.). Only the final assignment (by the caller) touches every row.
 
     Example:
         >>> import numpy as np
         >>> fit_leaves(np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32), 10).shape
         (10, 3)
     """
-    rng = np.random.default_rng(seed)
-    sample = x if len(x) <= k * SAMPLE_PER_LEAF else x[np.sort(rng.choice(len(x), k * SAMPLE_PER_LEAF, replace=False))]
+    if sample is None:
+        rng = np.random.default_rng(seed)
+        sample = x if len(x) <= k * SAMPLE_PER_LEAF else x[np.sort(rng.choice(len(x), k * SAMPLE_PER_LEAF, replace=False))]
     cent = KM.kmeans(sample, k, seed=seed, niter=10)
     return KM.resample_refine(sample, cent, resample_iters, seed=seed)
 
@@ -209,29 +213,50 @@ def auto_hierarchy(vectors: np.ndarray, metric: str = "cosine", n_leaves: int | 
 
 
 def _auto_hierarchy(x: np.ndarray, n_leaves: int | None, resample_iters: int, seed: int,
-                    progress: bool | None) -> Hierarchy:
-    from scipy.cluster.hierarchy import fcluster, linkage
-
+                    progress: bool | None, ids: np.ndarray | None = None) -> Hierarchy:
+    """:func:`auto_hierarchy` on rows already in clustering space. With ``ids`` the leaves are
+    fitted on the rows of smallest :func:`~curriculum.store.sharded.id_priority` (the sample a
+    sharded store draws, so both give the same hierarchy)."""
     bar = progress_bar(total=2, desc="curation: leaves, modes", disable=not want(progress, len(x)))
     k = C.positive_int(n_leaves, "n_leaves") if n_leaves is not None else leaf_count(len(x))
     if k > len(x):
         raise ValueError(f"n_leaves: expected at most the number of vectors ({len(x)}), got {k}")
-    cent = fit_leaves(x, k, resample_iters, seed)
+    sample = None if ids is None else x[np.argsort(id_priority(ids, seed))[:k * SAMPLE_PER_LEAF]]
+    cent = fit_leaves(x, k, resample_iters, seed, sample)
     rows, _ = KM.assign(x, cent)
     bar.update(1)
-    top = mode_cut(cent, np.bincount(rows, minlength=k))
+    maps, cents = upper_levels(cent, np.bincount(rows, minlength=k))
+    bar.update(1)
+    bar.close()
+    return Hierarchy([rows] + maps, cents)
+
+
+def upper_levels(cent: np.ndarray, sizes: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The levels above the leaves (``cent``, with ``sizes`` rows each): the modes on top
+    (:func:`mode_cut`, else Ward into about ``sqrt(leaves)`` clusters) and nested Ward cuts
+    between; returns the Hierarchy maps and the centroids of every level, leaves first.
+
+    Example:
+        >>> import numpy as np
+        >>> c = np.concatenate([np.random.default_rng(0).normal(size=(20, 2)) + m for m in (0, 50, 100)])
+        >>> maps, cents = upper_levels(c.astype(np.float32), np.full(60, 10))
+        >>> len(cents[-1])
+        3
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    k = len(cent)
+    top = mode_cut(cent, sizes)
     if top is None:
         top = fcluster(linkage(cent.astype(np.float64), "ward"), max(2, round(k ** FALLBACK_TOP)), "maxclust") - 1
         top = np.unique(top, return_inverse=True)[1].astype(np.int64)
     labels = [np.arange(k)] + _ward_levels(cent, top) + [top]
     labels = [lab for i, lab in enumerate(labels) if i == 0 or lab.max() < labels[i - 1].max()]
-    bar.update(1)
-    bar.close()
     maps = _maps(labels)
     cents = [cent]
     for m in maps:
         cents.append(_centroids_of(cents[-1], m, int(m.max()) + 1))
-    return Hierarchy([rows] + maps, cents)
+    return maps, cents
 
 
 def hierarchical_kmeans(vectors: np.ndarray, levels: tuple[int, ...], metric: str = "cosine", seed: int = 0,
@@ -317,12 +342,14 @@ def _water_fill(sizes: np.ndarray, target: int) -> np.ndarray:
     return alloc
 
 
-def balanced_select(h: Hierarchy, target: int, seed: int = 0, keep: np.ndarray | None = None) -> np.ndarray:
+def balanced_select(h: Hierarchy, target: int, seed: int = 0, keep: np.ndarray | None = None,
+                    priority: np.ndarray | None = None) -> np.ndarray:
     """Row positions of a subset of size ``target`` balanced down the hierarchy.
 
     At every node, the node's quota is split over its children by :func:`_water_fill` on their
-    sizes (in rows); inside a finest-level cluster the rows are drawn at random (seeded). ``keep``
-    (a boolean mask over the rows) leaves the other rows out, as if they were not in the pool.
+    sizes (in rows) - see :func:`leaf_quotas`; inside a finest-level cluster the rows are drawn
+    at random (seeded), or with ``priority`` (one integer per row) those of smallest priority.
+    ``keep`` (a boolean mask over the rows) leaves the other rows out, as if they were not in the pool.
 
     Example:
         >>> import numpy as np
@@ -339,7 +366,25 @@ def balanced_select(h: Hierarchy, target: int, seed: int = 0, keep: np.ndarray |
     if target > int(keep.sum()):
         raise ValueError(f"target: expected at most the pool size {int(keep.sum())}, got {target}")
     rows_of_leaf = [r[keep[r]] for r in _groups(h.assignments[0], len(h.centroids[0]))]
-    sizes = [np.array([len(r) for r in rows_of_leaf])]
+    quota = leaf_quotas(h, np.array([len(r) for r in rows_of_leaf]), target)
+    if priority is None:
+        out = [rng.choice(rows_of_leaf[c], int(q), replace=False) for c, q in enumerate(quota) if q]
+    else:
+        out = [r[np.argsort(priority[r])[:int(q)]] for r, q in zip(rows_of_leaf, quota) if q]
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+def leaf_quotas(h: Hierarchy, leaf_sizes: np.ndarray, target: int) -> np.ndarray:
+    """Rows to take from each finest-level cluster (of ``leaf_sizes`` rows): the target split over
+    the top clusters by :func:`_water_fill`, each node's quota over its children the same way.
+
+    Example:
+        >>> import numpy as np
+        >>> h = Hierarchy([np.array([0, 1, 2]), np.array([0, 0, 1])], [np.zeros((3, 1)), np.zeros((2, 1))])
+        >>> leaf_quotas(h, np.array([10, 10, 1]), 6).tolist()   # the lone leaf's cluster gives what it has
+        [3, 2, 1]
+    """
+    sizes = [np.asarray(leaf_sizes, np.int64)]
     children = []
     for lvl in range(1, len(h.assignments)):
         kids = _groups(h.assignments[lvl], len(h.centroids[lvl]))
@@ -352,8 +397,7 @@ def balanced_select(h: Hierarchy, target: int, seed: int = 0, keep: np.ndarray |
             if quota[c] and len(kids):
                 nxt[kids] = _water_fill(sizes[lvl - 1][kids], int(quota[c]))
         quota = nxt
-    out = [rng.choice(rows_of_leaf[c], int(q), replace=False) for c, q in enumerate(quota) if q]
-    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
+    return quota
 
 
 def _groups(labels: np.ndarray, k: int) -> list[np.ndarray]:
@@ -380,9 +424,21 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     ``dedup_threshold`` (cosine), near-duplicates are removed first (one id kept per group).
     ``ids`` restricts the pool to those stored ids. ``progress``: bars (default: on from 50,000 rows).
 
+    The leaves are fitted on the rows of smallest :func:`~curriculum.store.sharded.id_priority`
+    and the rows inside a leaf picked the same way, so a :class:`~curriculum.store.ShardedStore`
+    (every rank calls ``curate``; each gets its own shard's selected ids) selects exactly the ids
+    one process selects from the same rows (up to 128 dimensions; above, the PCA projection is
+    fitted on that sample instead of the whole pool). On a sharded store ``levels``,
+    ``dedup_threshold``, ``ids`` and ``reference`` are not supported yet.
+
     Example:
         >>> ids = curate(store, target_size=len(store) // 10)      # doctest: +SKIP
     """
+    if isinstance(store, ShardedStore):
+        from .sharded_curation import curate_sharded
+
+        _only_defaults(levels=levels, dedup_threshold=dedup_threshold, ids=ids, reference=reference)
+        return curate_sharded(store, target_size, seed, resample_iters, drop_stray, progress)
     ids, vec = _pool(store, ids, dedup_threshold, seed)
     target = C.positive_int(target_size, "target_size")
     if target > len(ids):
@@ -398,7 +454,7 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
         ref_rows = np.flatnonzero(np.isin(ids, ref))
     x = clustering_space(vec, "cosine" if store.metric == "cosine" else "l2", seed)
     if levels is None:
-        h = _auto_hierarchy(x, None, resample_iters, seed, progress)
+        h = _auto_hierarchy(x, None, resample_iters, seed, progress, ids=ids)
     else:
         h = _hierarchical_kmeans(x, levels, seed, resample_iters, None, "ward", progress)
     sizes = np.bincount(h.assignments[0], minlength=len(h.centroids[0]))
@@ -408,7 +464,13 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     if target > int(keep.sum()):
         raise ValueError(f"target_size: expected at most {int(keep.sum())} (the rows left after dropping "
                          f"{int((~keep).sum())} stray or out-of-reference rows), got {target}")
-    return np.sort(ids[balanced_select(h, target, seed=seed, keep=keep)])
+    return np.sort(ids[balanced_select(h, target, seed=seed, keep=keep, priority=id_priority(ids, seed + PICK_SEED))])
+
+
+def _only_defaults(**given: object) -> None:
+    for name, value in given.items():
+        if value is not None:
+            raise ValueError(f"{name}: not supported on a ShardedStore yet (expected None, got {type(value).__name__})")
 
 
 def _pool(store: EmbeddingStore, ids: np.ndarray | None, dedup_threshold: float | None,

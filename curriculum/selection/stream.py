@@ -327,13 +327,13 @@ class StreamSelector(IterableDataset):
             rows = sum(len(r) for r in self._quota_rows)
             if rows < max(64 * self.quota_clusters, 4096):
                 return None
-            from .kmeans import kmeans, resample_refine
+            from ..neighbors.kmeans import kmeans, resample_refine
 
             fit = np.concatenate(self._quota_rows)
             k = min(self.quota_clusters, len(fit))
             self.quota_centroids = resample_refine(fit, kmeans(fit, k, seed=self.seed), 3, seed=self.seed)
             self._quota_rows = []
-        from .kmeans import assign
+        from ..neighbors.kmeans import assign
 
         return assign(x, self.quota_centroids)[0]
 

@@ -191,6 +191,21 @@ class EmbeddingStore:
             raise KeyError(f"{name}: ids not in the store: {ids[rows < 0][:5].tolist()}")
         return rows
 
+    def labels_of(self, ids: Any) -> np.ndarray:
+        """Labels of stored ``ids`` (an array of any shape; ``-1`` for unlabelled rows); raises
+        ``KeyError`` for ids that are not stored.
+
+        Example:
+            >>> import numpy as np
+            >>> s = EmbeddingStore(1, metric="l2"); _ = s.add(np.zeros((3, 1)), labels=[4, 5, 6])
+            >>> s.labels_of([[2, 0]]).tolist()
+            [[6, 4]]
+        """
+        arr = C.to_numpy(ids, "ids")
+        rows = self.rows_of(np.ravel(arr), "ids")
+        with self._lock:
+            return self._rows.labels[rows].reshape(arr.shape)
+
     def contains(self, ids: Any) -> np.ndarray:
         """Boolean mask: which of ``ids`` are stored."""
         ids = C.as_ids(ids, "ids", unique=False)

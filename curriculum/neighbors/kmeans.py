@@ -9,11 +9,14 @@ blocked BLAS search, so memory stays O(rows x 1) whatever the number of centroid
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
 from .._util import checks as C
-from ..neighbors import brute_knn, normalize
+from .kernels import brute_knn
+from .metric import normalize
 
 SEED_ROUNDS = 16  # k-means++ draws its k seeds in this many batches (one GEMM each)
 POINTS_PER_CENTROID = 128  # Lloyd iterations run on a sample of this many rows per centroid (faiss: 256)
@@ -102,9 +105,13 @@ def _update(sums: np.ndarray, counts: np.ndarray, old: np.ndarray, spherical: bo
 
 
 def kmeans(x: np.ndarray, k: int, spherical: bool = False, seed: int = 0, niter: int = 20,
-           init: np.ndarray | None = None, points_per_centroid: int = POINTS_PER_CENTROID) -> np.ndarray:
+           init: np.ndarray | None = None, points_per_centroid: int = POINTS_PER_CENTROID,
+           reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """``k`` centroids of ``x`` by Lloyd's algorithm from a k-means++ seeding (or ``init``), run on a
-    random sample of at most ``k * points_per_centroid`` rows; ``spherical`` keeps them unit-norm.
+    random sample of at most ``k * points_per_centroid`` rows (``0``: every row); ``spherical`` keeps
+    them unit-norm. ``reduce`` sums an array over the processes holding parts of the data (e.g.
+    an all-reduce): each step assigns the local rows and reduces the per-cluster sums and counts,
+    so every process ends with the same centroids (pass the same ``init`` everywhere).
 
     Example:
         >>> import numpy as np
@@ -113,14 +120,18 @@ def kmeans(x: np.ndarray, k: int, spherical: bool = False, seed: int = 0, niter:
         [0.0, 1.0]
     """
     k = C.positive_int(k, "k")
+    points_per_centroid = C.positive_int(points_per_centroid, "points_per_centroid", 0)
     rng = np.random.default_rng(seed)
     x = np.ascontiguousarray(x, np.float32)
-    if len(x) > k * points_per_centroid:
+    if points_per_centroid and len(x) > k * points_per_centroid:
         x = x[np.sort(rng.choice(len(x), k * points_per_centroid, replace=False))]
     cent = kmeans_pp_init(x, k, seed=seed) if init is None else np.ascontiguousarray(init, np.float32)
     for _ in range(niter):
         labels, _ = assign(x, cent)
         sums, counts = reduce_sums(x, labels, k)
+        if reduce is not None:
+            both = reduce(np.concatenate([sums.astype(np.float64), counts[:, None].astype(np.float64)], 1))
+            sums, counts = both[:, :-1], np.rint(both[:, -1]).astype(np.int64)
         new = _update(sums, counts, cent, spherical, rng)
         moved = float(np.abs(new - cent).max())
         cent = new

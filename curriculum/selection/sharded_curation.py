@@ -1,0 +1,108 @@
+"""Curation of a :class:`~curriculum.store.ShardedStore`: the one-process algorithm of
+:func:`curriculum.selection.curation.curate`, with every pass over the rows done where they live.
+
+- clustering space: per-row normalisation; above 128 dims a PCA basis fitted on the gathered sample;
+- leaves: fitted on the sample every rank draws identically (:meth:`ShardedStore.sample`, ``64``
+  rows per leaf, gathered), then every row assigned locally; leaf sizes all-reduced;
+- upper levels: computed from the leaf centroids and sizes, identical on every rank;
+- balanced selection: the quotas per leaf from the all-reduced sizes; inside a leaf the rows of
+  smallest ``id_priority`` are taken - the quota-th smallest priority of each leaf found by a
+  bisection whose counts are all-reduced (64 rounds of one vector of leaf counts).
+
+Bytes moved: the sample (``64 x leaves x dims`` floats, at most 131k rows) once, and about
+70 all-reduces of ``leaves`` integers; never the rows themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._util import checks as C
+from ..neighbors import kmeans as KM
+from ..neighbors import normalize, pca_basis, project
+from ..store import ShardedStore
+from ..store.sharded import id_priority
+from .curation import (MIN_MODE_ROWS, PICK_SEED, REDUCE_TO, SAMPLE_PER_LEAF, Hierarchy, fit_leaves, leaf_count,
+                       leaf_quotas, upper_levels)
+
+TOP = np.iinfo(np.int64).max
+
+
+def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resample_iters: int = 3,
+                   drop_stray: bool = True, progress: bool | None = None) -> np.ndarray:
+    """This shard's ids of a ``target_size`` subset balanced over the hierarchy of all shards
+    (see :func:`curriculum.curate`; every rank calls it). Collective.
+
+    Example:
+        >>> import numpy as np
+        >>> from curriculum.store import ShardedStore
+        >>> store = ShardedStore(2, metric="l2")
+        >>> rng = np.random.default_rng(0)
+        >>> _ = store.add(np.concatenate([rng.normal(size=(900, 2)), rng.normal(size=(100, 2)) + 30]))
+        >>> picked = curate_sharded(store, 100)
+        >>> len(picked), int((picked >= 900).sum())      # the small mode gets half
+        (100, 50)
+    """
+    comm, n = store.comm, len(store)
+    target = store._checked(lambda: _target(target_size, n))
+    x, k = _space(store, seed), leaf_count(n)
+    sample = store.sample(k * SAMPLE_PER_LEAF, seed, rows=x)
+    cent = fit_leaves(sample, k, resample_iters, seed, sample=sample)
+    leaf = KM.assign(x, cent)[0] if len(x) else np.zeros(0, np.int64)
+    sizes = comm.all_reduce(np.bincount(leaf, minlength=k))
+    maps, cents = upper_levels(cent, sizes)
+    keep = sizes[leaf] >= (MIN_MODE_ROWS if drop_stray else 0)
+    kept = comm.all_reduce(np.bincount(leaf[keep], minlength=k))
+    if target > int(kept.sum()):
+        raise ValueError(f"target_size: expected at most {int(kept.sum())} (the rows left after dropping "
+                         f"{n - int(kept.sum())} stray rows), got {target}")
+    quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target)
+    pri = id_priority(store.ids, seed + PICK_SEED)
+    return np.sort(store.ids[_pick(comm, leaf, keep, pri, quota, kept)])
+
+
+def _target(target_size: object, n: int) -> int:
+    t = C.positive_int(target_size, "target_size")
+    if t > n:
+        raise ValueError(f"target_size: expected at most {n} (the pool), got {t}")
+    return t
+
+
+def _space(store: ShardedStore, seed: int) -> np.ndarray:
+    """This shard's rows as k-means sees them (see :func:`curation.clustering_space`)."""
+    x = store.vectors()
+    if store.metric == "cosine":
+        x = normalize(x)
+    if store.dim > REDUCE_TO:
+        from ..neighbors.descent import PCA_SAMPLE
+
+        mean, basis = pca_basis(store.sample(PCA_SAMPLE, seed, rows=x), 0.97, max_dim=REDUCE_TO)
+        x = project(x, mean, basis)
+    return np.ascontiguousarray(x, np.float32)
+
+
+def _pick(comm: object, leaf: np.ndarray, keep: np.ndarray, pri: np.ndarray, quota: np.ndarray,
+          kept: np.ndarray) -> np.ndarray:
+    """Local rows among the ``quota[l]`` kept rows of smallest priority of each leaf ``l`` over all
+    shards: per leaf, the smallest threshold whose all-reduced count of priorities <= it reaches
+    the quota (bisection; priorities never tie, so the count hits the quota exactly)."""
+    rows = np.flatnonzero(keep)
+    rows = rows[np.lexsort((pri[rows], leaf[rows]))]
+    sorted_pri = pri[rows]
+    bounds = np.searchsorted(leaf[rows], np.arange(len(quota) + 1))
+    lo = np.zeros(len(quota), np.int64)
+    hi = np.where(quota >= kept, TOP, np.where(quota > 0, TOP, -1))
+    lo = np.where(quota > 0, lo, -1)
+    active = np.flatnonzero((quota > 0) & (quota < kept))
+    while len(active) and (lo[active] < hi[active]).any():
+        mid = lo + (hi - lo) // 2
+        cnt = np.zeros(len(quota), np.int64)
+        for leaf_id in active:
+            s, e = bounds[leaf_id], bounds[leaf_id + 1]
+            cnt[leaf_id] = np.searchsorted(sorted_pri[s:e], mid[leaf_id], side="right")
+        cnt = comm.all_reduce(cnt)
+        reached = cnt >= quota
+        hi[active] = np.where(reached[active], mid[active], hi[active])
+        lo[active] = np.where(reached[active], lo[active], mid[active] + 1)
+    take = sorted_pri <= hi[leaf[rows]]
+    return rows[take]

@@ -1,0 +1,497 @@
+"""The embedding store sharded by id over a torch.distributed process group.
+
+Past one machine (or one process's memory) the rows are split by id: the row with id ``i`` lives
+on rank ``i % world``, in that rank's own :class:`EmbeddingStore` (its faiss index included).
+Everything is carried by torch.distributed collectives (gloo on CPU, NCCL on GPU) through
+:class:`curriculum._util.dist.Comm`:
+
+- ``add`` / ``update`` / ``remove``: each rank passes any rows; they are routed to their owners by
+  one all-to-all. Arguments are validated on every rank and the decision is agreed before
+  anything changes, so a bad argument on one rank raises on all of them with nothing changed.
+- ``search``: the queries of every rank are gathered, every shard searches them, the per-shard
+  top-k go back to the asking rank by all-to-all and are merged (faiss ``IndexShards`` semantics).
+- ``knn``: the all-points graph by a ring - each rank's rows meet their own shard through the
+  store's engine, then pass around the ring and meet every other shard's index; the running
+  top-k travels with them and comes home after ``world`` steps.
+- ``kmeans``: a k-means++ seeding on a sample every rank draws identically (hash of the ids), then
+  Lloyd steps that assign locally and all-reduce sums and counts.
+- ``save`` / ``load``: one store file per shard and a JSON manifest written last and atomically;
+  ``load`` reopens on the same or a different world size.
+
+Every method except the local reads (``ids``, ``labels``, ``vectors``, ``local``) is collective:
+all ranks call it, in the same order, as with torch.distributed itself.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from .._util import checks as C
+from .._util.dist import Comm
+from .._util.io import atomic_write_bytes
+from ..neighbors import brute_knn, normalize
+from .core import EmbeddingStore
+from .graph import KMeansResult
+from .rows import MISSING
+
+MANIFEST = "manifest.json"
+FORMAT = "curriculum-sharded-store"
+FORMAT_VERSION = 1
+SAMPLE_PER_CLUSTER = 256  # k-means is seeded on this many sampled rows per centroid (faiss's default)
+
+
+def id_priority(ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A pseudo-random, shard-independent priority per id (splitmix64 of ``id`` and ``seed``, as
+    int64 >= 0): a bijection of the ids, so priorities never tie. Sampling "the m smallest
+    priorities" picks the same rows however they are sharded.
+
+    Example:
+        >>> p = id_priority(np.arange(5)); bool((p >= 0).all()), len(set(p.tolist()))
+        (True, 5)
+    """
+    with np.errstate(over="ignore"):
+        z = np.asarray(ids, np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(1)).astype(np.int64)
+
+
+def merge_topk(d: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of each row's candidates (``inf`` / ``-1`` padding last; ties by id).
+
+    Example:
+        >>> merge_topk(np.array([[3., 1, np.inf, 2]]), np.array([[7, 5, -1, 9]]), 2)[1].tolist()
+        [[5, 9]]
+    """
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), d), axis=-1)[:, :k]
+    return np.take_along_axis(d, order, 1), np.take_along_axis(ids, order, 1)
+
+
+class ShardedStore:
+    """An :class:`EmbeddingStore` sharded by id over a torch.distributed process group.
+
+    Args:
+        dim, metric, index, **store_kwargs: as :class:`EmbeddingStore` (each rank's shard is one).
+        group: the process group (default: the default group; without one, a world of one).
+
+    ``len(store)`` is the global row count; ``ids`` / ``labels`` / ``vectors()`` are this rank's
+    shard. Scores from :mod:`curriculum.difficulty` (``knn_distance``, ``label_disagreement``,
+    ``label_entropy``, ``prototype_distance``) accept a sharded store and return this shard's rows;
+    :meth:`gather` turns them into the global scores a sampler reads.
+
+    Example:
+        >>> import numpy as np
+        >>> store = ShardedStore(2, metric="l2")          # under torchrun: one shard per rank
+        >>> store.add(np.array([[0., 0], [1, 0], [5, 5]]), labels=[0, 0, 1]).tolist()
+        [0, 1, 2]
+        >>> store.search(np.array([[0.9, 0]]), k=2)[1].tolist()
+        [[1, 0]]
+    """
+
+    def __init__(self, dim: int, metric: str = "cosine", index: str = "auto", *, group: Any = None,
+                 **store_kwargs: Any) -> None:
+        self.local = EmbeddingStore(dim, metric, index, **store_kwargs)
+        self.comm = Comm(group)
+        self._size, self._next_id, self._missing, self._version = 0, 0, 0, 0
+        self._knn_cache: tuple | None = None
+
+    # ------------------------------------------------------------------ facts and local reads
+    dim = property(lambda self: self.local.dim)
+    metric = property(lambda self: self.local.metric)
+    index_spec = property(lambda self: self.local.index_spec)
+    exact_threshold = property(lambda self: self.local.exact_threshold)
+    rank = property(lambda self: self.comm.rank, doc="This process's rank in the group.")
+    world = property(lambda self: self.comm.world, doc="Number of shards (ranks).")
+    ids = property(lambda self: self.local.ids, doc="Ids of this rank's shard.")
+    labels = property(lambda self: self.local.labels, doc="Labels of this rank's shard (-1: none).")
+    has_labels = property(lambda self: self._size > 0 and self._missing == 0,
+                          doc="Whether every row of every shard has a label.")
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        return (f"ShardedStore(dim={self.dim}, metric={self.metric!r}, rows={self._size}, rank={self.rank}/"
+                f"{self.world}, local rows={len(self.local)})")
+
+    def vectors(self, ids: Any = None) -> np.ndarray:
+        """Vectors of this shard's rows (``ids`` must live here; see :meth:`owner`)."""
+        return self.local.vectors(ids)
+
+    def owner(self, ids: Any) -> np.ndarray:
+        """Rank holding each id (``id % world``)."""
+        return C.as_ids(ids, "ids", unique=False) % self.world
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this rank has sent through collectives so far."""
+        return self.comm.bytes_sent
+
+    def _sync(self) -> None:
+        """Global facts after a collective write (every rank computes the same)."""
+        n, miss = len(self.local), int((self.local.labels < 0).sum())
+        self._size, self._missing = (int(v) for v in self.comm.all_reduce(np.array([n, miss], np.int64)))
+        top = int(self.local.ids.max()) + 1 if n else 0
+        self._next_id = max(self._next_id, int(self.comm.all_reduce(np.array([top], np.int64), "max")[0]))
+        self._version += 1
+
+    def _route(self, ids: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Send each row (and its entries in ``arrays``) to the rank that owns its id."""
+        dest = ids % self.world
+        order = np.argsort(dest, kind="stable")
+        cuts = np.cumsum(np.bincount(dest, minlength=self.world))[:-1]
+        return [np.concatenate(self.comm.exchange(np.split(a[order], cuts))) for a in (ids, *arrays)]
+
+    def _checked(self, fn: Any) -> Any:
+        """Run a local check on every rank and agree: all raise if any rank's check failed."""
+        out, err = None, None
+        try:
+            out = fn()
+        except Exception as exc:  # noqa: BLE001 - any local failure must stop every rank alike
+            err = exc
+        self.comm.agree(err)
+        return out
+
+    # ------------------------------------------------------------------ writes (collective)
+    def add(self, vectors: Any, ids: Any = None, labels: Any = None, step: int | None = None) -> np.ndarray:
+        """Add this rank's rows (any number, also none); returns their ids. ``ids`` default to
+        ``max id + 1 ..`` in rank order (all ranks pass ids, or none does). Collective."""
+        def check() -> tuple:
+            v = C.as_vectors(vectors, "vectors", self.dim)
+            self.local._prep(v)  # the metric's checks (a zero vector under cosine), result unused
+            n = v.shape[0]
+            lab = C.as_labels(labels, "labels", n) if labels is not None else np.full(n, MISSING, np.int64)
+            st = None if step is None else C.positive_int(step, "step", 0)
+            return v, lab, st, None if ids is None else C.as_ids(ids, "ids", n=n)
+        v, lab, st, given = self._checked(check)
+        auto, labelled = (int(c) for c in self.comm.all_reduce(np.array([given is None, labels is not None], np.int64)))
+        self._checked(lambda: (_same_on_all(auto, self.world, "ids", "given on some ranks and not on others"),
+                               _same_on_all(labelled, self.world, "labels", "given on some ranks and not on others")))
+        if given is None:
+            counts = np.concatenate(self.comm.all_gather(np.array([len(v)], np.int64)))
+            start = self._next_id + int(counts[:self.rank].sum())
+            given = np.arange(start, start + len(v), dtype=np.int64)
+        got_ids, got_v, got_lab = self._route(given, v, lab)
+        self._checked(lambda: self._check_new(got_ids))
+        self.local.add(got_v, got_ids, got_lab if labelled else None, st)
+        self._sync()
+        return given
+
+    def _check_new(self, ids: np.ndarray) -> None:
+        u, c = np.unique(ids, return_counts=True)
+        clash = np.concatenate([u[c > 1], ids[self.local.contains(ids)]])
+        if len(clash):
+            raise ValueError(f"ids: expected ids not yet in the store (nor given twice), got {clash[:5].tolist()}")
+
+    def _check_present(self, ids: np.ndarray) -> None:
+        u, c = np.unique(ids, return_counts=True)
+        if (c > 1).any():
+            raise ValueError(f"ids: expected each id once over all ranks, got {u[c > 1][:5].tolist()} more than once")
+        missing = ids[~self.local.contains(ids)]
+        if len(missing):
+            raise KeyError(f"ids: ids not in the store: {missing[:5].tolist()}")
+
+    def update(self, ids: Any, vectors: Any, step: int | None = None, labels: Any = None) -> None:
+        """Replace the vectors (and optionally labels) of existing ids, routed to their owners. Collective."""
+        def check() -> tuple:
+            i = C.as_ids(ids, "ids")
+            v = C.as_vectors(vectors, "vectors", self.dim)
+            if len(v) != len(i):
+                raise ValueError(f"vectors: expected {len(i)} rows (one per id), got {len(v)}")
+            self.local._prep(v)
+            lab = C.as_labels(labels, "labels", len(i)) if labels is not None else np.full(len(i), MISSING)
+            return i, v, lab, None if step is None else C.positive_int(step, "step", 0)
+        i, v, lab, st = self._checked(check)
+        with_labels = int(self.comm.all_reduce(np.array([labels is not None], np.int64))[0])
+        self._checked(lambda: _same_on_all(with_labels, self.world, "labels", "given on some ranks and not on others"))
+        got_ids, got_v, got_lab = self._route(i, v, lab)
+        self._checked(lambda: self._check_present(got_ids))
+        if len(got_ids):
+            self.local.update(got_ids, got_v, st, got_lab if with_labels else None)
+        self._sync()
+
+    def remove(self, ids: Any) -> None:
+        """Remove rows by id (any rank may name any id). Collective."""
+        i = self._checked(lambda: C.as_ids(ids, "ids"))
+        (got,) = self._route(i)
+        self._checked(lambda: self._check_present(got))
+        if len(got):
+            self.local.remove(got)
+        self._sync()
+
+    # ------------------------------------------------------------------ reads (collective)
+    def search(self, queries: Any, k: int, exclude_ids: Any = None,
+               exclude_labels: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest ids over all shards to each of this rank's queries (see
+        :meth:`EmbeddingStore.search` for the arguments; ``exclude_ids`` 1-D or ``(n, m)``). Every
+        shard searches every rank's queries; the per-shard top-k are merged. Collective."""
+        def check() -> tuple:
+            kk = C.positive_int(k, "k")
+            q = C.as_vectors(queries, "queries", self.dim)
+            self.local._prep(q, "queries")
+            labs = None if exclude_labels is None else C.as_labels(exclude_labels, "exclude_labels", len(q))
+            return kk, q, _per_query(exclude_ids, len(q)), labs
+        k, q, excl, labs = self._checked(check)
+        parts = self.comm.all_gather(q)
+        all_q = np.concatenate(parts)
+        all_excl = _pad_cat(self.comm.all_gather(excl))
+        flags = self.comm.all_reduce(np.array([labs is not None], np.int64))
+        self._checked(lambda: _same_on_all(int(flags[0]), self.world, "exclude_labels", "given on some ranks only"))
+        all_labs = np.concatenate(self.comm.all_gather(labs)) if labs is not None else None
+        d, i = self.local.search(all_q, k, exclude_ids=all_excl if all_excl.shape[1] else None,
+                                 exclude_labels=all_labs)
+        cuts = np.cumsum([len(p) for p in parts])[:-1]
+        back_d = self.comm.exchange(np.split(d, cuts))
+        back_i = self.comm.exchange(np.split(i, cuts))
+        return merge_topk(np.concatenate(back_d, 1), np.concatenate(back_i, 1), k)
+
+    def labels_of(self, ids: Any) -> np.ndarray:
+        """Labels of any stored ids (looked up on their owners). Collective."""
+        shape = np.shape(C.to_numpy(ids, "ids"))
+        flat = self._checked(lambda: C.as_ids(np.ravel(C.to_numpy(ids, "ids")), "ids", unique=False))
+        dest = flat % self.world
+        order = np.argsort(dest, kind="stable")
+        cuts = np.cumsum(np.bincount(dest, minlength=self.world))[:-1]
+        asked = self.comm.exchange(np.split(flat[order], cuts))
+        rows = self._checked(lambda: [self.local.rows_of(a) for a in asked])
+        answers = self.comm.exchange([self.local.labels[r] for r in rows])
+        out = np.empty(len(flat), np.int64)
+        out[order] = np.concatenate(answers)
+        return out.reshape(shape)
+
+    def gather(self, scores: Any) -> Any:
+        """A :class:`~curriculum.Difficulty` of this shard's rows -> the global one on every rank
+        (ids and scores gathered: ``16 N`` bytes). Collective."""
+        from ..difficulty.base import Difficulty
+
+        if not isinstance(scores, Difficulty):
+            raise TypeError(f"scores: expected a Difficulty, got {type(scores).__name__}")
+        ids = np.concatenate(self.comm.all_gather(scores.ids))
+        vals = np.concatenate(self.comm.all_gather(np.asarray(scores.scores, np.float64)))
+        return Difficulty(vals, ids, scores.name)
+
+    # ------------------------------------------------------------------ graph (collective)
+    def knn(self, k: int, exclude_self: bool = True, method: str = "auto", progress: bool | None = None,
+            exclude_same_label: bool = False, **knn_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The all-points kNN graph of this shard's rows over all shards: ``(distances, ids)``,
+        each ``(n_local, k)``, row ``i`` for ``ids[i]``.
+
+        A ring: this shard's rows meet their own shard through :meth:`EmbeddingStore.knn` (the
+        blocked / NN-descent engine; ``knn_kwargs`` go to it), then travel round the ring and are
+        searched in every other shard's index, carrying their running top-k. ``method="exact"``
+        searches every shard exactly (equal to the one-process exact graph); otherwise the
+        recall is the lower of the engine's and the shards' indexes' (exact below
+        ``exact_threshold`` rows per shard). ``exclude_same_label=True`` gives the negatives
+        table: the ``k`` nearest rows of another label (searched through each shard's
+        label-filtered search). Collective.
+        """
+        k = self._checked(lambda: _knn_args(k, method, exclude_same_label, self))
+        key = (self._version, bool(exclude_self), method, bool(exclude_same_label), tuple(sorted(knn_kwargs.items())))
+        if self._knn_cache is not None and self._knn_cache[0] == key and self._knn_cache[1] >= k:
+            return self._knn_cache[2][:, :k].copy(), self._knn_cache[3][:, :k].copy()
+        vec, ids, labs = self.local.vectors(), self.local.ids, self.local.labels
+        best_d, best_i = self._own_shard(vec, ids, labs, k, exclude_self, method, exclude_same_label,
+                                         progress, knn_kwargs)
+        for _ in range(self.world - 1):
+            vec, ids, labs, best_d, best_i = (self.comm.shift(a) for a in (vec, ids, labs, best_d, best_i))
+            d, i = self._shard_topk(vec, ids, labs if exclude_same_label else None, k, method == "exact")
+            best_d, best_i = merge_topk(np.concatenate([best_d, d], 1), np.concatenate([best_i, i], 1), k)
+        if self.world > 1:
+            best_d, best_i = self.comm.shift(best_d), self.comm.shift(best_i)
+        self._knn_cache = (key, k, best_d, best_i)
+        return best_d.copy(), best_i.copy()
+
+    def _own_shard(self, vec: np.ndarray, ids: np.ndarray, labs: np.ndarray, k: int, exclude_self: bool,
+                   method: str, same_label: bool, progress: bool | None, kw: dict) -> tuple[np.ndarray, np.ndarray]:
+        engine = method != "exact" and not same_label and exclude_self and len(ids) > k + 1
+        if engine:
+            d, i = self.local.knn(k, method=method, progress=progress, **kw)
+            return d.astype(np.float32), i
+        if not exclude_self:
+            ids = np.full(len(ids), -1, np.int64)  # nothing to drop: a row's own id may be returned
+        return self._shard_topk(vec, ids, labs if same_label else None, k, method == "exact")
+
+    def _shard_topk(self, vec: np.ndarray, ids: np.ndarray, labs: np.ndarray | None, k: int,
+                    exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of visiting rows (prepared vectors) in this shard, never their own ids."""
+        if len(vec) == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        if exact and labs is None:
+            base = self.local.vectors()
+            d, rows = brute_knn(vec, base, k + 1, self.metric)
+            got = np.where(rows >= 0, self.local.ids[np.maximum(rows, 0)], -1)
+            d = np.where(got == ids[:, None], np.inf, d)
+            got = np.where(got == ids[:, None], -1, got)
+            return merge_topk(d.astype(np.float32), got, k)
+        return self.local.search(vec, k, exclude_ids=ids[:, None], exclude_labels=labs)
+
+    def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,
+               spherical: bool | None = None, progress: bool | None = None) -> KMeansResult:
+        """k-means over all shards: k-means++ seeding on a sample every rank draws identically
+        (:func:`id_priority`, ``256`` rows per centroid, gathered), then ``niter`` Lloyd steps over
+        every row that assign locally and all-reduce sums and counts. ``assignments`` and
+        ``distances`` are this shard's rows'; ``nredo`` is accepted for the one-process signature
+        (one run). Collective.
+
+        Example:
+            >>> import numpy as np
+            >>> s = ShardedStore(2, metric="l2"); _ = s.add(np.array([[0., 0], [0, 1], [9, 9], [9, 8]]))
+            >>> km = s.kmeans(2)
+            >>> bool(km.assignments[0] == km.assignments[1] != km.assignments[2])
+            True
+        """
+        from ..neighbors import kmeans as KM
+
+        k = self._checked(lambda: _kmeans_args(n_clusters, niter, nredo, len(self)))
+        sph = self.metric == "cosine" if spherical is None else bool(spherical)
+        x = self.local.vectors()
+        x = normalize(x) if sph and self.metric != "cosine" else x
+        sample = self.sample(k * SAMPLE_PER_CLUSTER, seed, x)
+        init = KM.kmeans_pp_init(sample, k, seed=seed)
+        cent = KM.kmeans(x, k, spherical=sph, seed=seed, niter=niter, init=init, points_per_centroid=0,
+                         reduce=self.comm.all_reduce)
+        d, a = brute_knn(x, cent, 1, "cosine" if sph else self.metric)
+        return KMeansResult(cent, a[:, 0].astype(np.int64), d[:, 0])
+
+    def sample(self, m: int, seed: int = 0, rows: np.ndarray | None = None) -> np.ndarray:
+        """The ``m`` rows of smallest :func:`id_priority` over all shards, gathered on every rank in
+        priority order (the same rows and order at any world size). ``rows``: this shard's rows
+        to draw from (default its vectors). Collective."""
+        rows = self.local.vectors() if rows is None else rows
+        pri = id_priority(self.local.ids, seed)
+        mine = np.argsort(pri)[:m]
+        top = np.sort(np.concatenate(self.comm.all_gather(pri[mine])))[:m]
+        cut = top[-1] if len(top) else -1
+        take = mine[pri[mine] <= cut]
+        got_p = np.concatenate(self.comm.all_gather(pri[take]))
+        got_x = np.concatenate(self.comm.all_gather(np.ascontiguousarray(rows[take])))
+        return got_x[np.argsort(got_p)]
+
+    # ------------------------------------------------------------------ persistence (collective)
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every shard to folder ``path`` (one store file per rank) and then, on rank 0, a
+        manifest naming them, atomically. Until the manifest is replaced, a load reads the previous
+        save: a rank that dies or fails midway leaves it intact. Older shard files are removed
+        after the new manifest is in place. Collective.
+
+        Example:
+            >>> store.save("pool.sharded")                        # doctest: +SKIP
+            >>> store = ShardedStore.load("pool.sharded")         # on any number of ranks  # doctest: +SKIP
+        """
+        path = os.fspath(path)
+        old = _read_manifest(path) if os.path.exists(os.path.join(path, MANIFEST)) else None
+        gen = 0 if old is None else int(old["generation"]) + 1
+        name = f"shard-g{gen:06d}-r{self.rank:05d}-of{self.world:05d}.store"
+
+        def write_shard() -> None:
+            os.makedirs(path, exist_ok=True)
+            self.local.save(os.path.join(path, name))
+        self._checked(write_shard)
+        names = [f"shard-g{gen:06d}-r{r:05d}-of{self.world:05d}.store" for r in range(self.world)]
+        self._checked(lambda: self._write_manifest(path, gen, names) if self.rank == 0 else None)
+        if self.rank == 0:
+            for f in glob.glob(os.path.join(path, "shard-g*.store")):
+                if os.path.basename(f) not in names:
+                    os.unlink(f)
+
+    def _write_manifest(self, path: str, gen: int, names: list[str]) -> None:
+        s = self.local
+        body = {"format": FORMAT, "version": FORMAT_VERSION, "generation": gen, "world": self.world,
+                "shards": names, "rows": self._size, "next_id": self._next_id, "dim": s.dim, "metric": s.metric,
+                "index": s.index_spec, "exact_threshold": s.exact_threshold,
+                "rebuild_threshold": s.rebuild_threshold, "index_params": s.index_params}
+        atomic_write_bytes(os.path.join(path, MANIFEST), json.dumps(body, indent=1).encode())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, group: Any = None) -> "ShardedStore":
+        """Reopen a :meth:`save` on any number of ranks: on the same world size each rank reads
+        its own shard (index included); otherwise each reads every shard file and keeps the rows
+        it owns. Collective."""
+        path = os.fspath(path)
+        comm = Comm(group)
+        man = _read_manifest(path)
+        store = cls(man["dim"], man["metric"], man["index"], group=group, exact_threshold=man["exact_threshold"],
+                    rebuild_threshold=man["rebuild_threshold"], index_params=man.get("index_params"))
+        files = [os.path.join(path, f) for f in man["shards"]]
+        if man["world"] == comm.world:
+            store.local = EmbeddingStore.load(files[comm.rank])
+        else:
+            for f in files:
+                _adopt(store.local, EmbeddingStore.load(f), comm.rank, comm.world)
+        store._next_id = int(man["next_id"])
+        store._sync()
+        if len(store) != int(man["rows"]):
+            raise ValueError(f"path: {path!r}: the manifest counts {man['rows']} rows, the shards hold {len(store)}")
+        return store
+
+
+def _adopt(dest: EmbeddingStore, src: EmbeddingStore, rank: int, world: int) -> None:
+    """Copy the rows of ``src`` owned by ``rank`` into ``dest`` (labels and steps kept)."""
+    snap = src.snapshot()
+    mine = np.flatnonzero(snap.ids % world == rank)
+    groups = np.stack([snap.steps[mine], snap.labels[mine] >= 0], 1)
+    for st, labelled in np.unique(groups, axis=0):
+        sel = mine[(groups[:, 0] == st) & (groups[:, 1] == labelled)]
+        dest.add(snap.vec[sel], snap.ids[sel], snap.labels[sel] if labelled else None, None if st < 0 else int(st))
+
+
+def _read_manifest(path: str) -> dict[str, Any]:
+    f = os.path.join(path, MANIFEST)
+    try:
+        with open(f, "rb") as fh:
+            man = json.loads(fh.read().decode())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"path: expected a sharded store folder with {MANIFEST}, found none in {path!r}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"path: {f!r} is not a valid manifest ({exc})") from None
+    if man.get("format") != FORMAT or man.get("version") != FORMAT_VERSION:
+        raise ValueError(f"path: {f!r} is not a {FORMAT} manifest of version {FORMAT_VERSION}")
+    return man
+
+
+def _same_on_all(count: int, world: int, name: str, what: str) -> None:
+    if count not in (0, world):
+        raise ValueError(f"{name}: expected on every rank or on none, got {what} ({count} of {world})")
+
+
+def _per_query(exclude_ids: Any, n: int) -> np.ndarray:
+    """``exclude_ids`` as an ``(n, m)`` matrix (a 1-D list applies to every query; -1 pads)."""
+    if exclude_ids is None:
+        return np.zeros((n, 0), np.int64)
+    e = C.to_numpy(exclude_ids, "exclude_ids")
+    if e.size and not np.issubdtype(e.dtype, np.integer):
+        raise ValueError(f"exclude_ids: expected integer ids, got dtype {e.dtype}")
+    if e.ndim == 1:
+        return np.tile(e.astype(np.int64), (n, 1))
+    if e.ndim != 2 or e.shape[0] != n:
+        raise ValueError(f"exclude_ids: expected a 1-D array or shape ({n}, m), got {e.shape}")
+    return e.astype(np.int64)
+
+
+def _pad_cat(parts: list[np.ndarray]) -> np.ndarray:
+    width = max((p.shape[1] for p in parts), default=0)
+    return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-1) for p in parts])
+
+
+def _knn_args(k: Any, method: str, same_label: bool, store: ShardedStore) -> int:
+    k = C.positive_int(k, "k")
+    C.choice(method, "method", ("auto", "exact", "index", "blocked", "descent"))
+    if k > len(store) - 1:
+        raise ValueError(f"k: expected at most {len(store) - 1} (store size minus self), got {k}")
+    if same_label and not store.has_labels:
+        raise ValueError("exclude_same_label: needs a label on every stored row")
+    return k
+
+
+def _kmeans_args(n_clusters: Any, niter: Any, nredo: Any, n: int) -> int:
+    k = C.positive_int(n_clusters, "n_clusters")
+    C.positive_int(niter, "niter"), C.positive_int(nredo, "nredo")
+    if k > n:
+        raise ValueError(f"n_clusters: expected at most the store size {n}, got {k}")
+    return k
