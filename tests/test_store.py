@@ -462,3 +462,18 @@ def test_search_widens_when_exclusions_cover_the_nearest():
     for r in range(3):
         expect = [j for j in full[r] if j not in set(excl.tolist())][:10]
         assert i[r].tolist() == expect
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(st.lists(st.integers(0, 500), min_size=1, max_size=20, unique=True), min_size=1, max_size=5))
+def test_ids_added_in_any_order_are_found(batches):
+    # regression: ids added out of order (one call, or interleaved with earlier ones) were lost by the id map
+    store = cl.EmbeddingStore(1, metric="l2")
+    seen: list[int] = []
+    for b in batches:
+        b = [i for i in b if i not in seen]
+        if b:
+            store.add(np.array(b, np.float32)[:, None], ids=b)
+            seen += b
+    assert store.contains(seen).all() and not store.contains([501, 502]).any()
+    np.testing.assert_array_equal(store.vectors(seen)[:, 0], np.array(seen, np.float32))

@@ -100,7 +100,7 @@ class Rows:
         self.steps[r0:r0 + n], self.version[r0:r0 + n] = step, version
         self.n += n
         pos = np.searchsorted(self._sorted_ids, ids)
-        o = np.argsort(pos, kind="stable")
+        o = np.lexsort((ids, pos))  # by position, and ascending inside a gap: the map stays sorted
         was_identity = self._identity or r0 == 0
         self._sorted_ids = np.insert(self._sorted_ids, pos[o], ids[o])
         self._sorted_rows = np.insert(self._sorted_rows, pos[o], np.arange(r0, r0 + n)[o])

@@ -1,0 +1,309 @@
+"""The sharded store over torch.distributed (gloo, 2 and 4 CPU processes spawned by the test).
+
+Every rank adds a slice of one pool that is *not* its shard (rows are routed to their owners);
+the results are compared with one process holding every row:
+- exact search and the exact kNN graph: the same ids (distances to float rounding);
+- the label-excluded graph (negatives table), the geometry scores gathered to every rank, the
+  all-reduced k-means and curation: the same as one process (k-means: as one process's Lloyd
+  from the same seeding; curation: the same ids);
+- the approximate graph (IVF shards) reaches its documented recall;
+- writes route by id (update / remove then search equals one process after the same writes);
+- a bad argument on one rank raises on every rank and changes nothing;
+- save on 4 ranks, load on 2 (and on 1): same answers; a rank that dies mid-save leaves the
+  previous manifest intact.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import curriculum as cl
+from curriculum import difficulty as D
+from curriculum.neighbors import kmeans as KM
+from curriculum.store import EmbeddingStore, ShardedStore
+from curriculum.store.sharded import id_priority, merge_topk
+
+import _gloo
+
+N, DIM, K = 1500, 12, 8
+SCORES = ("knn_distance", "label_disagreement", "label_entropy")
+
+
+def pool(metric: str = "l2"):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, DIM)) * 4
+    lab = rng.integers(0, 6, N)
+    x = (centres[lab] + rng.normal(size=(N, DIM))).astype(np.float32)
+    flip = rng.random(N) < 0.1
+    lab = np.where(flip, rng.integers(0, 6, N), lab)
+    ids = rng.permutation(N * 2)[:N]  # sparse, shuffled ids
+    q = rng.normal(size=(40, DIM)).astype(np.float32) * 4
+    return x, ids, lab, q
+
+
+def one_process(metric: str) -> EmbeddingStore:
+    x, ids, lab, _ = pool(metric)
+    s = EmbeddingStore(DIM, metric=metric, index="flat")
+    s.add(x, ids, lab)
+    return s
+
+
+def _init(rank, world, initfile):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{initfile}", rank=rank, world_size=world)
+
+
+def _fill(rank, world, metric, index="flat"):
+    x, ids, lab, _ = pool(metric)
+    mine = np.arange(N)[rank::world]  # not this rank's shard: ids are routed to id % world
+    s = ShardedStore(DIM, metric=metric, index=index, exact_threshold=100)
+    s.add(x[mine], ids[mine], lab[mine])
+    return s
+
+
+def _queries(rank, world):
+    q = pool()[3]
+    return q[rank::world]
+
+
+def _worker(rank, world, out, initfile, metric, save_to):
+    _init(rank, world, initfile)
+    s = _fill(rank, world, metric)
+    res = {"local_ids": s.ids, "len": np.array([len(s)])}
+    q = _queries(rank, world)
+    res["search_d"], res["search_i"] = s.search(q, K)
+    qlab = (np.arange(len(pool()[3])) % 6)[rank::world]
+    res["neg_search_i"] = s.search(q, K, exclude_labels=qlab)[1]
+    res["knn_d"], res["knn_i"] = s.knn(K, method="exact")
+    res["table_i"] = s.knn(K, method="exact", exclude_same_label=True)[1]
+    for name in SCORES:
+        g = s.gather(getattr(D, name)(s, k=K))
+        res[f"{name}_ids"], res[f"{name}_scores"] = g.ids, g.scores
+    km = s.kmeans(6, seed=3, niter=5)
+    res["km_centroids"], res["km_assign"] = km.centroids, km.assignments
+    res["curated"] = cl.curate(s, 150, seed=1)
+    if save_to:
+        s.save(save_to)
+    try:  # one rank's bad argument stops every rank; nothing changes
+        s.add(np.ones((2, DIM + (rank == 1)), np.float32))
+    except Exception as exc:  # noqa: BLE001
+        res["bad_error"] = np.array([f"{type(exc).__name__}: {exc}"])
+    res["len_after_bad"] = np.array([len(s)])
+    x, ids, _, _ = pool(metric)
+    s.update(ids[:20][rank::world], x[20:40][rank::world] + 0.5)
+    s.remove(ids[40:60][rank::world])
+    res["after_i"] = s.search(q, K)[1]
+    np.savez(f"{out}.{rank}.npz", **res)
+    torch.distributed.destroy_process_group()
+
+
+def _load_worker(rank, world, out, initfile, path):
+    _init(rank, world, initfile)
+    s = ShardedStore.load(path)
+    res = {"len": np.array([len(s)]), "local_ids": s.ids}
+    res["search_d"], res["search_i"] = s.search(_queries(rank, world), K)
+    res["knn_i"] = s.knn(K, method="exact")[1]
+    np.savez(f"{out}.{rank}.npz", **res)
+    torch.distributed.destroy_process_group()
+
+
+def _ivf_worker(rank, world, out, initfile):
+    _init(rank, world, initfile)
+    s = _fill(rank, world, "l2", index="IVF8,Flat")
+    s.local.set_search_params(nprobe=2)
+    d, i = s.knn(K)
+    np.savez(f"{out}.{rank}.npz", ids=s.ids, knn_i=i)
+    torch.distributed.destroy_process_group()
+
+
+def _dying_worker(rank, world, out, initfile, path):
+    _init(rank, world, initfile)
+    s = _fill(rank, world, "l2")
+    s.save(path)
+    s.remove(pool()[1][:100][rank::world])
+    if rank == 1:
+        EmbeddingStore.save = lambda self, p, extra=None: os._exit(7)  # dies in the middle of the save
+    s.save(path)
+
+
+def _results(prefix, world):
+    return [dict(np.load(f"{prefix}.{r}.npz")) for r in range(world)]
+
+
+@pytest.fixture(scope="module", params=[(2, "l2"), (4, "cosine")], ids=["2ranks-l2", "4ranks-cosine"])
+def sharded(request, tmp_path_factory):
+    world, metric = request.param
+    tmp = tmp_path_factory.mktemp(f"sharded{world}")
+    save_to = str(tmp / "saved") if world == 4 else ""
+    prefix = _gloo.spawn(_worker, world, tmp, metric, save_to)
+    return world, metric, _results(prefix, world), save_to
+
+
+def _by_rank(res, key):
+    return np.concatenate([r[key] for r in res])
+
+
+def test_shards_partition_the_pool_by_id(sharded):
+    world, metric, res, _ = sharded
+    ids = pool(metric)[1]
+    for r, got in enumerate(res):
+        np.testing.assert_array_equal(np.sort(got["local_ids"]), np.sort(ids[ids % world == r]))
+        assert int(got["len"][0]) == N
+
+
+def test_exact_search_equals_one_process(sharded):
+    world, metric, res, _ = sharded
+    one = one_process(metric)
+    q = pool(metric)[3]
+    d, i = one.search(q, K)
+    order = np.concatenate([np.arange(len(q))[r::world] for r in range(world)])
+    np.testing.assert_array_equal(_by_rank(res, "search_i"), i[order])
+    np.testing.assert_allclose(_by_rank(res, "search_d"), d[order], rtol=1e-5, atol=1e-5)
+    neg = one.search(q, K, exclude_labels=np.arange(len(q)) % 6)[1]
+    np.testing.assert_array_equal(_by_rank(res, "neg_search_i"), neg[order])
+
+
+def test_exact_graph_and_negatives_table_equal_one_process(sharded):
+    world, metric, res, _ = sharded
+    one = one_process(metric)
+    d, i = one.knn(K, method="exact")
+    vec, lab = one.vectors(), one.labels
+    for got in res:
+        rows = one.rows_of(got["local_ids"])
+        np.testing.assert_array_equal(got["knn_i"], i[rows])
+        np.testing.assert_allclose(got["knn_d"], d[rows], rtol=1e-5, atol=1e-5)
+        # negatives table: brute force over the rows of another label
+        for row, table in zip(rows[:50], got["table_i"][:50]):
+            other = np.flatnonzero(lab != lab[row])
+            dist = np.linalg.norm(vec[other] - vec[row], axis=1) if metric == "l2" else 1 - vec[other] @ vec[row]
+            np.testing.assert_array_equal(table, one.ids[other[np.argsort(dist, kind="stable")[:K]]])
+
+
+def test_scores_gathered_on_every_rank_equal_one_process(sharded):
+    world, metric, res, _ = sharded
+    one = one_process(metric)
+    for name in SCORES:
+        ref = getattr(D, name)(one, k=K)
+        ref_by_id = dict(zip(ref.ids.tolist(), ref.scores.tolist()))
+        for got in res:  # every rank holds all N scores
+            assert sorted(got[f"{name}_ids"].tolist()) == sorted(ref.ids.tolist())
+            np.testing.assert_allclose(got[f"{name}_scores"], [ref_by_id[i] for i in got[f"{name}_ids"].tolist()],
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_kmeans_is_one_process_lloyd_from_the_same_seeding(sharded):
+    world, metric, res, _ = sharded
+    one = one_process(metric)
+    alone = ShardedStore(DIM, metric=metric)
+    alone.add(one.vectors(), one.ids, one.labels)
+    x = one.vectors()
+    sample = x[np.argsort(id_priority(one.ids, 3))][:6 * 256]
+    cent = KM.kmeans(x, 6, spherical=metric == "cosine", seed=3, niter=5,
+                     init=KM.kmeans_pp_init(sample, 6, seed=3), points_per_centroid=0)
+    for got in res:
+        np.testing.assert_allclose(got["km_centroids"], cent, rtol=1e-4, atol=1e-4)
+    km = alone.kmeans(6, seed=3, niter=5)
+    np.testing.assert_allclose(km.centroids, cent, rtol=1e-4, atol=1e-4)
+    rows = one.rows_of(_by_rank(res, "local_ids"))
+    np.testing.assert_array_equal(_by_rank(res, "km_assign"), km.assignments[rows])
+
+
+def test_curation_selects_the_ids_one_process_selects(sharded):
+    world, metric, res, _ = sharded
+    ref = cl.curate(one_process(metric), 150, seed=1)
+    got = np.sort(_by_rank(res, "curated"))
+    np.testing.assert_array_equal(got, ref)
+    for r, part in enumerate(res):
+        assert (part["curated"] % world == r).all()
+
+
+def test_writes_route_by_id(sharded):
+    world, metric, res, _ = sharded
+    one = one_process(metric)
+    x, ids, _, q = pool(metric)
+    one.update(ids[:20], x[20:40] + 0.5)
+    one.remove(ids[40:60])
+    order = np.concatenate([np.arange(len(q))[r::world] for r in range(world)])
+    np.testing.assert_array_equal(_by_rank(res, "after_i"), one.search(q, K)[1][order])
+
+
+def test_a_bad_argument_on_one_rank_raises_on_every_rank_and_changes_nothing(sharded):
+    world, _, res, _ = sharded
+    for r, got in enumerate(res):
+        msg = str(got["bad_error"][0])
+        assert "vectors" in msg and str(DIM) in msg, msg
+        if r != 1:
+            assert "rank 1 failed" in msg
+        assert int(got["len_after_bad"][0]) == N
+
+
+def test_save_on_four_ranks_loads_on_two_and_on_one(sharded, tmp_path):
+    world, metric, res, path = sharded
+    if world != 4:
+        pytest.skip("saved by the 4-rank run")
+    prefix = _gloo.spawn(_load_worker, 2, tmp_path, path)
+    two = _results(prefix, 2)
+    ids = pool(metric)[1]
+    q = pool(metric)[3]
+    d, i = one_process(metric).search(q, K)
+    for r, got in enumerate(two):
+        assert int(got["len"][0]) == N
+        np.testing.assert_array_equal(np.sort(got["local_ids"]), np.sort(ids[ids % 2 == r]))
+        np.testing.assert_array_equal(got["search_i"], i[r::2])
+    alone = ShardedStore.load(path)  # no process group: a world of one
+    np.testing.assert_array_equal(alone.search(q, K)[1], i)
+    np.testing.assert_array_equal(np.sort(alone.ids), np.sort(ids))
+
+
+def test_approximate_graph_meets_its_recall(tmp_path):
+    prefix = _gloo.spawn(_ivf_worker, 2, tmp_path)
+    one = one_process("l2")
+    truth = one.knn(K, method="exact")[1]
+    hits = 0
+    for got in _results(prefix, 2):
+        t = truth[one.rows_of(got["ids"])]
+        hits += sum(len(np.intersect1d(a, b)) for a, b in zip(got["knn_i"], t))
+    assert hits / (N * K) >= 0.9  # IVF8 shards probed at nprobe 2 on 6 clusters
+
+
+def test_a_rank_dying_mid_save_leaves_the_previous_manifest(tmp_path):
+    import torch.multiprocessing as mp
+
+    path = str(tmp_path / "saved")
+    with pytest.raises(mp.ProcessExitedException):
+        mp.spawn(_dying_worker, args=(2, str(tmp_path / "out"), str(tmp_path / "init"), path), nprocs=2, join=True)
+    back = ShardedStore.load(path)  # the first save: all N rows, none of the removal
+    assert len(back) == N
+    np.testing.assert_array_equal(back.search(pool()[3], K)[1], one_process("l2").search(pool()[3], K)[1])
+    back.save(path)  # the next save removes the dead save's leftovers
+    assert sorted(os.listdir(path)) == ["manifest.json", "shard-g000001-r00000-of00001.store"]
+
+
+def test_merge_topk_and_priority_match_references():
+    d = np.array([[0.5, 0.1, np.inf, 0.1], [1.0, 2.0, 0.0, np.inf]])
+    i = np.array([[4, 9, -1, 3], [1, 2, 3, -1]])
+    md, mi = merge_topk(d, i, 3)
+    assert mi.tolist() == [[3, 9, 4], [3, 1, 2]]  # ties by id
+    p = id_priority(np.arange(10_000), 5)
+    assert len(np.unique(p)) == 10_000 and (p >= 0).all()
+    np.testing.assert_array_equal(p, id_priority(np.arange(10_000), 5))
+    assert not np.array_equal(p, id_priority(np.arange(10_000), 6))
+
+
+def test_without_a_process_group_it_is_a_world_of_one():
+    s = ShardedStore(DIM, metric="l2", index="flat")
+    x, ids, lab, q = pool()
+    s.add(x, ids, lab)
+    one = one_process("l2")
+    np.testing.assert_array_equal(s.search(q, K)[1], one.search(q, K)[1])
+    np.testing.assert_array_equal(s.knn(K, method="exact")[1], one.knn(K, method="exact")[1][one.rows_of(s.ids)])
+    with pytest.raises(ValueError, match="ids: expected ids not yet in the store"):
+        s.add(x[:2], ids[:2])
+    with pytest.raises(KeyError, match="ids not in the store"):
+        s.remove([N * 5])
+    with pytest.raises(ValueError, match="k: expected at most"):
+        s.knn(N)
+    assert len(s) == N
