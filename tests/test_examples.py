@@ -71,3 +71,8 @@ def test_streaming_example_beats_random_coverage():
 def test_distributed_example_with_two_gloo_processes():
     out = run("distributed_torchrun.py", "--spawn", "2")
     assert "2 ranks" in out and "recorders identical on every rank: True" in out
+
+
+def test_sharded_store_example_with_two_gloo_processes():
+    out = run("sharded_store_torchrun.py", "--spawn", "2", "--rows", "3000", "--steps", "10")
+    assert "2 ranks" in out and "sharded scores equal one process's: True" in out and "curated 300 rows" in out

@@ -141,6 +141,32 @@ class Comm:
         got = out.cpu().numpy()
         return [g.reshape((len(g),) + tail) for g in np.split(got, np.cumsum(recv_rows)[:-1])]
 
+    def gather(self, a: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
+        """Every rank's ``a`` on rank ``root`` (in rank order); ``None`` on the other ranks."""
+        a = np.asarray(a)
+        buckets = [a[:0]] * self.world
+        buckets[root] = a
+        got = self.exchange(buckets)
+        return got if self.rank == root else None
+
+    def broadcast(self, a: np.ndarray | None, dtype: Any, root: int = 0) -> np.ndarray:
+        """Rank ``root``'s array (any shape, cast to ``dtype``) on every rank; the others pass None."""
+        if self.world == 1:
+            return np.asarray(a, dtype)
+        head = np.full(9, -1, np.int64)
+        if self.rank == root:
+            a = np.ascontiguousarray(a, dtype)
+            head[0], head[1:1 + a.ndim] = a.ndim, a.shape
+        t = self._tensor(head)
+        torch.distributed.broadcast(t, src=root, group=self.group)
+        head = t.cpu().numpy()
+        shape = tuple(int(v) for v in head[1:1 + int(head[0])])
+        buf = self._tensor(a if self.rank == root else np.zeros(shape, dtype))
+        torch.distributed.broadcast(buf, src=root, group=self.group)
+        if self.rank == root:
+            self.bytes_sent += buf.numel() * buf.element_size() * (self.world - 1)
+        return buf.cpu().numpy()
+
     def shift(self, a: np.ndarray) -> np.ndarray:
         """Ring step: send ``a`` to the next rank, return the previous rank's."""
         if self.world == 1:

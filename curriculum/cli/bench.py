@@ -22,7 +22,8 @@ hard-negative mining latency, in-batch miners against pytorch-metric-learning, t
 draws per second and the wrapped loader's throughput; :mod:`curriculum.cli.bench_noise` finds flipped
 labels beside cleanlab; :mod:`curriculum.cli.bench_curation` balances long-tailed pools beside random
 subsets and the anchor's implementation; :mod:`curriculum.cli.bench_stream` times stream selection against
-its memory size. ``--sections`` picks among them.
+its memory size; :mod:`curriculum.cli.bench_distributed` runs the sharded store on ``--world`` gloo ranks
+against one process. ``--sections`` picks among them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .bench_curation import curation_section, plot_curation
+from .bench_distributed import distributed_section
 from .bench_noise import noise_section
 from .bench_stream import stream_section
 from .bench_sections import PeakRSS, print_table
@@ -161,13 +163,13 @@ def _peers(x: np.ndarray, k: int, sample: np.ndarray) -> list[tuple[str, Callabl
     return peers
 
 
-SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader", "noise", "curation", "stream")
+SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader", "noise", "curation", "stream", "distributed")
 
 
 def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-results", queries: int = 1000,
               data: str | None = None, quick: bool = False, sections: tuple[str, ...] = SECTIONS,
               scores_n: int | None = None, max_method_s: float = 600.0, peers: bool = True,
-              only: str | None = None) -> dict[str, Any]:
+              only: str | None = None, world: int = 4) -> dict[str, Any]:
     """Run the benchmark sections; print the tables, write ``bench.json`` (after every step, so a
     long run keeps what it measured) and the PNG; return the results."""
     from . import bench_sections as bs
@@ -207,6 +209,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
         "noise": lambda: noise_section(4_000 if quick else 20_000, 0 if quick else 24_000, data=data),
         "curation": lambda: curation_section(quick, data=data),
         "stream": lambda: stream_section(quick, data=data),
+        "distributed": lambda: distributed_section(2 if quick else world, 40_000 if quick else max(sizes), dim),
     }
     for name in sections:
         if name == "knn":

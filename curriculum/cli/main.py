@@ -2,7 +2,7 @@
 
     curriculum demo   [--data PATH] [--out DIR] [--quick]   the main job on real data
     curriculum report RUN_DIR                               redraw a demo run's figures
-    curriculum bench  [--quick] [--sizes N ...] [--sections ...] [--out DIR] mining speed vs peers
+    curriculum bench  [--quick] [--sizes N ...] [--sections ...] [--world 4] [--out DIR] mining speed vs peers
     curriculum score  [--data PATH] [--k 10] [--noise 0.2]  score a real dataset and report
     curriculum inspect EMBEDDINGS [--labels L] [--items I] --out DIR   scores and report.html of your data
     curriculum info                                         versions, threads, data found
@@ -58,7 +58,7 @@ def _bench(a: argparse.Namespace) -> int:
     sizes = a.sizes or ([20_000] if a.quick else [100_000, 1_000_000])
     sections = tuple(x.strip() for x in a.sections.split(",") if x.strip())
     run_bench(sizes, dim=a.dim, out=a.out, data=a.data, quick=a.quick, sections=sections, scores_n=a.scores_n,
-              max_method_s=a.max_method_s, peers=not a.no_peers, only=a.datasets)
+              max_method_s=a.max_method_s, peers=not a.no_peers, only=a.datasets, world=a.world)
     return 0
 
 
@@ -123,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dim", type=int, default=128, help="embedding dimension of the synthetic sets (default 128)")
     b.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: search)")
     b.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
-    b.add_argument("--sections", default="knn,scores,mining,inbatch,sampler,loader,noise,curation,stream",
-                   help="comma-separated subset of knn,scores,mining,inbatch,sampler,loader,noise (default: all)")
+    b.add_argument("--sections", default="knn,scores,mining,inbatch,sampler,loader,noise,curation,stream,distributed",
+                   help="comma-separated subset of knn,scores,mining,inbatch,sampler,loader,noise,curation,stream,"
+                        "distributed (default: all)")
+    b.add_argument("--world", type=int, default=4,
+                   help="distributed section: gloo ranks spawned on this machine (default 4; N = the largest size)")
     b.add_argument("--scores-n", type=int, default=None, help="N for the scores section (default: smallest size)")
     b.add_argument("--max-method-s", type=float, default=600.0,
                    help="skip a peer whose run at the previous N predicts more seconds than this (default 600)")

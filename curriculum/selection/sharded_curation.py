@@ -2,15 +2,16 @@
 :func:`curriculum.selection.curation.curate`, with every pass over the rows done where they live.
 
 - clustering space: per-row normalisation; above 128 dims a PCA basis fitted on the gathered sample;
-- leaves: fitted on the sample every rank draws identically (:meth:`ShardedStore.sample`, ``64``
-  rows per leaf, gathered), then every row assigned locally; leaf sizes all-reduced;
+- leaves: fitted once, on rank 0, on a sample drawn the same at any world size
+  (:meth:`ShardedStore.fit_on_root`, ``64`` rows per leaf), the centroids broadcast; every row
+  assigned locally; leaf sizes all-reduced;
 - upper levels: computed from the leaf centroids and sizes, identical on every rank;
 - balanced selection: the quotas per leaf from the all-reduced sizes; inside a leaf the rows of
   smallest ``id_priority`` are taken - the quota-th smallest priority of each leaf found by a
   bisection whose counts are all-reduced (64 rounds of one vector of leaf counts).
 
-Bytes moved: the sample (``64 x leaves x dims`` floats, at most 131k rows) once, and about
-70 all-reduces of ``leaves`` integers; never the rows themselves.
+Bytes moved: the sample (``64 x leaves x dims`` floats, at most 131k rows) to rank 0 once, the
+centroids back, and about 70 all-reduces of ``leaves`` integers; never the rows themselves.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     comm, n = store.comm, len(store)
     target = store._checked(lambda: _target(target_size, n))
     x, k = _space(store, seed), leaf_count(n)
-    sample = store.sample(k * SAMPLE_PER_LEAF, seed, rows=x)
-    cent = fit_leaves(sample, k, resample_iters, seed, sample=sample)
+    cent = store.fit_on_root(k * SAMPLE_PER_LEAF, seed, x,
+                             lambda sample: fit_leaves(sample, k, resample_iters, seed, sample=sample))
     leaf = KM.assign(x, cent)[0] if len(x) else np.zeros(0, np.int64)
     sizes = comm.all_reduce(np.bincount(leaf, minlength=k))
     maps, cents = upper_levels(cent, sizes)
@@ -76,8 +77,11 @@ def _space(store: ShardedStore, seed: int) -> np.ndarray:
     if store.dim > REDUCE_TO:
         from ..neighbors.descent import PCA_SAMPLE
 
-        mean, basis = pca_basis(store.sample(PCA_SAMPLE, seed, rows=x), 0.97, max_dim=REDUCE_TO)
-        x = project(x, mean, basis)
+        def fit(sample: np.ndarray) -> np.ndarray:
+            mean, basis = pca_basis(sample, 0.97, max_dim=REDUCE_TO)
+            return np.column_stack([basis, mean])  # one array to broadcast: the axes, then the mean
+        both = store.fit_on_root(PCA_SAMPLE, seed, x, fit)
+        x = project(x, np.ascontiguousarray(both[:, -1]), np.ascontiguousarray(both[:, :-1]))
     return np.ascontiguousarray(x, np.float32)
 
 

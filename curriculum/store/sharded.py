@@ -34,15 +34,16 @@ import numpy as np
 from .._util import checks as C
 from .._util.dist import Comm
 from .._util.io import atomic_write_bytes
-from ..neighbors import brute_knn, normalize
+from ..neighbors import block_plan, blocked_knn, brute_knn, normalize
 from .core import EmbeddingStore
-from .graph import KMeansResult
+from .graph import AUTO_PLAN_MIN_ROWS, KMeansResult
 from .rows import MISSING
 
 MANIFEST = "manifest.json"
 FORMAT = "curriculum-sharded-store"
 FORMAT_VERSION = 1
 SAMPLE_PER_CLUSTER = 256  # k-means is seeded on this many sampled rows per centroid (faiss's default)
+RING_BLOCK = 65_536       # visiting rows are searched in a shard this many at a time
 
 
 def id_priority(ids: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -278,63 +279,73 @@ class ShardedStore:
 
     # ------------------------------------------------------------------ graph (collective)
     def knn(self, k: int, exclude_self: bool = True, method: str = "auto", progress: bool | None = None,
-            exclude_same_label: bool = False, **knn_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+            exclude_same_label: bool = False, target_recall: float = 0.95,
+            **knn_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
         """The all-points kNN graph of this shard's rows over all shards: ``(distances, ids)``,
         each ``(n_local, k)``, row ``i`` for ``ids[i]``.
 
         A ring: this shard's rows meet their own shard through :meth:`EmbeddingStore.knn` (the
-        blocked / NN-descent engine; ``knn_kwargs`` go to it), then travel round the ring and are
-        searched in every other shard's index, carrying their running top-k. ``method="exact"``
-        searches every shard exactly (equal to the one-process exact graph); otherwise the
-        recall is the lower of the engine's and the shards' indexes' (exact below
-        ``exact_threshold`` rows per shard). ``exclude_same_label=True`` gives the negatives
-        table: the ``k`` nearest rows of another label (searched through each shard's
-        label-filtered search). Collective.
+        blocked / NN-descent engine at ``target_recall``; ``knn_kwargs`` go to it), then travel
+        round the ring, carrying their running top-k, and meet every other shard: by the blocked
+        engine against that shard's ~256-row blocks at the nprobe its recall plan gives for
+        ``target_recall`` (shards under 20,000 rows: exactly). ``method="exact"`` scores every
+        pair (equal to the one-process exact graph); ``method="index"`` searches each shard's
+        faiss index. ``exclude_same_label=True`` gives the negatives table: the ``k`` nearest rows
+        of another label (through each shard's label-filtered search; exact on shards that search
+        exactly). Bytes sent per rank: ``world x`` its rows ``x (4 dim + 12 k + 16)``. Collective.
         """
         k = self._checked(lambda: _knn_args(k, method, exclude_same_label, self))
-        key = (self._version, bool(exclude_self), method, bool(exclude_same_label), tuple(sorted(knn_kwargs.items())))
+        key = (self._version, bool(exclude_self), method, bool(exclude_same_label), target_recall,
+               tuple(sorted(knn_kwargs.items())))
         if self._knn_cache is not None and self._knn_cache[0] == key and self._knn_cache[1] >= k:
             return self._knn_cache[2][:, :k].copy(), self._knn_cache[3][:, :k].copy()
+        visit = self._visitor(k, method, exclude_same_label, target_recall)
         vec, ids, labs = self.local.vectors(), self.local.ids, self.local.labels
-        best_d, best_i = self._own_shard(vec, ids, labs, k, exclude_self, method, exclude_same_label,
-                                         progress, knn_kwargs)
+        if method != "exact" and not exclude_same_label and exclude_self and len(ids) > k + 1:
+            best_d, best_i = self.local.knn(k, method=method, progress=progress, target_recall=target_recall,
+                                            **knn_kwargs)
+            best_d = best_d.astype(np.float32)
+        else:
+            best_d, best_i = visit(vec, ids if exclude_self else np.full(len(ids), -1, np.int64), labs)
         for _ in range(self.world - 1):
             vec, ids, labs, best_d, best_i = (self.comm.shift(a) for a in (vec, ids, labs, best_d, best_i))
-            d, i = self._shard_topk(vec, ids, labs if exclude_same_label else None, k, method == "exact")
+            d, i = visit(vec, ids, labs)
             best_d, best_i = merge_topk(np.concatenate([best_d, d], 1), np.concatenate([best_i, i], 1), k)
         if self.world > 1:
             best_d, best_i = self.comm.shift(best_d), self.comm.shift(best_i)
         self._knn_cache = (key, k, best_d, best_i)
         return best_d.copy(), best_i.copy()
 
-    def _own_shard(self, vec: np.ndarray, ids: np.ndarray, labs: np.ndarray, k: int, exclude_self: bool,
-                   method: str, same_label: bool, progress: bool | None, kw: dict) -> tuple[np.ndarray, np.ndarray]:
-        engine = method != "exact" and not same_label and exclude_self and len(ids) > k + 1
-        if engine:
-            d, i = self.local.knn(k, method=method, progress=progress, **kw)
-            return d.astype(np.float32), i
-        if not exclude_self:
-            ids = np.full(len(ids), -1, np.int64)  # nothing to drop: a row's own id may be returned
-        return self._shard_topk(vec, ids, labs if same_label else None, k, method == "exact")
+    def _visitor(self, k: int, method: str, same_label: bool, target: float) -> Any:
+        """How rows from any shard are searched in this one: ``visit(vec, ids, labels)`` -> the
+        top-k over this shard, never a row's own id, in blocks of :data:`RING_BLOCK` rows."""
+        base, base_ids, metric = self.local.vectors(), self.local.ids, self.metric
+        if same_label or method == "index":
+            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                return self.local.search(v, k, exclude_ids=i[:, None], exclude_labels=lab if same_label else None)
+        elif method == "exact" or len(base) < AUTO_PLAN_MIN_ROWS:
+            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                return _drop_own(*brute_knn(v, base, k + 1, metric), base_ids, i, k)
+        else:
+            nprobe = int(self.local.plan_knn(k, target_recall=target)["nprobe"])
+            cent, assign = block_plan(base, max(1, len(base) // 256), metric)
 
-    def _shard_topk(self, vec: np.ndarray, ids: np.ndarray, labs: np.ndarray | None, k: int,
-                    exact: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of visiting rows (prepared vectors) in this shard, never their own ids."""
-        if len(vec) == 0:
-            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        if exact and labs is None:
-            base = self.local.vectors()
-            d, rows = brute_knn(vec, base, k + 1, self.metric)
-            got = np.where(rows >= 0, self.local.ids[np.maximum(rows, 0)], -1)
-            d = np.where(got == ids[:, None], np.inf, d)
-            got = np.where(got == ids[:, None], -1, got)
-            return merge_topk(d.astype(np.float32), got, k)
-        return self.local.search(vec, k, exclude_ids=ids[:, None], exclude_labels=labs)
+            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                d, r = blocked_knn(v, k + 1, metric, nprobe=nprobe, base=base, centroids=cent, assign=assign)
+                return _drop_own(d, r, base_ids, i, k)
+
+        def visit(v: np.ndarray, i: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            if len(v) == 0:
+                return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+            parts = [one(v[s:s + RING_BLOCK], i[s:s + RING_BLOCK], lab[s:s + RING_BLOCK])
+                     for s in range(0, len(v), RING_BLOCK)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return visit
 
     def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,
                spherical: bool | None = None, progress: bool | None = None) -> KMeansResult:
-        """k-means over all shards: k-means++ seeding on a sample every rank draws identically
-        (:func:`id_priority`, ``256`` rows per centroid, gathered), then ``niter`` Lloyd steps over
+        """k-means over all shards: k-means++ seeding (on rank 0, broadcast) on a sample drawn the
+        same at any world size (:func:`id_priority`, ``256`` rows per centroid), then ``niter`` Lloyd steps over
         every row that assign locally and all-reduce sums and counts. ``assignments`` and
         ``distances`` are this shard's rows'; ``nredo`` is accepted for the one-process signature
         (one run). Collective.
@@ -352,26 +363,41 @@ class ShardedStore:
         sph = self.metric == "cosine" if spherical is None else bool(spherical)
         x = self.local.vectors()
         x = normalize(x) if sph and self.metric != "cosine" else x
-        sample = self.sample(k * SAMPLE_PER_CLUSTER, seed, x)
-        init = KM.kmeans_pp_init(sample, k, seed=seed)
+        init = self.fit_on_root(k * SAMPLE_PER_CLUSTER, seed, x, lambda s: KM.kmeans_pp_init(s, k, seed=seed))
         cent = KM.kmeans(x, k, spherical=sph, seed=seed, niter=niter, init=init, points_per_centroid=0,
                          reduce=self.comm.all_reduce)
         d, a = brute_knn(x, cent, 1, "cosine" if sph else self.metric)
         return KMeansResult(cent, a[:, 0].astype(np.int64), d[:, 0])
 
-    def sample(self, m: int, seed: int = 0, rows: np.ndarray | None = None) -> np.ndarray:
-        """The ``m`` rows of smallest :func:`id_priority` over all shards, gathered on every rank in
-        priority order (the same rows and order at any world size). ``rows``: this shard's rows
-        to draw from (default its vectors). Collective."""
+    def sample(self, m: int, seed: int = 0, rows: np.ndarray | None = None, root: int | None = None) -> np.ndarray | None:
+        """The ``m`` rows of smallest :func:`id_priority` over all shards, in priority order (the
+        same rows and order at any world size), gathered on every rank - or only on rank ``root``
+        (the others get None). ``rows``: this shard's rows to draw from (default its vectors).
+        Collective."""
         rows = self.local.vectors() if rows is None else rows
         pri = id_priority(self.local.ids, seed)
         mine = np.argsort(pri)[:m]
         top = np.sort(np.concatenate(self.comm.all_gather(pri[mine])))[:m]
         cut = top[-1] if len(top) else -1
         take = mine[pri[mine] <= cut]
-        got_p = np.concatenate(self.comm.all_gather(pri[take]))
-        got_x = np.concatenate(self.comm.all_gather(np.ascontiguousarray(rows[take])))
+        if root is None:
+            got_p = np.concatenate(self.comm.all_gather(pri[take]))
+            got_x = np.concatenate(self.comm.all_gather(np.ascontiguousarray(rows[take])))
+        else:
+            parts_p = self.comm.gather(pri[take], root)
+            parts_x = self.comm.gather(np.ascontiguousarray(rows[take]), root)
+            if parts_p is None:
+                return None
+            got_p, got_x = np.concatenate(parts_p), np.concatenate(parts_x)
         return got_x[np.argsort(got_p)]
+
+    def fit_on_root(self, m: int, seed: int, rows: np.ndarray, fit: Any) -> np.ndarray:
+        """``fit(sample)`` computed once, on rank 0, from :meth:`sample` ``(m, seed, rows)``, and
+        broadcast (float32) to every rank: the sample travels to one rank, the fit runs once.
+        Collective."""
+        sample = self.sample(m, seed, rows=rows, root=0)
+        out = self._checked(lambda: None if sample is None else fit(sample))
+        return self.comm.broadcast(out, np.float32)
 
     # ------------------------------------------------------------------ persistence (collective)
     def save(self, path: str | os.PathLike) -> None:
@@ -429,6 +455,14 @@ class ShardedStore:
         if len(store) != int(man["rows"]):
             raise ValueError(f"path: {path!r}: the manifest counts {man['rows']} rows, the shards hold {len(store)}")
         return store
+
+
+def _drop_own(d: np.ndarray, rows: np.ndarray, base_ids: np.ndarray, own: np.ndarray,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of this shard as ids, each query's own id dropped, ``k`` kept."""
+    got = np.where(rows >= 0, base_ids[np.maximum(rows, 0)], -1)
+    mine = got == own[:, None]
+    return merge_topk(np.where(mine, np.inf, d).astype(np.float32), np.where(mine, -1, got), k)
 
 
 def _adopt(dest: EmbeddingStore, src: EmbeddingStore, rank: int, world: int) -> None:

@@ -1,0 +1,175 @@
+"""``curriculum bench --sections distributed``: the sharded store on ``world`` gloo ranks against the
+same code in one process (a :class:`~curriculum.store.ShardedStore` without a process group).
+
+The pool has a fixed number of modes (100, as the curation section's 1M pool) whatever N, so a
+larger pool is denser, not more spread out. Every rank generates its chunks of the pool (which
+are *not* its shard: ``add`` routes them by id) and runs, between barriers: the routed ``add``,
+``search`` of 1,024 queries per rank (k = 10; the one process asks them all), the all-points ``knn`` graph (k = 10, its recall
+measured on 500 rows against brute force over every shard), ``kmeans`` (100 clusters, 10 Lloyd
+steps over all rows), ``curate`` (10%), and an all-to-all of 32 MB per rank for the bandwidth.
+Per step: seconds (slowest rank), bytes sent (all ranks), peak resident memory (largest rank) -
+and the ratio to one process. Threads per rank: cores / world (the one process gets all cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+CHUNK = 50_000
+MODES = 100
+INTRINSIC = 16
+K = 10
+QUERIES = 1024
+
+
+def pool_chunk(c: int, dim: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk ``c`` of the fixed-modes pool: ``(vectors, ids)``, the same at any world size. 100
+    long-tailed modes (Pareto sizes), each a 16-dimensional random subspace plus a little isotropic
+    noise - the low intrinsic dimension of real embeddings, not isotropic Gaussian blobs.
+
+    Example:
+        >>> x, ids = pool_chunk(1, 8, 120_000); x.shape, int(ids[0])
+        ((50000, 8), 50000)
+    """
+    fixed = np.random.default_rng(12345)
+    centres = fixed.normal(size=(MODES, dim)).astype(np.float32) * 3
+    bases = fixed.normal(size=(MODES, INTRINSIC, dim)).astype(np.float32) / np.sqrt(INTRINSIC)
+    sizes = fixed.pareto(1.0, MODES) + 1  # long-tailed mode sizes
+    rng = np.random.default_rng([c, 7])
+    rows = min(CHUNK, n - c * CHUNK)
+    lab = rng.choice(MODES, rows, p=sizes / sizes.sum())
+    z = rng.standard_normal((rows, INTRINSIC), np.float32)
+    x = centres[lab] + 0.1 * rng.standard_normal((rows, dim), np.float32)
+    for m in np.unique(lab):
+        at = np.flatnonzero(lab == m)
+        x[at] += z[at] @ bases[m]
+    return x.astype(np.float32), np.arange(c * CHUNK, c * CHUNK + rows, dtype=np.int64)
+
+
+def _peak_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+class _Clock:
+    """Seconds of each step on this rank, between barriers, with the bytes it sent."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.rows = store, {}
+
+    def step(self, name: str, fn: Any) -> Any:
+        import torch.distributed as dist
+
+        on = dist.is_available() and dist.is_initialized()
+        if on:
+            dist.barrier()
+        b0, t = self.store.bytes_sent, time.perf_counter()
+        out = fn()
+        if on:
+            dist.barrier()
+        self.rows[name] = {"seconds": time.perf_counter() - t, "bytes": self.store.bytes_sent - b0,
+                           "peak_mb": _peak_mb()}
+        return out
+
+
+def _truth(store: Any, q: np.ndarray, q_ids: np.ndarray) -> np.ndarray:
+    """Exact k nearest ids (self excluded) of the gathered sample queries over every shard."""
+    from ..neighbors import brute_knn
+    from ..store.sharded import merge_topk
+
+    d, r = brute_knn(np.ascontiguousarray(q, np.float32), store.vectors(), K + 1, store.metric)
+    ids = np.where(r >= 0, store.ids[np.maximum(r, 0)], -1)
+    d = np.where(ids == q_ids[:, None], np.inf, d)
+    parts_d, parts_i = store.comm.all_gather(d.T.copy()), store.comm.all_gather(ids.T.copy())
+    return merge_topk(np.concatenate(parts_d).T.copy(), np.concatenate(parts_i).T.copy(), K)[1]
+
+
+def run_steps(n: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
+    """Every step on this process's rank (or alone); returns per-step rows and the graph's recall.
+    ``queries`` in all, split over the ranks (rank ``r`` asks rows ``r::world`` of one query set)."""
+    import curriculum as cl
+    from ..store import ShardedStore
+
+    store = ShardedStore(dim, metric="l2")
+    clock = _Clock(store)
+    chunks = range(store.rank, -(-n // CHUNK), store.world)
+    parts = [pool_chunk(c, dim, n) for c in chunks]
+    x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, dim), np.float32)
+    ids = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    clock.step("add (routed by id)", lambda: store.add(x, ids))
+    del x, parts
+    q = np.random.default_rng(seed).normal(size=(queries, dim)).astype(np.float32)[store.rank::store.world] * 3
+    clock.step(f"search {queries} queries k={K}", lambda: store.search(q, K))
+    knn = clock.step(f"knn graph k={K}", lambda: store.knn(K, progress=False))
+    local = store.ids
+    pick = np.sort(np.random.default_rng(seed).choice(n, 500, replace=False))
+    mine = np.flatnonzero(np.isin(local, pick))
+    sample_ids = np.concatenate(store.comm.all_gather(local[mine]))
+    sample_vec = np.concatenate(store.comm.all_gather(store.vectors(local[mine])))
+    truth = _truth(store, sample_vec, sample_ids)
+    got = np.concatenate(store.comm.all_gather(knn[1][mine]))
+    recall = float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(got, truth)]))
+    clock.step(f"kmeans {MODES} clusters", lambda: store.kmeans(MODES, niter=10))
+    clock.step("curate 10%", lambda: cl.curate(store, n // 10, progress=False))
+    block = np.zeros((store.world, 32 * 2**20 // 4 // max(store.world, 1)), np.float32)
+    clock.step("all-to-all 32 MB/rank", lambda: store.comm.exchange(list(block)))
+    return {"rows": clock.rows, "recall": recall, "rank": store.rank, "world": store.world,
+            "graph_method": store.local.last_knn_report.get("method", "exact")}
+
+
+def _worker(rank: int, world: int, initfile: str, out: str, n: int, dim: int) -> None:
+    import faiss
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // world)
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{initfile}", rank=rank, world_size=world)
+    res = run_steps(n, dim, QUERIES * world)
+    with open(f"{out}.{rank}.json", "w") as f:
+        json.dump(res, f)
+    torch.distributed.destroy_process_group()
+
+
+def distributed_section(world: int = 4, n: int = 1_000_000, dim: int = 128) -> list[dict[str, Any]]:
+    """Rows of the section: each step on ``world`` ranks and in one process, with the ratios."""
+    import torch.multiprocessing as mp
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        mp.spawn(_worker, args=(world, os.path.join(tmp, "init"), os.path.join(tmp, "out"), n, dim),
+                 nprocs=world, join=True)
+        print(f"  {world} ranks: {time.perf_counter() - t:.1f} s", flush=True)
+        ranks = [json.load(open(os.path.join(tmp, f"out.{r}.json"))) for r in range(world)]
+    t = time.perf_counter()
+    alone = run_steps(n, dim, QUERIES * world)
+    print(f"  one process: {time.perf_counter() - t:.1f} s", flush=True)
+    rows = []
+    for step, one in alone["rows"].items():
+        per = [r["rows"][step] for r in ranks]
+        s = max(p["seconds"] for p in per)
+        sent = sum(p["bytes"] for p in per)
+        row = {"section": "distributed", "what": step, "N": n, "dim": dim, "world": world, "seconds": s,
+               "one_process_s": one["seconds"], "speedup": one["seconds"] / s, "bytes_sent": sent,
+               "MB_per_s_per_rank": sent / world / s / 2**20,
+               "peak_mb_per_rank": max(p["peak_mb"] for p in per), "one_process_peak_mb": one["peak_mb"]}
+        if step.startswith("all-to-all"):
+            row.update(one_process_s=None, speedup=None, one_process_peak_mb=None)
+        if step.startswith("knn"):
+            row.update(recall=min(r["recall"] for r in ranks), one_process_recall=alone["recall"],
+                       engine=ranks[0]["graph_method"])
+        rows.append(row)
+    return rows
