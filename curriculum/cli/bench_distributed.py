@@ -4,6 +4,7 @@ same code in one process (a :class:`~curriculum.store.ShardedStore` without a pr
 The pool has a fixed number of modes (100, as the curation section's 1M pool) whatever N, so a
 larger pool is denser, not more spread out. Every rank generates its chunks of the pool (which
 are *not* its shard: ``add`` routes them by id) and runs, between barriers: the routed ``add``,
+each shard's index build,
 ``search`` of 1,024 queries per rank (k = 10; the one process asks them all), the all-points ``knn`` graph (k = 10, its recall
 measured on 500 rows against brute force over every shard), ``kmeans`` (100 clusters, 10 Lloyd
 steps over all rows), ``curate`` (10%), and an all-to-all of 32 MB per rank for the bandwidth.
@@ -110,6 +111,7 @@ def run_steps(n: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
     ids = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     clock.step("add (routed by id)", lambda: store.add(x, ids))
     del x, parts
+    clock.step("build each shard's index", lambda: store.build(progress=False))
     q = np.random.default_rng(seed).normal(size=(queries, dim)).astype(np.float32)[store.rank::store.world] * 3
     clock.step(f"search {queries} queries k={K}", lambda: store.search(q, K))
     knn = clock.step(f"knn graph k={K}", lambda: store.knn(K, progress=False))
@@ -126,7 +128,8 @@ def run_steps(n: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
     block = np.zeros((store.world, 32 * 2**20 // 4 // max(store.world, 1)), np.float32)
     clock.step("all-to-all 32 MB/rank", lambda: store.comm.exchange(list(block)))
     return {"rows": clock.rows, "recall": recall, "rank": store.rank, "world": store.world,
-            "graph_method": store.local.last_knn_report.get("method", "exact")}
+            "graph_method": store.last_knn_report.get("method", "exact"),
+            "graph_nprobe": store.last_knn_report.get("nprobe")}
 
 
 def _worker(rank: int, world: int, initfile: str, out: str, n: int, dim: int) -> None:
@@ -170,6 +173,7 @@ def distributed_section(world: int = 4, n: int = 1_000_000, dim: int = 128) -> l
             row.update(one_process_s=None, speedup=None, one_process_peak_mb=None)
         if step.startswith("knn"):
             row.update(recall=min(r["recall"] for r in ranks), one_process_recall=alone["recall"],
-                       engine=ranks[0]["graph_method"])
+                       engine=f"{ranks[0]['graph_method']} nprobe={ranks[0]['graph_nprobe']}",
+                       one_process_engine=f"{alone['graph_method']} nprobe={alone['graph_nprobe']}")
         rows.append(row)
     return rows

@@ -182,7 +182,8 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
                 seed: int = 0, exclude_self: bool = True, progress: bool = False,
                 centroids: np.ndarray | None = None, threads: int | None = None,
                 base: np.ndarray | None = None, assign: np.ndarray | None = None,
-                labels: np.ndarray | None = None, return_stats: bool = False) -> Any:
+                labels: np.ndarray | None = None, return_stats: bool = False,
+                query_assign: np.ndarray | None = None) -> Any:
     """k nearest rows of ``base`` (default: ``x`` itself, the all-points kNN graph) for every row
     of ``x``, computed in dense blocks at matrix-product speed.
 
@@ -193,6 +194,8 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     ``k`` best. With ``nprobe >= n_clusters`` every pair is scored and the answer is exact.
     ``exclude_self`` (self-search only) drops each row from its own list. ``centroids`` and the
     base rows' ``assign``-ments may be passed in when already computed (see ``block_plan``).
+    ``query_assign`` (with ``base``) gives the query rows' blocks when already known (rows that
+    travel between processes keep the block a shared plan gave them).
     ``labels`` (self-search only, one per row) keeps only neighbours of *another* label - each
     row's nearest other-label rows, the global hard negatives - and probes, for a block of one
     label, the ``nprobe`` nearest blocks that hold other labels (:func:`probe_lists_other_label`).
@@ -219,7 +222,8 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     if assign is None:
         assign = _nearest(b, centroids, met)
     b_blocks = _Layout.of(assign, n_blocks)
-    q_blocks = b_blocks if same else _Layout.of(_nearest(x, centroids, met), n_blocks)
+    q_assign = query_assign if query_assign is not None else (None if same else _nearest(x, centroids, met))
+    q_blocks = b_blocks if same else _Layout.of(q_assign, n_blocks)
     search = _BlockSearch(x, b, k, met, q_blocks, b_blocks, exclude_self and same)
     if labels is not None:
         search.filter_labels(labels, assign, centroids, nprobe, metric)
@@ -230,6 +234,35 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     if return_stats:
         return out_d, out_i, {"pairs_scored": int(search.scored.sum()), "blocks": n_blocks}
     return out_d, out_i
+
+
+def assign_blocks(x: np.ndarray, centroids: np.ndarray, metric: str, two_level_from: int = 1024) -> np.ndarray:
+    """Each row's nearest block among given block centroids (a plan made elsewhere, e.g. on
+    another process). From ``two_level_from`` blocks on, through an IVF over the centroids (their
+    ~sqrt k-means clusters, 4 probed) as :func:`block_plan` assigns, not N x blocks distances.
+
+    Example:
+        >>> import numpy as np
+        >>> assign_blocks(np.array([[0.], [9.]], np.float32), np.array([[10.], [1.]], np.float32), "l2").tolist()
+        [1, 0]
+    """
+    am = get_metric(metric).assign_faiss
+    x = np.ascontiguousarray(x, np.float32)
+    centroids = np.ascontiguousarray(centroids, np.float32)
+    if len(centroids) < two_level_from:
+        return faiss.knn(x, centroids, 1, metric=am)[1][:, 0]
+    n_top = int(round(np.sqrt(len(centroids))))
+    top = _kmeans(centroids, n_top, metric, 0, 8)
+    quant = faiss.IndexFlat(x.shape[1], am)
+    quant.add(top)
+    ivf = faiss.IndexIVFFlat(quant, x.shape[1], n_top, am)
+    ivf.add(centroids)
+    ivf.nprobe = min(4, n_top)
+    found = ivf.search(x, 1)[1][:, 0]
+    missing = found < 0
+    if missing.any():
+        found[missing] = faiss.knn(x[missing], centroids, 1, metric=am)[1][:, 0]
+    return found
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, met: Any) -> np.ndarray:

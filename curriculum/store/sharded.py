@@ -34,7 +34,8 @@ import numpy as np
 from .._util import checks as C
 from .._util.dist import Comm
 from .._util.io import atomic_write_bytes
-from ..neighbors import block_plan, blocked_knn, brute_knn, normalize
+from ..neighbors import PLAN_SAMPLE, block_plan, blocked_knn, brute_knn, normalize, nprobe_for, probe_ranks
+from ..neighbors.blocked import assign_blocks
 from .core import EmbeddingStore
 from .graph import AUTO_PLAN_MIN_ROWS, KMeansResult
 from .rows import MISSING
@@ -101,6 +102,7 @@ class ShardedStore:
         self.comm = Comm(group)
         self._size, self._next_id, self._missing, self._version = 0, 0, 0, 0
         self._knn_cache: tuple | None = None
+        self.last_knn_report: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ facts and local reads
     dim = property(lambda self: self.local.dim)
@@ -124,6 +126,11 @@ class ShardedStore:
     def vectors(self, ids: Any = None) -> np.ndarray:
         """Vectors of this shard's rows (``ids`` must live here; see :meth:`owner`)."""
         return self.local.vectors(ids)
+
+    def build(self, progress: bool | None = None) -> None:
+        """Build this shard's faiss index now rather than at the first search (each rank its own;
+        not a collective)."""
+        self.local.build(progress=progress)
 
     def owner(self, ids: Any) -> np.ndarray:
         """Rank holding each id (``id % world``)."""
@@ -284,63 +291,111 @@ class ShardedStore:
         """The all-points kNN graph of this shard's rows over all shards: ``(distances, ids)``,
         each ``(n_local, k)``, row ``i`` for ``ids[i]``.
 
-        A ring: this shard's rows meet their own shard through :meth:`EmbeddingStore.knn` (the
-        blocked / NN-descent engine at ``target_recall``; ``knn_kwargs`` go to it), then travel
-        round the ring, carrying their running top-k, and meet every other shard: by the blocked
-        engine against that shard's ~256-row blocks at the nprobe its recall plan gives for
-        ``target_recall`` (shards under 20,000 rows: exactly). ``method="exact"`` scores every
-        pair (equal to the one-process exact graph); ``method="index"`` searches each shard's
-        faiss index. ``exclude_same_label=True`` gives the negatives table: the ``k`` nearest rows
-        of another label (through each shard's label-filtered search; exact on shards that search
-        exactly). Bytes sent per rank: ``world x`` its rows ``x (4 dim + 12 k + 16)``. Collective.
+        A ring: each shard's rows meet their own shard, then travel round the ring carrying their
+        running top-k and meet every other shard, and come home after ``world`` steps. How a
+        shard is met: ``method="auto"`` / ``"blocked"`` - the blocked engine on one *global*
+        block plan (~256-row blocks of the whole pool, fitted once on rank 0 from a sample and
+        broadcast; every row keeps its block as it travels), so a row is scored only against the
+        rows of its ``nprobe`` nearest blocks on each shard - the work of the one-process blocked
+        engine, split over the ranks - with ``nprobe`` the smallest whose recall, measured on 512
+        sampled rows against their exact neighbours over all shards, clears ``target_recall``
+        (``"auto"`` scores every pair where one process would: under 20,000 rows or ``index="flat"``);
+        ``"exact"`` scores every pair (equal to the one-process exact graph); ``"index"`` searches
+        each shard's faiss index. On one rank, :meth:`EmbeddingStore.knn` runs (any engine,
+        ``knn_kwargs`` go to it). ``exclude_same_label=True`` gives the negatives table: the
+        ``k`` nearest rows of another label (each shard's label-filtered search; exact on shards
+        that search exactly). ``last_knn_report`` says what ran. Bytes sent per rank: ``world x``
+        its rows ``x (4 dim + 12 k + 24)``. Collective.
         """
         k = self._checked(lambda: _knn_args(k, method, exclude_same_label, self))
         key = (self._version, bool(exclude_self), method, bool(exclude_same_label), target_recall,
                tuple(sorted(knn_kwargs.items())))
         if self._knn_cache is not None and self._knn_cache[0] == key and self._knn_cache[1] >= k:
             return self._knn_cache[2][:, :k].copy(), self._knn_cache[3][:, :k].copy()
-        visit = self._visitor(k, method, exclude_same_label, target_recall)
+        if self.world == 1 and method != "exact" and not exclude_same_label and exclude_self:
+            d, i = self.local.knn(k, method=method, progress=progress, target_recall=target_recall, **knn_kwargs)
+            self.last_knn_report = dict(self.local.last_knn_report)
+            self._knn_cache = (key, k, d, i)
+            return d.copy(), i.copy()
+        visit, blk = self._visitor(k, method, exclude_same_label, target_recall)
         vec, ids, labs = self.local.vectors(), self.local.ids, self.local.labels
-        if method != "exact" and not exclude_same_label and exclude_self and len(ids) > k + 1:
-            best_d, best_i = self.local.knn(k, method=method, progress=progress, target_recall=target_recall,
-                                            **knn_kwargs)
-            best_d = best_d.astype(np.float32)
-        else:
-            best_d, best_i = visit(vec, ids if exclude_self else np.full(len(ids), -1, np.int64), labs)
+        best_d, best_i = visit(vec, ids if exclude_self else np.full(len(ids), -1, np.int64), labs, blk, True)
         for _ in range(self.world - 1):
-            vec, ids, labs, best_d, best_i = (self.comm.shift(a) for a in (vec, ids, labs, best_d, best_i))
-            d, i = visit(vec, ids, labs)
+            vec, ids, labs, blk, best_d, best_i = (self.comm.shift(a) for a in (vec, ids, labs, blk, best_d, best_i))
+            d, i = visit(vec, ids, labs, blk, False)
             best_d, best_i = merge_topk(np.concatenate([best_d, d], 1), np.concatenate([best_i, i], 1), k)
         if self.world > 1:
             best_d, best_i = self.comm.shift(best_d), self.comm.shift(best_i)
         self._knn_cache = (key, k, best_d, best_i)
         return best_d.copy(), best_i.copy()
 
-    def _visitor(self, k: int, method: str, same_label: bool, target: float) -> Any:
-        """How rows from any shard are searched in this one: ``visit(vec, ids, labels)`` -> the
-        top-k over this shard, never a row's own id, in blocks of :data:`RING_BLOCK` rows."""
+    def _visitor(self, k: int, method: str, same_label: bool, target: float) -> tuple[Any, np.ndarray]:
+        """How rows from any shard are searched in this one - ``visit(vec, ids, labels, blocks,
+        own)`` -> the top-k over this shard, never a row's own id, in blocks of :data:`RING_BLOCK`
+        rows - and this shard's rows' blocks of the global plan (zeros when there is none)."""
         base, base_ids, metric = self.local.vectors(), self.local.ids, self.metric
+        blk = np.zeros(len(base), np.int64)
         if same_label or method == "index":
-            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            self.last_knn_report = {"method": "index" if method == "index" else "label-filtered search"}
+
+            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
                 return self.local.search(v, k, exclude_ids=i[:, None], exclude_labels=lab if same_label else None)
-        elif method == "exact" or len(base) < AUTO_PLAN_MIN_ROWS:
-            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        elif method == "exact" or (method == "auto" and self._exact_graph()):
+            self.last_knn_report = {"method": "exact"}
+
+            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
                 return _drop_own(*brute_knn(v, base, k + 1, metric), base_ids, i, k)
         else:
-            nprobe = int(self.local.plan_knn(k, target_recall=target)["nprobe"])
-            cent, assign = block_plan(base, max(1, len(base) // 256), metric)
+            cent, blk, nprobe, est = self._global_plan(k, target)
+            self.last_knn_report = {"method": "blocked (global plan)", "nprobe": nprobe, "recall_estimate": est,
+                                    "blocks": len(cent)}
 
-            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                d, r = blocked_knn(v, k + 1, metric, nprobe=nprobe, base=base, centroids=cent, assign=assign)
+            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
+                d, r = blocked_knn(v, k + int(own), metric, nprobe=nprobe, base=base, centroids=cent, assign=blk,
+                                   query_assign=b)
                 return _drop_own(d, r, base_ids, i, k)
 
-        def visit(v: np.ndarray, i: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            if len(v) == 0:
-                return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-            parts = [one(v[s:s + RING_BLOCK], i[s:s + RING_BLOCK], lab[s:s + RING_BLOCK])
+        def visit(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
+            if len(v) == 0 or len(base) == 0:
+                return np.full((len(v), k), np.inf, np.float32), np.full((len(v), k), -1, np.int64)
+            parts = [one(v[s:s + RING_BLOCK], i[s:s + RING_BLOCK], lab[s:s + RING_BLOCK], b[s:s + RING_BLOCK], own)
                      for s in range(0, len(v), RING_BLOCK)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        return visit
+        return visit, blk
+
+    def _exact_graph(self) -> bool:
+        """``method="auto"`` scores every pair where one process would: under 20,000 rows in all
+        (and within ``exact_threshold``), or with ``index="flat"``."""
+        small = len(self) <= self.exact_threshold and len(self) < AUTO_PLAN_MIN_ROWS
+        return self.index_spec == "flat" or small
+
+    def _global_plan(self, k: int, target: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int, float]:
+        """Block centroids of the whole pool (``len / 256`` blocks, fitted on rank 0 from 32
+        sampled rows per block, broadcast), this shard's rows' blocks, and the smallest nprobe
+        whose recall on :data:`PLAN_SAMPLE` sampled rows clears ``target``. Collective."""
+        vec, metric = self.local.vectors(), self.metric
+        n_blocks = max(1, len(self) // 256)
+        cent = self.fit_on_root(32 * n_blocks, seed, vec, lambda s: block_plan(s, n_blocks, metric, seed)[0])
+        blk = assign_blocks(vec, cent, metric) if len(vec) else np.zeros(0, np.int64)
+        m = min(PLAN_SAMPLE, len(self))
+        q = self.sample(m, seed + 17, rows=vec)
+        q_ids = self.sample(m, seed + 17, rows=self.local.ids[:, None])[:, 0]
+        q_blk = self.sample(m, seed + 17, rows=blk[:, None])[:, 0]
+        d, r = brute_knn(q, vec, k + 1, metric) if len(vec) else (np.full((m, k + 1), np.inf, np.float32),
+                                                                   np.full((m, k + 1), -1, np.int64))
+        got = np.where(r >= 0, self.local.ids[np.maximum(r, 0)], -1)
+        nb_blk = np.where(r >= 0, blk[np.maximum(r, 0)] if len(blk) else -1, -1)
+        d = np.where(got == q_ids[:, None], np.inf, d)
+        all_d = np.concatenate(self.comm.all_gather(d), 1)
+        all_i = np.concatenate(self.comm.all_gather(np.where(got == q_ids[:, None], -1, got)), 1)
+        all_b = np.concatenate(self.comm.all_gather(nb_blk), 1)
+        order = np.lexsort((np.where(all_i < 0, np.iinfo(np.int64).max, all_i), all_d), axis=-1)[:, :k]
+        nb = np.take_along_axis(np.where(all_i < 0, -1, all_b), order, 1)
+        assign = np.concatenate([q_blk, np.maximum(nb.ravel(), 0)])
+        neighbours = np.where(nb.ravel() >= 0, m + np.arange(nb.size), -1).reshape(nb.shape)
+        ranks = probe_ranks(cent, assign, np.arange(m), neighbours, metric)
+        nprobe, est = nprobe_for(ranks, target, 1, len(cent))
+        return cent, blk, nprobe, est
 
     def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,
                spherical: bool | None = None, progress: bool | None = None) -> KMeansResult:
