@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .bench_curation import curation_section, plot_curation
-from .bench_distributed import distributed_section
+from .bench_distributed import NODE_CORES, distributed_section, projection
 from .bench_noise import noise_section
 from .bench_stream import stream_section
 from .bench_sections import PeakRSS, print_table
@@ -219,6 +219,11 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
         save()
         cols = sorted({c for r in res["sections"][name] for c in r}, key=lambda c: (c != "section", c != "what", c))
         print_table(res["sections"][name], cols, f"section: {name}")
+        if name == "distributed":
+            proj = projection(res["sections"][name], os.cpu_count() or 1)
+            res["sections"]["distributed_projection"] = proj
+            save()
+            print_table(proj, list(proj[0]), f"projection: {NODE_CORES}-core nodes at this machine's per-core speed")
         if name == "curation":
             print(f"wrote {plot_curation(res['sections'][name], os.path.join(out, 'curation.png'))}")
     save()

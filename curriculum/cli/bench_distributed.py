@@ -177,3 +177,54 @@ def distributed_section(world: int = 4, n: int = 1_000_000, dim: int = 128) -> l
                        one_process_engine=f"{alone['graph_method']} nprobe={alone['graph_nprobe']}")
         rows.append(row)
     return rows
+
+
+NODE_CORES = 32           # the projection's node: 32 cores at this machine's per-core speed
+NETWORK_MB_S = 10_000.0   # ... and a 100 Gb/s network (the measured loopback rate is also shown)
+
+
+def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
+    """What the measured steps project to at 100M and 1B rows, 64 and 256 dims, on 8 and 64 nodes.
+
+    Per-rank compute is scaled from the measured slowest rank: work per core (the ranks here
+    share ``cores`` cores) times the rows per rank and dims; the graph's blocked work grows with
+    the rows per rank (nprobe held at the measured one: the pool's modes stay fixed), search with
+    queries x the square root of the shard (IVF lists), k-means with rows per rank. Bytes per rank
+    follow the protocol: the ring sends every row through every rank (``N (4d + 12k + 24)``),
+    search gathers the queries, gathered scores are ``16 N``. Node-hours = nodes x hours.
+
+    Example:
+        >>> r = [{"what": "knn graph k=10", "N": 10**6, "dim": 128, "world": 4, "seconds": 100.0},
+        ...      {"what": "all-to-all 32 MB/rank", "N": 10**6, "dim": 128, "world": 4, "seconds": 1.0,
+        ...       "MB_per_s_per_rank": 200.0}]
+        >>> p = {(x["N"], x["dim"], x["nodes"]): x for x in projection(r, cores=2)}
+        >>> p[(10**9, 64, 64)]["graph_compute_s"] < p[(10**9, 64, 8)]["graph_compute_s"]
+        True
+    """
+    m = {r["what"].split(" ")[0]: r for r in rows}
+    g = m["knn"]
+    n_m, d_m, w_m = g["N"], g["dim"], g["world"]
+    core_share = min(1.0, cores / w_m)  # cores each measured rank had
+    bw_here = next((r.get("MB_per_s_per_rank") for r in rows if r["what"].startswith("all-to-all")), None)
+    out = []
+    for n in (10**8, 10**9):
+        for d in (64, 256):
+            for nodes in (8, 64):
+                ns, speed = n / nodes, NODE_CORES / core_share  # rows per node; node speed over a measured rank
+                graph_cpu = g["seconds"] * (ns / (n_m / w_m)) * (d / d_m) / speed
+                ring_mb = n * (4 * d + 12 * K + 24) / 2**20
+                row = {"N": n, "dim": d, "nodes": nodes, "rows_per_node": int(ns),
+                       "memory_gb_per_node": round(ns * (8 * d + 12 * K) / 2**30 + 16 * n / 2**30, 1),
+                       "graph_compute_s": graph_cpu, "graph_MB_per_node": ring_mb,
+                       "graph_s (100 Gb/s)": graph_cpu + ring_mb / NETWORK_MB_S,
+                       "graph_node_hours (100 Gb/s)": nodes * (graph_cpu + ring_mb / NETWORK_MB_S) / 3600}
+                if bw_here:
+                    row["graph_s (loopback rate here)"] = graph_cpu + ring_mb / bw_here
+                if "kmeans" in m:
+                    km = m["kmeans"]
+                    row["kmeans_10_iters_s"] = km["seconds"] * (ns / (n_m / w_m)) * (d / d_m) / speed
+                if "search" in m:
+                    s = m["search"]
+                    row["search_4096_s"] = s["seconds"] * np.sqrt(ns / (n_m / w_m)) * (d / d_m) / speed
+                out.append(row)
+    return out

@@ -44,7 +44,7 @@ MANIFEST = "manifest.json"
 FORMAT = "curriculum-sharded-store"
 FORMAT_VERSION = 1
 SAMPLE_PER_CLUSTER = 256  # k-means is seeded on this many sampled rows per centroid (faiss's default)
-RING_BLOCK = 65_536       # visiting rows are searched in a shard this many at a time
+RING_BLOCK = 65_536       # visiting rows are searched in a shard's index (or exactly) this many at a time
 
 
 def id_priority(ids: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -294,10 +294,10 @@ class ShardedStore:
         A ring: each shard's rows meet their own shard, then travel round the ring carrying their
         running top-k and meet every other shard, and come home after ``world`` steps. How a
         shard is met: ``method="auto"`` / ``"blocked"`` - the blocked engine on one *global*
-        block plan (~256-row blocks of the whole pool, fitted once on rank 0 from a sample and
+        block plan (blocks of ~256 rows per shard, fitted once on rank 0 from a sample and
         broadcast; every row keeps its block as it travels), so a row is scored only against the
-        rows of its ``nprobe`` nearest blocks on each shard - the work of the one-process blocked
-        engine, split over the ranks - with ``nprobe`` the smallest whose recall, measured on 512
+        rows of its ``nprobe`` nearest blocks on each shard - the blocked engine's work, split over
+        the ranks - with ``nprobe`` the smallest whose recall, measured on 512
         sampled rows against their exact neighbours over all shards, clears ``target_recall``
         (``"auto"`` scores every pair where one process would: under 20,000 rows or ``index="flat"``);
         ``"exact"`` scores every pair (equal to the one-process exact graph); ``"index"`` searches
@@ -355,11 +355,14 @@ class ShardedStore:
                                    query_assign=b)
                 return _drop_own(d, r, base_ids, i, k)
 
+        step = RING_BLOCK if same_label or method == "index" else None  # blocked: all at once (blocks stay full)
+
         def visit(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
             if len(v) == 0 or len(base) == 0:
                 return np.full((len(v), k), np.inf, np.float32), np.full((len(v), k), -1, np.int64)
-            parts = [one(v[s:s + RING_BLOCK], i[s:s + RING_BLOCK], lab[s:s + RING_BLOCK], b[s:s + RING_BLOCK], own)
-                     for s in range(0, len(v), RING_BLOCK)]
+            size = step or len(v)
+            parts = [one(v[s:s + size], i[s:s + size], lab[s:s + size], b[s:s + size], own)
+                     for s in range(0, len(v), size)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return visit, blk
 
@@ -370,11 +373,12 @@ class ShardedStore:
         return self.index_spec == "flat" or small
 
     def _global_plan(self, k: int, target: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int, float]:
-        """Block centroids of the whole pool (``len / 256`` blocks, fitted on rank 0 from 32
-        sampled rows per block, broadcast), this shard's rows' blocks, and the smallest nprobe
+        """Block centroids of the whole pool (``len / (256 world)`` blocks, so that each holds ~256
+        rows on every shard and a visit scores full blocks; fitted on rank 0 from 32 sampled rows
+        per block, broadcast), this shard's rows' blocks, and the smallest nprobe
         whose recall on :data:`PLAN_SAMPLE` sampled rows clears ``target``. Collective."""
         vec, metric = self.local.vectors(), self.metric
-        n_blocks = max(1, len(self) // 256)
+        n_blocks = max(1, len(self) // (256 * self.world))  # ~256 rows of each block on every shard
         cent = self.fit_on_root(32 * n_blocks, seed, vec, lambda s: block_plan(s, n_blocks, metric, seed)[0])
         blk = assign_blocks(vec, cent, metric) if len(vec) else np.zeros(0, np.int64)
         m = min(PLAN_SAMPLE, len(self))
