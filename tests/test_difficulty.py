@@ -287,3 +287,23 @@ def test_scores_saved_with_the_store_round_trip(tmp_path):
     np.testing.assert_array_equal(got["knn"].scores, scores["knn"].scores)
     assert got["loss"].name == "recorder.loss" and got["loss"].observed.sum() == 2
     np.testing.assert_array_equal(cl.EmbeddingStore.load(tmp_path / "s.cstore").vectors(), s.vectors())
+
+
+def test_label_k_rule_reference_values():
+    from curriculum.difficulty import label_k
+
+    def store_with(sizes):
+        lab = np.repeat(np.arange(len(sizes)), sizes)
+        s = cl.EmbeddingStore(1, metric="l2")
+        s.add(np.random.default_rng(0).normal(size=(len(lab), 1)), labels=lab)
+        return s
+
+    assert label_k(store_with([400] * 2)) == 10          # 5 per class, at least 10
+    assert label_k(store_with([400] * 6)) == 30
+    assert label_k(store_with([1000] * 59)) == 50        # at most 50
+    assert label_k(store_with([60] * 20)) == 15          # a quarter of the median class
+    assert label_k(store_with([8] * 3)) == 5             # never below 5 for small classes ...
+    assert label_k(store_with([2, 2])) == 3              # ... nor above N - 1
+    s = store_with([300] * 10)
+    assert label_disagreement(s).name == "label_disagreement(k=50)"
+    np.testing.assert_array_equal(label_entropy(s).scores, label_entropy(s, 50).scores)

@@ -19,8 +19,9 @@ NOISE_RATE = 0.2
 
 
 def noise_sets(n_images: int, n_text: int, data: str | None) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
-    """``name -> (vectors, clean labels, metric)``: Fashion-MNIST pixel-PCA-64 and, when built, the
-    Debian descriptions' MiniLM embeddings with their 59 archive sections as labels."""
+    """``name -> (vectors, clean labels, metric)``: Fashion-MNIST pixel-PCA-64 and (in the full
+    section) the penultimate features of a small CNN trained on it, and when built, the Debian
+    descriptions' MiniLM embeddings with their 59 archive sections as labels."""
     from . import real_embeddings as R
     from .data import load_real, pixel_pca
 
@@ -30,6 +31,8 @@ def noise_sets(n_images: int, n_text: int, data: str | None) -> dict[str, tuple[
     out[f"{ds.source.split(' from ')[0]} pixel-PCA-64"] = (pixel_pca(ds.images[rows], 64), ds.labels[rows], "l2")
     if n_text <= 0:
         return out
+    x, y = R.cnn_features(ds.images, ds.labels, progress=True)  # trained on the clean labels (cached)
+    out[f"{ds.source.split(' from ')[0]} CNN-128 features"] = (x[rows], y[rows], "cosine")
     try:
         x, y = R.text_embeddings()
         rows = np.random.default_rng(1).choice(len(x), min(n_text, len(x)), replace=False)
@@ -121,28 +124,34 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _ours(x: np.ndarray, noisy: np.ndarray, metric: str) -> list[Result]:
-    from ..difficulty import class_margin, combine, label_disagreement, label_noise, label_probe
+    from ..difficulty import class_margin, combine, label_disagreement, label_k, label_noise, label_probe
     from ..store import EmbeddingStore
 
-    store = EmbeddingStore(x.shape[1], metric=metric)
-    store.add(x, labels=noisy)
+    def fresh() -> EmbeddingStore:  # every timed graph is built from scratch (the store caches it)
+        s = EmbeddingStore(x.shape[1], metric=metric)
+        s.add(x, labels=noisy)
+        return s
+
+    store = fresh()
     out: list[Result] = []
-    dis, s1 = _timed(lambda: label_disagreement(store, 10, progress=False))  # the graph is built here
-    out.append(("label_disagreement(k=10) (with its kNN graph)", s1, dis.scores, None))
-    dis50, s2 = _timed(lambda: label_disagreement(store, 50, progress=False))
-    out.append(("label_disagreement(k=50) (with its kNN graph)", s2, dis50.scores, None))
-    cm, s3 = _timed(lambda: class_margin(store, 10, progress=False))
-    out.append(("class_margin(k=10)", s3, cm.scores, None))
     probe, s4 = _timed(lambda: label_probe(store, progress=False))
+    k = label_k(store)
+    default, s0 = _timed(lambda: label_noise(store, probe, progress=False))
+    out.append((f"label_noise (default: probe sc + margin + disagreement k=label_k={k})", s4 + s0, default.scores,
+                None))
+    dis, s1 = _timed(lambda: label_disagreement(fresh(), 10, progress=False))
+    out.append(("label_disagreement(k=10) (with its kNN graph)", s1, dis.scores, None))
+    dis50, s2 = _timed(lambda: label_disagreement(fresh(), 50, progress=False))
+    out.append(("label_disagreement(k=50) (with its kNN graph)", s2, dis50.scores, None))
+    cm, s3 = _timed(lambda: class_margin(fresh(), 10, progress=False))
+    out.append(("class_margin(k=10)", s3, cm.scores, None))
     out.append(("label_probe self_confidence (5 folds)", s4, probe.score("self_confidence").scores,
                 probe.issue_mask()))
     out.append(("label_probe margin (same probe)", s4, probe.score("margin").scores, None))
-    both, s5 = _timed(lambda: combine([probe.score("margin"), dis50]))
-    out.append(("combine(probe margin, label_disagreement k=50)", s4 + s2 + s5, both.scores, None))
     pm, s6 = _timed(lambda: combine([probe.score("self_confidence"), probe.score("margin")]))
     out.append(("combine(probe self_confidence, probe margin)", s4 + s6, pm.scores, None))
-    three, s7 = _timed(lambda: label_noise(store, probe, 10))
-    out.append(("label_noise (default: probe sc + margin + disagreement k=10)", s4 + s1 + s7, three.scores, None))
+    three, s7 = _timed(lambda: combine([probe.score("self_confidence"), probe.score("margin"), dis]))
+    out.append(("label_noise with k=10 (the previous default)", s4 + s1 + s7, three.scores, None))
     return out
 
 

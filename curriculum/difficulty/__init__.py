@@ -9,7 +9,8 @@ from .base import Difficulty, as_difficulty, load_with_store, save_with_store
 from .dynamics import Recorder
 from .fusion import combine
 from .probe import PROBE_KINDS, Probe, label_noise, label_probe
-from .geometry import class_margin, knn_distance, label_disagreement, label_entropy, near_duplicates, prototype_distance
+from .geometry import (class_margin, knn_distance, label_disagreement, label_entropy, label_k, near_duplicates,
+                       prototype_distance)
 
 __all__ = ["Difficulty", "as_difficulty", "save_with_store", "load_with_store", "Recorder", "combine", "knn_distance", "prototype_distance",
-           "label_disagreement", "label_entropy", "class_margin", "near_duplicates", "Probe", "label_probe", "label_noise", "PROBE_KINDS"]
+           "label_disagreement", "label_entropy", "label_k", "class_margin", "near_duplicates", "Probe", "label_probe", "label_noise", "PROBE_KINDS"]

