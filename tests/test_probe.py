@@ -104,12 +104,16 @@ def test_confident_joint_mask_is_more_precise_than_argmax_with_many_classes():
 
 
 def test_label_noise_default_fuses_probe_and_neighbours():
-    from curriculum.difficulty import label_noise
+    from curriculum.difficulty import combine, label_disagreement, label_k, label_noise
 
     store, flipped = noisy_store()
     probe = label_probe(store, progress=False)
     d = label_noise(store, probe)
-    assert d.name == "label_noise(k=10)" and (d.ids == store.ids).all()
+    k = label_k(store)
+    assert d.name == f"label_noise(k={k})" and (d.ids == store.ids).all()
+    parts = [probe.score("self_confidence"), probe.score("margin"), label_disagreement(store, k)]
+    np.testing.assert_array_equal(d.scores, combine(parts).scores)
+    assert label_noise(store, probe, k=10).name == "label_noise(k=10)"
     assert auc(d.scores, flipped) > 0.95
     with pytest.raises(TypeError, match="probe"):
         label_noise(store, probe="cleanlab")

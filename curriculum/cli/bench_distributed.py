@@ -228,3 +228,5 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
                     row["search_4096_s"] = s["seconds"] * np.sqrt(ns / (n_m / w_m)) * (d / d_m) / speed
                 out.append(row)
     return out
+
+__all__ = ["pool_chunk", "run_steps", "distributed_section", "projection", "NODE_CORES", "NETWORK_MB_S"]

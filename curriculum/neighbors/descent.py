@@ -77,7 +77,13 @@ def pca_basis(sample: np.ndarray, variance: float = REDUCE_VARIANCE,
 
 
 def project(x: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """``(x - mean) @ basis`` as contiguous float32 (see :func:`pca_basis`)."""
+    """``(x - mean) @ basis`` as contiguous float32 (see :func:`pca_basis`).
+
+    Example:
+        >>> import numpy as np
+        >>> project(np.ones((2, 3), np.float32), np.zeros(3, np.float32), np.eye(3, 2, dtype=np.float32)).shape
+        (2, 2)
+    """
     import torch
 
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))

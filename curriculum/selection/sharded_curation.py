@@ -110,3 +110,5 @@ def _pick(comm: object, leaf: np.ndarray, keep: np.ndarray, pri: np.ndarray, quo
         lo[active] = np.where(reached[active], lo[active], mid[active] + 1)
     take = sorted_pri <= hi[leaf[rows]]
     return rows[take]
+
+__all__ = ["curate_sharded"]

@@ -105,16 +105,50 @@ class ShardedStore:
         self.last_knn_report: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ facts and local reads
-    dim = property(lambda self: self.local.dim)
-    metric = property(lambda self: self.local.metric)
-    index_spec = property(lambda self: self.local.index_spec)
-    exact_threshold = property(lambda self: self.local.exact_threshold)
-    rank = property(lambda self: self.comm.rank, doc="This process's rank in the group.")
-    world = property(lambda self: self.comm.world, doc="Number of shards (ranks).")
-    ids = property(lambda self: self.local.ids, doc="Ids of this rank's shard.")
-    labels = property(lambda self: self.local.labels, doc="Labels of this rank's shard (-1: none).")
-    has_labels = property(lambda self: self._size > 0 and self._missing == 0,
-                          doc="Whether every row of every shard has a label.")
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return self.local.dim
+
+    @property
+    def metric(self) -> str:
+        """The metric every shard uses."""
+        return self.local.metric
+
+    @property
+    def index_spec(self) -> str:
+        """Each shard's index spec."""
+        return self.local.index_spec
+
+    @property
+    def exact_threshold(self) -> int:
+        """Each shard's ``exact_threshold``."""
+        return self.local.exact_threshold
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in the group."""
+        return self.comm.rank
+
+    @property
+    def world(self) -> int:
+        """Number of shards (ranks)."""
+        return self.comm.world
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Ids of this rank's shard."""
+        return self.local.ids
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels of this rank's shard (``-1``: none)."""
+        return self.local.labels
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether every row of every shard has a label."""
+        return self._size > 0 and self._missing == 0
 
     def __len__(self) -> int:
         return self._size
@@ -594,3 +628,5 @@ def _kmeans_args(n_clusters: Any, niter: Any, nredo: Any, n: int) -> int:
     if k > n:
         raise ValueError(f"n_clusters: expected at most the store size {n}, got {k}")
     return k
+
+__all__ = ["ShardedStore", "id_priority", "merge_topk", "MANIFEST", "FORMAT", "FORMAT_VERSION", "RING_BLOCK"]
