@@ -85,18 +85,6 @@ class _Clock:
         return out
 
 
-def _truth(store: Any, q: np.ndarray, q_ids: np.ndarray) -> np.ndarray:
-    """Exact k nearest ids (self excluded) of the gathered sample queries over every shard."""
-    from ..neighbors import brute_knn
-    from ..store.sharded import merge_topk
-
-    d, r = brute_knn(np.ascontiguousarray(q, np.float32), store.vectors(), K + 1, store.metric)
-    ids = np.where(r >= 0, store.ids[np.maximum(r, 0)], -1)
-    d = np.where(ids == q_ids[:, None], np.inf, d)
-    parts_d, parts_i = store.comm.all_gather(d.T.copy()), store.comm.all_gather(ids.T.copy())
-    return merge_topk(np.concatenate(parts_d).T.copy(), np.concatenate(parts_i).T.copy(), K)[1]
-
-
 def run_steps(n: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
     """Every step on this process's rank (or alone); returns per-step rows and the graph's recall.
     ``queries`` in all, split over the ranks (rank ``r`` asks rows ``r::world`` of one query set)."""
@@ -110,7 +98,7 @@ def run_steps(n: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
     x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, dim), np.float32)
     ids = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     clock.step("add (routed by id)", lambda: store.add(x, ids))
-    del x, parts
+    x = parts = None  # the rows now live in the store
     clock.step("build each shard's index", lambda: store.build(progress=False))
     q = np.random.default_rng(seed).normal(size=(queries, dim)).astype(np.float32)[store.rank::store.world] * 3
     clock.step(f"search {queries} queries k={K}", lambda: store.search(q, K))
@@ -120,7 +108,7 @@ def run_steps(n: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
     mine = np.flatnonzero(np.isin(local, pick))
     sample_ids = np.concatenate(store.comm.all_gather(local[mine]))
     sample_vec = np.concatenate(store.comm.all_gather(store.vectors(local[mine])))
-    truth = _truth(store, sample_vec, sample_ids)
+    truth = store.exact_neighbours(sample_vec, sample_ids, K)[1]
     got = np.concatenate(store.comm.all_gather(knn[1][mine]))
     recall = float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(got, truth)]))
     clock.step(f"kmeans {MODES} clusters", lambda: store.kmeans(MODES, niter=10))

@@ -185,10 +185,14 @@ class ShardedStore:
 
     def _route(self, ids: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
         """Send each row (and its entries in ``arrays``) to the rank that owns its id."""
+        order, cuts = self._by_owner(ids)
+        return [np.concatenate(self.comm.exchange(np.split(a[order], cuts))) for a in (ids, *arrays)]
+
+    def _by_owner(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The order that groups ``ids`` by owner rank, and where each rank's group starts."""
         dest = ids % self.world
         order = np.argsort(dest, kind="stable")
-        cuts = np.cumsum(np.bincount(dest, minlength=self.world))[:-1]
-        return [np.concatenate(self.comm.exchange(np.split(a[order], cuts))) for a in (ids, *arrays)]
+        return order, np.cumsum(np.bincount(dest, minlength=self.world))[:-1]
 
     def _checked(self, fn: Any) -> Any:
         """Run a local check on every rank and agree: all raise if any rank's check failed."""
@@ -297,9 +301,7 @@ class ShardedStore:
         """Labels of any stored ids (looked up on their owners). Collective."""
         shape = np.shape(C.to_numpy(ids, "ids"))
         flat = self._checked(lambda: C.as_ids(np.ravel(C.to_numpy(ids, "ids")), "ids", unique=False))
-        dest = flat % self.world
-        order = np.argsort(dest, kind="stable")
-        cuts = np.cumsum(np.bincount(dest, minlength=self.world))[:-1]
+        order, cuts = self._by_owner(flat)
         asked = self.comm.exchange(np.split(flat[order], cuts))
         rows = self._checked(lambda: [self.local.rows_of(a) for a in asked])
         answers = self.comm.exchange([self.local.labels[r] for r in rows])
@@ -406,6 +408,33 @@ class ShardedStore:
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return visit, blk
 
+    def exact_neighbours(self, q: np.ndarray, q_ids: np.ndarray, k: int,
+                         extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ``k`` nearest ids over all shards of the queries ``q`` (the same on every rank,
+        e.g. from :meth:`sample`), each query's own id ``q_ids`` left out; ``-1`` pads. With
+        ``extra`` (one value per row of this shard) its values for the neighbours are returned in
+        place of the distances. Collective.
+
+        Example:
+            >>> s = ShardedStore(1, metric="l2"); _ = s.add(np.array([[0.], [1], [5]]))
+            >>> s.exact_neighbours(np.array([[0.]], np.float32), np.array([0]), 2)[1].tolist()
+            [[1, 2]]
+        """
+        vec = self.local.vectors()
+        if len(vec):
+            d, r = brute_knn(np.ascontiguousarray(q, np.float32), vec, k + 1, self.metric)
+        else:
+            d, r = np.full((len(q), k + 1), np.inf, np.float32), np.full((len(q), k + 1), -1, np.int64)
+        got = np.where(r >= 0, self.local.ids[np.maximum(r, 0)], -1)
+        own = got == q_ids[:, None]
+        d, got = np.where(own, np.inf, d), np.where(own, -1, got)
+        val = got if extra is None else np.where(got >= 0, extra[np.maximum(r, 0)] if len(extra) else -1, -1)
+        all_d, all_i, all_v = (np.concatenate(self.comm.all_gather(a), 1) for a in (d, got, val))
+        order = np.lexsort((np.where(all_i < 0, np.iinfo(np.int64).max, all_i), all_d), axis=-1)[:, :k]
+        ids = np.take_along_axis(all_i, order, 1)
+        out = np.take_along_axis(all_d, order, 1) if extra is None else np.take_along_axis(all_v, order, 1)
+        return out, ids
+
     def _exact_graph(self) -> bool:
         """``method="auto"`` scores every pair where one process would: under 20,000 rows in all
         (and within ``exact_threshold``), or with ``index="flat"``."""
@@ -422,19 +451,8 @@ class ShardedStore:
         cent = self.fit_on_root(32 * n_blocks, seed, vec, lambda s: block_plan(s, n_blocks, metric, seed)[0])
         blk = assign_blocks(vec, cent, metric) if len(vec) else np.zeros(0, np.int64)
         m = min(PLAN_SAMPLE, len(self))
-        q = self.sample(m, seed + 17, rows=vec)
-        q_ids = self.sample(m, seed + 17, rows=self.local.ids[:, None])[:, 0]
-        q_blk = self.sample(m, seed + 17, rows=blk[:, None])[:, 0]
-        d, r = brute_knn(q, vec, k + 1, metric) if len(vec) else (np.full((m, k + 1), np.inf, np.float32),
-                                                                   np.full((m, k + 1), -1, np.int64))
-        got = np.where(r >= 0, self.local.ids[np.maximum(r, 0)], -1)
-        nb_blk = np.where(r >= 0, blk[np.maximum(r, 0)] if len(blk) else -1, -1)
-        d = np.where(got == q_ids[:, None], np.inf, d)
-        all_d = np.concatenate(self.comm.all_gather(d), 1)
-        all_i = np.concatenate(self.comm.all_gather(np.where(got == q_ids[:, None], -1, got)), 1)
-        all_b = np.concatenate(self.comm.all_gather(nb_blk), 1)
-        order = np.lexsort((np.where(all_i < 0, np.iinfo(np.int64).max, all_i), all_d), axis=-1)[:, :k]
-        nb = np.take_along_axis(np.where(all_i < 0, -1, all_b), order, 1)
+        q, q_ids, q_blk = self._sample(m, seed + 17, [vec, self.local.ids, blk], None)
+        nb, _ = self.exact_neighbours(q, q_ids, k, extra=blk)  # the neighbours' blocks, -1 for none
         assign = np.concatenate([q_blk, np.maximum(nb.ravel(), 0)])
         neighbours = np.where(nb.ravel() >= 0, m + np.arange(nb.size), -1).reshape(nb.shape)
         ranks = probe_ranks(cent, assign, np.arange(m), neighbours, metric)
@@ -473,22 +491,25 @@ class ShardedStore:
         same rows and order at any world size), gathered on every rank - or only on rank ``root``
         (the others get None). ``rows``: this shard's rows to draw from (default its vectors).
         Collective."""
-        rows = self.local.vectors() if rows is None else rows
+        got = self._sample(m, seed, [self.local.vectors() if rows is None else rows], root)
+        return None if got is None else got[0]
+
+    def _sample(self, m: int, seed: int, arrays: list[np.ndarray], root: int | None) -> list[np.ndarray] | None:
+        """:meth:`sample` of several per-row arrays at once (one priority cut for all)."""
         pri = id_priority(self.local.ids, seed)
         mine = np.argsort(pri)[:m]
         top = np.sort(np.concatenate(self.comm.all_gather(pri[mine])))[:m]
-        cut = top[-1] if len(top) else -1
-        take = mine[pri[mine] <= cut]
+        take = mine[pri[mine] <= (top[-1] if len(top) else -1)]
+        parts = [pri[take]] + [np.ascontiguousarray(a[take]) for a in arrays]
         if root is None:
-            got_p = np.concatenate(self.comm.all_gather(pri[take]))
-            got_x = np.concatenate(self.comm.all_gather(np.ascontiguousarray(rows[take])))
+            got = [np.concatenate(self.comm.all_gather(p)) for p in parts]
         else:
-            parts_p = self.comm.gather(pri[take], root)
-            parts_x = self.comm.gather(np.ascontiguousarray(rows[take]), root)
-            if parts_p is None:
+            gathered = [self.comm.gather(p, root) for p in parts]
+            if gathered[0] is None:
                 return None
-            got_p, got_x = np.concatenate(parts_p), np.concatenate(parts_x)
-        return got_x[np.argsort(got_p)]
+            got = [np.concatenate(g) for g in gathered]
+        order = np.argsort(got[0])
+        return [g[order] for g in got[1:]]
 
     def fit_on_root(self, m: int, seed: int, rows: np.ndarray, fit: Any) -> np.ndarray:
         """``fit(sample)`` computed once, on rank 0, from :meth:`sample` ``(m, seed, rows)``, and
