@@ -252,6 +252,39 @@ def test_mix_novelty_combines_a_loss_with_novelty():
         StreamSelector([1], embed=embed_identity, quota_clusters=1)
 
 
+def _pairs_stream(bursts: int, copies: int, seed: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((bursts, 4)).astype(np.float32)
+    emb = np.repeat(base, copies, axis=0) + 1e-3 * rng.standard_normal((bursts * copies, 4)).astype(np.float32)
+    return emb, np.repeat(rng.random(bursts), copies)
+
+
+def test_mixed_score_keeps_the_hard_items_without_their_repeats():
+    emb, loss = _pairs_stream(1000, 2)  # 200 bursts of 2 per window, 100 kept
+
+    def run(w):
+        sel = StreamSelector(range(2000), embed=lambda idx: emb[np.asarray(idx)], window=400, keep=0.25,
+                             scorer=lambda items, e: loss[np.asarray(items)], mix_novelty=w)
+        return np.fromiter(sel, np.int64)
+
+    novelty = np.fromiter(StreamSelector(range(2000), embed=lambda idx: emb[np.asarray(idx)], window=400,
+                                         keep=0.25), np.int64)
+    alone, mixed = run(0.0), run(0.5)
+    assert len(np.unique(alone // 2)) == len(alone) // 2       # the loss alone keeps both copies of a burst
+    assert len(np.unique(mixed // 2)) == len(mixed) == 500     # mixed: one copy of each, never both ...
+    assert loss[mixed].mean() > loss[novelty].mean() + 0.15     # ... and the hard ones first
+    np.testing.assert_array_equal(run(1.0), novelty)           # w = 1: novelty alone
+
+
+def test_quota_never_trades_a_new_item_for_a_repeat():
+    emb, _ = _pairs_stream(2500, 4)  # 100 bursts of 4 per window of 400, 100 kept: each burst once
+    sel = StreamSelector(range(10_000), embed=lambda idx: emb[np.asarray(idx)], window=400, keep=0.25,
+                         quota_clusters=4)
+    got = np.fromiter(sel, np.int64)
+    assert sel.quota_centroids is not None
+    assert len(np.unique(got // 4)) == len(got) == 2500
+
+
 @pytest.mark.parametrize("capacity,rows", [(10, 3), (10, 30), (2000, 1500)])
 def test_forced_ivf_on_small_windows_matches_exact(capacity, rows):
     x = np.random.default_rng(0).normal(size=(rows, 4)).astype(np.float32)

@@ -71,36 +71,63 @@ def repeat_stream(x: np.ndarray, y: np.ndarray, items: int, seed: int = 0) -> tu
     return emb.astype(np.float32), src, y[src]
 
 
-def quality(x: np.ndarray, y: np.ndarray, metric: str, items: int) -> list[dict[str, Any]]:
-    """Distinct items and rare-class share of each score vs a random 25% of the same stream."""
-    from ..selection.stream import StreamSelector
+VARIANTS = ("novelty (default)", "novelty + quota (64 clusters)", "loss (linear probe)", "loss + novelty (w = 0.5)",
+            "loss + novelty + quota")
 
-    emb, src, lab = repeat_stream(x, y, items)
+
+def quality(x: np.ndarray, y: np.ndarray, metric: str, items: int, seeds: int = 3) -> list[dict[str, Any]]:
+    """Distinct items and rare-class share of each score vs a random 25% of the same stream, as
+    means (the rare share's standard deviation beside it) over ``seeds`` streams. Random: the
+    rare share it expects (the stream's own) and the distinct items of 5 draws."""
     sizes = np.bincount(y)
     rare = np.argsort(sizes, kind="stable")[:max(1, int(round(len(sizes) / 10)))]
+    runs: dict[str, list[dict[str, Any]]] = {"random 25%": []}
+    for seed in range(seeds):
+        emb, src, lab = repeat_stream(x, y, items, seed=seed)
+        for name, pick, secs in _picks(emb, lab, metric):
+            runs.setdefault(name, []).append({**_judge(pick, src, lab, rare), "emitted": len(pick),
+                                              "us_per_item": secs / items * 1e6})
+        n = runs[VARIANTS[0]][-1]["emitted"]
+        distinct = np.mean([len(np.unique(src[np.random.default_rng(d).choice(items, n, replace=False)]))
+                            for d in range(5)])
+        runs["random 25%"].append({"distinct_items": distinct, "emitted": n, "rare_share": float(np.isin(lab, rare).mean())})
+    return [_mean_row(name, got, runs["random 25%"]) for name, got in runs.items()]
+
+
+def _picks(emb: np.ndarray, lab: np.ndarray, metric: str) -> list[tuple[str, np.ndarray, float]]:
+    """``(variant, ids emitted, seconds)`` of each score of :data:`VARIANTS` on one stream."""
+    from ..selection.stream import StreamSelector
+
     loss = _loss_scorer(emb, lab)
-    variants = {"novelty (default)": {}, "novelty + quota (64 clusters)": {"quota_clusters": 64},
-                "loss (linear probe)": {"scorer": loss},
-                "loss + novelty + quota": {"scorer": loss, "mix_novelty": 0.5, "quota_clusters": 64}}
-    picks, secs = {}, {}
-    for name, kw in variants.items():
-        sel = StreamSelector(range(items), embed=lambda idx: emb[np.asarray(idx)], window=WINDOW, keep=KEEP,
+    kws = ({}, {"quota_clusters": 64}, {"scorer": loss}, {"scorer": loss, "mix_novelty": 0.5},
+           {"scorer": loss, "mix_novelty": 0.5, "quota_clusters": 64})
+    out = []
+    for name, kw in zip(VARIANTS, kws):
+        sel = StreamSelector(range(len(emb)), embed=lambda idx: emb[np.asarray(idx)], window=WINDOW, keep=KEEP,
                              metric=metric, store_size=1_000_000, **kw)
         t = time.perf_counter()
-        picks[name] = np.fromiter(sel, np.int64)
-        secs[name] = time.perf_counter() - t
-    n = len(picks["novelty (default)"])
-    rows = [{"method": "random 25%", "emitted": n, **_judge(np.random.default_rng(0).choice(items, n, replace=False),
-                                                             src, lab, rare)}]
-    for name, pick in picks.items():
-        rows.append({"method": name, "emitted": len(pick), **_judge(pick, src, lab, rare),
-                     "seconds": round(secs[name], 2), "us_per_item": round(secs[name] / items * 1e6, 1)})
-        rows[-1]["distinct_x_random"] = round(rows[-1]["distinct_items"] / max(rows[0]["distinct_items"], 1), 3)
-    return rows
+        pick = np.fromiter(sel, np.int64)
+        out.append((name, pick, time.perf_counter() - t))
+    return out
+
+
+def _mean_row(name: str, runs: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the streams and the ratios to random's."""
+    mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+    row = {"method": name, "streams": len(runs), "emitted": round(mean["emitted"]),
+           "distinct_items": round(mean["distinct_items"]), "rare_share": round(mean["rare_share"], 5),
+           "rare_share_sd": round(float(np.std([r["rare_share"] for r in runs])), 5),
+           "distinct_x_random": round(mean["distinct_items"] / np.mean([b["distinct_items"] for b in base]), 3),
+           "rare_x_random": round(mean["rare_share"] / np.mean([b["rare_share"] for b in base]), 3)}
+    if "us_per_item" in mean:
+        row["us_per_item"] = round(mean["us_per_item"], 1)
+    print(f"    {name:32s} distinct {row['distinct_items']:>7,} ({row['distinct_x_random']:.2f}x)  rare "
+          f"{row['rare_share']:.3%} +- {row['rare_share_sd']:.3%} ({row['rare_x_random']:.2f}x)", flush=True)
+    return row
 
 
 def _judge(pick: np.ndarray, src: np.ndarray, lab: np.ndarray, rare: np.ndarray) -> dict[str, Any]:
-    return {"distinct_items": int(len(np.unique(src[pick]))), "rare_share": round(float(np.isin(lab[pick], rare).mean()), 4)}
+    return {"distinct_items": int(len(np.unique(src[pick]))), "rare_share": float(np.isin(lab[pick], rare).mean())}
 
 
 def _loss_scorer(emb: np.ndarray, lab: np.ndarray, fit: int = 5_000) -> Any:
@@ -162,4 +189,4 @@ def _quality_set(quick: bool, data: str | None) -> tuple[str, np.ndarray, np.nda
     return f"{ds.source.split(' from ')[0]} pixel-PCA-64", pixel_pca(ds.images, 64), ds.labels, "l2"
 
 
-__all__ = ["throughput", "repeat_stream", "quality", "stream_section"]
+__all__ = ["VARIANTS", "throughput", "repeat_stream", "quality", "stream_section"]

@@ -25,6 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .._util import checks as C
 from .._util.dist import dist_info
+from .._util.linalg import matmul
 from ..neighbors import METRICS, get_metric
 from ..pacing import Pacing, as_pacing
 
@@ -37,6 +38,8 @@ TRAIN_SAMPLE = 65_536 # lists and codes are trained on at most this many embeddi
 RECHECK = 8           # candidates per query whose distances are computed exactly from the ring
 STALE_SHARE = 16      # evicted embeddings are removed from the lists in batches of capacity / this
 QUOTA_SHORTLIST = 2   # the cluster quota balances the 2m best candidates of a window
+REPEAT_GAIN = 0.1     # ... but not the near-repeats among them (priority below this x the median pick's)
+METRIC_KIND = {"l2": 0, "cosine": 1, "ip": 2}  # the re-check kernel's code of each metric
 RETRAIN_MIN = 65_536  # the lists are re-trained after 2 x capacity insertions, and not more often than this
 
 
@@ -154,11 +157,12 @@ class SlidingWindowStore:
         if self._ivf is None:
             d, _ = faiss.knn(q, self.buf[: self.count], 1, metric=self._metric.faiss)
             return self._metric.to_distance(d[:, 0].astype(np.float64))
+        from ._stream_kernels import nearest_of_candidates
+
         _, ids = self._ivf.search(q, RECHECK)
-        valid = ids >= self.added - self.count  # -1 (no candidate) fails too
-        cand = self.buf[np.where(valid, ids, 0) % self.capacity]  # (n, RECHECK, dim): rows of the ring
-        d = self._metric.pair_distances(q, cand).astype(np.float64)
-        return np.where(valid, d, np.inf).min(1)
+        valid = ids >= self.added - self.count  # -1 (no candidate) and evicted ids fail
+        rows = np.where(valid, ids % self.capacity, -1)  # their rows of the ring
+        return nearest_of_candidates(self.buf, q, rows, METRIC_KIND[self.metric])
 
 
 class StreamSelector(IterableDataset):
@@ -179,17 +183,23 @@ class StreamSelector(IterableDataset):
             to 8,192, then through IVF lists at a nearly flat cost: see :class:`SlidingWindowStore`;
             1M-10M is fine).
         index: ``"auto"`` (that switch), ``"exact"`` or ``"ivf"`` for the store's search.
-        mix_novelty: with a callable ``scorer`` (e.g. the model's loss), the weight of novelty in a
-            combined score ``(1 - w) rank(scorer) + w rank(novelty)`` (ranks within the window,
-            so the scales need not match; novelty counts the memory and the window's earlier
-            candidates, so later copies of a burst rank low); 0 = the scorer alone. Cost: the
-            novelty search and the window's Gram matrix.
+        mix_novelty: with a callable ``scorer`` (e.g. the model's loss), the weight ``w`` of
+            novelty beside it. With ``select="topk"`` the choice is farthest-point, each pick the
+            candidate of largest ``r^((1 - w) / w) x d`` (``r`` its score's rank in the window over
+            the window's size, ``d`` its distance to the memory and to the picks so far): the hard
+            candidates first, while a near-repeat of a pick (``d`` ~ 0) ranks below almost every
+            new candidate; ``w = 1`` is novelty alone. With ``"sample"``, the draw is proportional to
+            ``(1 - w) rank(score) + w rank(novelty)`` (novelty against the memory and the window's
+            earlier candidates). 0 = the scorer alone. Cost: the novelty search and the window's
+            Gram matrix.
         quota_clusters: balance each window's keep over this many clusters of the stream (k-means,
             resampling-refined as in curation, fitted on the first ``max(64 k, 4096)`` candidates;
             before that, no quota): the window's share is water-filled over the clusters of its
             ``2 x keep`` best candidates by the score (a cluster with fewer than its share is kept
-            whole), each cluster's part taken in the score's order, so balancing never trades a
-            novel candidate for a repeat. Cost: one assignment of the window to k centroids.
+            whole), each cluster's part taken in the score's order. Under farthest-point choice the
+            shortlist leaves out near-repeats (a priority below :data:`REPEAT_GAIN` x the median of
+            the first ``keep`` picks) unless too few others are left, so balancing never trades a
+            new candidate for a repeat. Cost: one assignment of the window to k centroids.
         seed: the draw depends only on ``(seed, window index, shard)``.
 
     Example:
@@ -265,20 +275,23 @@ class StreamSelector(IterableDataset):
             s = C.to_numpy(self.scorer(items, emb), "scorer output").astype(np.float64).reshape(-1)
             if s.shape[0] != len(items) or not np.isfinite(s).all():
                 raise ValueError(f"scorer: expected {len(items)} finite scores, got shape {s.shape}")
-            if self.mix_novelty > 0:
+            if self.mix_novelty > 0 and self.select == "sample":
                 from scipy.stats import rankdata
 
                 s = (1 - self.mix_novelty) * rankdata(s) + self.mix_novelty * rankdata(self._causal_novelty(emb))
             return s
-        return self.store.nearest_distance(emb) if self.store is not None else np.full(len(items), np.inf)
+        return self._memory_distance(emb)
+
+    def _memory_distance(self, emb: np.ndarray) -> np.ndarray:
+        return self.store.nearest_distance(emb) if self.store is not None and len(self.store) else \
+            np.full(len(emb), np.inf)
 
     def _causal_novelty(self, emb: np.ndarray) -> np.ndarray:
         """Distance of each candidate to the memory and to the window's earlier candidates: the
         second and later copies of a burst are not novel, whatever their score."""
-        store = self.store.nearest_distance(emb) if self.store is not None and len(self.store) else \
-            np.full(len(emb), np.inf)
+        store = self._memory_distance(emb)
         e = np.ascontiguousarray(emb, np.float64)
-        gram = e @ e.T
+        gram = matmul(e, e.T)
         sq = np.diag(gram)
         if self.metric == "l2":
             d = np.sqrt(np.maximum(sq[:, None] + sq[None] - 2 * gram, 0.0))
@@ -288,33 +301,45 @@ class StreamSelector(IterableDataset):
         d[np.triu_indices(len(e))] = np.inf  # only earlier candidates count
         return np.minimum(store, d.min(1))
 
-    def _greedy_novel(self, emb: np.ndarray, scores: np.ndarray, m: int) -> np.ndarray:
-        """Farthest-point (k-centre greedy) choice: each pick is the candidate farthest from the
-        store *and* from the picks so far, so near-repeats inside one window are not all kept.
-        The window's distances come from one Gram matrix (a GEMM); the picks run compiled."""
+    def _greedy_novel(self, emb: np.ndarray, memory: np.ndarray, m: int,
+                      weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Farthest-point (k-centre greedy) choice: each pick is the candidate of largest
+        ``weight x`` its distance to the memory *and* to the picks so far, so near-repeats inside
+        one window are not all kept. The window's distances come from one Gram matrix (a GEMM);
+        the picks run compiled. Returns the picks, best first, and the priority of each."""
         from ._stream_kernels import greedy_farthest
 
         e = np.ascontiguousarray(emb, np.float32)
-        return greedy_farthest(e @ e.T, scores.astype(np.float64), int(m), self.metric != "l2")
+        w = np.ones(len(e)) if weight is None else weight
+        return greedy_farthest(matmul(e, e.T), memory.astype(np.float64), w, int(m), self.metric != "l2")
 
     def _choose(self, scores: np.ndarray, m: int, rng: np.random.Generator, emb: np.ndarray | None = None) -> np.ndarray:
         labels = self._quota_labels(emb) if emb is not None else None
         if m >= len(scores):
             return np.arange(len(scores))
         if labels is None:
-            return np.sort(self._choose_by_score(scores, m, rng, emb))
+            return np.sort(self._choose_by_score(scores, m, rng, emb)[0])
         from .curation import _water_fill
 
         # the quota balances a shortlist of the 2m best by the score, in the score's order, so
-        # balancing never trades a novel candidate for a repeat
-        short = self._choose_by_score(scores, min(len(scores), QUOTA_SHORTLIST * m), rng, emb)
-        alloc = _water_fill(np.bincount(labels[short], minlength=len(self.quota_centroids)), m)
-        rank_in_cluster = np.zeros(len(short), np.int64)
+        # balancing never trades a novel candidate for a repeat: in farthest-point order, a pick
+        # whose priority fell below REPEAT_GAIN x the median of the first m is a repeat, and is
+        # only taken when too few others are left
+        short, gain = self._choose_by_score(scores, min(len(scores), QUOTA_SHORTLIST * m), rng, emb)
+        ok = np.ones(len(short), bool)
+        if gain is not None:
+            mid = float(np.median(gain[:m]))
+            if np.isfinite(mid) and mid > 0:
+                ok = gain >= REPEAT_GAIN * mid
+        pool = short[ok]
+        alloc = _water_fill(np.bincount(labels[pool], minlength=len(self.quota_centroids)), min(m, len(pool)))
+        rank_in_cluster = np.zeros(len(pool), np.int64)
         seen = np.zeros(len(self.quota_centroids), np.int64)
-        for i, c in enumerate(labels[short]):
+        for i, c in enumerate(labels[pool]):
             rank_in_cluster[i] = seen[c]
             seen[c] += 1
-        return np.sort(short[rank_in_cluster < alloc[labels[short]]])
+        take = pool[rank_in_cluster < alloc[labels[pool]]]
+        return np.sort(np.concatenate([take, short[~ok][:m - len(take)]]))
 
     def _quota_labels(self, emb: np.ndarray) -> np.ndarray | None:
         """Cluster of each candidate once the quota clusters are fitted (fitting them from the
@@ -338,15 +363,23 @@ class StreamSelector(IterableDataset):
         return assign(x, self.quota_centroids)[0]
 
     def _choose_by_score(self, scores: np.ndarray, m: int, rng: np.random.Generator,
-                         emb: np.ndarray | None = None) -> np.ndarray:
-        """``m`` candidates, best first: farthest-point order for novelty, else by score or drawn."""
+                         emb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``m`` candidates, best first, and their priorities where the choice is farthest-point:
+        novelty alone, or a score mixed with novelty (``mix_novelty = w``: priority
+        ``r^((1 - w) / w) x`` distance, ``r`` the score's rank in the window / its size, so a near-
+        repeat of a pick ranks low whatever its score); else by score or drawn."""
         if emb is not None and self.select == "topk" and not callable(self.scorer):
             return self._greedy_novel(emb, scores, m)
+        if emb is not None and self.select == "topk" and self.mix_novelty > 0:
+            from scipy.stats import rankdata
+
+            weight = (rankdata(scores) / len(scores)) ** ((1 - self.mix_novelty) / self.mix_novelty)
+            return self._greedy_novel(emb, self._memory_distance(emb), m, weight)
         if self.select == "topk" or not np.isfinite(scores).all():
             s = np.where(np.isfinite(scores), scores, np.finfo(np.float64).max)
-            return np.argsort(-s, kind="stable")[:m]
+            return np.argsort(-s, kind="stable")[:m], None
         p = np.maximum(scores, 0) + 1e-12
-        return rng.choice(len(scores), m, replace=False, p=p / p.sum())
+        return rng.choice(len(scores), m, replace=False, p=p / p.sum()), None
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
