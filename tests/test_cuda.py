@@ -113,3 +113,22 @@ def test_demo_quick_trains_on_cuda(tmp_path) -> None:
     for name, v in res["variants"].items():  # noisy long-tailed: the tail classes stay near 0
         for runs in v["methods"].values():
             assert runs[0]["test_accuracy"][-1] > (0.7 if name == "clean" else 0.2)
+
+
+def test_stream_memory_follows_cuda_embeddings() -> None:
+    """``embed`` returning CUDA tensors: the memory lives on the GPU and the choice equals the
+    exact CPU memory's."""
+    from curriculum.selection.stream_device import TorchWindowStore
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 32)).astype(np.float32) * 2
+    x = centres[rng.integers(0, 40, 8000)] + rng.standard_normal((8000, 32), np.float32)
+    emb = x[np.repeat(rng.integers(0, 8000, 3000), 3)[:8000]]
+    runs = {}
+    for dev in ("cpu", "cuda"):
+        sel = cl.StreamSelector(range(8000), embed=lambda idx: torch.from_numpy(emb[np.asarray(idx)]).to(dev),
+                                window=1000, keep=0.25, index="exact", store_size=1500)
+        runs[dev] = np.fromiter(sel, np.int64)
+        assert isinstance(sel.store, TorchWindowStore) == (dev == "cuda")
+    assert np.array_equal(runs["cpu"], runs["cuda"])
+    assert runs["cuda"].size == 2000

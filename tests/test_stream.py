@@ -296,3 +296,46 @@ def test_forced_ivf_on_small_windows_matches_exact(capacity, rows):
     got, truth = s.nearest_distance(q), e.nearest_distance(q)
     assert (got >= truth - 1e-5).all()
     assert np.isclose(got, truth, rtol=1e-4, atol=1e-5).mean() >= (0.8 if s.approximate and rows >= 1024 else 1.0)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_device_memory_equals_the_exact_memory(metric):
+    """The torch memory (here on the CPU; the same code runs on a GPU) returns the exact store's
+    distances, through the ring's wrap-around, from arrays and from tensors."""
+    import torch
+
+    from curriculum.selection.stream_device import TorchWindowStore
+
+    x = _clustered(3000, dim=16, seed=7)
+    dev, exact = TorchWindowStore(2000, 16, metric, device="cpu"), SlidingWindowStore(2000, 16, metric, index="exact")
+    for part in np.array_split(x, 5):
+        dev.add(torch.from_numpy(part))
+        exact.add(part)
+    rng = np.random.default_rng(1)
+    q = np.concatenate([x[-500:] + 1e-3 * rng.standard_normal((500, 16), np.float32), _clustered(200, 16, seed=8)])
+    assert len(dev) == len(exact) == 2000
+    np.testing.assert_allclose(dev.nearest_distance(q), exact.nearest_distance(q), rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(dev.nearest_distance(torch.from_numpy(q)), dev.nearest_distance(q))
+
+
+def test_selector_with_device_memory_matches_the_cpu_memory():
+    import torch
+
+    from curriculum.selection.stream_device import TorchWindowStore
+
+    x = _clustered(6000, dim=16, seed=5)
+    rng = np.random.default_rng(6)
+    emb = x[np.repeat(rng.integers(0, len(x), 2000), 3)[:6000]] + 0.01 * rng.standard_normal((6000, 16), np.float32)
+    runs = {}
+    for device in (None, "cpu"):
+        sel = StreamSelector(range(6000), embed=lambda idx: torch.from_numpy(emb[np.asarray(idx)]), window=500,
+                             keep=0.3, index="exact", device=device, store_size=2000)
+        sel.prime(x[:1000])
+        runs[device] = np.fromiter(sel, np.int64)
+        assert len(sel.store) == 2000  # 2,800 went in: the ring wrapped
+        assert isinstance(sel.store, TorchWindowStore) == (device is not None)
+    assert np.array_equal(runs[None], runs["cpu"])
+    with pytest.raises(ValueError, match="device"):
+        StreamSelector([1], embed=embed_identity, device="gpu0")
+    with pytest.raises(ValueError, match="cosine"):
+        TorchWindowStore(4, 2, "cosine", device="cpu").add(np.zeros((1, 2)))

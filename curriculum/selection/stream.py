@@ -28,6 +28,7 @@ from .._util.dist import dist_info
 from .._util.linalg import matmul
 from ..neighbors import METRICS, get_metric
 from ..pacing import Pacing, as_pacing
+from .stream_device import TorchWindowStore, as_device
 
 
 EXACT_UNTIL = 8_192   # the window is searched exactly up to this many embeddings, then through IVF lists
@@ -200,6 +201,10 @@ class StreamSelector(IterableDataset):
             shortlist leaves out near-repeats (a priority below :data:`REPEAT_GAIN` x the median of
             the first ``keep`` picks) unless too few others are left, so balancing never trades a
             new candidate for a repeat. Cost: one assignment of the window to k centroids.
+        device: where the memory of emitted embeddings lives. ``None``: the CPU (faiss, see
+            ``index``), unless ``embed`` returns CUDA tensors - then their GPU; a torch device
+            (``"cuda"``, ``"cuda:1"``, ``"cpu"``) keeps it there as one tensor searched exactly by
+            matrix products (:class:`~curriculum.selection.stream_device.TorchWindowStore`).
         seed: the draw depends only on ``(seed, window index, shard)``.
 
     Example:
@@ -215,7 +220,7 @@ class StreamSelector(IterableDataset):
                  keep_range: tuple[float, float] = (0.1, 1.0), scorer: str | Callable[..., Any] = "novelty",
                  select: str = "topk", store_size: int = 100_000, metric: str = "l2", index: str = "auto",
                  quota_clusters: int | None = None, mix_novelty: float = 0.0, seed: int = 0, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, device: Any = None) -> None:
         if not callable(embed):
             raise TypeError(f"embed: expected a callable list_of_samples -> (n, dim) array, got {type(embed).__name__}")
         if not (callable(source) or hasattr(source, "__iter__")):
@@ -240,7 +245,8 @@ class StreamSelector(IterableDataset):
         self.metric = C.choice(metric, "metric", tuple(METRICS))
         self.seed = int(seed)
         self.rank, self.world_size = dist_info(rank, world_size)
-        self.store: SlidingWindowStore | None = None
+        self.device = None if device is None else as_device(device)
+        self.store: SlidingWindowStore | TorchWindowStore | None = None
         self.windows_seen = 0
         self.items_seen = 0
         self.items_emitted = 0
@@ -255,10 +261,22 @@ class StreamSelector(IterableDataset):
             >>> sel.prime(np.arange(5, dtype="float32")[:, None]); len(sel.store)
             5
         """
-        emb = C.as_vectors(embeddings, "embeddings")
-        if self.store is None:
-            self.store = SlidingWindowStore(self.store_size, emb.shape[1], self.metric, self.index)
-        self.store.add(emb)
+        self._ensure_store(embeddings)
+        self.store.add(embeddings)
+
+    def _ensure_store(self, sample: Any, dim: int | None = None) -> None:
+        """Create the memory on the first embeddings: on ``device``, or where ``sample`` lives when
+        it is a CUDA tensor (:class:`TorchWindowStore`); else faiss on the CPU."""
+        if self.store is not None:
+            return
+        dim = C.as_vectors(sample, "embeddings").shape[1] if dim is None else dim
+        device = self.device
+        if device is None and getattr(sample, "is_cuda", False):
+            device = sample.device
+        if device is None:
+            self.store = SlidingWindowStore(self.store_size, dim, self.metric, self.index)
+        else:
+            self.store = TorchWindowStore(self.store_size, dim, self.metric, device)
 
     def keep_share(self, window_index: int) -> float:
         """Share of window ``window_index`` kept: ``keep``, or the pacing mapped into ``keep_range``."""
@@ -405,12 +423,12 @@ class StreamSelector(IterableDataset):
 
     def _flush(self, buf: list[Any], w: int, shard: int) -> Iterator[Any]:
         self.max_buffer = max(self.max_buffer, len(buf))
-        emb = C.as_real(self.embed(buf), "embed output")
+        raw = self.embed(buf)
+        emb = C.as_real(raw, "embed output")
         if emb.ndim == 0 or emb.shape[0] != len(buf):
             raise ValueError(f"embed output: expected {len(buf)} rows (one per sample), got shape {emb.shape}")
         emb = np.ascontiguousarray(emb.reshape(len(buf), -1), np.float32)
-        if self.store is None:
-            self.store = SlidingWindowStore(self.store_size, emb.shape[1], self.metric, self.index)
+        self._ensure_store(raw, emb.shape[1])
         scores = self._scores(buf, emb)
         rng = np.random.Generator(np.random.PCG64([self.seed, shard, w]))
         m = max(1, int(round(self.keep_share(w) * len(buf))))
