@@ -156,15 +156,21 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, q: np.ndarray, n_classes: int, we
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     mean, std = xt.mean(0), xt.std(0).clamp_min(1e-12)
     xt = (xt - mean) / std
-    yt = torch.from_numpy(y.astype(np.int64))
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(y.astype(np.int64)), n_classes).to(xt.dtype)
     w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + weight_decay * (w * w).sum()
-        loss.backward()
+        # softmax cross-entropy and its gradient in closed form: (softmax - onehot) / n pulled back
+        # through the linear map - twice as fast as autograd through F.cross_entropy here
+        with torch.no_grad():
+            z = torch.addmm(b, xt, w)
+            lse = z.logsumexp(1)
+            loss = (lse - (z * onehot).sum(1)).mean() + weight_decay * (w * w).sum()
+            g = (torch.exp(z - lse[:, None]) - onehot) / len(xt)
+            w.grad = xt.T @ g + (2 * weight_decay) * w
+            b.grad = g.sum(0)
         return loss
 
     opt.step(closure)

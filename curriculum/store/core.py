@@ -406,14 +406,14 @@ class EmbeddingStore:
         ~256-row cluster against its ``nprobe`` nearest clusters with one matrix product - see
         :func:`curriculum.neighbors.blocked_knn`), ``"descent"`` (NN-descent from a random-projection
         forest, on a PCA projection above 128 dimensions, final distances exact - see
-        :func:`curriculum.neighbors.descent_knn`). ``"auto"``: exact below 20,000 rows (and up to
+        :func:`curriculum.neighbors.descent_knn`). ``"auto"``: exact below 5,000 rows (and up to
         ``exact_threshold``) or with ``index="flat"``; from there the recall the blocked graph would
         reach is measured on 512 sampled rows (:func:`curriculum.neighbors.plan_recall`) and the
         smallest nprobe (>= ``nprobe`` when given) meeting ``target_recall`` is found. Where it
         needs fewer than 2,500 pairs per row (k-means blocks hold the neighbourhoods: clustered
         data) the blocked graph runs at that nprobe, or exact search when it would score 40% of all
-        pairs; from 2,500 (real text and image embeddings) NN-descent runs and its recall is
-        measured on 512 sampled rows - short of ``target_recall``, it runs once more with lists
+        pairs; from 2,500 (real text and image embeddings) and 20,000 rows NN-descent runs and its
+        recall is measured on 512 sampled rows - short of ``target_recall``, it runs once more with lists
         twice as long, then the exact graph replaces it. ``store.last_knn_report`` says what ran
         (method, nprobe, recall estimate or measurement, pairs scored); :meth:`plan_knn` says it
         before running.
@@ -455,7 +455,7 @@ class EmbeddingStore:
 
     def plan_knn(self, k: int, nprobe: int | None = None, target_recall: float = 0.95,
                  exclude_self: bool = True) -> dict[str, Any]:
-        """What ``knn(k, method="auto")`` would run on a store of 20,000 rows or more, without
+        """What ``knn(k, method="auto")`` would run on a store of 5,000 rows or more, without
         running it: ``{"method", "nprobe", "recall_estimate", "pair_share"}`` (see :meth:`knn`;
         the estimate and share are the blocked plan's, also when NN-descent is chosen - its recall
         is measured when it runs).

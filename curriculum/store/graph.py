@@ -20,7 +20,8 @@ from .rows import Snapshot
 EXACT_GRAPH_MIN_ROWS = 50_000  # from here the exact graph runs in blocks (exact engine), below via faiss flat
 DEFAULT_NPROBE = 16  # blocked all-points kNN: clusters probed per cluster (the recall knob)
 EXACT_PAIR_SHARE = 0.4  # a blocked plan scoring this share of all pairs runs exact instead
-AUTO_PLAN_MIN_ROWS = 20_000  # knn(auto) plans from here (below, an exact graph takes well under a second)
+AUTO_PLAN_MIN_ROWS = 5_000  # knn(auto) plans from here (below, an exact graph takes a few milliseconds)
+DESCENT_MIN_ROWS = 20_000  # ... and considers NN-descent from here (below, exact or blocked: its start-up costs more)
 DESCENT_PAIRS_PER_ROW = 2500  # knn(auto) runs NN-descent where the blocked plan needs this many pairs per row
 DESCENT_PAIRS_PER_LIST_SLOT = 12  # ... and more than this x (k + 8)^2: NN-descent's cost grows with its lists squared
 
@@ -51,7 +52,7 @@ def knn_plan(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: boo
     score. From :data:`DESCENT_PAIRS_PER_ROW` on (and above ~12 (k + 8)^2, NN-descent's own pairs per
     row, which grow with its lists squared - at k = 50 on 24k rows exact is cheaper), the
     neighbourhoods do not follow k-means blocks (real text and image embeddings) and NN-descent is
-    cheaper
+    cheaper from :data:`DESCENT_MIN_ROWS` rows
     (:func:`curriculum.neighbors.descent_knn`, ~400-900 pairs per row at ~6-8x the cost of a GEMM
     pair; its recall is measured after it runs). Otherwise the blocked engine runs, or exact from
     40% of all pairs: a blocked pair costs ~1.6x a GEMM pair (its top-k), the exact engine scores
@@ -61,7 +62,8 @@ def knn_plan(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: boo
     plan = plan_recall(vec, k, metric, target, floor=floor, exclude_self=exclude_self)
     share = plan.pair_share(n)
     method = "exact" if share >= EXACT_PAIR_SHARE else "blocked"
-    if floor <= 1 and share * n >= max(DESCENT_PAIRS_PER_ROW, DESCENT_PAIRS_PER_LIST_SLOT * (k + 8) ** 2):
+    if floor <= 1 and n >= DESCENT_MIN_ROWS and share * n >= max(DESCENT_PAIRS_PER_ROW,
+                                                               DESCENT_PAIRS_PER_LIST_SLOT * (k + 8) ** 2):
         method = "descent"
     report = {"method": method, "nprobe": plan.nprobe, "recall_estimate": plan.recall_estimate, "pair_share": share}
     return report, plan
@@ -167,5 +169,5 @@ def kmeans(vec: np.ndarray, metric: str, n_clusters: int, seed: int, niter: int,
     return KMeansResult(cent, a[:, 0].astype(np.int64), d[:, 0])
 
 
-__all__ = ['EXACT_GRAPH_MIN_ROWS', 'DEFAULT_NPROBE', 'EXACT_PAIR_SHARE', 'AUTO_PLAN_MIN_ROWS', 'KMeansResult', 'knn_plan', 'graph',
+__all__ = ['EXACT_GRAPH_MIN_ROWS', 'DEFAULT_NPROBE', 'EXACT_PAIR_SHARE', 'AUTO_PLAN_MIN_ROWS', 'DESCENT_MIN_ROWS', 'KMeansResult', 'knn_plan', 'graph',
            'kmeans']

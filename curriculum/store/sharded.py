@@ -336,7 +336,7 @@ class ShardedStore:
         over the ranks (its own shard through :meth:`EmbeddingStore.knn`'s engine) - with
         ``nprobe`` the smallest whose recall, measured on 512
         sampled rows against their exact neighbours over all shards, clears ``target_recall``
-        (``"auto"`` scores every pair where one process would: under 20,000 rows or ``index="flat"``);
+        (``"auto"`` scores every pair where one process would: under 5,000 rows or ``index="flat"``);
         ``"exact"`` scores every pair (equal to the one-process exact graph); ``"index"`` searches
         each shard's faiss index. On one rank, :meth:`EmbeddingStore.knn` runs (any engine,
         ``knn_kwargs`` go to it). ``exclude_same_label=True`` gives the negatives table: the
@@ -436,7 +436,7 @@ class ShardedStore:
         return out, ids
 
     def _exact_graph(self) -> bool:
-        """``method="auto"`` scores every pair where one process would: under 20,000 rows in all
+        """``method="auto"`` scores every pair where one process would: under 5,000 rows in all
         (and within ``exact_threshold``), or with ``index="flat"``."""
         small = len(self) <= self.exact_threshold and len(self) < AUTO_PLAN_MIN_ROWS
         return self.index_spec == "flat" or small
