@@ -129,3 +129,28 @@ def test_store_descent_method_and_cache():
     assert (ids != s.ids[:, None]).all()
     d2, ids2 = s.knn(6, method="descent")
     np.testing.assert_array_equal(ids, ids2)
+
+
+def test_auto_plans_from_5000_rows_and_leaves_descent_to_20000():
+    """knn(auto) plans from 5,000 rows (the blocked graph at recall >= 0.95 where blocks hold the
+    neighbourhoods), stays exact below, and considers NN-descent only from 20,000 rows."""
+    from curriculum.data import clustered
+
+    x, _ = clustered(10_000, 16, 20, seed=3)
+    s = cl.EmbeddingStore(16, metric="l2")
+    s.add(x)
+    _, auto = s.knn(10)
+    rep = s.last_knn_report
+    _, exact = s.knn(10, method="exact")
+    assert rep["method"] == "blocked" and rep["recall_estimate"] >= 0.95
+    assert np.mean([np.isin(a, b).mean() for a, b in zip(auto, exact)]) >= 0.94
+    small = cl.EmbeddingStore(16, metric="l2")
+    small.add(x[:4_999])
+    small.knn(10)
+    assert small.last_knn_report["method"] == "exact" and "recall_estimate" not in small.last_knn_report
+    m = cl.EmbeddingStore(64, metric="l2")
+    m.add(manifold(12_000))  # NN-descent's data from 20,000 rows (see above); here exact or blocked
+    _, got = m.knn(10)
+    assert m.last_knn_report["method"] in ("exact", "blocked")
+    truth = exact_rows(manifold(12_000), 10, "l2")
+    assert np.mean([np.isin(t, r).mean() for t, r in zip(truth, got)]) >= 0.94
