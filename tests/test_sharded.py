@@ -23,6 +23,7 @@ import torch
 
 import curriculum as cl
 from curriculum import difficulty as D
+from curriculum.mining import HardNegativeMiner
 from curriculum.neighbors import kmeans as KM
 from curriculum.store import EmbeddingStore, ShardedStore
 from curriculum.store.sharded import id_priority, merge_topk
@@ -86,6 +87,14 @@ def _worker(rank, world, out, initfile, metric, save_to):
     km = s.kmeans(6, seed=3, niter=5)
     res["km_centroids"], res["km_assign"] = km.centroids, km.assignments
     res["curated"] = cl.curate(s, 150, seed=1)
+    miner = HardNegativeMiner(s, k=K)
+    anchors = pool(metric)[1][rank::world][:30]  # stored ids, most of them on other ranks
+    res["mined_ids_i"], res["mined_ids_d"] = (lambda m: (m.ids, m.distances))(miner.negatives(anchors))
+    res["mined_fresh_i"] = miner.negatives(embeddings=q, labels=qlab).ids
+    try:  # a bad argument on one rank raises on every rank (no rank is left waiting in the search)
+        miner.negatives(anchors, k=0 if rank == 1 else K)
+    except Exception as exc:  # noqa: BLE001
+        res["mined_bad"] = np.array([f"{type(exc).__name__}: {exc}"])
     if save_to:
         s.save(save_to)
     try:  # one rank's bad argument stops every rank; nothing changes
@@ -188,6 +197,20 @@ def test_exact_graph_and_negatives_table_equal_one_process(sharded):
             other = np.flatnonzero(lab != lab[row])
             dist = np.linalg.norm(vec[other] - vec[row], axis=1) if metric == "l2" else 1 - vec[other] @ vec[row]
             np.testing.assert_array_equal(table, one.ids[other[np.argsort(dist, kind="stable")[:K]]])
+
+
+def test_hard_negatives_over_shards_equal_one_process(sharded):
+    """Each rank mines for its own batch (stored anchors fetched from their owners, or fresh
+    embeddings with labels); the answers equal the one-process miner's for that batch."""
+    world, metric, res, _ = sharded
+    one = HardNegativeMiner(one_process(metric), k=K)
+    q, qlab = pool(metric)[3], np.arange(len(pool(metric)[3])) % 6
+    for r, got in enumerate(res):
+        ref = one.negatives(pool(metric)[1][r::world][:30])
+        np.testing.assert_array_equal(got["mined_ids_i"], ref.ids)
+        np.testing.assert_allclose(got["mined_ids_d"], ref.distances, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got["mined_fresh_i"], one.negatives(embeddings=q[r::world], labels=qlab[r::world]).ids)
+        assert "k: expected" in str(got["mined_bad"][0])  # rank 1's own error, or "rank 1 failed: ..."
 
 
 def test_scores_gathered_on_every_rank_equal_one_process(sharded):
@@ -317,3 +340,22 @@ def test_without_a_process_group_it_is_a_world_of_one():
     with pytest.raises(ValueError, match="k: expected at most"):
         s.knn(N)
     assert len(s) == N
+
+
+def test_miner_on_a_sharded_store_says_what_it_does_not_do_yet():
+    x, ids, lab, q = pool("l2")
+    s = ShardedStore(DIM, metric="l2", index="flat")  # no process group: a world of one
+    s.add(x, ids, lab, step=4)
+    miner = HardNegativeMiner(s, k=3)
+    got = miner.negatives(ids[:5])
+    ref = HardNegativeMiner(one_process("l2"), k=3).negatives(ids[:5])
+    np.testing.assert_array_equal(got.ids, ref.ids)
+    assert (got.steps == 4).all()
+    for call in (lambda: miner.positives(ids[:5]), lambda: miner.semi_hard(ids[:5], ids[5:10]),
+                 lambda: miner.build_table()):
+        with pytest.raises(ValueError, match="not supported on a ShardedStore yet"):
+            call()
+    with pytest.raises(ValueError, match="labels: fresh embeddings"):
+        miner.negatives(embeddings=q[:3])
+    with pytest.raises(ValueError, match="duplicate_threshold"):
+        HardNegativeMiner(s, duplicate_threshold=0.9)

@@ -15,7 +15,7 @@ import numpy as np
 from .._util import checks as C
 from .._util.background import BackgroundTask
 from .._util.progress import want
-from ..store import EmbeddingStore
+from ..store import EmbeddingStore, ShardedStore
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,10 @@ class HardNegativeMiner:
     """Hardest negatives / positives / semi-hard negatives over the whole store, through faiss.
 
     Args:
-        store: the :class:`~curriculum.EmbeddingStore` (labels needed unless ``labels=False``).
+        store: the :class:`~curriculum.EmbeddingStore` (labels needed unless ``labels=False``), or a
+            :class:`~curriculum.store.ShardedStore`: then :meth:`negatives` is collective (every
+            rank calls it with its own batch; the search runs over all shards) and the other
+            methods are not supported yet.
         k: results per anchor.
         exclude_batch: also exclude the ids of the other anchors in the same call.
         duplicate_threshold: label-free (SSL) mode only - skip store entries whose cosine
@@ -62,8 +65,10 @@ class HardNegativeMiner:
 
     def __init__(self, store: EmbeddingStore, k: int = 20, exclude_batch: bool = True,
                  duplicate_threshold: float | None = None) -> None:
-        if not isinstance(store, EmbeddingStore):
-            raise TypeError(f"store: expected an EmbeddingStore, got {type(store).__name__}")
+        if not isinstance(store, (EmbeddingStore, ShardedStore)):
+            raise TypeError(f"store: expected an EmbeddingStore or a ShardedStore, got {type(store).__name__}")
+        if isinstance(store, ShardedStore) and duplicate_threshold is not None:
+            raise ValueError("duplicate_threshold: not supported on a ShardedStore yet (expected None)")
         self.store = store
         self.k = C.positive_int(k, "k")
         self.exclude_batch = bool(exclude_batch)
@@ -106,6 +111,7 @@ class HardNegativeMiner:
         import time
 
         store = self.store
+        self._local_only("build_table")
         if not store.has_labels:
             raise ValueError("store: a negatives table needs a label on every stored row")
         kt = 2 * self.k + 8 if k is None else C.positive_int(k, "k")
@@ -248,6 +254,8 @@ class HardNegativeMiner:
         inside the faiss search, so one search answers the whole batch; after
         :meth:`build_table`, stored anchors are answered from the table instead (re-scored at the
         current vectors), at a fraction of the latency."""
+        if isinstance(self.store, ShardedStore):
+            return self._sharded_negatives(anchor_ids, embeddings, labels, exclude_ids, k)
         k = self.k if k is None else C.positive_int(k, "k")
         labelled = self.store.has_labels and (labels is not None or anchor_ids is not None)
         ids, q, lab = self._anchors(anchor_ids, embeddings, labels, need_labels=labelled)
@@ -268,6 +276,45 @@ class HardNegativeMiner:
         out_ids, dist = self._search_filtered(q, k, excl, keep)
         return self._result(out_ids, dist)
 
+    def _local_only(self, what: str) -> None:
+        if isinstance(self.store, ShardedStore):
+            raise ValueError(f"store: {what} is not supported on a ShardedStore yet (negatives is)")
+
+    def _sharded_negatives(self, anchor_ids: Any, embeddings: Any, labels: Any, exclude_ids: Any,
+                           k: int | None) -> Mined:
+        """:meth:`negatives` over a :class:`~curriculum.store.ShardedStore`: this rank's anchors
+        (fresh ``embeddings``, or stored ``anchor_ids`` whose vectors and labels are fetched from
+        their owners) searched over every shard. Collective; a bad argument on one rank raises on
+        all. A labelled store needs each anchor's label (``labels=`` or stored ``anchor_ids``)."""
+        store = self.store
+
+        def check() -> tuple:
+            kk = self.k if k is None else C.positive_int(k, "k")
+            if anchor_ids is None and embeddings is None:
+                raise ValueError("anchor_ids: expected anchor ids or embeddings=, got neither")
+            ids = None if anchor_ids is None else C.as_ids(anchor_ids, "anchor_ids", unique=False)
+            q = None if embeddings is None else C.as_vectors(embeddings, "embeddings", store.dim)
+            n = len(q) if q is not None else len(ids)
+            if ids is not None and len(ids) != n:
+                raise ValueError(f"anchor_ids: expected {n} ids (one per embedding), got {len(ids)}")
+            lab = None if labels is None else C.as_labels(labels, "labels", n)
+            if store.has_labels and lab is None and ids is None:
+                raise ValueError("labels: fresh embeddings without anchor_ids need labels= (the store has labels)")
+            return kk, ids, q, lab, self._exclusions(ids, n, exclude_ids)
+
+        k, ids, q, lab, excl = store.checked(check)
+        none = np.zeros(0, np.int64)
+        fetched = store.vectors_of(ids if q is None else none)  # every rank joins each lookup
+        q = fetched if q is None else q
+        asked = store.labels_of(ids if store.has_labels and lab is None else none)
+        lab = asked if store.has_labels and lab is None else lab
+        d, i = store.search(q, k, exclude_ids=excl if excl.size else None,
+                            exclude_labels=lab if store.has_labels else None)
+        steps = np.full(i.shape, -1, np.int64)
+        ok = i >= 0
+        steps[ok] = store.steps_of(i[ok])
+        return Mined(i, d, steps)
+
     def _cosine(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
         v = self.store.vectors(np.maximum(ids, 0).ravel()).reshape(*ids.shape, -1)
         qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
@@ -277,6 +324,7 @@ class HardNegativeMiner:
     def positives(self, anchor_ids: Any = None, embeddings: Any = None, labels: Any = None,
                   k: int | None = None) -> Mined:
         """The ``k`` *farthest* stored ids with the anchor's label (exact, per class in blocks)."""
+        self._local_only("positives")
         k = self.k if k is None else C.positive_int(k, "k")
         ids, q, lab = self._anchors(anchor_ids, embeddings, labels, need_labels=True)
         from ..neighbors import brute_knn
@@ -306,6 +354,7 @@ class HardNegativeMiner:
     def semi_hard(self, anchor_ids: Any, positive_ids: Any, margin: float = 0.2, k: int | None = None,
                   labels: Any = None) -> Mined:
         """Per (anchor, positive): the ``k`` nearest negatives with ``d(a,p) < d(a,n) < d(a,p) + margin``."""
+        self._local_only("semi_hard")
         k = self.k if k is None else C.positive_int(k, "k")
         margin = C.finite_float(margin, "margin", 0.0, low_open=True)
         ids, q, lab = self._anchors(anchor_ids, None, labels, need_labels=True)

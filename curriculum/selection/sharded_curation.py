@@ -45,7 +45,7 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
         (100, 50)
     """
     comm, n = store.comm, len(store)
-    target = store._checked(lambda: _target(target_size, n))
+    target = store.checked(lambda: _target(target_size, n))
     x, k = _space(store, seed), leaf_count(n)
     cent = store.fit_on_root(k * SAMPLE_PER_LEAF, seed, x,
                              lambda sample: fit_leaves(sample, k, resample_iters, seed, sample=sample))

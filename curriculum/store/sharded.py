@@ -194,8 +194,16 @@ class ShardedStore:
         order = np.argsort(dest, kind="stable")
         return order, np.cumsum(np.bincount(dest, minlength=self.world))[:-1]
 
-    def _checked(self, fn: Any) -> Any:
-        """Run a local check on every rank and agree: all raise if any rank's check failed."""
+    def checked(self, fn: Any) -> Any:
+        """Run ``fn`` (a local check: argument validation) on every rank and agree: every rank
+        raises if any rank's check failed, so no rank goes on into a collective the others left.
+        Returns ``fn()``. Collective.
+
+        Example:
+            >>> store = ShardedStore(2, metric="l2")          # no process group: a world of one
+            >>> store.checked(lambda: 3)
+            3
+        """
         out, err = None, None
         try:
             out = fn()
@@ -215,16 +223,16 @@ class ShardedStore:
             lab = C.as_labels(labels, "labels", n) if labels is not None else np.full(n, MISSING, np.int64)
             st = None if step is None else C.positive_int(step, "step", 0)
             return v, lab, st, None if ids is None else C.as_ids(ids, "ids", n=n)
-        v, lab, st, given = self._checked(check)
+        v, lab, st, given = self.checked(check)
         auto, labelled = (int(c) for c in self.comm.all_reduce(np.array([given is None, labels is not None], np.int64)))
-        self._checked(lambda: (_same_on_all(auto, self.world, "ids", "given on some ranks and not on others"),
+        self.checked(lambda: (_same_on_all(auto, self.world, "ids", "given on some ranks and not on others"),
                                _same_on_all(labelled, self.world, "labels", "given on some ranks and not on others")))
         if given is None:
             counts = np.concatenate(self.comm.all_gather(np.array([len(v)], np.int64)))
             start = self._next_id + int(counts[:self.rank].sum())
             given = np.arange(start, start + len(v), dtype=np.int64)
         got_ids, got_v, got_lab = self._route(given, v, lab)
-        self._checked(lambda: self._check_new(got_ids))
+        self.checked(lambda: self._check_new(got_ids))
         self.local.add(got_v, got_ids, got_lab if labelled else None, st)
         self._sync()
         return given
@@ -253,20 +261,20 @@ class ShardedStore:
             self.local._prep(v)
             lab = C.as_labels(labels, "labels", len(i)) if labels is not None else np.full(len(i), MISSING)
             return i, v, lab, None if step is None else C.positive_int(step, "step", 0)
-        i, v, lab, st = self._checked(check)
+        i, v, lab, st = self.checked(check)
         with_labels = int(self.comm.all_reduce(np.array([labels is not None], np.int64))[0])
-        self._checked(lambda: _same_on_all(with_labels, self.world, "labels", "given on some ranks and not on others"))
+        self.checked(lambda: _same_on_all(with_labels, self.world, "labels", "given on some ranks and not on others"))
         got_ids, got_v, got_lab = self._route(i, v, lab)
-        self._checked(lambda: self._check_present(got_ids))
+        self.checked(lambda: self._check_present(got_ids))
         if len(got_ids):
             self.local.update(got_ids, got_v, st, got_lab if with_labels else None)
         self._sync()
 
     def remove(self, ids: Any) -> None:
         """Remove rows by id (any rank may name any id). Collective."""
-        i = self._checked(lambda: C.as_ids(ids, "ids"))
+        i = self.checked(lambda: C.as_ids(ids, "ids"))
         (got,) = self._route(i)
-        self._checked(lambda: self._check_present(got))
+        self.checked(lambda: self._check_present(got))
         if len(got):
             self.local.remove(got)
         self._sync()
@@ -283,12 +291,12 @@ class ShardedStore:
             self.local._prep(q, "queries")
             labs = None if exclude_labels is None else C.as_labels(exclude_labels, "exclude_labels", len(q))
             return kk, q, _per_query(exclude_ids, len(q)), labs
-        k, q, excl, labs = self._checked(check)
+        k, q, excl, labs = self.checked(check)
         parts = self.comm.all_gather(q)
         all_q = np.concatenate(parts)
         all_excl = _pad_cat(self.comm.all_gather(excl))
         flags = self.comm.all_reduce(np.array([labs is not None], np.int64))
-        self._checked(lambda: _same_on_all(int(flags[0]), self.world, "exclude_labels", "given on some ranks only"))
+        self.checked(lambda: _same_on_all(int(flags[0]), self.world, "exclude_labels", "given on some ranks only"))
         all_labs = np.concatenate(self.comm.all_gather(labs)) if labs is not None else None
         d, i = self.local.search(all_q, k, exclude_ids=all_excl if all_excl.shape[1] else None,
                                  exclude_labels=all_labs)
@@ -298,16 +306,34 @@ class ShardedStore:
         return merge_topk(np.concatenate(back_d, 1), np.concatenate(back_i, 1), k)
 
     def labels_of(self, ids: Any) -> np.ndarray:
-        """Labels of any stored ids (looked up on their owners). Collective."""
+        """Labels of any stored ids (looked up on their owners; ``-1``: no label). Collective."""
+        return self._lookup(ids, lambda rows: self.local.labels[rows])
+
+    def vectors_of(self, ids: Any) -> np.ndarray:
+        """Vectors of any stored ids, ``(*ids.shape, dim)`` (looked up on their owners). Collective.
+
+        Example:
+            >>> store = ShardedStore(2, metric="l2"); _ = store.add(np.array([[1., 2], [3, 4]]), ids=[7, 9])
+            >>> store.vectors_of([9]).tolist()
+            [[3.0, 4.0]]
+        """
+        return self._lookup(ids, lambda rows: self.local.vectors(self.local.ids[rows]), (self.dim,), np.float32)
+
+    def steps_of(self, ids: Any) -> np.ndarray:
+        """The training step each stored id's vector was computed at (``-1`` unknown). Collective."""
+        return self._lookup(ids, lambda rows: self.local.steps[rows])
+
+    def _lookup(self, ids: Any, column: Any, tail: tuple = (), dtype: Any = np.int64) -> np.ndarray:
+        """``column(rows)`` of any stored ids, asked of their owners by one exchange each way."""
         shape = np.shape(C.to_numpy(ids, "ids"))
-        flat = self._checked(lambda: C.as_ids(np.ravel(C.to_numpy(ids, "ids")), "ids", unique=False))
+        flat = self.checked(lambda: C.as_ids(np.ravel(C.to_numpy(ids, "ids")), "ids", unique=False))
         order, cuts = self._by_owner(flat)
         asked = self.comm.exchange(np.split(flat[order], cuts))
-        rows = self._checked(lambda: [self.local.rows_of(a) for a in asked])
-        answers = self.comm.exchange([self.local.labels[r] for r in rows])
-        out = np.empty(len(flat), np.int64)
+        rows = self.checked(lambda: [self.local.rows_of(a) for a in asked])
+        answers = self.comm.exchange([np.asarray(column(r), dtype).reshape(len(r), *tail) for r in rows])
+        out = np.empty((len(flat), *tail), dtype)
         out[order] = np.concatenate(answers)
-        return out.reshape(shape)
+        return out.reshape(*shape, *tail)
 
     def gather(self, scores: Any) -> Any:
         """A :class:`~curriculum.Difficulty` of this shard's rows -> the global one on every rank
@@ -344,7 +370,7 @@ class ShardedStore:
         that search exactly). ``last_knn_report`` says what ran. Bytes sent per rank: ``world x``
         its rows ``x (4 dim + 12 k + 24)``. Collective.
         """
-        k = self._checked(lambda: _knn_args(k, method, exclude_same_label, self))
+        k = self.checked(lambda: _knn_args(k, method, exclude_same_label, self))
         key = (self._version, bool(exclude_self), method, bool(exclude_same_label), target_recall,
                tuple(sorted(knn_kwargs.items())))
         if self._knn_cache is not None and self._knn_cache[0] == key and self._knn_cache[1] >= k:
@@ -476,7 +502,7 @@ class ShardedStore:
         """
         from ..neighbors import kmeans as KM
 
-        k = self._checked(lambda: _kmeans_args(n_clusters, niter, nredo, len(self)))
+        k = self.checked(lambda: _kmeans_args(n_clusters, niter, nredo, len(self)))
         sph = self.metric == "cosine" if spherical is None else bool(spherical)
         x = self.local.vectors()
         x = normalize(x) if sph and self.metric != "cosine" else x
@@ -516,7 +542,7 @@ class ShardedStore:
         broadcast (float32) to every rank: the sample travels to one rank, the fit runs once.
         Collective."""
         sample = self.sample(m, seed, rows=rows, root=0)
-        out = self._checked(lambda: None if sample is None else fit(sample))
+        out = self.checked(lambda: None if sample is None else fit(sample))
         return self.comm.broadcast(out, np.float32)
 
     # ------------------------------------------------------------------ persistence (collective)
@@ -538,9 +564,9 @@ class ShardedStore:
         def write_shard() -> None:
             os.makedirs(path, exist_ok=True)
             self.local.save(os.path.join(path, name))
-        self._checked(write_shard)
+        self.checked(write_shard)
         names = [f"shard-g{gen:06d}-r{r:05d}-of{self.world:05d}.store" for r in range(self.world)]
-        self._checked(lambda: self._write_manifest(path, gen, names) if self.rank == 0 else None)
+        self.checked(lambda: self._write_manifest(path, gen, names) if self.rank == 0 else None)
         if self.rank == 0:
             for f in glob.glob(os.path.join(path, "shard-g*.store")):
                 if os.path.basename(f) not in names:
