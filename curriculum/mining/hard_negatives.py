@@ -63,7 +63,7 @@ class HardNegativeMiner:
         [[2, 3]]
     """
 
-    def __init__(self, store: EmbeddingStore, k: int = 20, exclude_batch: bool = True,
+    def __init__(self, store: EmbeddingStore | ShardedStore, k: int = 20, exclude_batch: bool = True,
                  duplicate_threshold: float | None = None) -> None:
         if not isinstance(store, (EmbeddingStore, ShardedStore)):
             raise TypeError(f"store: expected an EmbeddingStore or a ShardedStore, got {type(store).__name__}")
