@@ -32,7 +32,7 @@ import _gloo
 
 N, DIM, K = 1500, 12, 8
 BIG = 44_000
-SCORES = ("knn_distance", "label_disagreement", "label_entropy")
+SCORES = ("knn_distance", "label_disagreement", "label_entropy", "class_margin")
 
 
 def pool(metric: str = "l2"):
@@ -221,8 +221,11 @@ def test_scores_gathered_on_every_rank_equal_one_process(sharded):
         ref_by_id = dict(zip(ref.ids.tolist(), ref.scores.tolist()))
         for got in res:  # every rank holds all N scores
             assert sorted(got[f"{name}_ids"].tolist()) == sorted(ref.ids.tolist())
+            # class_margin's widened searches and the one-process per-class brute force round the
+            # float32 distances differently (1e-5 at distances ~5)
+            tol = dict(rtol=1e-4, atol=1e-4) if name == "class_margin" else dict(rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(got[f"{name}_scores"], [ref_by_id[i] for i in got[f"{name}_ids"].tolist()],
-                                       rtol=1e-5, atol=1e-6)
+                                       **tol)
 
 
 def test_kmeans_is_one_process_lloyd_from_the_same_seeding(sharded):

@@ -2,12 +2,15 @@
 
 Every score goes through the store's kNN graph (exact for small stores, the faiss index beyond)
 computed in chunks, so a million samples fit in memory. ``knn_distance``, ``prototype_distance``,
-``label_disagreement`` and ``label_entropy`` also take a :class:`~curriculum.store.ShardedStore`
-(every rank calls them; each gets its own shard's rows, :meth:`ShardedStore.gather` makes them global). Distances follow the store's metric
+``label_disagreement``, ``label_entropy`` and ``class_margin`` also take a
+:class:`~curriculum.store.ShardedStore` (every rank calls them; each gets its own shard's rows,
+:meth:`ShardedStore.gather` makes them global). Distances follow the store's metric
 (*smaller = nearer*, see :mod:`curriculum.knn`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -151,7 +154,10 @@ def class_margin(store: EmbeddingStore, k: int = 10, progress: bool | None = Non
     restricted to that class (or its complement): exact for stores searched exactly (up to
     ``exact_threshold`` rows), through the blocked kNN engine beyond (one label-aware pass finds
     every row's nearest other-class row at once). ``k`` trades speed only. A
-    sample alone in its class takes the largest same-class distance seen.
+    sample alone in its class takes the largest same-class distance seen. On a
+    :class:`~curriculum.store.ShardedStore` (collective; this shard's rows) the other-class rows
+    come from the sharded label-filtered graph and the missing same-class ones from searches over
+    every shard with k widening 4x (equal to one process on exactly searched shards).
 
     Example:
         >>> import numpy as np
@@ -160,15 +166,12 @@ def class_margin(store: EmbeddingStore, k: int = 10, progress: bool | None = Non
         >>> class_margin(store, k=2).order()[-1].item()   # id 3 sits in class 1's cluster
         3
     """
-    _check_store(store, k, labels=True)
+    _check_store(store, k, labels=True, sharded=True)
     d, nl, lab = _neighbour_labels(store, k, progress)
     progress = want(progress, len(store))
-    same = nl == lab[:, None]
-    first_same = np.argmax(same, axis=1)
-    first_other = np.argmax(~same, axis=1)
-    rows = np.arange(len(lab))
-    d_same = np.where(same.any(axis=1), d[rows, first_same], np.nan).astype(np.float64)
-    d_other = np.where((~same).any(axis=1), d[rows, first_other], np.nan).astype(np.float64)
+    d_same, d_other = _first_same_and_other(d, nl, lab)
+    if isinstance(store, ShardedStore):
+        return _class_margin_sharded(store, k, d_same, d_other, lab)
     vec = store.vectors()
     exact = len(store) <= store.exact_threshold or store.index_spec == "flat"
 
@@ -197,11 +200,55 @@ def class_margin(store: EmbeddingStore, k: int = 10, progress: bool | None = Non
         if need.size and out_c.size:
             dd, _ = nearest(need, out_c, 1)
             d_other[need] = dd[:, 0]
+    return _margin(store, k, d_same, d_other, lambda a, op: a)
+
+
+def _first_same_and_other(d: np.ndarray, nl: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance to the first same-label and the first other-label row of each kNN list (NaN: none)."""
+    same = nl == lab[:, None]
+    rows = np.arange(len(lab))
+    d_same = np.where(same.any(axis=1), d[rows, np.argmax(same, axis=1)], np.nan).astype(np.float64)
+    d_other = np.where((~same).any(axis=1), d[rows, np.argmax(~same, axis=1)], np.nan).astype(np.float64)
+    return d_same, d_other
+
+
+def _margin(store: Any, k: int, d_same: np.ndarray, d_other: np.ndarray, reduce: Any) -> Difficulty:
+    """The score once the nearest distances are known. A sample alone in its class takes the
+    largest same-class distance seen; with a single class there is no other-class neighbour.
+    ``reduce(array, "max")`` makes a maximum global (an all-reduce on a sharded store)."""
+    def global_max(v: np.ndarray) -> float:
+        return float(reduce(np.array([np.nanmax(v) if np.isfinite(v).any() else -np.inf]), "max")[0])
+
     lonely = np.isnan(d_same) | np.isinf(d_same)
-    if lonely.any():
-        d_same[lonely] = np.nanmax(np.where(lonely, np.nan, d_same)) if (~lonely).any() else 0.0
-    d_other[np.isnan(d_other)] = np.nanmax(d_same)  # a single class: no other-class neighbour
+    top = global_max(np.where(lonely, np.nan, d_same))
+    d_same[lonely] = top if np.isfinite(top) else 0.0
+    d_other[np.isnan(d_other)] = global_max(d_same)
     return Difficulty(d_same - d_other, store.ids, f"class_margin(k={k})")
+
+
+def _class_margin_sharded(store: ShardedStore, k: int, d_same: np.ndarray, d_other: np.ndarray,
+                          lab: np.ndarray) -> Difficulty:
+    """:func:`class_margin` over the shards (this shard's rows; collective). The nearest
+    other-class row of every row comes from one label-filtered pass of the sharded graph when
+    any row anywhere lacks one; a row whose nearest same-class row is not in its k nearest is
+    searched for over every shard with k widening 4x until it turns up."""
+    comm, n = store.comm, len(store)
+    if int(comm.all_reduce(np.array([np.isnan(d_other).sum()]))[0]):
+        dd, ii = store.knn(1, exclude_same_label=True)
+        fill = np.isnan(d_other) & (ii[:, 0] >= 0)
+        d_other[fill] = dd[fill, 0]
+    need, fetch = np.flatnonzero(np.isnan(d_same)), 4 * k
+    while int(comm.all_reduce(np.array([need.size]))[0]):
+        ids = store.ids[need]
+        dd, ii = store.search(store.vectors(ids), min(fetch, n), exclude_ids=ids[:, None])
+        got = np.full(ii.shape, -2, np.int64)
+        got[ii >= 0] = store.labels_of(ii[ii >= 0])
+        hit = got == lab[need][:, None]
+        found = hit.any(axis=1)
+        d_same[need[found]] = dd[found, np.argmax(hit[found], axis=1)]
+        done = fetch >= n  # every row was searched: what is left is alone in its class
+        need, fetch = (need[:0] if done else need[~found]), fetch * 4
+    return _margin(store, k, d_same, d_other, comm.all_reduce)
 
 
 def near_duplicates(store: EmbeddingStore, threshold: float = 0.95, n_clusters: int | None = None,
