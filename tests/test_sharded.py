@@ -87,6 +87,10 @@ def _worker(rank, world, out, initfile, metric, save_to):
     km = s.kmeans(6, seed=3, niter=5)
     res["km_centroids"], res["km_assign"] = km.centroids, km.assignments
     res["curated"] = cl.curate(s, 150, seed=1)
+    for name, nc in (("dups_exact", 1), ("dups_clustered", 6)):
+        groups = D.near_duplicates(s, 0.98, n_clusters=nc)
+        res[f"{name}_ids"] = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+        res[f"{name}_sizes"] = np.array([len(g) for g in groups], np.int64)
     miner = HardNegativeMiner(s, k=K)
     anchors = pool(metric)[1][rank::world][:30]  # stored ids, most of them on other ranks
     res["mined_ids_i"], res["mined_ids_d"] = (lambda m: (m.ids, m.distances))(miner.negatives(anchors))
@@ -211,6 +215,21 @@ def test_hard_negatives_over_shards_equal_one_process(sharded):
         np.testing.assert_allclose(got["mined_ids_d"], ref.distances, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(got["mined_fresh_i"], one.negatives(embeddings=q[r::world], labels=qlab[r::world]).ids)
         assert "k: expected" in str(got["mined_bad"][0])  # rank 1's own error, or "rank 1 failed: ..."
+
+
+def test_near_duplicates_over_shards(sharded):
+    """Every rank gets all the groups; compared with all pairs (one cluster) they are exactly the
+    one-process groups, and clustered first they stay within those groups."""
+    world, metric, res, _ = sharded
+    exact = D.near_duplicates(one_process(metric), 0.98, n_clusters=1)
+    assert len(exact) > 5
+    for got in res:
+        groups = np.split(got["dups_exact_ids"], np.cumsum(got["dups_exact_sizes"])[:-1])
+        assert len(groups) == len(exact) and all(np.array_equal(a, b) for a, b in zip(groups, exact))
+        np.testing.assert_array_equal(got["dups_clustered_ids"], res[0]["dups_clustered_ids"])  # same everywhere
+        whole = {int(i): n for n, g in enumerate(exact) for i in g}
+        clustered = np.split(got["dups_clustered_ids"], np.cumsum(got["dups_clustered_sizes"])[:-1])
+        assert all(len({whole[int(i)] for i in g}) == 1 for g in clustered)  # a subset of one exact group
 
 
 def test_scores_gathered_on_every_rank_equal_one_process(sharded):

@@ -2,7 +2,7 @@
 
 Every score goes through the store's kNN graph (exact for small stores, the faiss index beyond)
 computed in chunks, so a million samples fit in memory. ``knn_distance``, ``prototype_distance``,
-``label_disagreement``, ``label_entropy`` and ``class_margin`` also take a
+``label_disagreement``, ``label_entropy``, ``class_margin`` and ``near_duplicates`` also take a
 :class:`~curriculum.store.ShardedStore` (every rank calls them; each gets its own shard's rows,
 :meth:`ShardedStore.gather` makes them global). Distances follow the store's metric
 (*smaller = nearer*, see :mod:`curriculum.knn`).
@@ -258,7 +258,8 @@ def near_duplicates(store: EmbeddingStore, threshold: float = 0.95, n_clusters: 
     Vectors are clustered by spherical k-means (``n_clusters`` defaults to ``N // 1000``, at
     least 1) and pairs are compared only within a cluster, in blocks. With ``n_clusters=1`` the
     answer is exact. Groups are the connected components of the duplicate graph, each sorted,
-    listed by their smallest id.
+    listed by their smallest id. On a :class:`~curriculum.store.ShardedStore` (collective; every
+    rank gets all the groups) each cluster is compared on one rank, its rows sent there once.
 
     Example:
         >>> import numpy as np
@@ -266,42 +267,65 @@ def near_duplicates(store: EmbeddingStore, threshold: float = 0.95, n_clusters: 
         >>> [g.tolist() for g in near_duplicates(store, threshold=0.99)]
         [[0, 1]]
     """
-    _check_store(store)
+    _check_store(store, sharded=True)
     threshold = C.finite_float(threshold, "threshold", -1.0, 1.0)
     n = len(store)
     nc = max(1, n // 1000) if n_clusters is None else C.positive_int(n_clusters, "n_clusters")
-    ids = store.ids
     vec = store.vectors()
     if store.metric != "cosine":
         vec = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
-    assign = np.zeros(n, np.int64) if nc == 1 else store.kmeans(nc, seed=seed, spherical=True).assignments
-    src, dst = [], []
+    assign = np.zeros(len(vec), np.int64) if nc == 1 else store.kmeans(nc, seed=seed, spherical=True).assignments
+    if isinstance(store, ShardedStore):
+        return _near_duplicates_sharded(store, vec, assign, threshold, block, progress)
+    src, dst = _duplicate_pairs(vec, assign, threshold, block, want(progress, n))
+    return _groups(store.ids[src], store.ids[dst])
+
+
+def _duplicate_pairs(vec: np.ndarray, assign: np.ndarray, threshold: float, block: int,
+                     progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs ``(i, j)``, ``i < j``, of one cluster whose cosine similarity (unit rows) exceeds
+    ``threshold``: every cluster's rows against each other, in blocks of ``block`` rows."""
+    src, dst = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     order = np.argsort(assign, kind="stable")
-    bounds = np.searchsorted(assign[order], np.arange(nc + 1))
-    with progress_bar(total=n, desc="near-duplicates", disable=not want(progress, n)) as bar:
-        for c in range(nc):
-            members = order[bounds[c]:bounds[c + 1]]
+    starts = np.flatnonzero(np.r_[True, np.diff(assign[order]) != 0]) if len(order) else np.zeros(0, np.int64)
+    with progress_bar(total=len(vec), desc="near-duplicates", disable=not progress) as bar:
+        for members in np.split(order, starts[1:]):
             x = vec[members]
             for s in range(0, len(members), block):
-                sim = x[s:s + block] @ x.T
-                i, j = np.nonzero(sim > threshold)
+                i, j = np.nonzero(x[s:s + block] @ x.T > threshold)
                 i = i + s
                 keep = j > i
                 src.append(members[i[keep]])
                 dst.append(members[j[keep]])
             bar.update(len(members))
-    src_a = np.concatenate(src) if src else np.zeros(0, np.int64)
-    dst_a = np.concatenate(dst) if dst else np.zeros(0, np.int64)
-    if src_a.size == 0:
+    return np.concatenate(src), np.concatenate(dst)
+
+
+def _groups(src: np.ndarray, dst: np.ndarray) -> list[np.ndarray]:
+    """Connected components of the duplicate edges (ids), each sorted, listed by their smallest id."""
+    if src.size == 0:
         return []
-    g = coo_matrix((np.ones(src_a.size), (src_a, dst_a)), shape=(n, n))
+    nodes, inv = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    g = coo_matrix((np.ones(src.size), (inv[:src.size], inv[src.size:])), shape=(len(nodes), len(nodes)))
     _, comp = connected_components(g, directed=False)
-    sizes = np.bincount(comp)
-    sel = np.flatnonzero(sizes[comp] > 1)
-    o = sel[np.argsort(comp[sel], kind="stable")]
-    splits = np.flatnonzero(np.diff(comp[o])) + 1
-    groups = [np.sort(ids[g_]) for g_ in np.split(o, splits)]
+    o = np.argsort(comp, kind="stable")
+    groups = [np.sort(nodes[part]) for part in np.split(o, np.flatnonzero(np.diff(comp[o])) + 1)]
     return sorted(groups, key=lambda g_: int(g_[0]))
+
+
+def _near_duplicates_sharded(store: ShardedStore, vec: np.ndarray, assign: np.ndarray, threshold: float,
+                             block: int, progress: bool | None) -> list[np.ndarray]:
+    """:func:`near_duplicates` over the shards (collective; every rank gets all the groups): each
+    cluster's rows travel to one rank (cluster ``c`` to rank ``c % world``: every row moves once,
+    ``N x dim`` floats in all), its pairs are compared there, and the duplicate edges (two ids
+    each, few) are gathered by every rank for the components."""
+    comm = store.comm
+    order = np.argsort(assign % comm.world, kind="stable")
+    cuts = np.cumsum(np.bincount(assign % comm.world, minlength=comm.world))[:-1]
+    got = [np.concatenate(comm.exchange(np.split(a[order], cuts))) for a in (vec, store.ids, assign)]
+    src, dst = _duplicate_pairs(got[0], got[2], threshold, block, want(progress, len(got[0])))
+    ids = got[1]
+    return _groups(np.concatenate(comm.all_gather(ids[src])), np.concatenate(comm.all_gather(ids[dst])))
 
 
 __all__ = ['knn_distance', 'prototype_distance', 'label_disagreement', 'label_entropy', 'label_k', 'class_margin',
