@@ -87,6 +87,8 @@ def _worker(rank, world, out, initfile, metric, save_to):
     km = s.kmeans(6, seed=3, niter=5)
     res["km_centroids"], res["km_assign"] = km.centroids, km.assignments
     res["curated"] = cl.curate(s, 150, seed=1)
+    part = pool(metric)[1][::2][rank::world]  # each rank passes its part of the pool's ids
+    res["curated_pool"] = cl.curate(s, 120, seed=1, ids=part, dedup_threshold=0.98)
     for name, nc in (("dups_exact", 1), ("dups_clustered", 6)):
         groups = D.near_duplicates(s, 0.98, n_clusters=nc)
         res[f"{name}_ids"] = np.concatenate(groups) if groups else np.zeros(0, np.int64)
@@ -271,6 +273,12 @@ def test_curation_selects_the_ids_one_process_selects(sharded):
     np.testing.assert_array_equal(got, ref)
     for r, part in enumerate(res):
         assert (part["curated"] % world == r).all()
+
+
+def test_curation_of_a_deduplicated_part_of_the_pool_selects_what_one_process_selects(sharded):
+    world, metric, res, _ = sharded
+    ref = cl.curate(one_process(metric), 120, seed=1, ids=pool(metric)[1][::2], dedup_threshold=0.98)
+    np.testing.assert_array_equal(np.sort(_by_rank(res, "curated_pool")), ref)
 
 
 def test_writes_route_by_id(sharded):

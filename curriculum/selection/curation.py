@@ -428,8 +428,8 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     and the rows inside a leaf picked the same way, so a :class:`~curriculum.store.ShardedStore`
     (every rank calls ``curate``; each gets its own shard's selected ids) selects exactly the ids
     one process selects from the same rows (up to 128 dimensions; above, the PCA projection is
-    fitted on that sample instead of the whole pool). On a sharded store ``levels``,
-    ``dedup_threshold``, ``ids`` and ``reference`` are not supported yet.
+    fitted on that sample instead of the whole pool). On a sharded store ``ids`` is the union of
+    what every rank passes, and ``levels`` and ``reference`` are not supported yet.
 
     Example:
         >>> ids = curate(store, target_size=len(store) // 10)      # doctest: +SKIP
@@ -437,8 +437,8 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     if isinstance(store, ShardedStore):
         from .sharded_curation import curate_sharded
 
-        _only_defaults(levels=levels, dedup_threshold=dedup_threshold, ids=ids, reference=reference)
-        return curate_sharded(store, target_size, seed, resample_iters, drop_stray, progress)
+        _only_defaults(levels=levels, reference=reference)
+        return curate_sharded(store, target_size, seed, resample_iters, drop_stray, progress, ids, dedup_threshold)
     ids, vec = _pool(store, ids, dedup_threshold, seed)
     target = C.positive_int(target_size, "target_size")
     if target > len(ids):

@@ -23,16 +23,20 @@ from ..neighbors import kmeans as KM
 from ..neighbors import normalize, pca_basis, project
 from ..store import ShardedStore
 from ..store.sharded import id_priority
-from .curation import (MIN_MODE_ROWS, PICK_SEED, REDUCE_TO, SAMPLE_PER_LEAF, Hierarchy, fit_leaves, leaf_count,
-                       leaf_quotas, upper_levels)
+from .curation import (MIN_MODE_ROWS, PICK_SEED, REDUCE_TO, SAMPLE_PER_LEAF, Hierarchy, deduplicate, fit_leaves,
+                       leaf_count, leaf_quotas, upper_levels)
 
 TOP = np.iinfo(np.int64).max
 
 
 def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resample_iters: int = 3,
-                   drop_stray: bool = True, progress: bool | None = None) -> np.ndarray:
+                   drop_stray: bool = True, progress: bool | None = None, ids: np.ndarray | None = None,
+                   dedup_threshold: float | None = None) -> np.ndarray:
     """This shard's ids of a ``target_size`` subset balanced over the hierarchy of all shards
-    (see :func:`curriculum.curate`; every rank calls it). Collective.
+    (see :func:`curriculum.curate`; every rank calls it). ``ids``: the pool is the union of the
+    ids every rank passes (a rank may pass its part, or all of them); ``dedup_threshold``:
+    near-duplicates removed first (:func:`~curriculum.selection.curation.deduplicate` over the
+    shards). Collective.
 
     Example:
         >>> import numpy as np
@@ -44,11 +48,14 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
         >>> len(picked), int((picked >= 900).sum())      # the small mode gets half
         (100, 50)
     """
-    comm, n = store.comm, len(store)
-    target = store.checked(lambda: _target(target_size, n))
-    x, k = _space(store, seed), leaf_count(n)
-    cent = store.fit_on_root(k * SAMPLE_PER_LEAF, seed, x,
-                             lambda sample: fit_leaves(sample, k, resample_iters, seed, sample=sample))
+    comm = store.comm
+    mask = _pool_mask(store, ids, dedup_threshold, seed)
+    n = int(comm.all_reduce(np.array([mask.sum()]))[0])
+    target = store.checked(lambda: _target(target_size, n, dedup_threshold is not None))
+    full, k = _space(store, seed, mask), leaf_count(n)
+    cent = store.fit_on_root(k * SAMPLE_PER_LEAF, seed, full,
+                             lambda sample: fit_leaves(sample, k, resample_iters, seed, sample=sample), mask=mask)
+    x, pool_ids = full[mask], store.ids[mask]
     leaf = KM.assign(x, cent)[0] if len(x) else np.zeros(0, np.int64)
     sizes = comm.all_reduce(np.bincount(leaf, minlength=k))
     maps, cents = upper_levels(cent, sizes)
@@ -58,19 +65,38 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
         raise ValueError(f"target_size: expected at most {int(kept.sum())} (the rows left after dropping "
                          f"{n - int(kept.sum())} stray rows), got {target}")
     quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target)
-    pri = id_priority(store.ids, seed + PICK_SEED)
-    return np.sort(store.ids[_pick(comm, leaf, keep, pri, quota, kept)])
+    pri = id_priority(pool_ids, seed + PICK_SEED)
+    return np.sort(pool_ids[_pick(comm, leaf, keep, pri, quota, kept)])
 
 
-def _target(target_size: object, n: int) -> int:
+def _pool_mask(store: ShardedStore, ids: np.ndarray | None, dedup_threshold: float | None, seed: int) -> np.ndarray:
+    """Which of this shard's rows are in the pool: all, those in the union of every rank's
+    ``ids`` (all must be stored), less the near-duplicates. Collective."""
+    mask = np.ones(len(store.ids), bool)
+    if ids is not None:
+        mine = store.checked(lambda: C.as_ids(ids, "ids", unique=False))
+        union = np.unique(np.concatenate(store.comm.all_gather(mine)))
+        mask = np.isin(store.ids, union)
+        found = int(store.comm.all_reduce(np.array([mask.sum()]))[0])
+        if found != len(union):
+            raise ValueError(f"ids: expected stored ids, got {len(union) - found} that are not in the store")
+    if dedup_threshold is not None:
+        thr = store.checked(lambda: C.finite_float(dedup_threshold, "dedup_threshold", -1.0, 1.0))
+        mask &= np.isin(store.ids, deduplicate(store, thr, seed=seed))
+    return mask
+
+
+def _target(target_size: object, n: int, deduped: bool = False) -> int:
     t = C.positive_int(target_size, "target_size")
     if t > n:
-        raise ValueError(f"target_size: expected at most {n} (the pool), got {t}")
+        raise ValueError(f"target_size: expected at most {n} (the pool{' after de-duplication' if deduped else ''}), "
+                         f"got {t}")
     return t
 
 
-def _space(store: ShardedStore, seed: int) -> np.ndarray:
-    """This shard's rows as k-means sees them (see :func:`curation.clustering_space`)."""
+def _space(store: ShardedStore, seed: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """This shard's rows as k-means sees them (see :func:`curation.clustering_space`); above
+    :data:`REDUCE_TO` dims the PCA basis is fitted on a sample of the ``mask`` rows."""
     x = store.vectors()
     if store.metric == "cosine":
         x = normalize(x)
@@ -80,7 +106,7 @@ def _space(store: ShardedStore, seed: int) -> np.ndarray:
         def fit(sample: np.ndarray) -> np.ndarray:
             mean, basis = pca_basis(sample, 0.97, max_dim=REDUCE_TO)
             return np.column_stack([basis, mean])  # one array to broadcast: the axes, then the mean
-        both = store.fit_on_root(PCA_SAMPLE, seed, x, fit)
+        both = store.fit_on_root(PCA_SAMPLE, seed, x, fit, mask=mask)
         x = project(x, np.ascontiguousarray(both[:, -1]), np.ascontiguousarray(both[:, :-1]))
     return np.ascontiguousarray(x, np.float32)
 

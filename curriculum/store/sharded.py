@@ -512,18 +512,21 @@ class ShardedStore:
         d, a = brute_knn(x, cent, 1, "cosine" if sph else self.metric)
         return KMeansResult(cent, a[:, 0].astype(np.int64), d[:, 0])
 
-    def sample(self, m: int, seed: int = 0, rows: np.ndarray | None = None, root: int | None = None) -> np.ndarray | None:
+    def sample(self, m: int, seed: int = 0, rows: np.ndarray | None = None, root: int | None = None,
+               mask: np.ndarray | None = None) -> np.ndarray | None:
         """The ``m`` rows of smallest :func:`id_priority` over all shards, in priority order (the
         same rows and order at any world size), gathered on every rank - or only on rank ``root``
-        (the others get None). ``rows``: this shard's rows to draw from (default its vectors).
-        Collective."""
-        got = self._sample(m, seed, [self.local.vectors() if rows is None else rows], root)
+        (the others get None). ``rows``: this shard's rows to draw from (default its vectors);
+        ``mask`` (one bool per row of this shard): draw only among those. Collective."""
+        got = self._sample(m, seed, [self.local.vectors() if rows is None else rows], root, mask)
         return None if got is None else got[0]
 
-    def _sample(self, m: int, seed: int, arrays: list[np.ndarray], root: int | None) -> list[np.ndarray] | None:
+    def _sample(self, m: int, seed: int, arrays: list[np.ndarray], root: int | None,
+                mask: np.ndarray | None = None) -> list[np.ndarray] | None:
         """:meth:`sample` of several per-row arrays at once (one priority cut for all)."""
         pri = id_priority(self.local.ids, seed)
-        mine = np.argsort(pri)[:m]
+        cand = np.arange(len(pri)) if mask is None else np.flatnonzero(mask)
+        mine = cand[np.argsort(pri[cand])[:m]]
         top = np.sort(np.concatenate(self.comm.all_gather(pri[mine])))[:m]
         take = mine[pri[mine] <= (top[-1] if len(top) else -1)]
         parts = [pri[take]] + [np.ascontiguousarray(a[take]) for a in arrays]
@@ -537,11 +540,11 @@ class ShardedStore:
         order = np.argsort(got[0])
         return [g[order] for g in got[1:]]
 
-    def fit_on_root(self, m: int, seed: int, rows: np.ndarray, fit: Any) -> np.ndarray:
-        """``fit(sample)`` computed once, on rank 0, from :meth:`sample` ``(m, seed, rows)``, and
-        broadcast (float32) to every rank: the sample travels to one rank, the fit runs once.
+    def fit_on_root(self, m: int, seed: int, rows: np.ndarray, fit: Any, mask: np.ndarray | None = None) -> np.ndarray:
+        """``fit(sample)`` computed once, on rank 0, from :meth:`sample` ``(m, seed, rows, mask=mask)``,
+        and broadcast (float32) to every rank: the sample travels to one rank, the fit runs once.
         Collective."""
-        sample = self.sample(m, seed, rows=rows, root=0)
+        sample = self.sample(m, seed, rows=rows, root=0, mask=mask)
         out = self.checked(lambda: None if sample is None else fit(sample))
         return self.comm.broadcast(out, np.float32)
 
