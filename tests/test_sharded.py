@@ -89,6 +89,7 @@ def _worker(rank, world, out, initfile, metric, save_to):
     res["curated"] = cl.curate(s, 150, seed=1)
     part = pool(metric)[1][::2][rank::world]  # each rank passes its part of the pool's ids
     res["curated_pool"] = cl.curate(s, 120, seed=1, ids=part, dedup_threshold=0.98)
+    res["curated_ref"] = cl.curate(s, 150, seed=1, reference=pool(metric)[1][:40][rank::world])
     for name, nc in (("dups_exact", 1), ("dups_clustered", 6)):
         groups = D.near_duplicates(s, 0.98, n_clusters=nc)
         res[f"{name}_ids"] = np.concatenate(groups) if groups else np.zeros(0, np.int64)
@@ -275,10 +276,12 @@ def test_curation_selects_the_ids_one_process_selects(sharded):
         assert (part["curated"] % world == r).all()
 
 
-def test_curation_of_a_deduplicated_part_of_the_pool_selects_what_one_process_selects(sharded):
+def test_curation_of_a_part_of_the_pool_and_with_a_reference_selects_what_one_process_selects(sharded):
     world, metric, res, _ = sharded
     ref = cl.curate(one_process(metric), 120, seed=1, ids=pool(metric)[1][::2], dedup_threshold=0.98)
     np.testing.assert_array_equal(np.sort(_by_rank(res, "curated_pool")), ref)
+    ref = cl.curate(one_process(metric), 150, seed=1, reference=pool(metric)[1][:40])
+    np.testing.assert_array_equal(np.sort(_by_rank(res, "curated_ref")), ref)
 
 
 def test_writes_route_by_id(sharded):
@@ -389,3 +392,20 @@ def test_miner_on_a_sharded_store_says_what_it_does_not_do_yet():
         miner.negatives(embeddings=q[:3])
     with pytest.raises(ValueError, match="duplicate_threshold"):
         HardNegativeMiner(s, duplicate_threshold=0.9)
+
+
+def test_sharded_curation_drops_what_the_reference_does_not_cover():
+    x, ids, lab, _ = pool("l2")
+    junk = (np.random.default_rng(3).normal(size=(200, DIM)) + 40).astype(np.float32)  # a far, junk mode
+    jids = np.arange(10**6, 10**6 + 200)
+    one, s = one_process("l2"), ShardedStore(DIM, metric="l2", index="flat")  # a world of one
+    s.add(x, ids, lab)
+    for store in (one, s):
+        store.add(junk, jids, np.zeros(200, np.int64))
+    ref = np.random.default_rng(4).choice(ids, 100, replace=False)  # trusted rows: none of the junk
+    assert np.isin(cl.curate(s, 150, seed=1), jids).sum() > 50
+    got = cl.curate(s, 150, seed=1, reference=ref)
+    np.testing.assert_array_equal(got, cl.curate(one, 150, seed=1, reference=ref))
+    assert not np.isin(got, jids).any()
+    with pytest.raises(ValueError, match="reference: expected ids of the pool"):
+        cl.curate(s, 150, reference=[10**7])

@@ -428,8 +428,8 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     and the rows inside a leaf picked the same way, so a :class:`~curriculum.store.ShardedStore`
     (every rank calls ``curate``; each gets its own shard's selected ids) selects exactly the ids
     one process selects from the same rows (up to 128 dimensions; above, the PCA projection is
-    fitted on that sample instead of the whole pool). On a sharded store ``ids`` is the union of
-    what every rank passes, and ``levels`` and ``reference`` are not supported yet.
+    fitted on that sample instead of the whole pool). On a sharded store ``ids`` and ``reference``
+    are the unions of what every rank passes; ``levels`` is not supported there yet.
 
     Example:
         >>> ids = curate(store, target_size=len(store) // 10)      # doctest: +SKIP
@@ -437,8 +437,9 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     if isinstance(store, ShardedStore):
         from .sharded_curation import curate_sharded
 
-        _only_defaults(levels=levels, reference=reference)
-        return curate_sharded(store, target_size, seed, resample_iters, drop_stray, progress, ids, dedup_threshold)
+        _only_defaults(levels=levels)
+        return curate_sharded(store, target_size, seed, resample_iters, drop_stray, progress, ids, dedup_threshold,
+                              reference)
     ids, vec = _pool(store, ids, dedup_threshold, seed)
     target = C.positive_int(target_size, "target_size")
     if target > len(ids):
@@ -511,19 +512,27 @@ def out_of_reference(h: Hierarchy, reference_rows: np.ndarray, alpha: float = RE
         >>> int(out[:900].sum()), int(out[900:].sum())
         (0, 100)
     """
+    leaf, cent = h.assignments[0], h.centroids[0]
+    reference_rows = np.unique(np.asarray(reference_rows, np.int64))
+    size = np.bincount(leaf, minlength=len(cent))
+    held = np.bincount(leaf[reference_rows], minlength=len(cent))
+    return _junk_leaves(cent, size, held, alpha, expected)[leaf]
+
+
+def _junk_leaves(cent: np.ndarray, size: np.ndarray, held: np.ndarray, alpha: float = REFERENCE_ALPHA,
+                 expected: float = REFERENCE_EXPECTED) -> np.ndarray:
+    """:func:`out_of_reference` per leaf, from the leaves' centroids, sizes and reference counts
+    (summed over the shards on a sharded store)."""
     from scipy.stats import poisson
 
-    leaf, cent = h.assignments[0], np.ascontiguousarray(h.centroids[0], np.float32)
+    cent = np.ascontiguousarray(cent, np.float32)
     k = len(cent)
-    reference_rows = np.unique(np.asarray(reference_rows, np.int64))
-    rate = len(reference_rows) / len(leaf)
-    size = np.bincount(leaf, minlength=k)
-    held = np.bincount(leaf[reference_rows], minlength=k)
+    rate = held.sum() / size.sum()
     order = brute_knn(cent, cent, k, "l2")[1]  # every leaf's leaves by distance, itself first
     rows = np.cumsum(size[order], axis=1)
     stop = np.minimum((rows < expected / rate).sum(1), k - 1)  # first prefix expected to hold enough
     got = np.cumsum(held[order], axis=1)[np.arange(k), stop]
-    return (poisson.cdf(got, rows[np.arange(k), stop] * rate) < alpha)[leaf]
+    return poisson.cdf(got, rows[np.arange(k), stop] * rate) < alpha
 
 
 def deduplicate(store: EmbeddingStore, threshold: float = 0.95, n_clusters: int | None = None,

@@ -23,20 +23,22 @@ from ..neighbors import kmeans as KM
 from ..neighbors import normalize, pca_basis, project
 from ..store import ShardedStore
 from ..store.sharded import id_priority
-from .curation import (MIN_MODE_ROWS, PICK_SEED, REDUCE_TO, SAMPLE_PER_LEAF, Hierarchy, deduplicate, fit_leaves,
-                       leaf_count, leaf_quotas, upper_levels)
+from .curation import (MIN_MODE_ROWS, PICK_SEED, REDUCE_TO, SAMPLE_PER_LEAF, Hierarchy, _junk_leaves, deduplicate,
+                       fit_leaves, leaf_count, leaf_quotas, upper_levels)
 
 TOP = np.iinfo(np.int64).max
 
 
 def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resample_iters: int = 3,
                    drop_stray: bool = True, progress: bool | None = None, ids: np.ndarray | None = None,
-                   dedup_threshold: float | None = None) -> np.ndarray:
+                   dedup_threshold: float | None = None, reference: np.ndarray | None = None) -> np.ndarray:
     """This shard's ids of a ``target_size`` subset balanced over the hierarchy of all shards
     (see :func:`curriculum.curate`; every rank calls it). ``ids``: the pool is the union of the
     ids every rank passes (a rank may pass its part, or all of them); ``dedup_threshold``:
     near-duplicates removed first (:func:`~curriculum.selection.curation.deduplicate` over the
-    shards). Collective.
+    shards); ``reference``: trusted in-distribution ids (the union over the ranks), leaves they
+    do not cover left out (:func:`~curriculum.selection.curation.out_of_reference` from the
+    all-reduced counts). Collective.
 
     Example:
         >>> import numpy as np
@@ -60,10 +62,16 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     sizes = comm.all_reduce(np.bincount(leaf, minlength=k))
     maps, cents = upper_levels(cent, sizes)
     keep = sizes[leaf] >= (MIN_MODE_ROWS if drop_stray else 0)
+    if reference is not None:
+        ref = _union(store, reference, "reference")
+        if int(comm.all_reduce(np.array([np.isin(pool_ids, ref).sum()]))[0]) != len(ref):
+            raise ValueError("reference: expected ids of the pool, got some that are not")
+        held = comm.all_reduce(np.bincount(leaf[np.isin(pool_ids, ref)], minlength=k))
+        keep &= ~_junk_leaves(cent, sizes, held)[leaf]
     kept = comm.all_reduce(np.bincount(leaf[keep], minlength=k))
     if target > int(kept.sum()):
         raise ValueError(f"target_size: expected at most {int(kept.sum())} (the rows left after dropping "
-                         f"{n - int(kept.sum())} stray rows), got {target}")
+                         f"{n - int(kept.sum())} stray or out-of-reference rows), got {target}")
     quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target)
     pri = id_priority(pool_ids, seed + PICK_SEED)
     return np.sort(pool_ids[_pick(comm, leaf, keep, pri, quota, kept)])
@@ -74,8 +82,7 @@ def _pool_mask(store: ShardedStore, ids: np.ndarray | None, dedup_threshold: flo
     ``ids`` (all must be stored), less the near-duplicates. Collective."""
     mask = np.ones(len(store.ids), bool)
     if ids is not None:
-        mine = store.checked(lambda: C.as_ids(ids, "ids", unique=False))
-        union = np.unique(np.concatenate(store.comm.all_gather(mine)))
+        union = _union(store, ids, "ids")
         mask = np.isin(store.ids, union)
         found = int(store.comm.all_reduce(np.array([mask.sum()]))[0])
         if found != len(union):
@@ -84,6 +91,12 @@ def _pool_mask(store: ShardedStore, ids: np.ndarray | None, dedup_threshold: flo
         thr = store.checked(lambda: C.finite_float(dedup_threshold, "dedup_threshold", -1.0, 1.0))
         mask &= np.isin(store.ids, deduplicate(store, thr, seed=seed))
     return mask
+
+
+def _union(store: ShardedStore, ids: np.ndarray, name: str) -> np.ndarray:
+    """The sorted union of the ids every rank passes as ``name``. Collective."""
+    mine = store.checked(lambda: C.as_ids(ids, name, unique=False))
+    return np.unique(np.concatenate(store.comm.all_gather(mine)))
 
 
 def _target(target_size: object, n: int, deduped: bool = False) -> int:
