@@ -90,6 +90,10 @@ def _worker(rank, world, out, initfile, metric, save_to):
     part = pool(metric)[1][::2][rank::world]  # each rank passes its part of the pool's ids
     res["curated_pool"] = cl.curate(s, 120, seed=1, ids=part, dedup_threshold=0.98)
     res["curated_ref"] = cl.curate(s, 150, seed=1, reference=pool(metric)[1][:40][rank::world])
+    try:  # an option given on some ranks only is an error on all of them, not a hang
+        cl.curate(s, 150, seed=1, ids=pool(metric)[1] if rank == 0 else None)
+    except ValueError as exc:
+        res["curated_half"] = np.array([str(exc)])
     for name, nc in (("dups_exact", 1), ("dups_clustered", 6)):
         groups = D.near_duplicates(s, 0.98, n_clusters=nc)
         res[f"{name}_ids"] = np.concatenate(groups) if groups else np.zeros(0, np.int64)
@@ -282,6 +286,7 @@ def test_curation_of_a_part_of_the_pool_and_with_a_reference_selects_what_one_pr
     np.testing.assert_array_equal(np.sort(_by_rank(res, "curated_pool")), ref)
     ref = cl.curate(one_process(metric), 150, seed=1, reference=pool(metric)[1][:40])
     np.testing.assert_array_equal(np.sort(_by_rank(res, "curated_ref")), ref)
+    assert all("ids: expected on every rank or on none" in str(r["curated_half"][0]) for r in res)
 
 
 def test_writes_route_by_id(sharded):

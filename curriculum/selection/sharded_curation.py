@@ -51,6 +51,10 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
         (100, 50)
     """
     comm = store.comm
+    given = comm.all_reduce(np.array([ids is not None, dedup_threshold is not None, reference is not None], np.int64))
+    for name, count in zip(("ids", "dedup_threshold", "reference"), given.tolist()):
+        if count not in (0, comm.world):  # every rank decides alike: no rank is left in a collective
+            raise ValueError(f"{name}: expected on every rank or on none, got it on {count} of {comm.world}")
     mask = _pool_mask(store, ids, dedup_threshold, seed)
     n = int(comm.all_reduce(np.array([mask.sum()]))[0])
     target = store.checked(lambda: _target(target_size, n, dedup_threshold is not None))
