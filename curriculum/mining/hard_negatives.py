@@ -182,20 +182,21 @@ class HardNegativeMiner:
                                                      exclude_labels=lab[short])
         return self._result(out, d)
 
-    def _anchors(self, anchor_ids: Any, embeddings: Any, labels: Any, need_labels: bool) -> tuple:
+    def _parsed_anchors(self, anchor_ids: Any, embeddings: Any, labels: Any) -> tuple:
+        """``(ids, embeddings, labels)`` checked, each ``None`` where not given (no store access)."""
         if anchor_ids is None and embeddings is None:
             raise ValueError("anchor_ids: expected anchor ids or embeddings=, got neither")
         ids = None if anchor_ids is None else C.as_ids(anchor_ids, "anchor_ids", unique=False)
-        if embeddings is not None:
-            q = C.as_vectors(embeddings, "embeddings", self.store.dim)
-            if ids is not None and len(ids) != len(q):
-                raise ValueError(f"anchor_ids: expected {len(q)} ids (one per embedding), got {len(ids)}")
-        else:
-            q = self.store.vectors(ids)
-        lab = None
-        if labels is not None:
-            lab = C.as_labels(labels, "labels", len(q))
-        elif need_labels:
+        q = None if embeddings is None else C.as_vectors(embeddings, "embeddings", self.store.dim)
+        n = len(ids) if q is None else len(q)
+        if ids is not None and len(ids) != n:
+            raise ValueError(f"anchor_ids: expected {n} ids (one per embedding), got {len(ids)}")
+        return ids, q, None if labels is None else C.as_labels(labels, "labels", n)
+
+    def _anchors(self, anchor_ids: Any, embeddings: Any, labels: Any, need_labels: bool) -> tuple:
+        ids, q, lab = self._parsed_anchors(anchor_ids, embeddings, labels)
+        q = self.store.vectors(ids) if q is None else q
+        if lab is None and need_labels:
             if ids is None:
                 raise ValueError("labels: fresh embeddings without anchor_ids need labels=")
             lab = self.store.labels[self.store.rows_of(ids)]
@@ -290,14 +291,8 @@ class HardNegativeMiner:
 
         def check() -> tuple:
             kk = self.k if k is None else C.positive_int(k, "k")
-            if anchor_ids is None and embeddings is None:
-                raise ValueError("anchor_ids: expected anchor ids or embeddings=, got neither")
-            ids = None if anchor_ids is None else C.as_ids(anchor_ids, "anchor_ids", unique=False)
-            q = None if embeddings is None else C.as_vectors(embeddings, "embeddings", store.dim)
-            n = len(q) if q is not None else len(ids)
-            if ids is not None and len(ids) != n:
-                raise ValueError(f"anchor_ids: expected {n} ids (one per embedding), got {len(ids)}")
-            lab = None if labels is None else C.as_labels(labels, "labels", n)
+            ids, q, lab = self._parsed_anchors(anchor_ids, embeddings, labels)
+            n = len(ids) if q is None else len(q)
             if store.has_labels and lab is None and ids is None:
                 raise ValueError("labels: fresh embeddings without anchor_ids need labels= (the store has labels)")
             return kk, ids, q, lab, self._exclusions(ids, n, exclude_ids)

@@ -67,10 +67,7 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     maps, cents = upper_levels(cent, sizes)
     keep = sizes[leaf] >= (MIN_MODE_ROWS if drop_stray else 0)
     if reference is not None:
-        ref = _union(store, reference, "reference")
-        if int(comm.all_reduce(np.array([np.isin(pool_ids, ref).sum()]))[0]) != len(ref):
-            raise ValueError("reference: expected ids of the pool, got some that are not")
-        held = comm.all_reduce(np.bincount(leaf[np.isin(pool_ids, ref)], minlength=k))
+        held = comm.all_reduce(np.bincount(leaf[_members(store, reference, "reference", pool_ids)], minlength=k))
         keep &= ~_junk_leaves(cent, sizes, held)[leaf]
     kept = comm.all_reduce(np.bincount(leaf[keep], minlength=k))
     if target > int(kept.sum()):
@@ -86,21 +83,23 @@ def _pool_mask(store: ShardedStore, ids: np.ndarray | None, dedup_threshold: flo
     ``ids`` (all must be stored), less the near-duplicates. Collective."""
     mask = np.ones(len(store.ids), bool)
     if ids is not None:
-        union = _union(store, ids, "ids")
-        mask = np.isin(store.ids, union)
-        found = int(store.comm.all_reduce(np.array([mask.sum()]))[0])
-        if found != len(union):
-            raise ValueError(f"ids: expected stored ids, got {len(union) - found} that are not in the store")
+        mask = _members(store, ids, "ids", store.ids)
     if dedup_threshold is not None:
         thr = store.checked(lambda: C.finite_float(dedup_threshold, "dedup_threshold", -1.0, 1.0))
         mask &= np.isin(store.ids, deduplicate(store, thr, seed=seed))
     return mask
 
 
-def _union(store: ShardedStore, ids: np.ndarray, name: str) -> np.ndarray:
-    """The sorted union of the ids every rank passes as ``name``. Collective."""
+def _members(store: ShardedStore, ids: np.ndarray, name: str, among: np.ndarray) -> np.ndarray:
+    """Which of this shard's ``among`` ids are in the union of the ``name`` ids every rank passes
+    (a boolean mask); every id of the union must be among them on some rank. Collective."""
     mine = store.checked(lambda: C.as_ids(ids, name, unique=False))
-    return np.unique(np.concatenate(store.comm.all_gather(mine)))
+    union = np.unique(np.concatenate(store.comm.all_gather(mine)))
+    mask = np.isin(among, union)
+    missing = len(union) - int(store.comm.all_reduce(np.array([mask.sum()]))[0])
+    if missing:
+        raise ValueError(f"{name}: expected ids of the pool, got {missing} that are not in it")
+    return mask
 
 
 def _target(target_size: object, n: int, deduped: bool = False) -> int:
