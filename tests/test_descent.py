@@ -65,6 +65,20 @@ def test_distances_are_exact_sorted_and_rows_distinct(metric, dim):
     assert sampled_recall(xp, rows, 7, metric) >= 0.9
 
 
+def test_recall_against_the_plans_truth_equals_a_fresh_measurement():
+    # knn(auto) measures NN-descent's recall on the plan's sampled truth instead of searching it again
+    x = manifold(3000, dim=16, seed=5)
+    rows = descent_knn(x, 6, "l2", n_neighbors=8, max_iters=1)[1]
+    plan = cl.neighbors.plan_recall(x, 6, "l2", target=0.9)
+    sample, true_d = plan.truth
+    assert true_d.shape == (len(sample), 6)
+    fresh = sampled_recall(x, rows, 6, "l2")
+    assert 0.0 < fresh < 1.0
+    assert sampled_recall(x, rows, 6, "l2", truth=plan.truth) == fresh
+    with pytest.raises(ValueError, match="truth: expected"):
+        sampled_recall(x, rows, 7, "l2", truth=plan.truth)
+
+
 def test_same_graph_for_a_seed_whatever_the_thread_count():
     x = manifold(6000, dim=32)
     a = descent_knn(x, 8, "l2", seed=4)

@@ -189,6 +189,15 @@ def build_candidates(idx, flag, n_cand, seed, it, n_threads):
         for s in range(K):
             j = idx[i, s]
             pri[i, s] = np.float32(_hash(seed + it, min(i, j), max(i, j)) >> np.uint64(40))
+    owner = np.empty(n, np.int32)  # the thread that writes a node's candidates (a read, not a division)
+    active = np.zeros(n, np.uint8)  # nodes with a new candidate: only they join, so only they need old ones
+    for i in prange(n):
+        owner[i] = i % n_threads
+    for i in range(n):
+        for s in range(K):
+            if flag[i, s] and idx[i, s] >= 0:
+                active[i] = 1
+                active[idx[i, s]] = 1
     for t in prange(n_threads):
         for i in range(n):
             for s in range(K):
@@ -196,14 +205,14 @@ def build_candidates(idx, flag, n_cand, seed, it, n_threads):
                 if j < 0:
                     continue
                 if flag[i, s]:
-                    if i % n_threads == t:
+                    if owner[i] == t:
                         _push(new_p, new_i, unused, i, pri[i, s], j, 0)
-                    if j % n_threads == t:
+                    if owner[j] == t:
                         _push(new_p, new_i, unused, j, pri[i, s], i, 0)
                 else:
-                    if i % n_threads == t:
+                    if owner[i] == t and active[i]:
                         _push(old_p, old_i, unused, i, pri[i, s], j, 0)
-                    if j % n_threads == t:
+                    if owner[j] == t and active[j]:
                         _push(old_p, old_i, unused, j, pri[i, s], i, 0)
     for i in prange(n):
         for s in range(K):
@@ -217,24 +226,25 @@ def build_candidates(idx, flag, n_cand, seed, it, n_threads):
 
 @njit(cache=True, inline="always")
 def _listed(idx, i, j):
-    for t in range(idx.shape[1]):
-        if idx[i, t] == j:
-            return True
-    return False
+    found = False
+    for t in range(idx.shape[1]):  # no early exit: the loop compiles to a few vector compares
+        found |= idx[i, t] == j
+    return found
 
 
 @njit(cache=True, inline="always")
-def _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud):
-    """Score pair (a, b) unless each already lists the other, and record it if it improves an
-    end that does not list the other yet; the sign of the stored row says which: ``ub = b``
-    improves ``b``'s list, ``-1 - b`` does not (likewise ``ua``). Returns the new count."""
-    in_a = _listed(idx, a, b)
-    in_b = _listed(idx, b, a)
-    if in_a and in_b:
-        return c
+def _record(x, kind, idx, a, b, worst_a, worst_b, base, c, ua, ub, ud):
+    """Score pair (a, b) and record it if it improves an end that does not list the other yet
+    (``worst_*``: each end's current worst distance; the lists are read only for pairs that beat
+    one); the sign of the stored row says which: ``ub = b`` improves ``b``'s list, ``-1 - b``
+    does not (likewise ``ua``). Returns the new count."""
     d = _dist(x, a, b, kind)
-    to_a = (not in_a) and d < dist[a, 0]
-    to_b = (not in_b) and d < dist[b, 0]
+    to_a = d < worst_a
+    to_b = d < worst_b
+    if not (to_a or to_b):  # most pairs: no list to check
+        return c
+    to_a = to_a and not _listed(idx, a, b)
+    to_b = to_b and not _listed(idx, b, a)
     if not (to_a or to_b):
         return c
     ua[base + c] = a if to_a else -1 - a
@@ -246,10 +256,17 @@ def _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud):
 @njit(cache=True, parallel=True, fastmath=True)
 def _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt):
     """Local join of nodes ``lo..hi``: candidate pairs (new x new, new x old) closer than either
-    end's current worst, written to node-owned slots of ``ua / ub / ud``."""
-    nc = new_i.shape[1]
+    end's current worst, written to node-owned slots of ``ua / ub / ud``. Each candidate's worst
+    distance is read once per node (not once per pair: a cache miss each)."""
+    nc, no = new_i.shape[1], old_i.shape[1]
+    worst = np.empty((hi - lo, nc + no), np.float32)
     for i in prange(lo, hi):
         base = (i - lo) * slot
+        w = worst[i - lo]
+        for p in range(nc):
+            w[p] = dist[new_i[i, p], 0] if new_i[i, p] >= 0 else np.float32(0.0)
+        for q in range(no):
+            w[nc + q] = dist[old_i[i, q], 0] if old_i[i, q] >= 0 else np.float32(0.0)
         c = 0
         for p in range(nc):
             a = new_i[i, p]
@@ -258,11 +275,11 @@ def _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt)
             for q in range(p + 1, nc):
                 b = new_i[i, q]
                 if b >= 0:
-                    c = _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud)
-            for q in range(old_i.shape[1]):
+                    c = _record(x, kind, idx, a, b, w[p], w[q], base, c, ua, ub, ud)
+            for q in range(no):
                 b = old_i[i, q]
                 if b >= 0 and b != a:
-                    c = _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud)
+                    c = _record(x, kind, idx, a, b, w[p], w[nc + q], base, c, ua, ub, ud)
         cnt[i - lo] = c
 
 

@@ -57,10 +57,12 @@ class Metric:
     def prepare(self, x: np.ndarray, name: str = "vectors") -> np.ndarray:
         """Vectors as stored and searched: float32, L2-normalised under cosine. Magnitudes whose
         squares overflow float32 are an error under ``l2`` / ``ip``; cosine rescales first."""
+        import torch
+
         x = np.ascontiguousarray(x, np.float32)
         if not x.size:
             return x
-        big = np.abs(x).max(axis=1)
+        big = torch.from_numpy(x).abs().amax(1).numpy()  # torch: several times numpy's speed here
         if not self.normalised:
             if (big >= MAX_ABS).any():
                 raise ValueError(f"{name}: expected magnitudes below {MAX_ABS:.0e} under metric {self.name!r} "
@@ -69,9 +71,9 @@ class Metric:
         if (big == 0).any():
             bad = int((big == 0).sum())
             raise ValueError(f"{name}: expected non-zero vectors for the cosine metric, got {bad} zero row(s)")
-        y = x / big[:, None]  # the norm of the rescaled row cannot overflow
-        y /= np.linalg.norm(y, axis=1, keepdims=True)
-        return np.ascontiguousarray(y, np.float32)
+        y = torch.from_numpy(x) / torch.from_numpy(big)[:, None]  # the norm of the rescaled row cannot overflow
+        y /= torch.linalg.vector_norm(y, dim=1, keepdim=True)
+        return np.ascontiguousarray(y.numpy(), np.float32)
 
     def to_distance(self, raw: np.ndarray) -> np.ndarray:
         """faiss's raw scores (squared L2 or inner products) as distances, in place."""

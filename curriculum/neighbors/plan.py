@@ -85,10 +85,11 @@ def sample_truth(vec: np.ndarray, sample: np.ndarray, k: int, metric: str, exclu
 
 
 def sampled_recall(vec: np.ndarray, rows: np.ndarray, k: int, metric: str, exclude_self: bool = True,
-                   seed: int = 0) -> float:
+                   seed: int = 0, truth: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """The recall@k of a computed graph (``rows``: each row's neighbour rows, ``-1`` = none)
     against the exact neighbours of :data:`PLAN_SAMPLE` sampled rows. A found row at no more than
-    the true ``k``-th distance counts (among exact duplicates any choice is right).
+    the true ``k``-th distance counts (among exact duplicates any choice is right). ``truth``
+    = ``(sample, true distances)`` already known (:attr:`RecallPlan.truth`) skips their search.
 
     Example:
         >>> x = np.random.default_rng(0).normal(size=(600, 4)).astype(np.float32)
@@ -96,8 +97,15 @@ def sampled_recall(vec: np.ndarray, rows: np.ndarray, k: int, metric: str, exclu
         >>> sampled_recall(x, truth, 3, "l2"), sampled_recall(x, np.full_like(truth, -1), 3, "l2")
         (1.0, 0.0)
     """
-    sample = np.random.default_rng(seed).choice(len(vec), min(PLAN_SAMPLE, len(vec)), replace=False)
-    true_d, _ = sample_truth(vec, sample, k, metric, exclude_self, return_distances=True)
+    if truth is None:
+        sample = np.random.default_rng(seed).choice(len(vec), min(PLAN_SAMPLE, len(vec)), replace=False)
+        true_d, _ = sample_truth(vec, sample, k, metric, exclude_self, return_distances=True)
+    else:
+        sample, true_d = truth
+        if len(sample) != len(true_d) or true_d.shape[1] < k:
+            raise ValueError(f"truth: expected (sample, distances) with a row of at least {k} distances per "
+                             f"sampled row, got {len(sample)} rows and distances of shape {true_d.shape}")
+        true_d = true_d[:, :k]
     found = rows[sample, :k]
     d = get_metric(metric).pair_distances(vec[sample], vec[np.maximum(found, 0)])
     tol = 1e-5 * np.maximum(np.abs(true_d[:, -1:]), 1.0)
@@ -121,6 +129,7 @@ class RecallPlan:
     assign: np.ndarray
     nprobe: int
     recall_estimate: float
+    truth: tuple[np.ndarray, np.ndarray] | None = None  # (sampled rows, their exact k distances); no labels
 
     def pair_share(self, n: int) -> float:
         """Share of all ordered pairs the blocked search scores at this nprobe (~256-row blocks)."""
@@ -143,15 +152,16 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
     n = len(vec)
     sample = np.random.default_rng(seed).choice(n, min(PLAN_SAMPLE, n), replace=False)
     centroids, assign = block_plan(vec, max(1, n // 256), metric, seed)
-    pure = None
+    pure, known = None, None
     if labels is None:
-        truth = sample_truth(vec, sample, k, metric, exclude_self)
+        true_d, truth = sample_truth(vec, sample, k, metric, exclude_self, return_distances=True)
+        known = (sample, true_d)
     else:
         truth = exact_topk(vec[sample], vec, k, metric, labels[sample], labels)[1]
         pure = block_purity(labels, assign, len(centroids))
     ranks = probe_ranks(centroids, assign, sample, truth, metric, pure=pure)
     p, recall = nprobe_for(ranks, target, floor, len(centroids))
-    return RecallPlan(centroids, assign, p, recall)
+    return RecallPlan(centroids, assign, p, recall, known)
 
 
 __all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall', 'RecallPlan', 'plan_recall']

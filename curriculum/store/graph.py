@@ -110,7 +110,7 @@ def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, 
             d, rows, st = descent_knn(vec, k, metric, n_neighbors=n_neighbors, exclude_self=exclude_self,
                                       progress=progress, return_stats=True)
             spent += st["pairs_scored"]
-            recall = sampled_recall(vec, rows, k, metric, exclude_self)
+            recall = sampled_recall(vec, rows, k, metric, exclude_self, truth=plan.truth)
             report.update(st, pairs_scored=spent, recall_measured=recall)
             if recall >= target:
                 return d, rows, report
