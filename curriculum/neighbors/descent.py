@@ -6,8 +6,9 @@ NN-descent rounds then score, for every row, pairs among its sampled neighbours 
 neighbours ("a neighbour of my neighbour is likely my neighbour") until almost no list changes.
 Above 128 dimensions the search runs on a PCA projection keeping 97% of the variance, at most
 half the dimensions (the L2
-geometry, which for L2-normalised rows orders pairs as cosine does) over a longer list, and each
-row's list is scored again on the full vectors at the end - the final ``k`` are exact distances.
+geometry, which for L2-normalised rows orders pairs as cosine does; the trees split on its
+:data:`FOREST_DIM` leading axes) over a longer list, and each row's list is scored again on the
+full vectors at the end - the final ``k`` are exact distances.
 The kernels are compiled with numba (:mod:`._descent_kernels`) and use every core; the result is
 deterministic for a seed, whatever the thread count.
 """
@@ -26,6 +27,7 @@ from .metric import get_metric
 REDUCE_FROM_DIM = 129   # from this dimension the descent runs on a PCA projection
 REDUCE_VARIANCE = 0.97  # ... keeping this share of the variance (at most half the dimensions)
 PCA_SAMPLE = 20_000     # rows the projection is fitted on
+FOREST_DIM = 64         # the trees of a reduced search split on this many leading principal axes
 
 
 def _kernels() -> Any:
@@ -134,12 +136,16 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     kind = 0 if (met.name == "ip" or (met.name == "cosine" and not reduce)) else 1
     default = max(kf + 8, int(1.8 * kf)) if reduce else max(kf + 4, int(1.4 * kf))
     K = min(n - 1, max(kf, n_neighbors or default))
-    trees = n_trees or max(3, min(12, int(round(2 * math.log10(max(n, 10))))))
+    # on a projection the trees split on its leading axes only: a third of the cost at 192-d, and two
+    # more trees of them gave 0.9575 instead of 0.9568 recall in 92% of the time (Debian text, 100k)
+    trees = n_trees or max(3, min(12, int(round(2 * math.log10(max(n, 10))))) + 2 * bool(reduce))
     leaf = leaf_size or max(60, min(256, 5 * K))
     lists = (np.full((n, K), np.inf, np.float32), np.full((n, K), -1, np.int32), np.zeros((n, K), np.uint8))
     stats = {"pairs_scored": 0, "iterations": 0, "dim": int(work.shape[1]), "n_neighbors": K}
     with progress_bar(total=max_iters + 1, desc=f"NN-descent k={k}", disable=not progress) as bar:
-        perms, bounds, counts = kern.rp_forest(work, trees, leaf, seed, kind == 0 and met.name == "cosine")
+        split_on = np.ascontiguousarray(work[:, :FOREST_DIM]) if reduce else work
+        perms, bounds, counts = kern.rp_forest(split_on, trees, leaf, seed, kind == 0 and met.name == "cosine")
+        del split_on
         for t in range(trees):
             stats["pairs_scored"] += int(kern.join_leaves(work, kind, perms[t], bounds[t], counts[t], *lists))
         del perms, bounds
@@ -197,4 +203,4 @@ def _finish(kern: Any, x: np.ndarray, met: Any, kind: int, reduce: bool, dist: n
     return np.ascontiguousarray(out, np.float32), rows
 
 
-__all__ = ["REDUCE_FROM_DIM", "REDUCE_VARIANCE", "PCA_SAMPLE", "pca_projection", "descent_knn"]
+__all__ = ["REDUCE_FROM_DIM", "REDUCE_VARIANCE", "PCA_SAMPLE", "FOREST_DIM", "pca_projection", "descent_knn"]
