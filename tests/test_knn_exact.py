@@ -145,3 +145,17 @@ def test_smallest_k_matches_a_full_sort(rows, cols, k, seed, ties):
     np.testing.assert_array_equal(vals, np.sort(a, axis=1)[:, :kk])
     np.testing.assert_array_equal(np.take_along_axis(a, cols_, 1), vals)
     assert all(len(set(r)) == kk for r in cols_.tolist())  # distinct columns
+
+
+def test_cosine_prepare_passes_unit_rows_and_normalises_the_rest():
+    # unit rows (a store's own vectors) are searched as they are; others scaled; normalize() copies
+    met = cl.neighbors.get_metric("cosine")
+    x = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32) * 1e3
+    unit = met.prepare(x)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(unit, x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-6)
+    assert met.prepare(unit) is unit
+    copy = normalize(unit)
+    assert copy is not unit and np.array_equal(copy, unit)
+    with pytest.raises(ValueError, match="non-zero"):
+        met.prepare(np.zeros((2, 6), np.float32))

@@ -26,14 +26,15 @@ def _kmeans(x: np.ndarray, k: int, metric: str, seed: int, per_centroid: int) ->
 
 
 def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
-               two_level_from: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+               two_level_from: int = 1024, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Centroids of ~256-row blocks (faiss k-means on 32 points per centroid) and each row's block.
 
     From ``two_level_from`` blocks on, the plan is built in two levels - ~sqrt(n_clusters) coarse
     k-means clusters, then each split into blocks in proportion to its size - so that assigning
     the rows costs N x (sqrt + share) centroid distances instead of N x n_clusters (at 1M rows:
     ~0.03 instead of ~1 TFLOP); each row then goes to its nearest block among those of its 4
-    nearest coarse clusters.
+    nearest coarse clusters. ``rows`` (one level only): assign just these rows, the others get
+    -1 (a recall plan needs a few thousand; the full assignment is a tenth of a second at 100k).
 
     Example:
         >>> import numpy as np
@@ -47,7 +48,11 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     am = get_metric(metric).assign_faiss
     if n_clusters < two_level_from:
         centroids = _kmeans(x, n_clusters, metric, seed, 32)
-        return centroids, faiss.knn(x, centroids, 1, metric=am)[1][:, 0]
+        if rows is None:
+            return centroids, faiss.knn(x, centroids, 1, metric=am)[1][:, 0]
+        assign = np.full(n, -1, np.int64)
+        assign[rows] = faiss.knn(np.ascontiguousarray(x[rows]), centroids, 1, metric=am)[1][:, 0]
+        return centroids, assign
     n_top = int(round(np.sqrt(n_clusters)))
     top = _kmeans(x, n_top, metric, seed, 64)
     top_of = faiss.knn(x, top, 1, metric=am)[1][:, 0]

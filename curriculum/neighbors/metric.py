@@ -56,12 +56,18 @@ class Metric:
 
     def prepare(self, x: np.ndarray, name: str = "vectors") -> np.ndarray:
         """Vectors as stored and searched: float32, L2-normalised under cosine. Magnitudes whose
-        squares overflow float32 are an error under ``l2`` / ``ip``; cosine rescales first."""
+        squares overflow float32 are an error under ``l2`` / ``ip``; cosine rescales first.
+        Float32 rows that need no change (any under ``l2`` / ``ip``, unit rows under cosine) are
+        returned as they are, not copied."""
         import torch
 
         x = np.ascontiguousarray(x, np.float32)
         if not x.size:
             return x
+        if self.normalised:  # rows already of unit norm (a store's own vectors) pass as they are
+            norms = torch.linalg.vector_norm(torch.from_numpy(x), dim=1)
+            if bool(((norms - 1.0).abs() <= 1e-6).all()):
+                return x
         big = torch.from_numpy(x).abs().amax(1).numpy()  # torch: several times numpy's speed here
         if not self.normalised:
             if (big >= MAX_ABS).any():
@@ -164,7 +170,8 @@ def normalize(x: np.ndarray, name: str = "vectors") -> np.ndarray:
         >>> print(normalize(np.array([[3., 4.]])))
         [[0.6 0.8]]
     """
-    return METRICS["cosine"].prepare(x, name)
+    y = METRICS["cosine"].prepare(x, name)
+    return y.copy() if y is x else y  # rows already of unit norm come back as they are
 
 
 def pair_distances(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:

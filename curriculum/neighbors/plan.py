@@ -121,12 +121,12 @@ class RecallPlan:
         >>> import numpy as np
         >>> x = np.random.default_rng(0).normal(size=(4000, 4)).astype(np.float32)
         >>> plan = plan_recall(x, 10, "l2", target=0.9)
-        >>> bool(plan.recall_estimate >= 0.9), bool(len(plan.centroids) == plan.assign.max() + 1)
+        >>> bool(plan.recall_estimate >= 0.9), plan.assign is None   # only the sampled rows were assigned
         (True, True)
     """
 
     centroids: np.ndarray
-    assign: np.ndarray
+    assign: np.ndarray | None  # each row's block; None when only the sampled rows were assigned
     nprobe: int
     recall_estimate: float
     truth: tuple[np.ndarray, np.ndarray] | None = None  # (sampled rows, their exact k distances); no labels
@@ -151,17 +151,17 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
     """
     n = len(vec)
     sample = np.random.default_rng(seed).choice(n, min(PLAN_SAMPLE, n), replace=False)
-    centroids, assign = block_plan(vec, max(1, n // 256), metric, seed)
-    pure, known = None, None
-    if labels is None:
+    pure, known, partial = None, None, None
+    if labels is None:  # only the sampled rows and their neighbours need a block (the engine assigns the rest)
         true_d, truth = sample_truth(vec, sample, k, metric, exclude_self, return_distances=True)
-        known = (sample, true_d)
-    else:
+        known, partial = (sample, true_d), np.union1d(sample, truth[truth >= 0])
+    centroids, assign = block_plan(vec, max(1, n // 256), metric, seed, rows=partial)
+    if labels is not None:
         truth = exact_topk(vec[sample], vec, k, metric, labels[sample], labels)[1]
         pure = block_purity(labels, assign, len(centroids))
     ranks = probe_ranks(centroids, assign, sample, truth, metric, pure=pure)
     p, recall = nprobe_for(ranks, target, floor, len(centroids))
-    return RecallPlan(centroids, assign, p, recall, known)
+    return RecallPlan(centroids, None if (assign < 0).any() else assign, p, recall, known)
 
 
 __all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall', 'RecallPlan', 'plan_recall']
