@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .blocked import block_plan, block_purity
+from .blocked import assign_blocks, block_plan, block_purity
 from .kernels import exact_topk
 from .metric import get_metric
 
@@ -130,6 +130,11 @@ class RecallPlan:
     nprobe: int
     recall_estimate: float
     truth: tuple[np.ndarray, np.ndarray] | None = None  # (sampled rows, their exact k distances); no labels
+
+    def assignments(self, vec: np.ndarray, metric: str) -> np.ndarray:
+        """Every row's block: :attr:`assign` where the plan made it, else assigned now as
+        :func:`~curriculum.neighbors.blocked.block_plan` would (:func:`~curriculum.neighbors.blocked.assign_blocks`)."""
+        return self.assign if self.assign is not None else assign_blocks(vec, self.centroids, metric)
 
     def pair_share(self, n: int) -> float:
         """Share of all ordered pairs the blocked search scores at this nprobe (~256-row blocks)."""

@@ -118,13 +118,13 @@ def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, 
         report.update(method="exact", descent_recall=recall)
     elif report["method"] == "blocked":
         d, rows, st = blocked_knn(vec, k, metric, nprobe=plan.nprobe, exclude_self=exclude_self, progress=progress,
-                                  centroids=plan.centroids, assign=plan.assign, return_stats=True)
+                                  centroids=plan.centroids, assign=plan.assignments(vec, metric), return_stats=True)
         report["pairs_scored"] = st["pairs_scored"]
         return d, rows, report
     if len(vec) < EXACT_GRAPH_MIN_ROWS:
         return None, None, report  # the caller's faiss search in query chunks
     d, rows, st = exact_knn_graph(vec, k, metric, exclude_self=exclude_self, progress=progress, return_stats=True,
-                                  centroids=plan.centroids, assign=plan.assign)
+                                  centroids=plan.centroids, assign=plan.assignments(vec, metric))
     report["pairs_scored"] = report.get("pairs_scored", 0) + st["pairs_scored"]
     return d, rows, report
 
