@@ -132,3 +132,18 @@ def test_stream_memory_follows_cuda_embeddings() -> None:
         assert isinstance(sel.store, TorchWindowStore) == (dev == "cuda")
     assert np.array_equal(runs["cpu"], runs["cuda"])
     assert runs["cuda"].size == 2000
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_knn_graph_on_the_gpu_equals_the_cpu_graph(metric: str) -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(6000, 48)) @ rng.normal(size=(48, 48))).astype(np.float32)
+    cpu_d, cpu_i = cl.neighbors.device_knn(x, 10, metric, device="cpu")
+    gpu_d, gpu_i = cl.neighbors.device_knn(torch.from_numpy(x).to(GPU), 10, metric, device=GPU)
+    np.testing.assert_allclose(gpu_d, cpu_d, rtol=1e-4, atol=1e-4)
+    assert (gpu_i == cpu_i).mean() > 0.999  # ties and last-bit differences only
+    store = cl.EmbeddingStore(48, metric=metric)
+    store.add(x)
+    d, ids = store.knn(10, device="cuda")
+    assert store.last_knn_report["device"].startswith("cuda")
+    np.testing.assert_allclose(d, cpu_d, rtol=1e-4, atol=1e-4)

@@ -159,3 +159,37 @@ def test_cosine_prepare_passes_unit_rows_and_normalises_the_rest():
     assert copy is not unit and np.array_equal(copy, unit)
     with pytest.raises(ValueError, match="non-zero"):
         met.prepare(np.zeros((2, 6), np.float32))
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 80), dim=st.integers(1, 9), k=st.integers(1, 6), seed=st.integers(0, 99),
+       metric=st.sampled_from(["l2", "cosine", "ip"]), chunk=st.sampled_from([None, 1, 7]))
+def test_graph_on_a_torch_device_equals_brute_force(n, dim, k, seed, metric, chunk):
+    # the device path (run here on CPU tensors; tests/test_cuda.py runs it on a GPU)
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    k = min(k, n - 1) or 1
+    if n - 1 < k:
+        return
+    d, rows = cl.neighbors.device_knn(x, k, metric, device="cpu", chunk=chunk)
+    xp = cl.neighbors.get_metric(metric).prepare(x)
+    bd, bi = brute_graph(xp, k, metric)
+    np.testing.assert_allclose(d, bd, rtol=1e-4, atol=1e-4)
+    assert ((rows == bi) | np.isclose(d, bd, rtol=1e-4, atol=1e-4)).all()
+    assert (rows != np.arange(n)[:, None]).all()
+
+
+def test_store_knn_on_a_device_is_the_exact_graph_and_checks_its_arguments():
+    x, _ = clustered(3000, 16, 20, seed=2)
+    store = cl.EmbeddingStore(16, metric="cosine")
+    store.add(x, ids=np.arange(3000) * 3 + 1)
+    d, ids = store.knn(5, device="cpu")
+    assert store.last_knn_report == {"method": "exact", "device": "cpu", "pairs_scored": 3000 ** 2}
+    ref = cl.EmbeddingStore(16, metric="cosine")
+    ref.add(x, ids=np.arange(3000) * 3 + 1)
+    ed, eids = ref.knn(5, method="exact")
+    np.testing.assert_allclose(d, ed, atol=1e-5)
+    assert (ids == eids).mean() > 0.999
+    with pytest.raises(ValueError, match="method: expected 'auto' or 'exact'"):
+        store.knn(5, device="cpu", method="descent")
+    with pytest.raises(ValueError, match="device: expected a torch device"):
+        store.knn(5, device="no-such-device")

@@ -306,7 +306,7 @@ class _KnnBench:
 
     def ours(self, nprobes: tuple[int, ...]) -> None:
         """The blocked engine at fixed nprobes, then the NN-descent engine by name (``knn(auto)``
-        routes to it where blocks fail), on one store."""
+        routes to it where blocks fail), on one store; with a CUDA GPU, the exact graph on it."""
         store = EmbeddingStore(self.x.shape[1], metric="l2", index="flat")
         store.add(self.x)
         descent_knn(self.x[:2000], self.k, "l2")  # load the compiled kernels outside the timing, as pynndescent's
@@ -314,6 +314,10 @@ class _KnnBench:
             self._timed(store, f"curriculum store.knn nprobe={npb}", method="blocked", nprobe=npb)
         self._timed(store, "curriculum store.knn method=descent", lambda r: f"{r['iterations']} rounds on {r['dim']} dims",
                     method="descent")
+        import torch
+
+        if torch.cuda.is_available():  # the exact graph on the GPU (a lent GPU machine; never CI)
+            self._timed(store, "curriculum store.knn device=cuda (exact)", lambda r: r["device"], device="cuda")
 
     def _timed(self, store: EmbeddingStore, label: str, note: Callable[[dict[str, Any]], str] | None = None,
                **kw: Any) -> None:

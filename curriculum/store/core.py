@@ -43,7 +43,7 @@ import numpy as np
 from .._util import checks as C
 from .._util.background import BackgroundTask
 from .._util.progress import want
-from ..neighbors import METRICS, first_k_valid, get_metric
+from ..neighbors import METRICS, device_knn, first_k_valid, get_metric
 from . import graph as G
 from . import persistence
 from .embed import embed_dataset
@@ -392,7 +392,7 @@ class EmbeddingStore:
     # ------------------------------------------------------------------ graph and clusters
     def knn(self, k: int, exclude_self: bool = True, batch_size: int = 8192, progress: bool | None = None,
             method: str = "auto", nprobe: int | None = None,
-            target_recall: float | None = 0.95) -> tuple[np.ndarray, np.ndarray]:
+            target_recall: float | None = 0.95, device: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """The all-points kNN graph: ``k`` nearest stored ids of every stored row.
 
         Row ``i`` of the result belongs to ``store.ids[i]`` (of the version it was computed at);
@@ -416,7 +416,16 @@ class EmbeddingStore:
         recall is measured on 512 sampled rows - short of ``target_recall``, it runs once more with lists
         twice as long, then the exact graph replaces it. ``store.last_knn_report`` says what ran
         (method, nprobe, recall estimate or measurement, pairs scored); :meth:`plan_knn` says it
-        before running.
+        before running. ``device`` (a torch device such as ``"cuda"``; with ``method`` "auto" or
+        "exact"): the exact graph is computed there by chunked matrix products and top-k
+        (:func:`curriculum.neighbors.device_knn`) and returned as numpy.
+
+        Example:
+            >>> import numpy as np
+            >>> from curriculum import EmbeddingStore
+            >>> store = EmbeddingStore(1, metric="l2"); _ = store.add(np.array([[0.], [1.], [3.]], np.float32))
+            >>> store.knn(1, device="cpu")[1].ravel().tolist(), store.last_knn_report["method"]
+            ([1, 0, 1], 'exact')
         """
         k = C.positive_int(k, "k")
         batch_size = C.positive_int(batch_size, "batch_size")
@@ -429,6 +438,8 @@ class EmbeddingStore:
         if k > n - int(bool(exclude_self)):
             raise ValueError(f"k: expected at most {n - int(bool(exclude_self))} (store size"
                              f"{' minus self' if exclude_self else ''}), got {k}")
+        if device is not None:
+            return self._device_knn(snap, k, bool(exclude_self), method, device)
         tune = method == "auto" and target is not None
         if method == "auto":
             small = n <= self.exact_threshold and n < G.AUTO_PLAN_MIN_ROWS
@@ -448,6 +459,28 @@ class EmbeddingStore:
         self.last_knn_report = report  # what ran: method, nprobe, recall estimate, pairs scored
         self._knn_cache = (key, k, d, ids)  # reused by every score computed before the next write
         return d.copy(), ids.copy()
+
+    def _device_knn(self, snap: Any, k: int, exclude_self: bool, method: str,
+                    device: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`knn` on a torch ``device``: the exact graph (cached like the others)."""
+        import torch
+
+        if method not in ("auto", "exact"):
+            raise ValueError(f"method: expected 'auto' or 'exact' with device={device!r} (the graph on a device "
+                             f"is exact), got {method!r}")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device: expected a torch device such as 'cuda' or 'cpu', got {device!r}") from err
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} needs a CUDA GPU, and torch sees none here")
+        key = (snap.version, exclude_self, "exact", None)
+        cached = self._knn_cache
+        if cached is None or cached[0] != key or cached[1] < k:
+            d, rows = device_knn(snap.vec, k, self.metric, dev, exclude_self)
+            self._knn_cache = (key, k, d, snap.ids[rows])
+            self.last_knn_report = {"method": "exact", "device": str(dev), "pairs_scored": len(snap) ** 2}
+        return self._knn_cache[2][:, :k].copy(), self._knn_cache[3][:, :k].copy()
 
     def _locked_candidates(self, q: np.ndarray, kf: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
