@@ -193,3 +193,15 @@ def test_store_knn_on_a_device_is_the_exact_graph_and_checks_its_arguments():
         store.knn(5, device="cpu", method="descent")
     with pytest.raises(ValueError, match="device: expected a torch device"):
         store.knn(5, device="no-such-device")
+
+
+def test_a_graph_tuned_to_a_lower_recall_does_not_answer_the_default_call():
+    x = np.random.default_rng(4).normal(size=(6000, 6)).astype(np.float32)  # blocks need several probes
+    store = cl.EmbeddingStore(6, metric="l2")
+    store.add(x)
+    store.knn(5, target_recall=0.3)
+    low = dict(store.last_knn_report)
+    store.knn(5)
+    assert store.last_knn_report["nprobe"] > low["nprobe"] and store.last_knn_report["recall_estimate"] >= 0.95
+    d, ids = store.knn(5)  # the same call again: from the cache
+    assert store.knn(5, target_recall=0.95)[1].tolist() == ids.tolist()

@@ -446,7 +446,9 @@ class EmbeddingStore:
             method = "exact" if (self.index_spec == "flat" or small) else "blocked"
         tune = tune and method == "blocked"
         nprobe = floor if tune or nprobe is not None else G.DEFAULT_NPROBE
-        key = (snap.version, bool(exclude_self), method, nprobe if method == "blocked" else None)
+        # a tuned graph is keyed by its target too: knn(k, target_recall=0.8) must not answer knn(k) later
+        key = (snap.version, bool(exclude_self), method, nprobe if method == "blocked" else None,
+               target if tune else None)
         cached = self._knn_cache
         if cached is not None and cached[0] == key and cached[1] >= k:
             return cached[2][:, :k].copy(), cached[3][:, :k].copy()
@@ -474,7 +476,7 @@ class EmbeddingStore:
             raise ValueError(f"device: expected a torch device such as 'cuda' or 'cpu', got {device!r}") from err
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device: {device!r} needs a CUDA GPU, and torch sees none here")
-        key = (snap.version, exclude_self, "exact", None)
+        key = (snap.version, exclude_self, "exact", None, None)
         cached = self._knn_cache
         if cached is None or cached[0] != key or cached[1] < k:
             d, rows = device_knn(snap.vec, k, self.metric, dev, exclude_self)
