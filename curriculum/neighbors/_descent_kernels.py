@@ -288,7 +288,7 @@ def _record(x, kind, idx, a, b, worst_a, worst_b, base, c, ua, ub, ud):
 def _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt):
     """Local join of nodes ``lo..hi``: candidate pairs (new x new, new x old) closer than either
     end's current worst, written to node-owned slots of ``ua / ub / ud``. Each candidate's worst
-    distance is read once per node (not once per pair: a cache miss each)."""
+    distance is read once per node, not once per pair."""
     nc, no = new_i.shape[1], old_i.shape[1]
     worst = np.empty((hi - lo, nc + no), np.float32)
     for i in prange(lo, hi):

@@ -35,7 +35,8 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     ~0.03 instead of ~1 TFLOP); each row then goes to its nearest block among those of its 4
     nearest coarse clusters. ``rows``: assign just these rows, the others get -1 (a recall plan
     needs a few thousand; assigning all takes 0.15 s at 100k x 384, ~5 s at 1M x 128);
-    :func:`assign_blocks` assigns the rest the same way later if the blocks are used.
+    :func:`assign_blocks` assigns every row later (at two levels, also by an IVF over the block
+    centroids) when the blocks are used.
 
     Example:
         >>> import numpy as np
