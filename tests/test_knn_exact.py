@@ -205,3 +205,17 @@ def test_a_graph_tuned_to_a_lower_recall_does_not_answer_the_default_call():
     assert store.last_knn_report["nprobe"] > low["nprobe"] and store.last_knn_report["recall_estimate"] >= 0.95
     d, ids = store.knn(5)  # the same call again: from the cache
     assert store.knn(5, target_recall=0.95)[1].tolist() == ids.tolist()
+
+
+def test_a_partial_two_level_plan_assigns_the_other_rows_as_the_full_plan_does():
+    # knn(auto)'s plan assigns only its sampled rows; the blocked engine then assigns the rest
+    # through the plan's own coarse centroids: the same blocks as a full plan (an IVF over k-means
+    # of the block centroids instead made lists so uneven on clustered data that it took 34 s at 1M)
+    from curriculum.neighbors.blocked import assign_blocks, block_plan, block_plan_parts
+
+    x, _ = clustered(20_000, 16, 40, seed=6)
+    full_c, full_a = block_plan(x, 1024, "l2")
+    c, part, coarse = block_plan_parts(x, 1024, "l2", rows=np.arange(0, 20_000, 7))
+    np.testing.assert_array_equal(c, full_c)
+    assert coarse is not None and (part[::7] >= 0).all() and (part[1::7] == -1).all()
+    assert (assign_blocks(x, c, "l2", coarse=coarse) == full_a).mean() > 0.999

@@ -35,8 +35,8 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     ~0.03 instead of ~1 TFLOP); each row then goes to its nearest block among those of its 4
     nearest coarse clusters. ``rows``: assign just these rows, the others get -1 (a recall plan
     needs a few thousand; assigning all takes 0.15 s at 100k x 384, ~5 s at 1M x 128);
-    :func:`assign_blocks` assigns every row later (at two levels, also by an IVF over the block
-    centroids) when the blocks are used.
+    :func:`assign_blocks` with the coarse centroids of :func:`block_plan_parts` assigns every row
+    later as here (but for rows whose 4 coarse lists hold no block) when the blocks are used.
 
     Example:
         >>> import numpy as np
@@ -45,16 +45,32 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
         >>> centroids.shape, assign.shape
         ((4, 4), (1024,))
     """
+    centroids, assign, _ = block_plan_parts(x, n_clusters, metric, seed, two_level_from, rows)
+    return centroids, assign
+
+
+def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0, two_level_from: int = 1024,
+                     rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`block_plan`, and the coarse centroids of a two-level plan (None at one level), which
+    :func:`assign_blocks` needs to assign rows as the plan does.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(5000, 4)).astype(np.float32)
+        >>> c, assign, coarse = block_plan_parts(x, 1024, "l2", rows=np.arange(10))
+        >>> coarse.shape[0], int((assign >= 0).sum()), bool((assign_blocks(x[:10], c, "l2", coarse=coarse) == assign[:10]).all())
+        (32, 10, True)
+    """
     n, d = x.shape
     n_clusters = max(1, min(n_clusters, n))
     am = get_metric(metric).assign_faiss
     if n_clusters < two_level_from:
         centroids = _kmeans(x, n_clusters, metric, seed, 32)
         if rows is None:
-            return centroids, faiss.knn(x, centroids, 1, metric=am)[1][:, 0]
+            return centroids, faiss.knn(x, centroids, 1, metric=am)[1][:, 0], None
         assign = np.full(n, -1, np.int64)
         assign[rows] = faiss.knn(np.ascontiguousarray(x[rows]), centroids, 1, metric=am)[1][:, 0]
-        return centroids, assign
+        return centroids, assign, None
     n_top = int(round(np.sqrt(n_clusters)))
     top = _kmeans(x, n_top, metric, seed, 64)
     top_of = faiss.knn(x, top, 1, metric=am)[1][:, 0]
@@ -78,20 +94,26 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     # a row near the edge of its coarse cluster may lie nearer a block of the next one: reassign
     # every row to its nearest block among the blocks of its 4 nearest coarse clusters (an IVF
     # search over the block centroids) so blocks stay compact and probe lists find their neighbours
-    quant = faiss.IndexFlat(d, am)
-    quant.add(top)
-    ivf = faiss.IndexIVFFlat(quant, d, len(top), am)
-    ivf.add(centroids)
-    ivf.nprobe = min(4, len(top))
     if rows is None:
-        found = ivf.search(np.ascontiguousarray(x, np.float32), 1)[1][:, 0]
-        return centroids, np.where(found >= 0, found, assign)
+        found = _via_coarse(np.ascontiguousarray(x, np.float32), centroids, top, am)
+        return centroids, np.where(found >= 0, found, assign), top
     xr = np.ascontiguousarray(x[rows], np.float32)
-    found = ivf.search(xr, 1)[1][:, 0]
+    found = _via_coarse(xr, centroids, top, am)
     if (found < 0).any():
         found[found < 0] = faiss.knn(xr[found < 0], centroids, 1, metric=am)[1][:, 0]
     assign[rows] = found
-    return centroids, assign
+    return centroids, assign, top
+
+
+def _via_coarse(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, am: int) -> np.ndarray:
+    """Each row's nearest block centroid among those filed under its 4 nearest coarse centroids
+    (an IVF over the block centroids); -1 where those hold none."""
+    quant = faiss.IndexFlat(x.shape[1], am)
+    quant.add(np.ascontiguousarray(coarse, np.float32))
+    ivf = faiss.IndexIVFFlat(quant, x.shape[1], len(coarse), am)
+    ivf.add(centroids)
+    ivf.nprobe = min(4, len(coarse))
+    return ivf.search(x, 1)[1][:, 0]
 
 
 def probe_lists(centroids: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
@@ -251,10 +273,13 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     return out_d, out_i
 
 
-def assign_blocks(x: np.ndarray, centroids: np.ndarray, metric: str, two_level_from: int = 1024) -> np.ndarray:
+def assign_blocks(x: np.ndarray, centroids: np.ndarray, metric: str, two_level_from: int = 1024,
+                  coarse: np.ndarray | None = None) -> np.ndarray:
     """Each row's nearest block among given block centroids (a plan made elsewhere, e.g. on
-    another process). From ``two_level_from`` blocks on, through an IVF over the centroids (their
-    ~sqrt k-means clusters, 4 probed) as :func:`block_plan` assigns, not N x blocks distances.
+    another process). From ``two_level_from`` blocks on, through an IVF over the centroids (4
+    coarse lists probed) as :func:`block_plan` assigns, not N x blocks distances; ``coarse``: the
+    plan's coarse centroids (:func:`block_plan_parts`: the same assignment as the plan's), else
+    ~sqrt k-means clusters of the centroids (on clustered data their lists can be very uneven).
 
     Example:
         >>> import numpy as np
@@ -266,14 +291,8 @@ def assign_blocks(x: np.ndarray, centroids: np.ndarray, metric: str, two_level_f
     centroids = np.ascontiguousarray(centroids, np.float32)
     if len(centroids) < two_level_from:
         return faiss.knn(x, centroids, 1, metric=am)[1][:, 0]
-    n_top = int(round(np.sqrt(len(centroids))))
-    top = _kmeans(centroids, n_top, metric, 0, 8)
-    quant = faiss.IndexFlat(x.shape[1], am)
-    quant.add(top)
-    ivf = faiss.IndexIVFFlat(quant, x.shape[1], n_top, am)
-    ivf.add(centroids)
-    ivf.nprobe = min(4, n_top)
-    found = ivf.search(x, 1)[1][:, 0]
+    top = coarse if coarse is not None else _kmeans(centroids, int(round(np.sqrt(len(centroids)))), metric, 0, 8)
+    found = _via_coarse(x, centroids, top, am)
     missing = found < 0
     if missing.any():
         found[missing] = faiss.knn(x[missing], centroids, 1, metric=am)[1][:, 0]
@@ -374,4 +393,4 @@ class _BlockSearch:
         return self.out_d, self.out_i
 
 
-__all__ = ['block_plan', 'probe_lists', 'probe_lists_other_label', 'block_purity', 'run_blocks', 'blocked_knn']
+__all__ = ['block_plan', 'block_plan_parts', 'assign_blocks', 'probe_lists', 'probe_lists_other_label', 'block_purity', 'run_blocks', 'blocked_knn']

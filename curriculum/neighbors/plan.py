@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .blocked import assign_blocks, block_plan, block_purity
+from .blocked import assign_blocks, block_plan_parts, block_purity
 from .kernels import exact_topk
 from .metric import get_metric
 
@@ -130,11 +130,13 @@ class RecallPlan:
     nprobe: int
     recall_estimate: float
     truth: tuple[np.ndarray, np.ndarray] | None = None  # (sampled rows, their exact k distances); no labels
+    coarse: np.ndarray | None = None  # a two-level plan's coarse centroids (to assign the other rows as it did)
 
     def assignments(self, vec: np.ndarray, metric: str) -> np.ndarray:
         """Every row's block: :attr:`assign` where the plan made it, else assigned now as
         :func:`~curriculum.neighbors.blocked.block_plan` would (:func:`~curriculum.neighbors.blocked.assign_blocks`)."""
-        return self.assign if self.assign is not None else assign_blocks(vec, self.centroids, metric)
+        return self.assign if self.assign is not None else assign_blocks(vec, self.centroids, metric,
+                                                                        coarse=self.coarse)
 
     def pair_share(self, n: int) -> float:
         """Share of all ordered pairs the blocked search scores at this nprobe (~256-row blocks)."""
@@ -160,13 +162,13 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
     if labels is None:  # only the sampled rows and their neighbours need a block (the engine assigns the rest)
         true_d, truth = sample_truth(vec, sample, k, metric, exclude_self, return_distances=True)
         known, partial = (sample, true_d), np.union1d(sample, truth[truth >= 0])
-    centroids, assign = block_plan(vec, max(1, n // 256), metric, seed, rows=partial)
+    centroids, assign, coarse = block_plan_parts(vec, max(1, n // 256), metric, seed, rows=partial)
     if labels is not None:
         truth = exact_topk(vec[sample], vec, k, metric, labels[sample], labels)[1]
         pure = block_purity(labels, assign, len(centroids))
     ranks = probe_ranks(centroids, assign, sample, truth, metric, pure=pure)
     p, recall = nprobe_for(ranks, target, floor, len(centroids))
-    return RecallPlan(centroids, None if (assign < 0).any() else assign, p, recall, known)
+    return RecallPlan(centroids, None if (assign < 0).any() else assign, p, recall, known, coarse)
 
 
 __all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall', 'RecallPlan', 'plan_recall']
