@@ -222,37 +222,43 @@ def build_candidates(idx, flag, n_cand, seed, it, n_threads):
     return new_i, old_i
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _reverse_lists(idx, flag, pri, n_threads):
     """Reverse neighbours as compressed rows: node ``j``'s are ``src_i[start[j]:start[j + 1]]``
     (ascending), with the pair's priority and new-flag copied beside them - independent writes
-    instead of a dependent, cache-missing heap push per list entry. Thread ``t`` writes the
-    nodes of the ``t``-th range only."""
-    n, K = idx.shape
+    instead of a dependent, cache-missing heap push per list entry."""
+    n = idx.shape[0]
     start = np.zeros(n + 1, np.int64)
-    for t in prange(n_threads):
-        lo, hi = t * n // n_threads, (t + 1) * n // n_threads
-        for i in range(n):
-            for s in range(K):
-                j = idx[i, s]
-                if lo <= j < hi:
-                    start[j + 1] += 1
+    none_i, none_p, none_f = np.empty(0, np.int32), np.empty(0, np.float32), np.empty(0, np.uint8)
+    _reverse_pass(idx, flag, pri, n_threads, True, start, none_i, none_p, none_f)
     for j in range(n):
         start[j + 1] += start[j]
     fill = start[:-1].copy()
     src_i = np.empty(start[n], np.int32)
     src_p = np.empty(start[n], np.float32)
     src_f = np.empty(start[n], np.uint8)
+    _reverse_pass(idx, flag, pri, n_threads, False, fill, src_i, src_p, src_f)
+    return start, src_p, src_i, src_f
+
+
+@njit(cache=True, parallel=True)
+def _reverse_pass(idx, flag, pri, n_threads, count, at, src_i, src_p, src_f):
+    """One pass over every list entry ``(i, s)`` pointing at ``j``, thread ``t`` handling the
+    ``j`` of the ``t``-th range only: with ``count``, ``at[j + 1]`` counts them; else each is
+    written at ``at[j]`` (then advanced)."""
+    n, K = idx.shape
     for t in prange(n_threads):
         lo, hi = t * n // n_threads, (t + 1) * n // n_threads
         for i in range(n):
             for s in range(K):
                 j = idx[i, s]
                 if lo <= j < hi:
-                    r = fill[j]
-                    src_i[r], src_p[r], src_f[r] = i, pri[i, s], flag[i, s]
-                    fill[j] = r + 1
-    return start, src_p, src_i, src_f
+                    if count:
+                        at[j + 1] += 1
+                    else:
+                        r = at[j]
+                        src_i[r], src_p[r], src_f[r] = i, pri[i, s], flag[i, s]
+                        at[j] = r + 1
 
 
 @njit(cache=True, inline="always")
