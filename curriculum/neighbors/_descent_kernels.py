@@ -270,14 +270,14 @@ def _listed(idx, i, j):
 
 
 @njit(cache=True, inline="always")
-def _record(x, kind, idx, a, b, worst_a, worst_b, base, c, ua, ub, ud):
+def _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud):
     """Score pair (a, b) and record it if it improves an end that does not list the other yet
-    (``worst_*``: each end's current worst distance; the lists are read only for pairs that beat
-    one); the sign of the stored row says which: ``ub = b`` improves ``b``'s list, ``-1 - b``
-    does not (likewise ``ua``). Returns the new count."""
+    (the lists are read only for pairs that beat an end's worst); the sign of the stored row
+    says which: ``ub = b`` improves ``b``'s list, ``-1 - b`` does not (likewise ``ua``).
+    Returns the new count."""
     d = _dist(x, a, b, kind)
-    to_a = d < worst_a
-    to_b = d < worst_b
+    to_a = d < dist[a, 0]
+    to_b = d < dist[b, 0]
     if not (to_a or to_b):  # most pairs: no list to check
         return c
     to_a = to_a and not _listed(idx, a, b)
@@ -293,17 +293,10 @@ def _record(x, kind, idx, a, b, worst_a, worst_b, base, c, ua, ub, ud):
 @njit(cache=True, parallel=True, fastmath=True)
 def _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt):
     """Local join of nodes ``lo..hi``: candidate pairs (new x new, new x old) closer than either
-    end's current worst, written to node-owned slots of ``ua / ub / ud``. Each candidate's worst
-    distance is read once per node, not once per pair."""
+    end's current worst, written to node-owned slots of ``ua / ub / ud``."""
     nc, no = new_i.shape[1], old_i.shape[1]
-    worst = np.empty((hi - lo, nc + no), np.float32)
     for i in prange(lo, hi):
         base = (i - lo) * slot
-        w = worst[i - lo]
-        for p in range(nc):
-            w[p] = dist[new_i[i, p], 0] if new_i[i, p] >= 0 else np.float32(0.0)
-        for q in range(no):
-            w[nc + q] = dist[old_i[i, q], 0] if old_i[i, q] >= 0 else np.float32(0.0)
         c = 0
         for p in range(nc):
             a = new_i[i, p]
@@ -312,11 +305,11 @@ def _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt)
             for q in range(p + 1, nc):
                 b = new_i[i, q]
                 if b >= 0:
-                    c = _record(x, kind, idx, a, b, w[p], w[q], base, c, ua, ub, ud)
+                    c = _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud)
             for q in range(no):
                 b = old_i[i, q]
                 if b >= 0 and b != a:
-                    c = _record(x, kind, idx, a, b, w[p], w[nc + q], base, c, ua, ub, ud)
+                    c = _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud)
         cnt[i - lo] = c
 
 

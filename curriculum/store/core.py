@@ -449,9 +449,9 @@ class EmbeddingStore:
         # a tuned graph is keyed by its target too: knn(k, target_recall=0.8) must not answer knn(k) later
         key = (snap.version, bool(exclude_self), method, nprobe if method == "blocked" else None,
                target if tune else None)
-        cached = self._knn_cache
-        if cached is not None and cached[0] == key and cached[1] >= k:
-            return cached[2][:, :k].copy(), cached[3][:, :k].copy()
+        cached = self._cached_knn(key, k)
+        if cached is not None:
+            return cached
         if method == "index":
             self._ensure_index()
             if self._im.index is None:
@@ -477,12 +477,21 @@ class EmbeddingStore:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device: {device!r} needs a CUDA GPU, and torch sees none here")
         key = (snap.version, exclude_self, "exact", None, None)
+        cached = self._cached_knn(key, k)
+        if cached is not None:
+            return cached
+        d, rows = device_knn(snap.vec, k, self.metric, dev, exclude_self)
+        self._knn_cache = (key, k, d, snap.ids[rows])
+        self.last_knn_report = {"method": "exact", "device": str(dev), "pairs_scored": len(snap) ** 2}
+        return d.copy(), self._knn_cache[3].copy()
+
+    def _cached_knn(self, key: tuple, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached graph's first ``k`` columns (copies) if it was computed for ``key`` with at
+        least ``k`` neighbours, else None."""
         cached = self._knn_cache
-        if cached is None or cached[0] != key or cached[1] < k:
-            d, rows = device_knn(snap.vec, k, self.metric, dev, exclude_self)
-            self._knn_cache = (key, k, d, snap.ids[rows])
-            self.last_knn_report = {"method": "exact", "device": str(dev), "pairs_scored": len(snap) ** 2}
-        return self._knn_cache[2][:, :k].copy(), self._knn_cache[3][:, :k].copy()
+        if cached is not None and cached[0] == key and cached[1] >= k:
+            return cached[2][:, :k].copy(), cached[3][:, :k].copy()
+        return None
 
     def _locked_candidates(self, q: np.ndarray, kf: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
