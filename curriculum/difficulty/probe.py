@@ -95,8 +95,9 @@ def label_probe(store: EmbeddingStore, folds: int = 3, weight_decay: float = 1e-
     """Out-of-fold probabilities of a linear probe (multinomial logistic regression) trained on
     the stored vectors to predict the stored labels: ``folds`` class-stratified folds, each
     predicted by a probe fitted on the others (full-batch L-BFGS, at most ``max_iter`` steps,
-    L2 penalty ``weight_decay`` on standardised features). Deterministic for a ``seed`` (which
-    deals the folds). Three folds, not cleanlab's five: on ``curriculum bench --sections noise``
+    L2 penalty ``weight_decay`` on features standardised by the mean and deviation of all rows -
+    no label enters them, so a row's own label still never reaches its own probabilities).
+    Deterministic for a ``seed`` (which deals the folds). Three folds, not cleanlab's five: on ``curriculum bench --sections noise``
     ``label_noise``'s AUC moved by at most 0.001 (Debian text, 59 classes: 0.972 -> 0.971,
     pairwise 0.836 -> 0.835; Fashion-MNIST unchanged) at half the probe's time.
 
@@ -127,12 +128,12 @@ def label_probe(store: EmbeddingStore, folds: int = 3, weight_decay: float = 1e-
     if len(classes) < 2:
         raise ValueError(f"store: label_probe needs at least 2 classes, got {len(classes)}")
     fold = _stratified_folds(y, folds, seed)
+    xs = _standardised(snap.vec)
     probs = np.zeros((len(y), len(classes)))
     with progress_bar(total=folds, desc=f"label probe ({folds} folds)", disable=not want(progress, len(y))) as bar:
         for f in range(folds):
             test = fold == f
-            probs[test] = _fit_predict(snap.vec[~test], y[~test], snap.vec[test], len(classes), weight_decay,
-                                       max_iter)
+            probs[test] = _fit_predict(xs[~test], y[~test], xs[test], len(classes), weight_decay, max_iter)
             bar.update(1)
     return Probe(probs, snap.ids, labels, classes)
 
@@ -147,36 +148,48 @@ def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
+def _standardised(x: np.ndarray) -> np.ndarray:
+    """The rows standardised per feature, as a new float32 array (mean and deviation of all rows:
+    no label enters, so every fold may share them)."""
+    xs = np.array(x, np.float32, copy=True)
+    xs -= xs.mean(0)
+    xs /= np.maximum(xs.std(0), 1e-12)
+    return xs
+
+
 def _fit_predict(x: np.ndarray, y: np.ndarray, q: np.ndarray, n_classes: int, weight_decay: float,
                  max_iter: int) -> np.ndarray:
-    """Fit the softmax probe on ``(x, y)`` from zeros (a fold never starts from weights that saw
-    its rows) and return its class probabilities for ``q``."""
+    """Fit the softmax probe on the rows of ``x`` with labels ``y`` from zeros (a fold never starts
+    from weights that saw its rows) and return its class probabilities for the rows of ``q``."""
     import torch
 
-    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    mean, std = xt.mean(0), xt.std(0).clamp_min(1e-12)
-    xt = (xt - mean) / std
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(y.astype(np.int64)), n_classes).to(xt.dtype)
-    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
+    xr = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    x, n = xr.T, len(xr)  # (D, n): a view, read transposed by the matrix products
+    y_t = torch.from_numpy(y.astype(np.int64))[None]
+    onehot = torch.zeros(n_classes, n).scatter_(0, y_t, 1.0)
+    w = torch.zeros(n_classes, x.shape[0], requires_grad=True)
+    b = torch.zeros(n_classes, 1, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
-        # softmax cross-entropy and its gradient in closed form: (softmax - onehot) / n pulled back
-        # through the linear map - twice as fast as autograd through F.cross_entropy here
+        # softmax cross-entropy and its gradient in closed form, class-major ((C, n): the
+        # reductions over classes run along contiguous rows, in place): (softmax - onehot) / n
+        # pulled back through the linear map - 2-3x faster than autograd through F.cross_entropy
         with torch.no_grad():
-            z = torch.addmm(b, xt, w)
-            lse = z.logsumexp(1)
-            loss = (lse - (z * onehot).sum(1)).mean() + weight_decay * (w * w).sum()
-            g = (torch.exp(z - lse[:, None]) - onehot) / len(xt)
-            w.grad = xt.T @ g + (2 * weight_decay) * w
-            b.grad = g.sum(0)
+            z = torch.addmm(b, w, x)
+            z -= z.amax(0)
+            given = z.gather(0, y_t).sum()
+            e = z.exp_()
+            s = e.sum(0)
+            loss = (s.log().sum() - given) / n + weight_decay * (w * w).sum()
+            g = e.div_(s).sub_(onehot).div_(n)
+            w.grad = torch.addmm(w, g, xr, beta=2 * weight_decay)
+            b.grad = g.sum(1, keepdim=True)
         return loss
 
     opt.step(closure)
-    qt = (torch.from_numpy(np.ascontiguousarray(q, np.float32)) - mean) / std
     with torch.no_grad():
-        return torch.softmax(qt @ w + b, dim=1).double().numpy()
+        return torch.softmax(torch.addmm(b, w, torch.from_numpy(np.ascontiguousarray(q, np.float32)).T), dim=0).T.double().numpy()
 
 
 def label_noise(store: EmbeddingStore, probe: Probe | None = None, k: int | None = None,
