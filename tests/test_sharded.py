@@ -94,6 +94,11 @@ def _worker(rank, world, out, initfile, metric, save_to):
         cl.curate(s, 150, seed=1, ids=pool(metric)[1] if rank == 0 else None)
     except ValueError as exc:
         res["curated_half"] = np.array([str(exc)])
+    res["curated_levels"] = cl.curate(s, 150, seed=1, levels=(24, 6))
+    try:  # levels that differ between the ranks: an error everywhere
+        cl.curate(s, 150, seed=1, levels=(24, 6) if rank == 0 else (24, 5))
+    except ValueError as exc:
+        res["curated_levels_differ"] = np.array([str(exc)])
     for name, nc in (("dups_exact", 1), ("dups_clustered", 6)):
         groups = D.near_duplicates(s, 0.98, n_clusters=nc)
         res[f"{name}_ids"] = np.concatenate(groups) if groups else np.zeros(0, np.int64)
@@ -287,6 +292,13 @@ def test_curation_of_a_part_of_the_pool_and_with_a_reference_selects_what_one_pr
     ref = cl.curate(one_process(metric), 150, seed=1, reference=pool(metric)[1][:40])
     np.testing.assert_array_equal(np.sort(_by_rank(res, "curated_ref")), ref)
     assert all("ids: expected on every rank or on none" in str(r["curated_half"][0]) for r in res)
+
+
+def test_curation_with_given_levels_selects_what_one_process_selects(sharded):
+    world, metric, res, _ = sharded
+    ref = cl.curate(one_process(metric), 150, seed=1, levels=(24, 6))
+    np.testing.assert_array_equal(np.sort(_by_rank(res, "curated_levels")), ref)
+    assert all("levels: expected the same levels on every rank" in str(r["curated_levels_differ"][0]) for r in res)
 
 
 def test_writes_route_by_id(sharded):

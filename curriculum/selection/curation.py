@@ -283,31 +283,82 @@ def hierarchical_kmeans(vectors: np.ndarray, levels: tuple[int, ...], metric: st
                                 resample_per_cluster, upper, progress)
 
 
-def _hierarchical_kmeans(x: np.ndarray, levels: tuple[int, ...], seed: int, resample_iters: int,
-                         resample_per_cluster: int | None, upper: str, progress: bool | None) -> Hierarchy:
-    from scipy.cluster.hierarchy import fcluster, linkage
+def checked_levels(levels: object, n: int) -> list[int]:
+    """``levels`` as a list of strictly decreasing positive cluster counts, the first at most
+    ``n`` (the rows to cluster); a clear ``ValueError`` otherwise.
 
+    Example:
+        >>> checked_levels((64, 16), 1000)
+        [64, 16]
+    """
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
+        raise TypeError(f"levels: expected a sequence of cluster counts, got {type(levels).__name__}")
     ks = [C.positive_int(k, "levels") for k in levels]
     if not ks or any(b >= a for a, b in zip(ks, ks[1:])):
         raise ValueError(f"levels: expected strictly decreasing cluster counts, got {list(levels)}")
-    if ks[0] > len(x):
-        raise ValueError(f"levels: the finest level asks for {ks[0]} clusters but there are {len(x)} vectors")
+    if ks[0] > n:
+        raise ValueError(f"levels: the finest level asks for {ks[0]} clusters but there are {n} vectors")
+    return ks
+
+
+def ward_levels(cent: np.ndarray, ks: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Given levels above the leaves: the leaf centroids ``cent`` grouped by Ward into ``ks[0]``
+    clusters, those clusters' centroids into ``ks[1]``, and so on; returns the Hierarchy maps and
+    the centroids of every level, leaves first (as :func:`upper_levels`).
+
+    Example:
+        >>> import numpy as np
+        >>> c = np.concatenate([np.random.default_rng(0).normal(size=(10, 2)) + m for m in (0, 50, 100)])
+        >>> maps, cents = ward_levels(c.astype(np.float32), [3])
+        >>> [len(x) for x in cents], sorted(np.bincount(maps[0]).tolist())
+        ([30, 3], [10, 10, 10])
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    maps, cents = [], [cent]
+    for k in ks:
+        lab = fcluster(linkage(cents[-1].astype(np.float64), "ward"), k, "maxclust") - 1
+        lab = np.unique(lab, return_inverse=True)[1].astype(np.int64)
+        maps.append(lab)
+        cents.append(_centroids_of(cents[-1], lab, int(lab.max()) + 1))
+    return maps, cents
+
+
+def _given_levels(x: np.ndarray, levels: object, resample_iters: int, seed: int, progress: bool | None,
+                  ids: np.ndarray) -> Hierarchy:
+    """``curate``'s hierarchy for given ``levels``: the finest level fitted as the automatic
+    hierarchy's leaves (:func:`fit_leaves` on the rows of smallest ``id_priority``, so a sharded
+    store builds the same), every row assigned, the coarser levels by :func:`ward_levels`."""
+    ks = checked_levels(levels, len(x))
+    bar = progress_bar(total=2, desc="curation: given levels", disable=not want(progress, len(x)))
+    cent = fit_leaves(x, ks[0], resample_iters, seed, x[np.argsort(id_priority(ids, seed))[:ks[0] * SAMPLE_PER_LEAF]])
+    rows, _ = KM.assign(x, cent)
+    bar.update(1)
+    maps, cents = ward_levels(cent, ks[1:])
+    bar.update(1)
+    bar.close()
+    return Hierarchy([rows] + maps, cents)
+
+
+def _hierarchical_kmeans(x: np.ndarray, levels: tuple[int, ...], seed: int, resample_iters: int,
+                         resample_per_cluster: int | None, upper: str, progress: bool | None) -> Hierarchy:
+    ks = checked_levels(levels, len(x))
     assignments, centroids = [], []
     pts = x
     bar = progress_bar(total=len(ks), desc="hierarchical k-means (levels)", disable=not want(progress, len(x)))
-    for li, k in enumerate(ks):
+    for li, k in enumerate(ks[:1] if upper == "ward" else ks):
         bar.update(1)
-        if li > 0 and upper == "ward":
-            lab = fcluster(linkage(pts.astype(np.float64), "ward"), k, "maxclust") - 1
-            lab = np.unique(lab, return_inverse=True)[1].astype(np.int64)
-        else:
-            cent = KM.kmeans(pts, k, seed=seed + li)
-            cent = KM.resample_refine(pts, cent, resample_iters, seed=seed + 1000 * (li + 1),
-                                      per_cluster=resample_per_cluster)
-            lab = KM.assign(pts, cent)[0]
+        cent = KM.kmeans(pts, k, seed=seed + li)
+        cent = KM.resample_refine(pts, cent, resample_iters, seed=seed + 1000 * (li + 1),
+                                  per_cluster=resample_per_cluster)
+        lab = KM.assign(pts, cent)[0]
         assignments.append(lab)
         centroids.append(_centroids_of(pts, lab, int(lab.max()) + 1))
         pts = centroids[-1]
+    if upper == "ward":
+        maps, cents = ward_levels(centroids[0], ks[1:])
+        assignments, centroids = assignments + maps, centroids + cents[1:]
+        bar.update(len(ks) - 1)
     bar.close()
     return Hierarchy(assignments, centroids)
 
@@ -415,7 +466,8 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     leaves, the modes that separate by a clear jump in distance on top, nested levels between,
     so every mode gets the same share whatever their number; modes smaller than that share are
     taken whole. ``levels`` (finest to coarsest cluster counts) fixes the levels instead, as in
-    Vo et al.'s pipeline (the top level then should match the number of modes).
+    Vo et al.'s pipeline (the top level then should match the number of modes): the finest level
+    fitted as the automatic leaves are, the coarser ones Ward groups of its centroids.
 
     Before balancing (which would over-sample junk that forms its own cluster), rows are left out:
     stray rows (leaves of fewer than :data:`MIN_MODE_ROWS` rows) unless ``drop_stray=False``, and
@@ -429,7 +481,7 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     (every rank calls ``curate``; each gets its own shard's selected ids) selects exactly the ids
     one process selects from the same rows (up to 128 dimensions; above, the PCA projection is
     fitted on that sample instead of the whole pool). On a sharded store ``ids`` and ``reference``
-    are the unions of what every rank passes; ``levels`` is not supported there yet.
+    are the unions of what every rank passes.
 
     Example:
         >>> ids = curate(store, target_size=len(store) // 10)      # doctest: +SKIP
@@ -437,9 +489,8 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     if isinstance(store, ShardedStore):
         from .sharded_curation import curate_sharded
 
-        _only_defaults(levels=levels)
         return curate_sharded(store, target_size, seed, resample_iters, drop_stray, progress, ids, dedup_threshold,
-                              reference)
+                              reference, levels)
     ids, vec = _pool(store, ids, dedup_threshold, seed)
     target = C.positive_int(target_size, "target_size")
     if target > len(ids):
@@ -457,7 +508,7 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     if levels is None:
         h = _auto_hierarchy(x, None, resample_iters, seed, progress, ids=ids)
     else:
-        h = _hierarchical_kmeans(x, levels, seed, resample_iters, None, "ward", progress)
+        h = _given_levels(x, levels, resample_iters, seed, progress, ids)
     sizes = np.bincount(h.assignments[0], minlength=len(h.centroids[0]))
     keep = sizes[h.assignments[0]] >= (MIN_MODE_ROWS if drop_stray else 0)
     if ref_rows is not None:
@@ -466,12 +517,6 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
         raise ValueError(f"target_size: expected at most {int(keep.sum())} (the rows left after dropping "
                          f"{int((~keep).sum())} stray or out-of-reference rows), got {target}")
     return np.sort(ids[balanced_select(h, target, seed=seed, keep=keep, priority=id_priority(ids, seed + PICK_SEED))])
-
-
-def _only_defaults(**given: object) -> None:
-    for name, value in given.items():
-        if value is not None:
-            raise ValueError(f"{name}: not supported on a ShardedStore yet (expected None, got {type(value).__name__})")
 
 
 def _pool(store: EmbeddingStore, ids: np.ndarray | None, dedup_threshold: float | None,
@@ -572,6 +617,6 @@ def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resamp
     return groups
 
 
-__all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'auto_hierarchy', 'mode_cut', 'clustering_space',
+__all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'checked_levels', 'ward_levels', 'auto_hierarchy', 'mode_cut', 'clustering_space',
            'leaf_count', 'fit_leaves', 'balanced_select', 'curate', 'deduplicate',
            'cluster_groups']

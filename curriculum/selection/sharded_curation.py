@@ -23,22 +23,24 @@ from ..neighbors import kmeans as KM
 from ..neighbors import normalize, pca_basis, project
 from ..store import ShardedStore
 from ..store.sharded import id_priority
-from .curation import (MIN_MODE_ROWS, PICK_SEED, REDUCE_TO, SAMPLE_PER_LEAF, Hierarchy, _junk_leaves, deduplicate,
-                       fit_leaves, leaf_count, leaf_quotas, upper_levels)
+from .curation import (MIN_MODE_ROWS, PICK_SEED, REDUCE_TO, SAMPLE_PER_LEAF, Hierarchy, _junk_leaves, checked_levels,
+                       deduplicate, fit_leaves, leaf_count, leaf_quotas, upper_levels, ward_levels)
 
 TOP = np.iinfo(np.int64).max
 
 
 def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resample_iters: int = 3,
                    drop_stray: bool = True, progress: bool | None = None, ids: np.ndarray | None = None,
-                   dedup_threshold: float | None = None, reference: np.ndarray | None = None) -> np.ndarray:
+                   dedup_threshold: float | None = None, reference: np.ndarray | None = None,
+                   levels: tuple[int, ...] | None = None) -> np.ndarray:
     """This shard's ids of a ``target_size`` subset balanced over the hierarchy of all shards
     (see :func:`curriculum.curate`; every rank calls it). ``ids``: the pool is the union of the
     ids every rank passes (a rank may pass its part, or all of them); ``dedup_threshold``:
     near-duplicates removed first (:func:`~curriculum.selection.curation.deduplicate` over the
     shards); ``reference``: trusted in-distribution ids (the union over the ranks), leaves they
     do not cover left out (:func:`~curriculum.selection.curation.out_of_reference` from the
-    all-reduced counts). Collective.
+    all-reduced counts); ``levels``: given cluster counts, finest first (the leaves fitted as
+    the automatic ones are, Ward groups of their centroids above). Collective.
 
     Example:
         >>> import numpy as np
@@ -51,20 +53,27 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
         (100, 50)
     """
     comm = store.comm
-    given = comm.all_reduce(np.array([ids is not None, dedup_threshold is not None, reference is not None], np.int64))
-    for name, count in zip(("ids", "dedup_threshold", "reference"), given.tolist()):
+    options = {"ids": ids, "dedup_threshold": dedup_threshold, "reference": reference, "levels": levels}
+    given = comm.all_reduce(np.array([v is not None for v in options.values()], np.int64))
+    for name, count in zip(options, given.tolist()):
         if count not in (0, comm.world):  # every rank decides alike: no rank is left in a collective
             raise ValueError(f"{name}: expected on every rank or on none, got it on {count} of {comm.world}")
     mask = _pool_mask(store, ids, dedup_threshold, seed)
     n = int(comm.all_reduce(np.array([mask.sum()]))[0])
     target = store.checked(lambda: _target(target_size, n, dedup_threshold is not None))
-    full, k = _space(store, seed, mask), leaf_count(n)
+    ks = store.checked(lambda: None if levels is None else checked_levels(levels, n))
+    if ks is not None:  # the same levels everywhere, or every rank fits its own hierarchy
+        mine = hash(tuple(ks)) & 0x7FFF_FFFF_FFFF_FFFF
+        h = comm.all_reduce(np.array([mine, -mine], np.int64), "max")
+        if h[0] != -h[1]:
+            raise ValueError(f"levels: expected the same levels on every rank, got {ks} here and others elsewhere")
+    full, k = _space(store, seed, mask), leaf_count(n) if ks is None else ks[0]
     cent = store.fit_on_root(k * SAMPLE_PER_LEAF, seed, full,
                              lambda sample: fit_leaves(sample, k, resample_iters, seed, sample=sample), mask=mask)
     x, pool_ids = full[mask], store.ids[mask]
     leaf = KM.assign(x, cent)[0] if len(x) else np.zeros(0, np.int64)
     sizes = comm.all_reduce(np.bincount(leaf, minlength=k))
-    maps, cents = upper_levels(cent, sizes)
+    maps, cents = upper_levels(cent, sizes) if ks is None else ward_levels(cent, ks[1:])
     keep = sizes[leaf] >= (MIN_MODE_ROWS if drop_stray else 0)
     if reference is not None:
         held = comm.all_reduce(np.bincount(leaf[_members(store, reference, "reference", pool_ids)], minlength=k))
