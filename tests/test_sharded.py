@@ -6,6 +6,8 @@ the results are compared with one process holding every row:
 - the label-excluded graph (negatives table), the geometry scores gathered to every rank, the
   all-reduced k-means and curation: the same as one process (k-means: as one process's Lloyd
   from the same seeding; curation: the same ids);
+- the miner: negatives (searched, or from the shard-wise table), positives, semi-hard and
+  label-free negatives equal the one-process miner's for each rank's batch;
 - the approximate graph (IVF shards) reaches its documented recall;
 - writes route by id (update / remove then search equals one process after the same writes);
 - a bad argument on one rank raises on every rank and changes nothing;
@@ -111,6 +113,7 @@ def _worker(rank, world, out, initfile, metric, save_to):
         miner.negatives(anchors, k=0 if rank == 1 else K)
     except Exception as exc:  # noqa: BLE001
         res["mined_bad"] = np.array([f"{type(exc).__name__}: {exc}"])
+    _mine_more(s, miner, anchors, q, qlab, res, rank, world, metric)
     if save_to:
         s.save(save_to)
     try:  # one rank's bad argument stops every rank; nothing changes
@@ -124,6 +127,31 @@ def _worker(rank, world, out, initfile, metric, save_to):
     res["after_i"] = s.search(q, K)[1]
     np.savez(f"{out}.{rank}.npz", **res)
     torch.distributed.destroy_process_group()
+
+
+def _mine_more(s, miner, anchors, q, qlab, res, rank, world, metric):
+    """Positives, semi-hard negatives, the shard-wise negatives table, label-free mining with the
+    near-duplicate filter: each rank's batch, to compare with the one-process miner's answers."""
+    m = miner.positives(anchors)
+    res["pos_i"], res["pos_d"], res["pos_steps"] = m.ids, m.distances, m.steps
+    res["pos_fresh_i"] = miner.positives(embeddings=q, labels=qlab).ids
+    res["semi_i"] = miner.semi_hard(anchors, _positives_for(anchors), margin=3.0).ids
+    table = HardNegativeMiner(s, k=K).build_table()
+    res["mined_table_i"], res["mined_table_d"] = (lambda m: (m.ids, m.distances))(table.negatives(anchors))
+    x, ids, _, _ = pool(metric)
+    mine = np.arange(N)[rank::world]
+    unlabelled = ShardedStore(DIM, metric=metric, index="flat")
+    unlabelled.add(x[mine], ids[mine])
+    res["free_i"] = HardNegativeMiner(unlabelled, k=K, duplicate_threshold=0.9).negatives(anchors).ids
+    try:  # a collective build cannot run in a thread beside the caller's collectives
+        table.build_table(background=True)
+    except ValueError as exc:
+        res["table_bg"] = np.array([str(exc)])
+
+
+def _positives_for(anchors):
+    ids = pool()[1]
+    return ids[(np.searchsorted(np.sort(ids), anchors) + 7) % N]  # some other stored id per anchor
 
 
 def _load_worker(rank, world, out, initfile, path):
@@ -227,6 +255,36 @@ def test_hard_negatives_over_shards_equal_one_process(sharded):
         np.testing.assert_allclose(got["mined_ids_d"], ref.distances, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(got["mined_fresh_i"], one.negatives(embeddings=q[r::world], labels=qlab[r::world]).ids)
         assert "k: expected" in str(got["mined_bad"][0])  # rank 1's own error, or "rank 1 failed: ..."
+
+
+def test_positives_semi_hard_table_and_label_free_mining_over_shards_equal_one_process(sharded):
+    """The rest of the miner, collective: farthest positives (stored or fresh anchors), semi-hard
+    negatives, negatives from the shard-wise table and label-free mining with the duplicate
+    filter - each rank's answers equal the one-process miner's for that rank's batch."""
+    world, metric, res, _ = sharded
+    one_store = one_process(metric)
+    one = HardNegativeMiner(one_store, k=K)
+    table = HardNegativeMiner(one_store, k=K).build_table(nprobe=10_000)  # exact: every block probed
+    x, ids, _, q = pool(metric)
+    free = EmbeddingStore(DIM, metric=metric, index="flat")
+    free.add(x, ids)
+    free_miner = HardNegativeMiner(free, k=K, duplicate_threshold=0.9)
+    qlab = np.arange(len(q)) % 6
+    for r, got in enumerate(res):
+        anchors = ids[r::world][:30]
+        ref = one.positives(anchors)
+        np.testing.assert_array_equal(got["pos_i"], ref.ids)
+        np.testing.assert_allclose(got["pos_d"], ref.distances, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got["pos_steps"], ref.steps)
+        np.testing.assert_array_equal(got["pos_fresh_i"], one.positives(embeddings=q[r::world], labels=qlab[r::world]).ids)
+        semi = one.semi_hard(anchors, _positives_for(anchors), margin=3.0).ids
+        assert (semi >= 0).sum() > 30
+        np.testing.assert_array_equal(got["semi_i"], semi)
+        ref = table.negatives(anchors)
+        np.testing.assert_array_equal(got["mined_table_i"], ref.ids)
+        np.testing.assert_allclose(got["mined_table_d"], ref.distances, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got["free_i"], free_miner.negatives(anchors).ids)
+        assert "background: not on a ShardedStore" in str(got["table_bg"][0])
 
 
 def test_near_duplicates_over_shards(sharded):
@@ -392,23 +450,28 @@ def test_without_a_process_group_it_is_a_world_of_one():
     assert len(s) == N
 
 
-def test_miner_on_a_sharded_store_says_what_it_does_not_do_yet():
+def test_miner_on_a_world_of_one_and_its_clear_errors():
     x, ids, lab, q = pool("l2")
     s = ShardedStore(DIM, metric="l2", index="flat")  # no process group: a world of one
     s.add(x, ids, lab, step=4)
     miner = HardNegativeMiner(s, k=3)
+    one = HardNegativeMiner(one_process("l2"), k=3)
     got = miner.negatives(ids[:5])
-    ref = HardNegativeMiner(one_process("l2"), k=3).negatives(ids[:5])
-    np.testing.assert_array_equal(got.ids, ref.ids)
+    np.testing.assert_array_equal(got.ids, one.negatives(ids[:5]).ids)
     assert (got.steps == 4).all()
-    for call in (lambda: miner.positives(ids[:5]), lambda: miner.semi_hard(ids[:5], ids[5:10]),
-                 lambda: miner.build_table()):
-        with pytest.raises(ValueError, match="not supported on a ShardedStore yet"):
-            call()
+    np.testing.assert_array_equal(miner.positives(ids[:5]).ids, one.positives(ids[:5]).ids)
+    np.testing.assert_array_equal(miner.semi_hard(ids[:5], ids[5:10], margin=5.0).ids,
+                                  one.semi_hard(ids[:5], ids[5:10], margin=5.0).ids)
+    assert miner.build_table().table_info["method"] == "label-filtered search"
+    np.testing.assert_array_equal(miner.negatives(ids[:5]).ids, one.negatives(ids[:5]).ids)
     with pytest.raises(ValueError, match="labels: fresh embeddings"):
         miner.negatives(embeddings=q[:3])
-    with pytest.raises(ValueError, match="duplicate_threshold"):
-        HardNegativeMiner(s, duplicate_threshold=0.9)
+    with pytest.raises(ValueError, match="nprobe: not on a ShardedStore"):
+        miner.build_table(nprobe=4)
+    with pytest.raises(ValueError, match="positive_ids: expected 5"):
+        miner.semi_hard(ids[:5], ids[5:9])
+    with pytest.raises(ValueError, match="margin"):
+        miner.semi_hard(ids[:5], ids[5:10], margin=-1.0)
 
 
 def test_sharded_curation_drops_what_the_reference_does_not_cover():

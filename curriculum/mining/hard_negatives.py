@@ -1,6 +1,7 @@
-"""Global hard-sample mining over the whole :class:`~curriculum.EmbeddingStore`: the hardest
-negatives / positives / semi-hard negatives of a batch of anchors, through the store's faiss search
-or a per-epoch negatives table built by the blocked engine. Re-exported by :mod:`curriculum.mining`.
+"""Global hard-sample mining over the whole :class:`~curriculum.EmbeddingStore` (or every shard
+of a :class:`~curriculum.store.ShardedStore`): the hardest negatives / positives / semi-hard
+negatives of a batch of anchors, through the store's faiss search or a per-epoch negatives table
+built by the blocked engine. Re-exported by :mod:`curriculum.mining`.
 
 Distances follow the store's convention (smaller = nearer).
 """
@@ -47,9 +48,10 @@ class HardNegativeMiner:
 
     Args:
         store: the :class:`~curriculum.EmbeddingStore` (labels needed unless ``labels=False``), or a
-            :class:`~curriculum.store.ShardedStore`: then :meth:`negatives` is collective (every
-            rank calls it with its own batch; the search runs over all shards) and the other
-            methods are not supported yet.
+            :class:`~curriculum.store.ShardedStore`: then every method is collective (every rank
+            calls it with its own batch of anchors; the search runs over all shards, the table is
+            built shard-wise), and a labelled store needs each anchor's label (``labels=`` or
+            stored ``anchor_ids``).
         k: results per anchor.
         exclude_batch: also exclude the ids of the other anchors in the same call.
         duplicate_threshold: label-free (SSL) mode only - skip store entries whose cosine
@@ -67,9 +69,8 @@ class HardNegativeMiner:
                  duplicate_threshold: float | None = None) -> None:
         if not isinstance(store, (EmbeddingStore, ShardedStore)):
             raise TypeError(f"store: expected an EmbeddingStore or a ShardedStore, got {type(store).__name__}")
-        if isinstance(store, ShardedStore) and duplicate_threshold is not None:
-            raise ValueError("duplicate_threshold: not supported on a ShardedStore yet (expected None)")
         self.store = store
+        self._sharded = isinstance(store, ShardedStore)
         self.k = C.positive_int(k, "k")
         self.exclude_batch = bool(exclude_batch)
         self.duplicate_threshold = None if duplicate_threshold is None else C.finite_float(
@@ -101,6 +102,12 @@ class HardNegativeMiner:
         while :meth:`negatives` keeps answering from the previous table (or the index), and is
         swapped in when ready; :meth:`wait_table` waits for it and re-raises a failure.
 
+        On a :class:`~curriculum.store.ShardedStore` (collective, in the foreground: a thread must
+        not run collectives beside the caller's) each shard's rows get their table rows where
+        they live, from :meth:`ShardedStore.knn` with ``exclude_same_label=True`` (each shard's
+        label-filtered search: exact on exact shards); :meth:`negatives` asks each anchor's owner
+        for its candidates and re-scores them on the shards that hold them.
+
         Example:
             >>> import numpy as np
             >>> store = EmbeddingStore(1, metric="l2")
@@ -111,14 +118,24 @@ class HardNegativeMiner:
         import time
 
         store = self.store
-        self._local_only("build_table")
-        if not store.has_labels:
-            raise ValueError("store: a negatives table needs a label on every stored row")
-        kt = 2 * self.k + 8 if k is None else C.positive_int(k, "k")
-        nprobe = None if nprobe is None else C.positive_int(nprobe, "nprobe")
-        target = C.finite_float(target_recall, "target_recall", 0.0, 1.0, low_open=True)
+
+        def check() -> tuple:
+            if not store.has_labels:
+                raise ValueError("store: a negatives table needs a label on every stored row")
+            if self._sharded and (background or nprobe is not None):
+                raise ValueError(f"{'background' if background else 'nprobe'}: not on a ShardedStore (the table "
+                                 "is built collectively, by each shard's label-filtered search)")
+            return (2 * self.k + 8 if k is None else C.positive_int(k, "k"),
+                    None if nprobe is None else C.positive_int(nprobe, "nprobe"),
+                    C.finite_float(target_recall, "target_recall", 0.0, 1.0, low_open=True))
+        kt, nprobe, target = self._checked(check)
         self.wait_table()  # one build at a time
         t0 = time.perf_counter()
+        if self._sharded:
+            _, rows = store.knn(kt, exclude_same_label=True, progress=progress, target_recall=target)
+            self._install(store.ids, rows, {"rows": len(store), "k": kt, "nprobe": None, "recall_estimate": None,
+                                            "method": store.last_knn_report.get("method")}, t0)
+            return self
         snap = store.snapshot()
         show = bool(progress) if background else want(progress, len(snap))  # no bar from a thread by default
 
@@ -134,8 +151,6 @@ class HardNegativeMiner:
     def _build(self, snap: Any, kt: int, nprobe: int | None, target: float, progress: bool, t0: float) -> None:
         """Build the table from a store snapshot and install it with one assignment (a concurrent
         :meth:`negatives` sees the old or the new table, never a half-built one)."""
-        import time
-
         from ..neighbors import block_plan, blocked_knn, plan_recall
 
         metric, n = self.store.metric, len(snap)
@@ -147,11 +162,18 @@ class HardNegativeMiner:
             centroids, assign = block_plan(snap.vec, max(1, n // 256), metric)
         _, rows = blocked_knn(snap.vec, kt, metric, nprobe=nprobe, labels=snap.labels, progress=progress,
                               centroids=centroids, assign=assign)
-        order = np.argsort(snap.ids, kind="stable")
-        self._table = {"ids": np.where(rows >= 0, snap.ids[np.maximum(rows, 0)], -1),
-                       "sorted_ids": snap.ids[order], "order": order}
-        self.table_info = {"rows": n, "k": kt, "nprobe": nprobe, "recall_estimate": estimate,
-                           "store_version": snap.version, "seconds": time.perf_counter() - t0}
+        self._install(snap.ids, np.where(rows >= 0, snap.ids[np.maximum(rows, 0)], -1),
+                      {"rows": n, "k": kt, "nprobe": nprobe, "recall_estimate": estimate,
+                       "store_version": snap.version}, t0)
+
+    def _install(self, ids: np.ndarray, table: np.ndarray, info: dict[str, Any], t0: float) -> None:
+        """Install a table (row ``i``: the candidate ids of ``ids[i]``) with one assignment: a
+        concurrent :meth:`negatives` sees the old or the new table, never a half-built one."""
+        import time
+
+        order = np.argsort(ids, kind="stable")
+        self._table = {"ids": table, "sorted_ids": ids[order], "order": order}
+        self.table_info = {**info, "seconds": time.perf_counter() - t0}
 
     def wait_table(self) -> None:
         """Block until a background :meth:`build_table` is done; re-raise its error if it failed."""
@@ -171,16 +193,40 @@ class HardNegativeMiner:
 
     def _table_negatives(self, ids: np.ndarray, q: np.ndarray, lab: np.ndarray, excl: np.ndarray, k: int,
                          t: dict[str, Any]) -> Mined:
-        trow = self._table_rows(ids, t)
-        cand = np.where(trow[:, None] >= 0, t["ids"][np.maximum(trow, 0)], -1)
-        # current vectors and labels: the candidates' distances are exact now
+        def candidates(asked: np.ndarray) -> np.ndarray:
+            trow = self._table_rows(asked, t)
+            return np.where(trow[:, None] >= 0, t["ids"][np.maximum(trow, 0)], -1)
+        # each anchor's table row (asked of its owner on a sharded store), at current vectors and labels
+        cand = self.store.values_of(ids, candidates, (t["ids"].shape[1],)) if self._sharded else candidates(ids)
         d, out = self.store.rescore(q, cand, k, exclude_labels=lab, exclude_ids=excl if excl.size else None)
         short = np.flatnonzero((out >= 0).sum(1) < min(k, len(self.store) - 1))
-        if short.size:  # not in the table, or too few candidates left: search the index
+        if not self._everywhere(short.size == 0):  # not in the table, or too few candidates left: search
             sub = excl if excl.ndim == 1 else excl[short]
             d[short], out[short] = self.store.search(q[short], k, exclude_ids=sub if sub.size else None,
                                                      exclude_labels=lab[short])
         return self._result(out, d)
+
+    # ------------------------------------------------------------------ one process or every shard alike
+    def _checked(self, fn: Any) -> Any:
+        """``fn()`` (argument checks); on a sharded store agreed by every rank: one rank's bad
+        argument raises on all, so none is left waiting in a collective."""
+        return self.store.checked(fn) if self._sharded else fn()
+
+    def _everywhere(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (one process: ``flag``): branches into collectives
+        and loops over them take the same turn on every rank."""
+        if not self._sharded:
+            return bool(flag)
+        return bool(self.store.comm.all_reduce(np.array([bool(flag)], np.int64), "min")[0])
+
+    def _read(self, what: str, ids: np.ndarray, fill: Any) -> np.ndarray:
+        """``store.<what>_of`` the ids (any shape), ``fill`` where an id is ``-1``. Collective on a
+        sharded store."""
+        ok = ids >= 0
+        got = getattr(self.store, f"{what}_of")(ids[ok])
+        out = np.full(ids.shape + got.shape[1:], fill, got.dtype)
+        out[ok] = got
+        return out
 
     def _parsed_anchors(self, anchor_ids: Any, embeddings: Any, labels: Any) -> tuple:
         """``(ids, embeddings, labels)`` checked, each ``None`` where not given (no store access)."""
@@ -193,18 +239,28 @@ class HardNegativeMiner:
             raise ValueError(f"anchor_ids: expected {n} ids (one per embedding), got {len(ids)}")
         return ids, q, None if labels is None else C.as_labels(labels, "labels", n)
 
-    def _anchors(self, anchor_ids: Any, embeddings: Any, labels: Any, need_labels: bool) -> tuple:
-        ids, q, lab = self._parsed_anchors(anchor_ids, embeddings, labels)
-        q = self.store.vectors(ids) if q is None else q
-        if lab is None and need_labels:
-            if ids is None:
-                raise ValueError("labels: fresh embeddings without anchor_ids need labels=")
-            lab = self.store.labels[self.store.rows_of(ids)]
-            if (lab < 0).any():
-                raise ValueError("labels: some anchors have no label in the store; pass labels=")
-        if need_labels and not self.store.has_labels:
-            raise ValueError("store: label-aware mining needs a label on every stored row")
-        return ids, q, lab
+    def _anchors(self, anchor_ids: Any, embeddings: Any, labels: Any, need_labels: bool,
+                 extra: Any = None) -> tuple:
+        """``(ids, vectors, labels, extra(ids, n))`` of the ``n`` anchors: stored anchors' vectors
+        (and labels when needed) fetched from the store; ``extra``: more argument checks, run (and
+        on a sharded store agreed) with these."""
+        def check() -> tuple:
+            ids, q, lab = self._parsed_anchors(anchor_ids, embeddings, labels)
+            if need_labels and lab is None and ids is None:
+                raise ValueError("labels: fresh embeddings without anchor_ids need labels="
+                                 + (" (the store has labels)" if self.store.has_labels else ""))
+            if need_labels and not self.store.has_labels:
+                raise ValueError("store: label-aware mining needs a label on every stored row")
+            return ids, q, lab, None if extra is None else extra(ids, len(ids) if q is None else len(q))
+        ids, q, lab, more = self._checked(check)
+        none = np.zeros(0, np.int64)
+        fetched = self.store.vectors_of(ids if q is None else none)  # every rank joins each lookup
+        q = fetched if q is None else q
+        asked = self.store.labels_of(ids if need_labels and lab is None else none)
+        if need_labels and lab is None:
+            lab = asked
+            self._checked(lambda: _all_labelled(lab))
+        return ids, q, lab, more
 
     def _exclusions(self, ids: np.ndarray | None, n: int, extra: Any) -> np.ndarray:
         """Ids to skip: 1-D (shared by every anchor: the batch and ``extra``) when possible, else
@@ -222,14 +278,14 @@ class HardNegativeMiner:
 
     def _search_filtered(self, q: np.ndarray, want: int, excl: np.ndarray, keep_fn: Any) -> tuple:
         """Nearest rows passing ``keep_fn(ids, dists) -> mask``; widens the search until ``want``
-        qualify or the store is exhausted (exact with a flat index)."""
+        qualify or the store is exhausted (exact with a flat index) - on every rank alike."""
         n = len(self.store)
         fetch = min(n, max(4 * want, want + 16))
         while True:
             d, i = self.store.search(q, fetch, exclude_ids=excl if excl.size else None)
             ok = (i >= 0) & keep_fn(i, d)
             enough = ok.sum(1) >= want
-            if enough.all() or fetch >= n:
+            if self._everywhere(enough.all() or fetch >= n):
                 break
             fetch = min(n, fetch * 4)
         order = np.argsort(~ok, axis=1, kind="stable")[:, :want]
@@ -242,11 +298,7 @@ class HardNegativeMiner:
         return ids, dist
 
     def _result(self, ids: np.ndarray, dist: np.ndarray) -> Mined:
-        steps = np.full(ids.shape, -1, np.int64)
-        ok = ids >= 0
-        if ok.any():
-            steps[ok] = self.store.steps[self.store.rows_of(ids[ok])]
-        return Mined(ids, dist, steps)
+        return Mined(ids, dist, self._read("steps", ids, -1))
 
     def negatives(self, anchor_ids: Any = None, embeddings: Any = None, labels: Any = None,
                   exclude_ids: Any = None, k: int | None = None) -> Mined:
@@ -255,14 +307,14 @@ class HardNegativeMiner:
         inside the faiss search, so one search answers the whole batch; after
         :meth:`build_table`, stored anchors are answered from the table instead (re-scored at the
         current vectors), at a fraction of the latency."""
-        if isinstance(self.store, ShardedStore):
-            return self._sharded_negatives(anchor_ids, embeddings, labels, exclude_ids, k)
-        k = self.k if k is None else C.positive_int(k, "k")
-        labelled = self.store.has_labels and (labels is not None or anchor_ids is not None)
-        ids, q, lab = self._anchors(anchor_ids, embeddings, labels, need_labels=labelled)
-        excl = self._exclusions(ids, len(q), exclude_ids)
+        labelled = self.store.has_labels and (self._sharded or labels is not None or anchor_ids is not None)
+
+        def args(ids: np.ndarray | None, n: int) -> tuple:
+            return self.k if k is None else C.positive_int(k, "k"), self._exclusions(ids, n, exclude_ids)
+        ids, q, lab, (k, excl) = self._anchors(anchor_ids, embeddings, labels, labelled, args)
         table = self._table
-        if labelled and table is not None and ids is not None and embeddings is None and labels is None:
+        if self._everywhere(labelled and table is not None and ids is not None and embeddings is None
+                            and labels is None):
             return self._table_negatives(ids, q, lab, excl, k, table)
         if labelled:
             d, i = self.store.search(q, k, exclude_ids=excl if excl.size else None, exclude_labels=lab)
@@ -277,94 +329,73 @@ class HardNegativeMiner:
         out_ids, dist = self._search_filtered(q, k, excl, keep)
         return self._result(out_ids, dist)
 
-    def _local_only(self, what: str) -> None:
-        if isinstance(self.store, ShardedStore):
-            raise ValueError(f"store: {what} is not supported on a ShardedStore yet (negatives is)")
-
-    def _sharded_negatives(self, anchor_ids: Any, embeddings: Any, labels: Any, exclude_ids: Any,
-                           k: int | None) -> Mined:
-        """:meth:`negatives` over a :class:`~curriculum.store.ShardedStore`: this rank's anchors
-        (fresh ``embeddings``, or stored ``anchor_ids`` whose vectors and labels are fetched from
-        their owners) searched over every shard. Collective; a bad argument on one rank raises on
-        all. A labelled store needs each anchor's label (``labels=`` or stored ``anchor_ids``)."""
-        store = self.store
-
-        def check() -> tuple:
-            kk = self.k if k is None else C.positive_int(k, "k")
-            ids, q, lab = self._parsed_anchors(anchor_ids, embeddings, labels)
-            n = len(ids) if q is None else len(q)
-            if store.has_labels and lab is None and ids is None:
-                raise ValueError("labels: fresh embeddings without anchor_ids need labels= (the store has labels)")
-            return kk, ids, q, lab, self._exclusions(ids, n, exclude_ids)
-
-        k, ids, q, lab, excl = store.checked(check)
-        none = np.zeros(0, np.int64)
-        fetched = store.vectors_of(ids if q is None else none)  # every rank joins each lookup
-        q = fetched if q is None else q
-        asked = store.labels_of(ids if store.has_labels and lab is None else none)
-        lab = asked if store.has_labels and lab is None else lab
-        d, i = store.search(q, k, exclude_ids=excl if excl.size else None,
-                            exclude_labels=lab if store.has_labels else None)
-        steps = np.full(i.shape, -1, np.int64)
-        ok = i >= 0
-        steps[ok] = store.steps_of(i[ok])
-        return Mined(i, d, steps)
-
     def _cosine(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        v = self.store.vectors(np.maximum(ids, 0).ravel()).reshape(*ids.shape, -1)
+        v = self._read("vectors", ids, 0.0)
         qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         vn = v / np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-12)
         return np.einsum("bd,bkd->bk", qn, vn)
 
     def positives(self, anchor_ids: Any = None, embeddings: Any = None, labels: Any = None,
                   k: int | None = None) -> Mined:
-        """The ``k`` *farthest* stored ids with the anchor's label (exact, per class in blocks)."""
-        self._local_only("positives")
-        k = self.k if k is None else C.positive_int(k, "k")
-        ids, q, lab = self._anchors(anchor_ids, embeddings, labels, need_labels=True)
-        from ..neighbors import brute_knn
-        s_labels, s_ids = self.store.labels, self.store.ids
-        out_i = np.full((len(q), k), -1, np.int64)
-        out_d = np.full((len(q), k), np.inf, np.float32)
-        vec = None
-        for c in np.unique(lab):
-            members = np.flatnonzero(s_labels == c)
-            rows = np.flatnonzero(lab == c)
-            if members.size == 0:
-                continue
-            vec = self.store.vectors(s_ids[members])
-            # farthest = nearest under the negated distance: search all members, keep the tail
-            d, r = brute_knn(q[rows], vec, members.size, self.store.metric)
-            cand = s_ids[members][np.maximum(r, 0)]
-            d = np.where(r >= 0, d, -np.inf)
-            if ids is not None:
-                d = np.where(cand == ids[rows, None], -np.inf, d)
-            o = np.argsort(-d, axis=1, kind="stable")[:, :k]
-            dd = np.take_along_axis(d, o, 1)
-            ii = np.where(np.isfinite(dd), np.take_along_axis(cand, o, 1), -1)
-            out_i[rows, :ii.shape[1]] = ii
-            out_d[rows, :ii.shape[1]] = np.where(np.isfinite(dd), dd, np.inf)
-        return self._result(out_i, out_d)
+        """The ``k`` *farthest* stored ids with the anchor's label (exact, per class in blocks;
+        on a sharded store each shard's farthest, merged)."""
+        ids, q, lab, k = self._anchors(anchor_ids, embeddings, labels, True,
+                                       lambda ids, n: self.k if k is None else C.positive_int(k, "k"))
+        own = np.full(len(q), -1, np.int64) if ids is None else ids
+        if not self._sharded:
+            neg_d, out = _farthest_same_label(self.store, q, lab, own, k)
+        else:  # the same on every shard for every rank's anchors; nearest under the negated distance
+            neg_d, out = self.store.fan_out(q, lab, own[:, None], lambda aq, al, ao: _farthest_same_label(
+                self.store.local, aq, al, ao[:, 0], k), k)
+        return self._result(out, np.where(out >= 0, -neg_d, np.inf).astype(np.float32))
 
     def semi_hard(self, anchor_ids: Any, positive_ids: Any, margin: float = 0.2, k: int | None = None,
                   labels: Any = None) -> Mined:
         """Per (anchor, positive): the ``k`` nearest negatives with ``d(a,p) < d(a,n) < d(a,p) + margin``."""
-        self._local_only("semi_hard")
-        k = self.k if k is None else C.positive_int(k, "k")
-        margin = C.finite_float(margin, "margin", 0.0, low_open=True)
-        ids, q, lab = self._anchors(anchor_ids, None, labels, need_labels=True)
-        pos = C.as_ids(positive_ids, "positive_ids", n=len(q), unique=False)
+        def args(ids: np.ndarray | None, n: int) -> tuple:
+            return (self.k if k is None else C.positive_int(k, "k"),
+                    C.finite_float(margin, "margin", 0.0, low_open=True),
+                    C.as_ids(positive_ids, "positive_ids", n=n, unique=False))
+        ids, q, lab, (k, margin, pos) = self._anchors(anchor_ids, None, labels, True, args)
         from ..neighbors import pair_distances
-        dap = pair_distances(q, self.store.vectors(pos), self.store.metric)[:, None]
+        dap = pair_distances(q, self.store.vectors_of(pos), self.store.metric)[:, None]
         excl = self._exclusions(ids, len(q), None)
-        store_labels = self.store.labels
 
         def keep(i: np.ndarray, d: np.ndarray) -> np.ndarray:
-            lab_i = store_labels[self.store.rows_of(np.maximum(i, 0).ravel())].reshape(i.shape)
-            return (lab_i != lab[:, None]) & (d > dap) & (d < dap + margin)
+            return (self._read("labels", i, -1) != lab[:, None]) & (d > dap) & (d < dap + margin)
 
         out_ids, dist = self._search_filtered(q, k, excl, keep)
         return self._result(out_ids, dist)
+
+
+def _all_labelled(lab: np.ndarray) -> None:
+    if (lab < 0).any():
+        raise ValueError("labels: some anchors have no label in the store; pass labels=")
+
+
+def _farthest_same_label(store: EmbeddingStore, q: np.ndarray, lab: np.ndarray, own: np.ndarray,
+                         k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` farthest rows of ``store`` with its label (never its ``own`` id), as
+    ``(negated distances ascending, ids)``, ``inf`` / ``-1`` where fewer: the farthest are the
+    nearest under the negated distance (exact, per class)."""
+    from ..neighbors import brute_knn
+
+    s_labels, s_ids = store.labels, store.ids
+    out_i = np.full((len(q), k), -1, np.int64)
+    out_d = np.full((len(q), k), np.inf, np.float32)
+    for c in np.unique(lab):
+        members = np.flatnonzero(s_labels == c)
+        rows = np.flatnonzero(lab == c)
+        if members.size == 0:
+            continue
+        d, r = brute_knn(q[rows], store.vectors(s_ids[members]), members.size, store.metric)
+        cand = s_ids[members][np.maximum(r, 0)]
+        neg = np.where((r >= 0) & (cand != own[rows, None]), -d, np.inf)
+        o = np.argsort(neg, axis=1, kind="stable")[:, :k]
+        nd = np.take_along_axis(neg, o, 1)
+        out_i[rows, :o.shape[1]] = np.where(np.isfinite(nd), np.take_along_axis(cand, o, 1), -1)
+        out_d[rows, :o.shape[1]] = nd
+    return out_d, out_i
 
 
 __all__ = ['Mined', 'HardNegativeMiner']

@@ -201,10 +201,37 @@ class EmbeddingStore:
             >>> s.labels_of([[2, 0]]).tolist()
             [[6, 4]]
         """
+        return self._column_of(ids, "labels")
+
+    def vectors_of(self, ids: Any) -> np.ndarray:
+        """Current vectors of stored ``ids`` (an array of any shape), ``(*ids.shape, dim)``; raises
+        ``KeyError`` for ids that are not stored (the same call as on a sharded store).
+
+        Example:
+            >>> import numpy as np
+            >>> s = EmbeddingStore(2, metric="l2"); _ = s.add(np.array([[1., 2], [3, 4]]), ids=[7, 9])
+            >>> s.vectors_of([[9]]).tolist()
+            [[[3.0, 4.0]]]
+        """
+        return self._column_of(ids, "vec")
+
+    def steps_of(self, ids: Any) -> np.ndarray:
+        """Training step each of the stored ``ids``' vectors was computed at (``-1`` unknown).
+
+        Example:
+            >>> import numpy as np
+            >>> s = EmbeddingStore(1, metric="l2"); _ = s.add(np.zeros((2, 1)), step=5)
+            >>> s.steps_of([1]).tolist()
+            [5]
+        """
+        return self._column_of(ids, "steps")
+
+    def _column_of(self, ids: Any, column: str) -> np.ndarray:
         arr = C.to_numpy(ids, "ids")
         rows = self.rows_of(np.ravel(arr), "ids")
         with self._lock:
-            return self._rows.labels[rows].reshape(arr.shape)
+            col = getattr(self._rows, column)
+            return col[rows].reshape(*arr.shape, *col.shape[1:])
 
     def contains(self, ids: Any) -> np.ndarray:
         """Boolean mask: which of ``ids`` are stored."""

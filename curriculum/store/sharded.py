@@ -292,14 +292,63 @@ class ShardedStore:
             labs = None if exclude_labels is None else C.as_labels(exclude_labels, "exclude_labels", len(q))
             return kk, q, _per_query(exclude_ids, len(q)), labs
         k, q, excl, labs = self.checked(check)
+        return self.fan_out(q, labs, excl, lambda all_q, all_labs, all_excl: self.local.search(
+            all_q, k, exclude_ids=all_excl if all_excl.shape[1] else None, exclude_labels=all_labs), k)
+
+    def rescore(self, queries: Any, candidate_ids: Any, k: int, exclude_labels: Any = None,
+                exclude_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest of each query's ``candidate_ids`` (``(n, m)`` ids on any shard, ``-1``
+        pads) at their *current* vectors and labels (see :meth:`EmbeddingStore.rescore`): every
+        shard scores the candidates it holds, the per-shard top-k are merged. Collective.
+
+        Example:
+            >>> s = ShardedStore(1, metric="l2"); _ = s.add(np.array([[0.], [2.], [1.]]))
+            >>> s.rescore(np.array([[0.]]), np.array([[1, 2]]), k=1)[1].tolist()
+            [[2]]
+        """
+        def check() -> tuple:
+            kk = C.positive_int(k, "k")
+            q = C.as_vectors(queries, "queries", self.dim)
+            cand = C.to_numpy(candidate_ids, "candidate_ids")
+            if cand.ndim != 2 or cand.shape[0] != len(q) or (cand.size and not np.issubdtype(cand.dtype, np.integer)):
+                raise ValueError(f"candidate_ids: expected an integer array of shape ({len(q)}, m), got "
+                                 f"{cand.shape} {cand.dtype}")
+            labs = None if exclude_labels is None else C.as_labels(exclude_labels, "exclude_labels", len(q))
+            return kk, q, cand.astype(np.int64), labs, _per_query(exclude_ids, len(q))
+        k, q, cand, labs, excl = self.checked(check)
+        width = int(self.comm.all_reduce(np.array([cand.shape[1]]), "max")[0])
+        # one padded matrix travels: the candidates (padded to the widest rank's), then the exclusions
+        both = np.concatenate([np.pad(cand, ((0, 0), (0, width - cand.shape[1])), constant_values=-1), excl], 1)
+
+        def local(all_q: np.ndarray, all_labs: np.ndarray | None, all_both: np.ndarray) -> tuple:
+            c, e = all_both[:, :width], all_both[:, width:]
+            if len(self.local) == 0 or width == 0:
+                return np.full((len(all_q), k), np.inf, np.float32), np.full((len(all_q), k), -1, np.int64)
+            return self.local.rescore(all_q, c, k, exclude_labels=all_labs, exclude_ids=e if e.shape[1] else None)
+        return self.fan_out(q, labs, both, local, k)
+
+    def fan_out(self, q: np.ndarray, labels: np.ndarray | None, per_query: np.ndarray, local: Any,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every rank's queries ``q`` (with their ``labels``, or None on every rank, and a
+        ``per_query`` id matrix, -1 padded to the widest rank's) answered on every shard by
+        ``local(queries, labels, ids) -> (distances, ids)`` (the ``k`` nearest it holds); each rank
+        gets back its own queries' per-shard answers, merged into the ``k`` nearest (ties by id).
+        The pattern of :meth:`search` and :meth:`rescore`, for other per-shard searches.
+        Collective.
+
+        Example:
+            >>> s = ShardedStore(1, metric="l2"); _ = s.add(np.array([[0.], [2.], [1.]]))
+            >>> s.fan_out(np.array([[0.]], np.float32), None, np.zeros((1, 0), np.int64),
+            ...           lambda aq, al, ai: s.local.search(aq, 2), 2)[1].tolist()
+            [[0, 2]]
+        """
         parts = self.comm.all_gather(q)
         all_q = np.concatenate(parts)
-        all_excl = _pad_cat(self.comm.all_gather(excl))
-        flags = self.comm.all_reduce(np.array([labs is not None], np.int64))
+        all_ids = _pad_cat(self.comm.all_gather(per_query))
+        flags = self.comm.all_reduce(np.array([labels is not None], np.int64))
         self.checked(lambda: _same_on_all(int(flags[0]), self.world, "exclude_labels", "given on some ranks only"))
-        all_labs = np.concatenate(self.comm.all_gather(labs)) if labs is not None else None
-        d, i = self.local.search(all_q, k, exclude_ids=all_excl if all_excl.shape[1] else None,
-                                 exclude_labels=all_labs)
+        all_labs = np.concatenate(self.comm.all_gather(labels)) if labels is not None else None
+        d, i = local(all_q, all_labs, all_ids)
         cuts = np.cumsum([len(p) for p in parts])[:-1]
         back_d = self.comm.exchange(np.split(d, cuts))
         back_i = self.comm.exchange(np.split(i, cuts))
@@ -322,6 +371,18 @@ class ShardedStore:
     def steps_of(self, ids: Any) -> np.ndarray:
         """The training step each stored id's vector was computed at (``-1`` unknown). Collective."""
         return self._lookup(ids, lambda rows: self.local.steps[rows])
+
+    def values_of(self, ids: Any, column: Any, tail: tuple = (), dtype: Any = np.int64) -> np.ndarray:
+        """``column(shard_ids)`` - values held with the rows, such as a table built shard-wise,
+        one ``tail``-shaped entry per id - for any stored ``ids``, each computed on the rank that
+        owns the id; ``(*ids.shape, *tail)``. Collective.
+
+        Example:
+            >>> s = ShardedStore(1, metric="l2"); _ = s.add(np.zeros((3, 1)), ids=[4, 5, 6])
+            >>> s.values_of([[6, 4]], lambda ids: ids * 10).tolist()
+            [[60, 40]]
+        """
+        return self._lookup(ids, lambda rows: column(self.local.ids[rows]), tuple(tail), dtype)
 
     def _lookup(self, ids: Any, column: Any, tail: tuple = (), dtype: Any = np.int64) -> np.ndarray:
         """``column(rows)`` of any stored ids, asked of their owners by one exchange each way."""
