@@ -207,6 +207,24 @@ def test_a_graph_tuned_to_a_lower_recall_does_not_answer_the_default_call():
     assert store.knn(5, target_recall=0.95)[1].tolist() == ids.tolist()
 
 
+def test_a_cached_graph_answers_requests_it_is_at_least_as_good_for():
+    x = np.random.default_rng(4).normal(size=(6000, 6)).astype(np.float32)
+    store = cl.EmbeddingStore(6, metric="l2")
+    store.add(x)
+    d, ids = store.knn(8, target_recall=0.95)
+    high = store.last_knn_report
+    for k, target in ((8, 0.9), (5, 0.95), (3, 0.5)):  # a lower target, fewer neighbours: the cached graph
+        got = store.knn(k, target_recall=target)
+        assert store.last_knn_report is high
+        np.testing.assert_array_equal(got[1], ids[:, :k])
+    store.knn(8, method="exact")  # the exact graph replaces it and answers every tuned request
+    exact = store.last_knn_report
+    assert store.knn(8, target_recall=0.99)[1].tolist() == store.knn(8, method="exact")[1].tolist()
+    assert store.last_knn_report is exact
+    store.knn(8, method="blocked", nprobe=2)  # an explicit nprobe is its own graph, never served by another
+    assert store.last_knn_report is not exact and store.last_knn_report["nprobe"] == 2
+
+
 def test_a_partial_two_level_plan_assigns_the_other_rows_as_the_full_plan_does():
     # knn(auto)'s plan assigns only its sampled rows; the blocked engine then assigns the rest
     # through the plan's own coarse centroids: the same blocks as a full plan (an IVF over k-means

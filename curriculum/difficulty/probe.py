@@ -11,6 +11,7 @@ the shapes cleanlab users know: a boolean issue mask and a ranked list of issue 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -164,32 +165,87 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, q: np.ndarray, n_classes: int, we
     import torch
 
     xr = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    x, n = xr.T, len(xr)  # (D, n): a view, read transposed by the matrix products
+    n, dim = xr.shape
     y_t = torch.from_numpy(y.astype(np.int64))[None]
     onehot = torch.zeros(n_classes, n).scatter_(0, y_t, 1.0)
-    w = torch.zeros(n_classes, x.shape[0], requires_grad=True)
-    b = torch.zeros(n_classes, 1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+    cut = n_classes * dim  # the flat parameters: the (C, D) weights, then the C biases
 
-    def closure() -> torch.Tensor:
+    def loss_grad(w: torch.Tensor) -> tuple[float, torch.Tensor]:
         # softmax cross-entropy and its gradient in closed form, class-major ((C, n): the
         # reductions over classes run along contiguous rows, in place): (softmax - onehot) / n
-        # pulled back through the linear map - 2-3x faster than autograd through F.cross_entropy
-        with torch.no_grad():
-            z = torch.addmm(b, w, x)
-            z -= z.amax(0)
-            given = z.gather(0, y_t).sum()
-            e = z.exp_()
-            s = e.sum(0)
-            loss = (s.log().sum() - given) / n + weight_decay * (w * w).sum()
-            g = e.div_(s).sub_(onehot).div_(n)
-            w.grad = torch.addmm(w, g, xr, beta=2 * weight_decay)
-            b.grad = g.sum(1, keepdim=True)
-        return loss
+        # pulled back through the linear map. Logits more than 60 below a row's largest are
+        # clamped there: their probability (< 1e-26) is nothing, but its float32 underflow to
+        # denormals slows every later operation on them many times over.
+        wf = w.float()
+        weights, bias = wf[:cut].view(n_classes, dim), wf[cut:, None]
+        z = torch.addmm(bias, weights, xr.T)
+        z -= z.amax(0)
+        z.clamp_(min=-60.0)
+        given = z.gather(0, y_t).sum()
+        e = z.exp_()
+        s = e.sum(0)
+        loss = float(s.log().sum() - given) / n + weight_decay * float((w[:cut] ** 2).sum())
+        g = e.div_(s).sub_(onehot).div_(n)
+        grad_w = torch.addmm(weights, g, xr, beta=2 * weight_decay)
+        return loss, torch.cat([grad_w.view(-1), g.sum(1)]).double()
 
-    opt.step(closure)
-    with torch.no_grad():
-        return torch.softmax(torch.addmm(b, w, torch.from_numpy(np.ascontiguousarray(q, np.float32)).T), dim=0).T.double().numpy()
+    w = _lbfgs(loss_grad, torch.zeros(cut + n_classes, dtype=torch.float64), max_iter).float()
+    qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))
+    return torch.softmax(torch.addmm(w[cut:], qt, w[:cut].view(n_classes, dim).T), dim=1).double().numpy()
+
+
+def _lbfgs(loss_grad: Callable[[Any], tuple[float, Any]], w: Any, max_iter: int, history: int = 20,
+           tol_grad: float = 1e-6) -> Any:
+    """Minimise a smooth function from ``w`` (a float64 torch vector) by limited-memory BFGS with
+    a backtracking (Armijo) line search; ``loss_grad(w) -> (value, gradient)``. Stops after
+    ``max_iter`` iterations, at a gradient below ``tol_grad``, when the value changes by less than
+    1e-7 of itself (a float32 loss resolves no finer) or when no step lowers it. All in torch:
+    numpy's BLAS threads here would contend with torch's for the cores (measured: 4x slower).
+    Against ``torch.optim.LBFGS`` with a strong-Wolfe search on the bench's probes: the same
+    losses to 1e-7 and the same AUCs, in 0.7-0.8x the time (less work per step)."""
+    f, g = loss_grad(w)
+    steps: list[tuple[Any, Any, float]] = []
+    for it in range(max_iter):
+        if float(g.abs().max()) <= tol_grad:
+            break
+        d = _lbfgs_direction(g, steps)
+        slope = float(g.dot(d))
+        if slope >= 0:
+            break
+        t = min(1.0, 1.0 / float(g.abs().sum())) if it == 0 else 1.0  # a first step of unit length
+        for _ in range(30):
+            w_new = w + t * d
+            f_new, g_new = loss_grad(w_new)
+            if f_new <= f + 1e-4 * t * slope:
+                break
+            t *= 0.5
+        else:
+            break  # no step lowers the loss: at the bottom to float precision
+        s, yv = w_new - w, g_new - g
+        sy = float(yv.dot(s))
+        if sy > 1e-10:  # curvature pairs of a convex loss; a degenerate one is skipped
+            steps = (steps + [(s, yv, 1.0 / sy)])[-history:]
+        settled = abs(f_new - f) <= 1e-7 * max(abs(f_new), 1.0)
+        w, f, g = w_new, f_new, g_new
+        if settled:
+            break
+    return w
+
+
+def _lbfgs_direction(g: Any, steps: list[tuple[Any, Any, float]]) -> Any:
+    """The two-loop recursion: ``-H g`` for the inverse-Hessian estimate from the stored steps."""
+    q = -g
+    alphas = []
+    for s, y, rho in reversed(steps):
+        a = rho * float(s.dot(q))
+        alphas.append(a)
+        q = q - a * y
+    if steps:
+        s, y, _ = steps[-1]
+        q = q * (float(s.dot(y)) / float(y.dot(y)))
+    for (s, y, rho), a in zip(steps, reversed(alphas)):
+        q = q + s * (a - rho * float(y.dot(q)))
+    return q
 
 
 def label_noise(store: EmbeddingStore, probe: Probe | None = None, k: int | None = None,

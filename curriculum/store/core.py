@@ -513,10 +513,10 @@ class EmbeddingStore:
         return d.copy(), self._knn_cache[3].copy()
 
     def _cached_knn(self, key: tuple, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The cached graph's first ``k`` columns (copies) if it was computed for ``key`` with at
-        least ``k`` neighbours, else None."""
+        """The cached graph's first ``k`` columns (copies) if it was computed with at least ``k``
+        neighbours for ``key`` or for a request it answers as well (:func:`_serves`), else None."""
         cached = self._knn_cache
-        if cached is not None and cached[0] == key and cached[1] >= k:
+        if cached is not None and cached[1] >= k and (cached[0] == key or _serves(cached[0], key)):
             return cached[2][:, :k].copy(), cached[3][:, :k].copy()
         return None
 
@@ -651,6 +651,19 @@ def _exclusions(exclude_ids: Any, n_queries: int) -> np.ndarray | None:
     if excl.size and not np.issubdtype(excl.dtype, np.integer):
         raise TypeError(f"exclude_ids: expected integer ids, got dtype {excl.dtype}")
     return excl.astype(np.int64)
+
+
+
+def _serves(have: tuple, want: tuple) -> bool:
+    """Whether a graph cached under key ``have`` answers a request keyed ``want`` (same store
+    version and self-exclusion): the exact graph answers an exact or recall-tuned request; a
+    tuned graph a tuned request of a recall target no higher. (Keys: version, exclude_self,
+    method, nprobe, target.)"""
+    if have[:2] != want[:2]:
+        return False
+    if have[2] == "exact":
+        return want[2] == "exact" or want[4] is not None
+    return have[4] is not None and want[4] is not None and have[2] == want[2] and want[4] <= have[4]
 
 
 __all__ = ['EmbeddingStore']
