@@ -32,6 +32,8 @@ class Probe:
         ids: dataset ids in store row order.
         labels: the given label of each row.
         classes: the label value of each column.
+        folds: the fold each row was held out in (its probabilities come from the probe fitted
+            on the other folds), when known.
 
     Example:
         >>> import numpy as np
@@ -47,6 +49,7 @@ class Probe:
     ids: np.ndarray
     labels: np.ndarray
     classes: np.ndarray
+    folds: np.ndarray | None = None
 
     def _given(self) -> np.ndarray:
         col = np.searchsorted(self.classes, self.labels)
@@ -136,7 +139,7 @@ def label_probe(store: EmbeddingStore, folds: int = 3, weight_decay: float = 1e-
             test = fold == f
             probs[test] = _fit_predict(xs[~test], y[~test], xs[test], len(classes), weight_decay, max_iter)
             bar.update(1)
-    return Probe(probs, snap.ids, labels, classes)
+    return Probe(probs, snap.ids, labels, classes, fold)
 
 
 def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
