@@ -237,3 +237,27 @@ def test_a_partial_two_level_plan_assigns_the_other_rows_as_the_full_plan_does()
     np.testing.assert_array_equal(c, full_c)
     assert coarse is not None and (part[::7] >= 0).all() and (part[1::7] == -1).all()
     assert (assign_blocks(x, c, "l2", coarse=coarse) == full_a).mean() > 0.999
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 700), st.integers(1, 80), st.integers(0, 300), st.integers(0, 3),
+       st.integers(0, 2**31 - 1))
+def test_smallest_k_with_a_head_bound_equals_a_sort(n, m, k, head, kind, seed):
+    # the compiled pass under the head's k-th smallest (and its early give-up) against np.sort:
+    # equal values in order, columns that hold them, no column twice - with ties, inf and a head
+    # that holds the row's nearest (the blocked engine's own block) or says nothing (random order)
+    import torch
+
+    from curriculum.neighbors.kernels import smallest_k
+
+    rng = np.random.default_rng(seed)
+    k = min(k, m)
+    s = rng.integers(0, 20, (n, m)).astype(np.float32) if kind == 0 else rng.normal(size=(n, m)).astype(np.float32)
+    if kind == 2:
+        s[:, :head] -= 2.0  # the head holds most of the nearest
+    if kind == 3:
+        s[rng.random((n, m)) < 0.3] = np.inf  # masked pairs (another label, a row itself)
+    vals, cols = smallest_k(torch.from_numpy(s), k, head=head)
+    np.testing.assert_array_equal(vals, np.sort(s, axis=1)[:, :k])
+    np.testing.assert_array_equal(np.take_along_axis(s, cols, 1), vals)
+    assert all(len(set(row)) == k for row in cols.tolist())

@@ -379,7 +379,8 @@ class _BlockSearch:
         same_label = self._same_label(c, q_rows, cand)
         if same_label is not None:
             score.masked_fill_(same_label, torch.inf)
-        vals, pos = smallest_k(score, min(self.kk, cand.size))
+        own = self.probe[c][0]  # the query block's own rows come first: they bound its k-th smallest
+        vals, pos = smallest_k(score, min(self.kk, cand.size), head=self.b_blocks.rows(own).size if own >= 0 else None)
         v = self.met.from_score(vals, None if self.sq_q is None else self.sq_q[q_rows])
         ids = cand[pos]
         valid = ids != q_rows[:, None] if self.exclude_self else np.ones(ids.shape, bool)

@@ -1,0 +1,98 @@
+"""Compiled selection of each row's ``k`` smallest scores below a known bound (numba, cached on
+disk, GIL released).
+
+The blocked engine scores a block's queries against their own block first, then the nearer
+blocks; the ``k``-th smallest score of the own block bounds each row's ``k``-th smallest overall,
+and on data the engine is chosen for (neighbourhoods that follow the blocks) only a few ``k`` of a
+row's 1-2 thousand scores fall under it. One pass keeps those, a quickselect and a sort finish.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, inline="always")
+def _swap(v, i, a, b):
+    v[a], v[b] = v[b], v[a]
+    i[a], i[b] = i[b], i[a]
+
+
+@njit(cache=True)
+def _keep_smallest(v, i, cnt, k):
+    """Reorder ``v[:cnt]`` (``i`` alongside) so that ``v[:k]`` holds its ``k`` smallest
+    (quickselect, Hoare partition around the median of three)."""
+    lo, hi, want = 0, cnt - 1, k - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if v[mid] < v[lo]:
+            _swap(v, i, mid, lo)
+        if v[hi] < v[lo]:
+            _swap(v, i, hi, lo)
+        if v[hi] < v[mid]:
+            _swap(v, i, hi, mid)
+        pivot = v[mid]
+        a, b = lo, hi
+        while a <= b:
+            while v[a] < pivot:
+                a += 1
+            while v[b] > pivot:
+                b -= 1
+            if a <= b:
+                _swap(v, i, a, b)
+                a += 1
+                b -= 1
+        if want <= b:
+            hi = b
+        elif want >= a:
+            lo = a
+        else:
+            break
+
+
+@njit(cache=True, nogil=True)
+def smallest_k_below(score, bound, k, per_row, out_v, out_i):
+    """``out_v[r]``, ``out_i[r]``: the ``k`` smallest entries of ``score[r]`` and their columns,
+    ascending (``k`` at most a few dozen: they are insertion-sorted), given ``bound[r]`` >= the
+    row's ``k``-th smallest (at least ``k`` entries are <=
+    it). Returns False - outputs incomplete - as soon as the rows so far kept more than
+    ``per_row`` entries each on average (plus ``8 k``): a loose bound, the caller selects
+    another way."""
+    n, m = score.shape
+    bv = np.empty(m, score.dtype)
+    bi = np.empty(m, np.int64)
+    kept = 0
+    for r in range(n):
+        t = bound[r]
+        cnt = 0
+        for j in range(m):
+            s = score[r, j]
+            if s <= t:
+                bv[cnt] = s
+                bi[cnt] = j
+                cnt += 1
+        kept += cnt
+        if kept > per_row * (r + 1) + 8 * k:  # the bound is loose here: give up early
+            return False
+        if cnt > k:
+            _keep_smallest(bv, bi, cnt, k)
+        _insertion_sort(bv, bi, k)
+        for a in range(k):
+            out_v[r, a] = bv[a]
+            out_i[r, a] = bi[a]
+    return True
+
+
+@njit(cache=True, inline="always")
+def _insertion_sort(v, i, k):
+    """Sort ``v[:k]`` ascending, ``i`` alongside (k is a few dozen)."""
+    for a in range(1, k):
+        sv, si = v[a], i[a]
+        b = a - 1
+        while b >= 0 and v[b] > sv:
+            v[b + 1] = v[b]
+            i[b + 1] = i[b]
+            b -= 1
+        v[b + 1] = sv
+        i[b + 1] = si
