@@ -34,8 +34,8 @@ import numpy as np
 from .._util import checks as C
 from .._util.dist import Comm
 from .._util.io import atomic_write_bytes
-from ..neighbors import PLAN_SAMPLE, block_plan, blocked_knn, brute_knn, normalize, nprobe_for, probe_ranks
-from ..neighbors.blocked import assign_blocks
+from ..neighbors import PLAN_SAMPLE, blocked_knn, brute_knn, normalize, nprobe_for, probe_ranks
+from ..neighbors.blocked import assign_blocks, block_plan_parts
 from .core import EmbeddingStore
 from .graph import AUTO_PLAN_MIN_ROWS, KMeansResult
 from .rows import MISSING
@@ -531,12 +531,21 @@ class ShardedStore:
     def _global_plan(self, k: int, target: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int, float]:
         """Block centroids of the whole pool (``len / (256 world)`` blocks, so that each holds ~256
         rows on every shard and a visit scores full blocks; fitted on rank 0 from 32 sampled rows
-        per block, broadcast), this shard's rows' blocks, and the smallest nprobe
+        per block, broadcast with a two-level plan's coarse centroids, through which every rank
+        assigns its rows as the plan does), this shard's rows' blocks, and the smallest nprobe
         whose recall on :data:`PLAN_SAMPLE` sampled rows clears ``target``. Collective."""
         vec, metric = self.local.vectors(), self.metric
         n_blocks = max(1, len(self) // (256 * self.world))  # ~256 rows of each block on every shard
-        cent = self.fit_on_root(32 * n_blocks, seed, vec, lambda s: block_plan(s, n_blocks, metric, seed)[0])
-        blk = assign_blocks(vec, cent, metric) if len(vec) else np.zeros(0, np.int64)
+        coarse: dict[str, np.ndarray] = {}
+
+        def fit(sample: np.ndarray) -> np.ndarray:  # on rank 0; a two-level plan's coarse centroids kept
+            cent, _, top = block_plan_parts(sample, n_blocks, metric, seed, rows=np.zeros(0, np.int64))
+            coarse["top"] = np.zeros((0, vec.shape[1]), np.float32) if top is None else top
+            return cent
+        cent = self.fit_on_root(32 * n_blocks, seed, vec, fit)
+        top = self.comm.broadcast(coarse.get("top"), np.float32)  # every rank assigns as the plan does
+        blk = (assign_blocks(vec, cent, metric, coarse=top if len(top) else None) if len(vec)
+               else np.zeros(0, np.int64))
         m = min(PLAN_SAMPLE, len(self))
         q, q_ids, q_blk = self._sample(m, seed + 17, [vec, self.local.ids, blk], None)
         nb, _ = self.exact_neighbours(q, q_ids, k, extra=blk)  # the neighbours' blocks, -1 for none
