@@ -335,5 +335,5 @@ def _near_duplicates_sharded(store: ShardedStore, vec: np.ndarray, assign: np.nd
     return _groups(np.concatenate(comm.all_gather(ids[src])), np.concatenate(comm.all_gather(ids[dst])))
 
 
-__all__ = ['knn_distance', 'prototype_distance', 'label_disagreement', 'label_entropy', 'label_k', 'LABEL_RECALL', 'class_margin',
-           'near_duplicates']
+__all__ = ['knn_distance', 'prototype_distance', 'label_disagreement', 'label_entropy', 'label_k', 'LABEL_RECALL',
+           'class_margin', 'near_duplicates']

@@ -101,9 +101,10 @@ def label_probe(store: EmbeddingStore, folds: int = 3, weight_decay: float = 1e-
     predicted by a probe fitted on the others (full-batch L-BFGS, at most ``max_iter`` steps,
     L2 penalty ``weight_decay`` on features standardised by the mean and deviation of all rows -
     no label enters them, so a row's own label still never reaches its own probabilities).
-    Deterministic for a ``seed`` (which deals the folds). Three folds, not cleanlab's five: on ``curriculum bench --sections noise``
-    ``label_noise``'s AUC moved by at most 0.001 (Debian text, 59 classes: 0.972 -> 0.971,
-    pairwise 0.836 -> 0.835; Fashion-MNIST unchanged) at half the probe's time.
+    Deterministic for a ``seed`` (which deals the folds). Three folds, not cleanlab's five: on
+    ``curriculum bench --sections noise`` ``label_noise``'s AUC moved by at most 0.001 (Debian
+    text, 59 classes: 0.972 -> 0.971, pairwise 0.836 -> 0.835; Fashion-MNIST unchanged) at half
+    the probe's time.
 
     Example:
         >>> import numpy as np

@@ -380,7 +380,8 @@ class _BlockSearch:
         if same_label is not None:
             score.masked_fill_(same_label, torch.inf)
         own = self.probe[c][0]  # the query block's own rows come first: they bound its k-th smallest
-        vals, pos = smallest_k(score, min(self.kk, cand.size), head=self.b_blocks.rows(own).size if own >= 0 else None)
+        head = self.b_blocks.rows(own).size if own >= 0 else None
+        vals, pos = smallest_k(score, min(self.kk, cand.size), head=head)
         v = self.met.from_score(vals, None if self.sq_q is None else self.sq_q[q_rows])
         ids = cand[pos]
         valid = ids != q_rows[:, None] if self.exclude_self else np.ones(ids.shape, bool)

@@ -171,4 +171,5 @@ def smallest_k(score: Any, k: int, head: int | None = None) -> tuple[np.ndarray,
     return np.take_along_axis(vals, order, 1), np.take_along_axis(part, order, 1)
 
 
-__all__ = ['brute_knn', 'first_k_valid', 'sort_dedupe', 'exact_topk', 'smallest_k', 'PARTITION_FROM_K', 'BELOW_LIMIT', 'BELOW_MAX_K']
+__all__ = ['brute_knn', 'first_k_valid', 'sort_dedupe', 'exact_topk', 'smallest_k', 'PARTITION_FROM_K', 'BELOW_LIMIT',
+           'BELOW_MAX_K']

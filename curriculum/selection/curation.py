@@ -653,6 +653,6 @@ def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resamp
     return groups
 
 
-__all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'checked_levels', 'ward_levels', 'ward_gap', 'WARD_GAP', 'auto_hierarchy', 'mode_cut', 'clustering_space',
-           'leaf_count', 'fit_leaves', 'balanced_select', 'curate', 'deduplicate',
+__all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'checked_levels', 'ward_levels', 'ward_gap',
+           'WARD_GAP', 'auto_hierarchy', 'mode_cut', 'clustering_space', 'leaf_count', 'fit_leaves', 'balanced_select', 'curate', 'deduplicate',
            'cluster_groups']

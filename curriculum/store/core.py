@@ -653,7 +653,6 @@ def _exclusions(exclude_ids: Any, n_queries: int) -> np.ndarray | None:
     return excl.astype(np.int64)
 
 
-
 def _serves(have: tuple, want: tuple) -> bool:
     """Whether a graph cached under key ``have`` answers a request keyed ``want`` (same store
     version and self-exclusion): the exact graph answers an exact or recall-tuned request; a
