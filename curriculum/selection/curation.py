@@ -654,5 +654,5 @@ def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resamp
 
 
 __all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'checked_levels', 'ward_levels', 'ward_gap',
-           'WARD_GAP', 'auto_hierarchy', 'mode_cut', 'clustering_space', 'leaf_count', 'fit_leaves', 'balanced_select', 'curate', 'deduplicate',
-           'cluster_groups']
+           'WARD_GAP', 'auto_hierarchy', 'mode_cut', 'clustering_space', 'leaf_count', 'fit_leaves',
+           'balanced_select', 'curate', 'deduplicate', 'cluster_groups']
