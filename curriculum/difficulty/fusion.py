@@ -31,14 +31,17 @@ def combine(scores: Sequence[Any], weights: Sequence[float] | None = None, name:
     if w.sum() <= 0:
         raise ValueError("weights: expected at least one positive weight, got all zeros")
     ref = ds[0].ids
-    ref_sorted = np.sort(ref)
+    ref_sorted = None if all(np.array_equal(d.ids, ref) for d in ds) else np.sort(ref)
     total = np.zeros(len(ref))
     observed = None
     for i, d in enumerate(ds):
-        if len(d) != len(ref) or not np.array_equal(np.sort(d.ids), ref_sorted):
+        if np.array_equal(d.ids, ref):  # the same order (scores of one store): nothing to align
+            pos = np.arange(len(ref))
+        elif len(d) != len(ref) or not np.array_equal(np.sort(d.ids), ref_sorted):
             raise ValueError(f"scores[{i}]: covers different ids than scores[0] ({len(d)} vs {len(ref)} ids)")
-        o = np.argsort(d.ids)
-        pos = o[np.searchsorted(d.ids[o], ref)]  # position in d of each ref id
+        else:
+            o = np.argsort(d.ids)
+            pos = o[np.searchsorted(d.ids[o], ref)]  # position in d of each ref id
         total += w[i] * d.rank()[pos]
         if d.observed is not None:
             m = d.observed[pos]
