@@ -118,6 +118,21 @@ def test_resume_equals_uninterrupted_through_the_wrapper(tmp_path, stop):
         assert torch.equal(v, b.recorder.state_dict()["tensors"][k]), k
 
 
+def test_a_new_iteration_ends_the_workers_of_one_left_unfinished():
+    # Lightning stops after an epoch's last batch without exhausting the iterator: its workers
+    # (and their queue threads) must end before the next epoch forks new ones beside them
+    import multiprocessing
+
+    loader = make_wrapped(num_workers=1)
+    first = iter(loader)
+    next(first)
+    old = set(multiprocessing.active_children())
+    assert old  # the first iteration's worker runs
+    second = iter(loader)
+    assert not set(multiprocessing.active_children()) & old
+    assert len(list(second)) == len(loader) - 1  # the epoch goes on where the loop left it
+
+
 def test_bad_feedback_raises_and_changes_nothing():
     w = make_wrapped()
     it = iter(w)

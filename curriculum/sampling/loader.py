@@ -117,6 +117,7 @@ class CurriculumLoader:
         self._lock = threading.Lock()
         self._changed = False
         self.rescores_applied = 0
+        self._epoch_iter: Iterator[Any] | None = None  # the batches of the latest iteration
 
     # ------------------------------------------------------------------ iteration
     def __len__(self) -> int:
@@ -171,6 +172,16 @@ class CurriculumLoader:
         self._trained = batch + 1
 
     def __iter__(self) -> Iterator[Any]:
+        # A new iteration first closes one left unfinished (Lightning stops after an epoch's last
+        # batch without exhausting it): its DataLoader iterator goes, and its worker processes and
+        # their queue threads end now - not when collected, after the next epoch has forked new
+        # workers beside those threads (a fork beside a thread in a lock can hang the child).
+        if self._epoch_iter is not None:
+            self._epoch_iter.close()
+        self._epoch_iter = self._batches()
+        return self._epoch_iter
+
+    def _batches(self) -> Iterator[Any]:
         s = self.batch_sampler.sampler
         if self._delivered >= len(self.batch_sampler) > 0:
             self._next_epoch()  # the last iterator stopped after the epoch's last batch (Lightning's does)
