@@ -216,7 +216,7 @@ def _lbfgs(loss_grad: Callable[[Any], tuple[float, Any]], w: Any, max_iter: int,
         slope = float(g.dot(d))
         if slope >= 0:
             break
-        t = min(1.0, 1.0 / float(g.abs().sum())) if it == 0 else 1.0  # a first step of unit length
+        t = min(1.0, 1.0 / float(g.abs().sum())) if it == 0 else 1.0  # a first step of unit L1 length
         for _ in range(30):
             w_new = w + t * d
             f_new, g_new = loss_grad(w_new)
