@@ -27,7 +27,8 @@ LABEL_RECALL = 0.9
 a vote over ``k`` (about 50) neighbours barely moves when a few of them are the next-nearest
 instead. On ``curriculum bench --sections noise`` (three real sets, symmetric and pairwise noise)
 the default ``label_noise`` AUC moved by at most 0.0006 against a 0.95 target, at 4-15% less
-graph time; a graph already cached at a higher target (or the exact one) is reused."""
+graph time on the image sets (the text sets' graph is exact at either target); a graph already
+cached at a higher target (or the exact one) is reused."""
 
 
 def _check_store(store: EmbeddingStore, k: int | None = None, labels: bool = False, sharded: bool = False) -> None:
