@@ -97,11 +97,7 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     if rows is None:
         found = _via_coarse(np.ascontiguousarray(x, np.float32), centroids, top, am)
         return centroids, np.where(found >= 0, found, assign), top
-    xr = np.ascontiguousarray(x[rows], np.float32)
-    found = _via_coarse(xr, centroids, top, am)
-    if (found < 0).any():
-        found[found < 0] = faiss.knn(xr[found < 0], centroids, 1, metric=am)[1][:, 0]
-    assign[rows] = found
+    assign[rows] = _nearest_via_coarse(np.ascontiguousarray(x[rows], np.float32), centroids, top, am)
     return centroids, assign, top
 
 
@@ -292,7 +288,12 @@ def assign_blocks(x: np.ndarray, centroids: np.ndarray, metric: str, two_level_f
     if len(centroids) < two_level_from:
         return faiss.knn(x, centroids, 1, metric=am)[1][:, 0]
     top = coarse if coarse is not None else _kmeans(centroids, int(round(np.sqrt(len(centroids)))), metric, 0, 8)
-    found = _via_coarse(x, centroids, top, am)
+    return _nearest_via_coarse(x, centroids, top, am)
+
+
+def _nearest_via_coarse(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, am: int) -> np.ndarray:
+    """:func:`_via_coarse`, and the nearest of all blocks for the rows whose coarse lists hold none."""
+    found = _via_coarse(x, centroids, coarse, am)
     missing = found < 0
     if missing.any():
         found[missing] = faiss.knn(x[missing], centroids, 1, metric=am)[1][:, 0]

@@ -11,6 +11,7 @@ over the children as ``min(x, |C_j|)`` with ``x`` chosen so that the total meets
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -211,10 +212,11 @@ def auto_hierarchy(vectors: np.ndarray, metric: str = "cosine", n_leaves: int | 
 
 
 def _auto_hierarchy(x: np.ndarray, n_leaves: int | None, resample_iters: int, seed: int,
-                    progress: bool | None, ids: np.ndarray | None = None) -> Hierarchy:
+                    progress: bool | None, ids: np.ndarray | None = None, above: Any = None) -> Hierarchy:
     """:func:`auto_hierarchy` on rows already in clustering space. With ``ids`` the leaves are
     fitted on the rows of smallest :func:`~curriculum.store.sharded.id_priority` (the sample a
-    sharded store draws, so both give the same hierarchy)."""
+    sharded store draws, so both give the same hierarchy). ``above(leaf centroids, leaf sizes)
+    -> (maps, centroids)`` makes the levels above the leaves (default :func:`upper_levels`)."""
     bar = progress_bar(total=2, desc="curation: leaves, modes", disable=not want(progress, len(x)))
     k = C.positive_int(n_leaves, "n_leaves") if n_leaves is not None else leaf_count(len(x))
     if k > len(x):
@@ -223,7 +225,7 @@ def _auto_hierarchy(x: np.ndarray, n_leaves: int | None, resample_iters: int, se
     cent = fit_leaves(x, k, resample_iters, seed, sample)
     rows, _ = KM.assign(x, cent)
     bar.update(1)
-    maps, cents = upper_levels(cent, np.bincount(rows, minlength=k))
+    maps, cents = (above or upper_levels)(cent, np.bincount(rows, minlength=k))
     bar.update(1)
     bar.close()
     return Hierarchy([rows] + maps, cents)
@@ -358,22 +360,6 @@ def ward_levels(cent: np.ndarray, ks: list[int]) -> tuple[list[np.ndarray], list
         maps.append(lab)
         cents.append(_centroids_of(cents[-1], lab, int(lab.max()) + 1))
     return maps, cents
-
-
-def _given_levels(x: np.ndarray, levels: object, resample_iters: int, seed: int, progress: bool | None,
-                  ids: np.ndarray) -> Hierarchy:
-    """``curate``'s hierarchy for given ``levels``: the finest level fitted as the automatic
-    hierarchy's leaves (:func:`fit_leaves` on the rows of smallest ``id_priority``, so a sharded
-    store builds the same), every row assigned, the coarser levels by :func:`ward_levels`."""
-    ks = checked_levels(levels, len(x))
-    bar = progress_bar(total=2, desc="curation: given levels", disable=not want(progress, len(x)))
-    cent = fit_leaves(x, ks[0], resample_iters, seed, x[np.argsort(id_priority(ids, seed))[:ks[0] * SAMPLE_PER_LEAF]])
-    rows, _ = KM.assign(x, cent)
-    bar.update(1)
-    maps, cents = ward_levels(cent, ks[1:])
-    bar.update(1)
-    bar.close()
-    return Hierarchy([rows] + maps, cents)
 
 
 def _hierarchical_kmeans(x: np.ndarray, levels: tuple[int, ...], seed: int, resample_iters: int,
@@ -544,7 +530,8 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     if levels is None:
         h = _auto_hierarchy(x, None, resample_iters, seed, progress, ids=ids)
     else:
-        h = _given_levels(x, levels, resample_iters, seed, progress, ids)
+        ks = checked_levels(levels, len(x))  # the leaves fitted as the automatic ones, Ward groups above
+        h = _auto_hierarchy(x, ks[0], resample_iters, seed, progress, ids, lambda cent, _: ward_levels(cent, ks[1:]))
     sizes = np.bincount(h.assignments[0], minlength=len(h.centroids[0]))
     keep = sizes[h.assignments[0]] >= (MIN_MODE_ROWS if drop_stray else 0)
     if ref_rows is not None:
