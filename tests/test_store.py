@@ -477,3 +477,18 @@ def test_ids_added_in_any_order_are_found(batches):
             seen += b
     assert store.contains(seen).all() and not store.contains([501, 502]).any()
     np.testing.assert_array_equal(store.vectors(seen)[:, 0], np.array(seen, np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=60))
+def test_duplicate_ids_are_named_and_nothing_is_added(ids):
+    s = cl.EmbeddingStore(2, metric="l2")
+    vec = np.ones((len(ids), 2), np.float32)
+    values, counts = np.unique(ids, return_counts=True)
+    repeated = values[counts > 1][:5].tolist()
+    if not repeated:
+        assert s.add(vec, ids=ids).tolist() == ids
+        return
+    with pytest.raises(ValueError, match=rf"ids: expected unique ids, got duplicates {repeated}$".replace("[", r"\[")):
+        s.add(vec, ids=ids)
+    assert len(s) == 0

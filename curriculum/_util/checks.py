@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import duplicated_values
+
 try:  # torch is a hard dependency, but keep this module importable without it for tooling
     import torch
 except ImportError:  # pragma: no cover
@@ -90,9 +92,8 @@ def as_ids(x: Any, name: str, n: int | None = None, unique: bool = True) -> np.n
     if arr.size and arr.min() < 0:
         raise ValueError(f"{name}: expected non-negative ids, got {int(arr.min())}")
     if unique and arr.size:
-        u, counts = np.unique(arr, return_counts=True)
-        if (counts > 1).any():
-            dup = u[counts > 1][:5].tolist()
+        dup = duplicated_values(arr)[:5].tolist()
+        if dup:
             raise ValueError(f"{name}: expected unique ids, got duplicates {dup}")
     return arr
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .._util import checks as C
+from .._util.arrays import sorted_unique
 from .._util.background import BackgroundTask
 from .._util.progress import want
 from ..store import EmbeddingStore, ShardedStore
@@ -274,7 +275,7 @@ class HardNegativeMiner:
             cols = [ids[:, None]]
             cols += [np.broadcast_to(s_[None, :], (n, len(s_))) for s_ in shared]
             return np.concatenate(cols, axis=1)
-        return np.unique(np.concatenate(shared)) if shared else np.zeros(0, np.int64)
+        return sorted_unique(np.concatenate(shared)) if shared else np.zeros(0, np.int64)
 
     def _search_filtered(self, q: np.ndarray, want: int, excl: np.ndarray, keep_fn: Any) -> tuple:
         """Nearest rows passing ``keep_fn(ids, dists) -> mask``; widens the search until ``want``

@@ -29,6 +29,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .._util.arrays import sorted_unique
 from .blocked import block_plan, blocked_knn, probe_lists, run_blocks
 from .metric import get_metric
 
@@ -58,7 +59,7 @@ class _TopK:
         if r.size == 0:
             return
         with self.lock:
-            u = np.unique(r)
+            u = sorted_unique(r)
             k = self.k
             rr = np.concatenate([r, np.repeat(u, k)])
             cc = np.concatenate([c, self.i[u].ravel()])

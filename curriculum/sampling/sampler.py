@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import Sampler
 
 from .._util import checks as C
+from .._util.arrays import sorted_unique
 from .._util.dist import dist_info
 from ..difficulty.base import Difficulty, as_difficulty
 from ..pacing import Constant, Pacing, SelfPaced, as_pacing
@@ -165,7 +166,7 @@ class CurriculumSampler(Sampler[int]):
         self.rank, self.world_size = dist_info(rank, world_size)
         self.drop_last = bool(drop_last)
         self.start_step = C.positive_int(start_step, "start_step", 0)
-        self.exclude = np.unique(C.as_ids([] if exclude is None else exclude, "exclude", unique=False))
+        self.exclude = sorted_unique(C.as_ids([] if exclude is None else exclude, "exclude", unique=False))
         self._epoch = 0
         self._consumed = 0
         self._version = 0

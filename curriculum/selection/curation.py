@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._util import checks as C
+from .._util.arrays import sorted_unique
 from .._util.progress import progress_bar, want
 from ..neighbors import brute_knn, normalize, pca_projection
 from ..neighbors import kmeans as KM
@@ -581,7 +582,7 @@ def out_of_reference(h: Hierarchy, reference_rows: np.ndarray, alpha: float = RE
         (0, 100)
     """
     leaf, cent = h.assignments[0], h.centroids[0]
-    reference_rows = np.unique(np.asarray(reference_rows, np.int64))
+    reference_rows = sorted_unique(np.asarray(reference_rows, np.int64))
     size = np.bincount(leaf, minlength=len(cent))
     held = np.bincount(leaf[reference_rows], minlength=len(cent))
     return _junk_leaves(cent, size, held, alpha, expected)[leaf]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._util import checks as C
+from .._util.arrays import sorted_unique
 from ..neighbors import kmeans as KM
 from ..neighbors import normalize, pca_basis, project
 from ..store import ShardedStore
@@ -103,7 +104,7 @@ def _members(store: ShardedStore, ids: np.ndarray, name: str, among: np.ndarray)
     """Which of this shard's ``among`` ids are in the union of the ``name`` ids every rank passes
     (a boolean mask); every id of the union must be among them on some rank. Collective."""
     mine = store.checked(lambda: C.as_ids(ids, name, unique=False))
-    union = np.unique(np.concatenate(store.comm.all_gather(mine)))
+    union = sorted_unique(np.concatenate(store.comm.all_gather(mine)))
     mask = np.isin(among, union)
     missing = len(union) - int(store.comm.all_reduce(np.array([mask.sum()]))[0])
     if missing:

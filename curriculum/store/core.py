@@ -41,6 +41,7 @@ import faiss
 import numpy as np
 
 from .._util import checks as C
+from .._util.arrays import sorted_unique
 from .._util.background import BackgroundTask
 from .._util.progress import want
 from ..neighbors import METRICS, device_knn, first_k_valid, get_metric
@@ -645,7 +646,7 @@ def _exclusions(exclude_ids: Any, n_queries: int) -> np.ndarray | None:
         return None
     excl = C.to_numpy(exclude_ids, "exclude_ids")
     if excl.ndim != 2:
-        return np.unique(C.as_ids(excl, "exclude_ids", unique=False))
+        return sorted_unique(C.as_ids(excl, "exclude_ids", unique=False))
     if excl.shape[0] != n_queries:
         raise ValueError(f"exclude_ids: expected {n_queries} rows (one per query), got {excl.shape[0]}")
     if excl.size and not np.issubdtype(excl.dtype, np.integer):

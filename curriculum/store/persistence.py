@@ -12,6 +12,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .._util.arrays import sorted_unique
 from .._util.io import atomic_savez
 
 FORMAT_NAME = "curriculum.EmbeddingStore"
@@ -104,8 +105,9 @@ def _check_arrays(header: dict[str, Any], a: dict[str, np.ndarray], path: str) -
     ids = a["ids"]
     if n and ids.min() < 0:
         raise ValueError(f"ids: expected non-negative ids in {path!r}, got {int(ids.min())}")
-    if len(np.unique(ids)) != n:
-        raise ValueError(f"ids: expected unique ids in {path!r}, got {n - len(np.unique(ids))} duplicate(s)")
+    distinct = len(sorted_unique(ids))
+    if distinct != n:
+        raise ValueError(f"ids: expected unique ids in {path!r}, got {n - distinct} duplicate(s)")
     for key in ("labels", "steps"):
         if n and a[key].min() < -1:
             raise ValueError(f"{key}: expected values >= 0 (or -1 for none) in {path!r}, got {int(a[key].min())}")
