@@ -180,6 +180,33 @@ def _approx_worker(rank, world, out, initfile):
     torch.distributed.destroy_process_group()
 
 
+MANIFOLD = 24_000
+
+
+def manifold_pool():
+    """One 12-dimensional Gaussian in 32-d: no k-means block structure, NN-descent's kind of data."""
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(MANIFOLD, 12)) @ rng.normal(size=(12, 32))).astype(np.float32)
+    return x, rng.permutation(2 * MANIFOLD)[:MANIFOLD]
+
+
+def _descent_ring_worker(rank, world, out, initfile):
+    _init(rank, world, initfile)
+    x, ids = manifold_pool()
+    s = ShardedStore(32, metric="cosine")
+    s.add(x[rank::world], ids[rank::world])
+    d, i = s.knn(K)  # auto: the blocked plan needs too many pairs here
+    rep = dict(s.last_knn_report)
+    again = s.knn(K, method="descent")[1]  # explicitly: the same walks
+    lop = ShardedStore(32, metric="l2")  # lopsided: the other ranks hold 3 rows each (fewer than k + 1)
+    rows = np.arange(2000) if rank == 0 else np.arange(2000 + 3 * (rank - 1), 2000 + 3 * rank)
+    lop.add(x[rows], rows)
+    small = lop.knn(5, method="descent")[1]
+    np.savez(f"{out}.{rank}.npz", ids=s.ids, knn_i=i, knn_d=d, again=again, engine=np.array([rep["method"]]),
+             estimate=rep["recall_estimate"], small_ids=lop.ids, small=small)
+    torch.distributed.destroy_process_group()
+
+
 def _dying_worker(rank, world, out, initfile, path):
     _init(rank, world, initfile)
     s = _fill(rank, world, "l2")
@@ -409,6 +436,39 @@ def test_approximate_graph_meets_its_recall(tmp_path):
         assert str(got["engine"][0]) == "blocked (global plan)"
         hits += sum(len(np.intersect1d(a, b)) for a, b in zip(got["knn_i"], truth[got["ids"]]))
     assert hits / (BIG * K) >= 0.93  # target 0.95: the plans' estimates on 512 sampled rows
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])  # even worlds: the last step's pairs meet once
+def test_descent_ring_meets_its_recall_where_blocks_fail(tmp_path, world):
+    prefix = _gloo.spawn(_descent_ring_worker, world, tmp_path)
+    from curriculum.neighbors import brute_knn, normalize
+
+    x, ids = manifold_pool()
+    xn = normalize(x)
+    truth_d, truth = brute_knn(xn, xn, K + 1, "cosine")
+    hits, got_all = 0, _results(prefix, world)
+    for got in got_all:
+        assert str(got["engine"][0]) == "descent (shard pairs merged)"
+        rows = np.searchsorted(np.sort(ids), got["ids"])
+        order = np.argsort(ids)
+        want = ids[truth[order[rows]][:, 1:]]
+        hits += sum(len(np.intersect1d(a, b)) for a, b in zip(got["knn_i"], want))
+        # each listed neighbour at its true distance, nearest first, never the row itself
+        pos = order[np.searchsorted(ids[order], got["knn_i"])]
+        own = order[rows]
+        true_d = 1 - (xn[own][:, None, :] * xn[pos]).sum(-1)
+        np.testing.assert_allclose(got["knn_d"], true_d, atol=2e-5)
+        assert (np.diff(got["knn_d"], axis=1) >= 0).all() and (got["knn_i"] != got["ids"][:, None]).all()
+        assert all(len(set(r)) == K for r in got["knn_i"].tolist())  # every pair of shards met once
+        np.testing.assert_array_equal(got["again"], got["knn_i"])  # deterministic
+    recall = hits / (MANIFOLD * K)
+    n_small = 2000 + 3 * (world - 1)
+    truth_small = brute_knn(x[:n_small], x[:n_small], 6, "l2")[1][:, 1:]
+    small = np.concatenate([g["small"] for g in got_all])[np.argsort(np.concatenate([g["small_ids"] for g in got_all]))]
+    assert np.mean([np.isin(a, b).mean() for a, b in zip(small, truth_small)]) >= 0.95
+    assert recall >= 0.93, recall
+    assert abs(float(got_all[0]["estimate"]) - recall) < 0.03  # the sampled estimate, agreed by every rank
+    assert len({float(g["estimate"]) for g in got_all}) == 1
 
 
 def test_a_rank_dying_mid_save_leaves_the_previous_manifest(tmp_path):

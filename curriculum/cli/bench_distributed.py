@@ -127,11 +127,30 @@ def _worker(rank: int, world: int, initfile: str, out: str, n: int, dim: int) ->
     threads = max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
+    try:  # the NN-descent and graph-search kernels: as many threads as torch's and faiss's
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover
+        pass
     torch.distributed.init_process_group("gloo", init_method=f"file://{initfile}", rank=rank, world_size=world)
     res = run_steps(n, dim, QUERIES * world)
     with open(f"{out}.{rank}.json", "w") as f:
         json.dump(res, f)
     torch.distributed.destroy_process_group()
+
+
+def _graph_work(n: float, world: int, descent: bool) -> float:
+    """Rows' worth of graph work on one rank: its shard (the blocked ring), or its shard and
+    ``world / 2`` merged pairs (the NN-descent ring)."""
+    from ..store.sharded import MERGE_COST
+
+    shard = n / world
+    return shard * (1 + MERGE_COST * 2 * (world // 2)) if descent else shard
+
+
+def _engine(res: dict[str, Any]) -> str:
+    return res["graph_method"] + (f" nprobe={res['graph_nprobe']}" if res.get("graph_nprobe") else "")
 
 
 def distributed_section(world: int = 4, n: int = 1_000_000, dim: int = 128) -> list[dict[str, Any]]:
@@ -161,8 +180,7 @@ def distributed_section(world: int = 4, n: int = 1_000_000, dim: int = 128) -> l
             row.update(one_process_s=None, speedup=None, one_process_peak_mb=None)
         if step.startswith("knn"):
             row.update(recall=min(r["recall"] for r in ranks), one_process_recall=alone["recall"],
-                       engine=f"{ranks[0]['graph_method']} nprobe={ranks[0]['graph_nprobe']}",
-                       one_process_engine=f"{alone['graph_method']} nprobe={alone['graph_nprobe']}")
+                       engine=_engine(ranks[0]), one_process_engine=_engine(alone))
         rows.append(row)
     return rows
 
@@ -176,10 +194,14 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
 
     Per-rank compute is scaled from the measured slowest rank: work per core (the ranks here
     share ``cores`` cores) times the rows per rank and dims; the graph's blocked work grows with
-    the rows per rank (nprobe held at the measured one: the pool's modes stay fixed), search with
-    queries x the square root of the shard (IVF lists), k-means with rows per rank. Bytes per rank
-    follow the protocol: the ring sends every row through every rank (``N (4d + 12k + 24)``),
-    search gathers the queries, gathered scores are ``16 N``. Node-hours = nodes x hours.
+    the rows per rank (nprobe held at the measured one: the pool's modes stay fixed), the NN-descent
+    ring's with every shard a rank meets (its own, then ``world / 2`` merged pairs of twice its rows
+    at ``store.sharded.MERGE_COST``: ``(1 + 1.4 world / 2) / world`` of the rows in all, so it does not shrink with
+    more nodes), search with queries x the square root of the shard (IVF lists), k-means with rows
+    per rank. Bytes per rank follow the protocol: the blocked ring sends every row through every
+    rank (``N (4d + 12k + 24)``), the NN-descent ring half of them with their graphs and the lists
+    the rest (``N / 2 (4d + 16k + 8) + N 12k``), search gathers the queries, gathered scores are
+    ``16 N``. Node-hours = nodes x hours.
 
     Example:
         >>> r = [{"what": "knn graph k=10", "N": 10**6, "dim": 128, "world": 4, "seconds": 100.0},
@@ -193,14 +215,16 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
     g = m["knn"]
     n_m, d_m, w_m = g["N"], g["dim"], g["world"]
     core_share = min(1.0, cores / w_m)  # cores each measured rank had
+    descent = str(g.get("engine", "")).startswith("descent")
     bw_here = next((r.get("MB_per_s_per_rank") for r in rows if r["what"].startswith("all-to-all")), None)
     out = []
     for n in (10**8, 10**9):
         for d in (64, 256):
             for nodes in (8, 64):
                 ns, speed = n / nodes, NODE_CORES / core_share  # rows per node; node speed over a measured rank
-                graph_cpu = g["seconds"] * (ns / (n_m / w_m)) * (d / d_m) / speed
-                ring_mb = n * (4 * d + 12 * K + 24) / 2**20
+                work = _graph_work(n, nodes, descent) / _graph_work(n_m, w_m, descent)
+                graph_cpu = g["seconds"] * work * (d / d_m) / speed
+                ring_mb = (n / 2 * (4 * d + 16 * K + 8) + n * 12 * K if descent else n * (4 * d + 12 * K + 24)) / 2**20
                 row = {"N": n, "dim": d, "nodes": nodes, "rows_per_node": int(ns),
                        "memory_gb_per_node": round(ns * (8 * d + 12 * K) / 2**30 + 16 * n / 2**30, 1),
                        "graph_compute_s": graph_cpu, "graph_MB_per_node": ring_mb,

@@ -6,7 +6,7 @@ returns ``(distances, rows)``, smaller = nearer; nothing here keeps state betwee
 """
 
 from .blocked import block_plan, block_purity, blocked_knn, probe_lists, probe_lists_other_label, run_blocks
-from .descent import descent_knn, pca_basis, pca_projection, project
+from .descent import descent_knn, merge_knn, pca_basis, pca_projection, project
 from .device import device_knn
 from .exact import exact_knn_graph
 from .kernels import brute_knn, exact_topk, first_k_valid, sort_dedupe
@@ -16,5 +16,5 @@ from .plan import PLAN_SAMPLE, RecallPlan, nprobe_for, plan_recall, probe_ranks,
 __all__ = ["Metric", "METRICS", "get_metric", "faiss_metric", "to_distance", "normalize", "pair_distances",
            "brute_knn", "exact_topk", "first_k_valid", "sort_dedupe", "block_plan", "block_purity", "blocked_knn",
            "probe_lists", "probe_lists_other_label", "run_blocks", "exact_knn_graph", "PLAN_SAMPLE", "RecallPlan",
-           "nprobe_for", "plan_recall", "probe_ranks", "sample_truth", "sampled_recall", "descent_knn",
+           "nprobe_for", "plan_recall", "probe_ranks", "sample_truth", "sampled_recall", "descent_knn", "merge_knn",
            "pca_projection", "pca_basis", "project", "device_knn"]

@@ -174,6 +174,17 @@ def fill_random(x, kind, seed, dist, idx, flag):
                 _push(dist, idx, flag, i, _dist(x, i, j, kind), j, 1)
 
 
+@njit(cache=True, parallel=True, fastmath=True)
+def seed_lists(x, kind, init, dist, idx, flag):
+    """Put each row's known neighbours ``init[i]`` (rows, ``-1`` pads) into its heap, scored and
+    flagged old (already joined with each other)."""
+    for i in prange(idx.shape[0]):
+        for t in range(init.shape[1]):
+            j = init[i, t]
+            if j >= 0 and j != i:
+                _push(dist, idx, flag, i, _dist(x, i, j, kind), j, 0)
+
+
 @njit(cache=True, parallel=True)
 def build_candidates(idx, flag, n_cand, seed, it, n_threads):
     """Each node's sampled new and old candidates: its neighbours and reverse neighbours, at most

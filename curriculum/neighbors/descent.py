@@ -28,6 +28,8 @@ REDUCE_FROM_DIM = 129   # from this dimension the descent runs on a PCA projecti
 REDUCE_VARIANCE = 0.97  # ... keeping this share of the variance (at most half the dimensions)
 PCA_SAMPLE = 20_000     # rows the projection is fitted on
 FOREST_DIM = 64         # the trees of a reduced search split on this many leading principal axes
+WARM_TREES = 2          # trees of a warm-started search (merging two graphs of 250k rows: 0.50x the time of
+                        # none, at recall 0.960 instead of 0.951; a cold search of the union: 0.961)
 
 
 def _kernels() -> Any:
@@ -95,7 +97,7 @@ def project(x: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
 def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = None, n_trees: int | None = None,
                 leaf_size: int | None = None, max_iters: int = 12, delta: float = 0.005, seed: int = 0,
                 exclude_self: bool = True, reduce: bool | None = None, max_candidates: int | None = None,
-                progress: bool = False, return_stats: bool = False) -> Any:
+                progress: bool = False, return_stats: bool = False, init: np.ndarray | None = None) -> Any:
     """The ``k`` nearest rows of every row of ``x`` by NN-descent (approximate; see the module).
 
     ``n_neighbors`` is the length of the working lists (default ``max(k + 4, 1.4k)``, and
@@ -103,7 +105,11 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     initial forest; rounds stop after ``max_iters`` or when fewer than ``delta * N * n_neighbors``
     list entries changed; ``max_candidates`` (default ``n_neighbors``) new and as many old
     candidates are sampled per row and round. ``reduce`` (default: from :data:`REDUCE_FROM_DIM` dimensions, not under
-    ``ip``) searches a PCA projection and rescores the lists on the full rows. Returns ``(distances, rows)`` in the
+    ``ip``) searches a PCA projection and rescores the lists on the full rows. ``init`` (one row per
+    row of ``x``: rows of ``x`` known to be near it, ``-1`` pads) warm-starts the lists: its
+    entries go in first, flagged as already joined with each other, so the rounds only join them
+    with what the forest (then 2 trees by default) and random rows add - how :func:`merge_knn`
+    joins two graphs. Returns ``(distances, rows)`` in the
     module's convention, and with ``return_stats`` a third item ``{"pairs_scored", "iterations",
     "dim"}``.
 
@@ -138,7 +144,9 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     K = min(n - 1, max(kf, n_neighbors or default))
     # on a projection the trees split on its leading axes only: a third of the cost at 192-d, and two
     # more trees of them gave 0.9575 instead of 0.9568 recall in 92% of the time (Debian text, 100k)
-    trees = n_trees or max(3, min(12, int(round(2 * math.log10(max(n, 10))))) + 2 * bool(reduce))
+    trees = n_trees or (WARM_TREES if init is not None else
+                        max(3, min(12, int(round(2 * math.log10(max(n, 10))))) + 2 * bool(reduce)))
+    init = None if init is None else _graph_arg(init, n, "init")
     leaf = leaf_size or max(60, min(256, 5 * K))
     lists = (np.full((n, K), np.inf, np.float32), np.full((n, K), -1, np.int32), np.zeros((n, K), np.uint8))
     stats = {"pairs_scored": 0, "iterations": 0, "dim": int(work.shape[1]), "n_neighbors": K}
@@ -148,6 +156,11 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
         del split_on
         order, perms = _leaf_order(perms)
         work = work[order]
+        if init is not None:  # known neighbours first, in the search's row order
+            inv = np.empty_like(order)
+            inv[order] = np.arange(n)
+            known = init[order]
+            kern.seed_lists(work, kind, np.where(known >= 0, inv[np.maximum(known, 0)], -1).astype(np.int32), *lists)
         for t in range(trees):
             stats["pairs_scored"] += int(kern.join_leaves(work, kind, perms[t], bounds[t], counts[t], *lists))
         del perms, bounds
@@ -162,6 +175,44 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
         order = np.argsort(out_d, axis=1, kind="stable")[:, :k]
         out_d, out_i = np.take_along_axis(out_d, order, 1), np.take_along_axis(out_i, order, 1)
     return (out_d, out_i, stats) if return_stats else (out_d, out_i)
+
+
+def merge_knn(a: np.ndarray, a_graph: np.ndarray, b: np.ndarray, b_graph: np.ndarray, k: int, metric: str,
+              **descent_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN graph of the rows of ``a`` and ``b`` together, from each one's own graph
+    (``a_graph``: rows of ``a``, ``b_graph``: rows of ``b``, ``-1`` pads): NN-descent warm-started
+    with both (``descent_knn(init=...)``), so its rounds mostly find the pairs across the two.
+    Rows are numbered ``a`` first, then ``b``. Used by :meth:`~curriculum.ShardedStore.knn` to meet
+    two shards; on 2 x 250k rows of 16-dimensional modes in 128-d it took 0.7x a cold NN-descent
+    of the union, at the same recall (0.960). ``descent_kwargs`` go to :func:`descent_knn`.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> a, b = rng.normal(size=(1500, 6)).astype(np.float32), rng.normal(size=(1000, 6)).astype(np.float32)
+        >>> d, rows = merge_knn(a, descent_knn(a, 5, "l2")[1], b, descent_knn(b, 5, "l2")[1], 5, "l2")
+        >>> rows.shape, bool((rows >= 1500).any(1).mean() > 0.5)   # most rows have neighbours in b
+        ((2500, 5), True)
+    """
+    a, b = C.as_vectors(a, "a"), C.as_vectors(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"b: expected {a.shape[1]} columns (as a), got {b.shape[1]}")
+    ga, gb = _graph_arg(a_graph, len(a), "a_graph"), _graph_arg(b_graph, len(b), "b_graph")
+    width = max(ga.shape[1], gb.shape[1])
+    init = np.full((len(a) + len(b), width), -1, np.int32)
+    init[:len(a), :ga.shape[1]] = ga
+    init[len(a):, :gb.shape[1]] = np.where(gb >= 0, gb + len(a), -1)
+    return descent_knn(np.concatenate([a, b]), k, metric, init=init, **descent_kwargs)
+
+
+def _graph_arg(g: Any, n: int, name: str) -> np.ndarray:
+    g = np.asarray(g)
+    if g.ndim != 2 or len(g) != n or not np.issubdtype(g.dtype, np.integer):
+        raise ValueError(f"{name}: expected an integer array of {n} rows (row numbers, -1 for none), "
+                         f"got shape {g.shape} and dtype {g.dtype}")
+    if g.size and (g.min() < -1 or g.max() >= n):
+        raise ValueError(f"{name}: expected row numbers in [-1, {n}), got values in [{g.min()}, {g.max()}]")
+    return np.ascontiguousarray(g, np.int32)
 
 
 def _leaf_order(perms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -224,4 +275,5 @@ def _finish(kern: Any, x: np.ndarray, met: Any, kind: int, reduce: bool, dist: n
     return np.ascontiguousarray(out, np.float32), rows
 
 
-__all__ = ["REDUCE_FROM_DIM", "REDUCE_VARIANCE", "PCA_SAMPLE", "FOREST_DIM", "pca_projection", "descent_knn"]
+__all__ = ["REDUCE_FROM_DIM", "REDUCE_VARIANCE", "PCA_SAMPLE", "FOREST_DIM", "pca_projection", "descent_knn",
+           "merge_knn"]

@@ -34,16 +34,18 @@ import numpy as np
 from .._util import checks as C
 from .._util.dist import Comm
 from .._util.io import atomic_write_bytes
-from ..neighbors import PLAN_SAMPLE, blocked_knn, brute_knn, normalize, nprobe_for, probe_ranks
+from ..neighbors import PLAN_SAMPLE, blocked_knn, brute_knn, merge_knn, normalize, nprobe_for, probe_ranks
 from ..neighbors.blocked import assign_blocks, block_plan_parts
 from .core import EmbeddingStore
-from .graph import AUTO_PLAN_MIN_ROWS, KMeansResult
+from .graph import (AUTO_PLAN_MIN_ROWS, DESCENT_MIN_ROWS, DESCENT_PAIRS_PER_LIST_SLOT, DESCENT_PAIRS_PER_ROW,
+                    KMeansResult)
 from .rows import MISSING
 
 MANIFEST = "manifest.json"
 FORMAT = "curriculum-sharded-store"
 FORMAT_VERSION = 1
 SAMPLE_PER_CLUSTER = 256  # k-means is seeded on this many sampled rows per centroid (faiss's default)
+MERGE_COST = 0.7  # NN-descent merging two shards' graphs, over a cold NN-descent of both (measured: 0.71)
 RING_BLOCK = 65_536       # visiting rows are searched in a shard's index (or exactly) this many at a time
 
 
@@ -424,12 +426,18 @@ class ShardedStore:
         ``nprobe`` the smallest whose recall, measured on 512
         sampled rows against their exact neighbours over all shards, clears ``target_recall``
         (``"auto"`` scores every pair where one process would: under 5,000 rows or ``index="flat"``);
+        ``method="descent"`` - and ``"auto"`` where that plan needs as many pairs per row as one
+        process's ``knn`` would leave to NN-descent (embeddings whose neighbourhoods k-means blocks
+        do not follow) - NN-descent (:meth:`_merge_ring`): each shard's own graph by its store's
+        engine, then every pair of shards merged in one NN-descent warm-started from their two
+        graphs, with the recall measured afterwards on 512 sampled rows (``recall_estimate``);
         ``"exact"`` scores every pair (equal to the one-process exact graph); ``"index"`` searches
         each shard's faiss index. On one rank, :meth:`EmbeddingStore.knn` runs (any engine,
         ``knn_kwargs`` go to it). ``exclude_same_label=True`` gives the negatives table: the
         ``k`` nearest rows of another label (each shard's label-filtered search; exact on shards
         that search exactly). ``last_knn_report`` says what ran. Bytes sent per rank: ``world x``
-        its rows ``x (4 dim + 12 k + 24)``. Collective.
+        its rows ``x (4 dim + 12 k + 24)`` (NN-descent: ``world / 2 x (4 dim + 16 k + 8) + world x
+        12 k`` - the rows travel half the ring with their own graph, their lists the rest). Collective.
         """
         k = self.checked(lambda: _knn_args(k, method, exclude_same_label, self))
         key = (self._version, bool(exclude_self), method, bool(exclude_same_label), target_recall,
@@ -442,6 +450,10 @@ class ShardedStore:
             self._knn_cache = (key, k, d, i)
             return d.copy(), i.copy()
         visit, blk = self._visitor(k, method, exclude_same_label, target_recall)
+        if visit is None:  # NN-descent: shard pairs merged from their own graphs
+            best_d, best_i = self._merge_ring(k, exclude_self, target_recall, progress)
+            self._knn_cache = (key, k, best_d, best_i)
+            return best_d.copy(), best_i.copy()
         vec, ids, labs = self.local.vectors(), self.local.ids, self.local.labels
         if self.last_knn_report["method"].startswith("blocked") and exclude_self and len(ids) > k + 1:
             best_d, best_i = self.local.knn(k, progress=progress, target_recall=target_recall)  # its own engine
@@ -474,8 +486,16 @@ class ShardedStore:
 
             def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
                 return _drop_own(*brute_knn(v, base, k + 1, metric), base_ids, i, k)
+        elif method == "descent":
+            self.last_knn_report = {"method": "descent (shard pairs merged)"}
+            return None, blk
         else:
             cent, blk, nprobe, est = self._global_plan(k, target)
+            per_row = nprobe * len(self) / max(len(cent), 1)  # pairs a row would meet
+            if method == "auto" and len(self) >= DESCENT_MIN_ROWS and per_row >= descent_ring_pairs(k, self.world):
+                self.last_knn_report = {"method": "descent (shard pairs merged)", "blocked_nprobe": nprobe,
+                                        "blocked_pairs_per_row": per_row}
+                return None, blk
             self.last_knn_report = {"method": "blocked (global plan)", "nprobe": nprobe, "recall_estimate": est,
                                     "blocks": len(cent)}
 
@@ -494,6 +514,68 @@ class ShardedStore:
                      for s in range(0, len(v), size)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return visit, blk
+
+    def _merge_ring(self, k: int, exclude_self: bool, target: float,
+                    progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        """The NN-descent ring (``method="descent"``, and ``"auto"`` where the blocked plan would
+        score NN-descent's share of pairs): each shard's own graph by its store's engine
+        (:meth:`EmbeddingStore.knn`, NN-descent on such data); then, for ``world // 2`` steps, each
+        shard's rows travel one rank on with their own graph and meet the host's rows in one
+        NN-descent warm-started from both graphs (:func:`~curriculum.neighbors.merge_knn`), which
+        gives both sides their neighbours across the pair - every pair of shards meets once (in an
+        even world the last step's pairs meet on the lower rank only). The travellers' finds go
+        home with the lists alone. Recall is measured afterwards on :data:`PLAN_SAMPLE` sampled rows
+        against their exact neighbours over all shards (``recall_estimate``). Collective."""
+        loc, base, base_ids = self.local, self.local.vectors(), self.local.ids
+        if len(loc) > k + 1:
+            home_d, home_i = loc.knn(k, exclude_self=exclude_self, progress=progress, target_recall=target)
+            self.last_knn_report["own_shard"] = loc.last_knn_report.get("method", "exact")
+        else:  # a shard of a few rows: all its pairs
+            home_d, home_i = _drop_own(*brute_knn(base, base, k + 1, self.metric), base_ids,
+                                       base_ids if exclude_self else np.full(len(base), -1, np.int64), k)
+        home_d = home_d.astype(np.float32)
+        own = np.full(home_i.shape, -1, np.int32)
+        if home_i.size:
+            own[home_i >= 0] = loc.rows_of(home_i[home_i >= 0])
+        vec, ids, graph = base, base_ids, own
+        away_d, away_i = np.full(home_d.shape, np.inf, np.float32), np.full(home_i.shape, -1, np.int64)
+        half = self.world // 2
+        for step in range(1, half + 1):
+            vec, ids, graph, away_d, away_i = (self.comm.shift(a) for a in (vec, ids, graph, away_d, away_i))
+            twice = self.world % 2 == 0 and step == half and self.rank >= half  # met on the lower rank
+            if len(vec) and len(base) and not twice:
+                d, i = self._meet(base, own, vec, graph, ids, k)
+                nb = len(base)
+                home_d, home_i = merge_topk(np.concatenate([home_d, d[:nb]], 1), np.concatenate([home_i, i[:nb]], 1), k)
+                away_d, away_i = merge_topk(np.concatenate([away_d, d[nb:]], 1), np.concatenate([away_i, i[nb:]], 1), k)
+        for _ in range(self.world - half):  # the travellers' lists go on round to their home rank
+            away_d, away_i = self.comm.shift(away_d), self.comm.shift(away_i)
+        best_d, best_i = merge_topk(np.concatenate([home_d, away_d], 1), np.concatenate([home_i, away_i], 1), k)
+        if exclude_self:
+            self.last_knn_report["recall_estimate"] = self._sampled_recall(best_i, k)
+        return best_d, best_i
+
+    def _meet(self, base: np.ndarray, own: np.ndarray, vec: np.ndarray, graph: np.ndarray, ids: np.ndarray,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Host rows then visiting rows: each one's neighbours *in the other shard* among the
+        pair's ``k`` nearest (ids, ``-1`` / ``inf`` elsewhere)."""
+        nb = len(base)
+        d, rows = merge_knn(base, own, vec, graph, min(k, nb + len(vec) - 1), self.metric)
+        other = np.where(np.arange(len(rows))[:, None] < nb, rows >= nb, (rows < nb) & (rows >= 0))
+        union = np.concatenate([self.local.ids, ids])
+        return np.where(other, d, np.inf).astype(np.float32), np.where(other, union[np.maximum(rows, 0)], -1)
+
+    def _sampled_recall(self, got: np.ndarray, k: int, seed: int = 17) -> float:
+        """Recall@k of this shard's graph rows ``got`` (ids, row per stored row, own id left out)
+        on :data:`PLAN_SAMPLE` rows sampled over all shards, against their exact neighbours. Collective."""
+        m = min(PLAN_SAMPLE, len(self))
+        q, q_ids = self._sample(m, seed, [self.local.vectors(), self.local.ids], None)
+        _, truth = self.exact_neighbours(q, q_ids, k)
+        mine = np.flatnonzero(np.isin(q_ids, self.local.ids))
+        rows = self.local.rows_of(q_ids[mine]) if len(mine) else np.zeros(0, np.int64)
+        hits = sum(len(np.intersect1d(got[r][got[r] >= 0], t[t >= 0])) for r, t in zip(rows, truth[mine]))
+        tot = self.comm.all_reduce(np.array([hits, int((truth[mine] >= 0).sum())], np.float64))
+        return float(tot[0] / max(tot[1], 1.0))
 
     def exact_neighbours(self, q: np.ndarray, q_ids: np.ndarray, k: int,
                          extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -676,6 +758,21 @@ class ShardedStore:
         return store
 
 
+def descent_ring_pairs(k: int, world: int) -> float:
+    """Pairs per row the blocked ring must need before ``knn(method="auto")`` runs the NN-descent
+    ring instead: one process's threshold (the same trade as :meth:`EmbeddingStore.knn`) times the
+    NN-descent ring's work over one process's - its own shard, then ``world // 2`` merged pairs
+    of twice its rows at :data:`MERGE_COST` - which, unlike the blocked ring's, does not shrink
+    with more ranks: past ~30 ranks the blocked ring wins again on the bench's pool.
+
+    Example:
+        >>> descent_ring_pairs(10, 4) < descent_ring_pairs(10, 64)
+        True
+    """
+    one = max(DESCENT_PAIRS_PER_ROW, DESCENT_PAIRS_PER_LIST_SLOT * (k + 8) ** 2)
+    return one * (1 + MERGE_COST * 2 * (world // 2))
+
+
 def _drop_own(d: np.ndarray, rows: np.ndarray, base_ids: np.ndarray, own: np.ndarray,
               k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of this shard as ids, each query's own id dropped, ``k`` kept."""
@@ -749,4 +846,5 @@ def _kmeans_args(n_clusters: Any, niter: Any, nredo: Any, n: int) -> int:
         raise ValueError(f"n_clusters: expected at most the store size {n}, got {k}")
     return k
 
-__all__ = ["ShardedStore", "id_priority", "merge_topk", "MANIFEST", "FORMAT", "FORMAT_VERSION", "RING_BLOCK"]
+__all__ = ["ShardedStore", "id_priority", "merge_topk", "descent_ring_pairs", "MANIFEST", "FORMAT", "FORMAT_VERSION",
+           "RING_BLOCK", "MERGE_COST"]
