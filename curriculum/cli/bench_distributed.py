@@ -200,7 +200,7 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
     more nodes), search with queries x the square root of the shard (IVF lists), k-means with rows
     per rank. Bytes per rank follow the protocol: the blocked ring sends every row through every
     rank (``N (4d + 12k + 24)``), the NN-descent ring half of them with their graphs and the lists
-    the rest (``N / 2 (4d + 16k + 8) + N 12k``), search gathers the queries, gathered scores are
+    the rest (``N / 2 (4d + 16k + 8) + N / 2 12k``), search gathers the queries, gathered scores are
     ``16 N``. Node-hours = nodes x hours.
 
     Example:
@@ -224,7 +224,7 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
                 ns, speed = n / nodes, NODE_CORES / core_share  # rows per node; node speed over a measured rank
                 work = _graph_work(n, nodes, descent) / _graph_work(n_m, w_m, descent)
                 graph_cpu = g["seconds"] * work * (d / d_m) / speed
-                ring_mb = (n / 2 * (4 * d + 16 * K + 8) + n * 12 * K if descent else n * (4 * d + 12 * K + 24)) / 2**20
+                ring_mb = (n / 2 * (4 * d + 28 * K + 8) if descent else n * (4 * d + 12 * K + 24)) / 2**20
                 row = {"N": n, "dim": d, "nodes": nodes, "rows_per_node": int(ns),
                        "memory_gb_per_node": round(ns * (8 * d + 12 * K) / 2**30 + 16 * n / 2**30, 1),
                        "graph_compute_s": graph_cpu, "graph_MB_per_node": ring_mb,

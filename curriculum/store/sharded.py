@@ -436,8 +436,8 @@ class ShardedStore:
         ``knn_kwargs`` go to it). ``exclude_same_label=True`` gives the negatives table: the
         ``k`` nearest rows of another label (each shard's label-filtered search; exact on shards
         that search exactly). ``last_knn_report`` says what ran. Bytes sent per rank: ``world x``
-        its rows ``x (4 dim + 12 k + 24)`` (NN-descent: ``world / 2 x (4 dim + 16 k + 8) + world x
-        12 k`` - the rows travel half the ring with their own graph, their lists the rest). Collective.
+        its rows ``x (4 dim + 12 k + 24)`` (NN-descent: ``world / 2 x (4 dim + 28 k + 8)`` - the rows
+        travel half the ring with their own graph and lists, the lists alone the rest). Collective.
         """
         k = self.checked(lambda: _knn_args(k, method, exclude_same_label, self))
         key = (self._version, bool(exclude_self), method, bool(exclude_same_label), target_recall,
