@@ -38,7 +38,7 @@ import numpy as np
 
 from .bench_curation import curation_section, plot_curation
 from .bench_distributed import NODE_CORES, distributed_section, projection
-from .bench_noise import noise_section
+from .bench_noise import REPS, noise_section
 from .bench_stream import stream_section
 from .bench_sections import PeakRSS, print_table
 from .data import clustered, load_real, pixel_pca
@@ -206,7 +206,8 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
         "inbatch": lambda: bs.inbatch_section([256, 1024] if quick else [256, 1024, 4096], dim),
         "sampler": lambda: bs.sampler_section([100_000] if quick else [1_000_000]),
         "loader": lambda: bs.loader_section(batches=30 if quick else 200, rounds=1 if quick else 5, data=data),
-        "noise": lambda: noise_section(4_000 if quick else 20_000, 0 if quick else 24_000, data=data),
+        "noise": lambda: noise_section(4_000 if quick else 20_000, 0 if quick else 24_000, data=data,
+                                       reps=1 if quick else REPS),
         "curation": lambda: curation_section(quick, data=data),
         "stream": lambda: stream_section(quick, data=data),
         "distributed": lambda: distributed_section(2 if quick else world, 40_000 if quick else max(sizes), dim),
