@@ -101,14 +101,15 @@ def graph(snap: Snapshot, k: int, metric: str, method: str, nprobe: int, exclude
 def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, target: float,
           progress: bool) -> tuple[Any, Any, dict[str, Any]]:
     """Run the route :func:`knn_plan` picks. NN-descent whose measured recall falls short of
-    ``target`` runs once more with lists twice as long; short again (data with no neighbourhood
-    structure, such as isotropic noise), the exact graph replaces it and the report says so."""
+    ``target`` runs once more with lists twice as long, started from the lists it found; short
+    again (data with no neighbourhood structure, such as isotropic noise), the exact graph
+    replaces it and the report says so."""
     report, plan = knn_plan(vec, k, metric, floor, exclude_self, target)
     if report["method"] == "descent":
-        n_neighbors, spent = None, 0
+        n_neighbors, spent, rows = None, 0, None
         for _ in range(2):
             d, rows, st = descent_knn(vec, k, metric, n_neighbors=n_neighbors, exclude_self=exclude_self,
-                                      progress=progress, return_stats=True)
+                                      progress=progress, return_stats=True, init=rows)
             spent += st["pairs_scored"]
             recall = sampled_recall(vec, rows, k, metric, exclude_self, truth=plan.truth)
             report.update(st, pairs_scored=spent, recall_measured=recall)
