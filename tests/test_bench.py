@@ -80,3 +80,18 @@ def test_noise_helpers():
     assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, True, False, True])) == 1.0
     assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([True, False, True, False])) == 0.0
     assert auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5
+
+
+def test_miner_outputs_compare_as_sets_of_tuples():
+    import torch
+
+    from curriculum.cli.bench_sections import _same_tuples
+
+    def t(*cols):
+        return tuple(torch.tensor(c, dtype=torch.int64) for c in cols)
+
+    assert _same_tuples(t([1, 2, 2], [3, 4, 4], [9]), t([2, 1], [4, 3], [9]))      # order and repeats aside
+    assert not _same_tuples(t([1, 2], [3, 4], [9, 9]), t([1, 2], [4, 3], [9, 9]))  # other tuples
+    assert _same_tuples(t([1], [3], [5], [6]), t([1], [3], [5], [6]))             # pairs (a1, p, a2, n)
+    assert not _same_tuples(t([1], [3], [], []), t([], [], [1], [3]))             # a positive is not a negative
+    assert _same_tuples(t([], [], []), t([], [], []))

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._util.arrays import sorted_unique
+
 
 # ---------------------------------------------------------------------------------------- helpers
 def _rss_kb(field: str) -> int:
@@ -247,8 +249,8 @@ def inbatch_section(batches: list[int], dim: int = 128, device: str = "cpu") -> 
 
 def _same_tuples(a: tuple, b: tuple) -> bool:
     """Whether two miners' outputs hold the same set of tuples (order and repeats aside): each
-    tuple packed into one integer (indices below 2**20), compared as sorted unique arrays (by a sort:
-    ``np.unique``'s hashing took 7 s for 5M such keys)."""
+    tuple packed into one integer (indices below 2**20), compared as sorted unique arrays (by a sort,
+    :func:`~curriculum._util.arrays.sorted_unique`: ``np.unique``'s hashing took 7 s for 5M such keys)."""
     def as_keys(t: tuple) -> np.ndarray:
         cols = [np.asarray(x.cpu().numpy(), np.int64) for x in t]
         if len(cols) == 4:  # pairs: (a1, p, a2, n), tagged positive / negative
@@ -257,8 +259,7 @@ def _same_tuples(a: tuple, b: tuple) -> bool:
         key = np.zeros(len(cols[0]), np.int64)
         for c in cols:
             key = (key << 20) | c
-        key = np.sort(key)
-        return key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key
+        return sorted_unique(key)
 
     return bool(np.array_equal(as_keys(a), as_keys(b)))
 

@@ -132,6 +132,7 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
             C.positive_int(value, name, minimum=2 if name != "n_trees" else 1)
     max_iters = C.positive_int(max_iters, "max_iters", minimum=0)
     delta = C.finite_float(delta, "delta", 0.0, 1.0)
+    init = None if init is None else _graph_arg(init, n, "init")
     met = get_metric(metric)
     x = met.prepare(x, "x")
     kern = _kernels()
@@ -149,7 +150,6 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     # more trees of them gave 0.9575 instead of 0.9568 recall in 92% of the time (Debian text, 100k)
     trees = n_trees or (WARM_TREES if init is not None else
                         max(3, min(12, int(round(2 * math.log10(max(n, 10))))) + 2 * bool(reduce)))
-    init = None if init is None else _graph_arg(init, n, "init")
     leaf = leaf_size or max(60, min(256, 5 * K))
     lists = (np.full((n, K), np.inf, np.float32), np.full((n, K), -1, np.int32), np.zeros((n, K), np.uint8))
     stats = {"pairs_scored": 0, "iterations": 0, "dim": int(work.shape[1]), "n_neighbors": K}

@@ -473,7 +473,8 @@ class ShardedStore:
     def _visitor(self, k: int, method: str, same_label: bool, target: float) -> tuple[Any, np.ndarray]:
         """How rows from any shard are searched in this one - ``visit(vec, ids, labels, blocks,
         own)`` -> the top-k over this shard, never a row's own id, in blocks of :data:`RING_BLOCK`
-        rows - and this shard's rows' blocks of the global plan (zeros when there is none)."""
+        rows - and this shard's rows' blocks of the global plan (zeros when there is none); ``visit``
+        is ``None`` where the NN-descent ring (:meth:`_merge_ring`) meets the shards instead."""
         base, base_ids, metric = self.local.vectors(), self.local.ids, self.metric
         blk = np.zeros(len(base), np.int64)
         if same_label or method == "index":
