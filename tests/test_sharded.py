@@ -197,7 +197,7 @@ def _descent_ring_worker(rank, world, out, initfile):
     s.add(x[rank::world], ids[rank::world])
     d, i = s.knn(K)  # auto: the blocked plan needs too many pairs here
     rep = dict(s.last_knn_report)
-    again = s.knn(K, method="descent")[1]  # explicitly: the same walks
+    again = s.knn(K, method="descent")[1]  # explicitly: the same merges
     lop = ShardedStore(32, metric="l2")  # lopsided: the other ranks hold 3 rows each (fewer than k + 1)
     rows = np.arange(2000) if rank == 0 else np.arange(2000 + 3 * (rank - 1), 2000 + 3 * rank)
     lop.add(x[rows], rows)
