@@ -492,3 +492,37 @@ def test_duplicate_ids_are_named_and_nothing_is_added(ids):
     with pytest.raises(ValueError, match=rf"ids: expected unique ids, got duplicates {repeated}$".replace("[", r"\[")):
         s.add(vec, ids=ids)
     assert len(s) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "update", "remove", "snapshot"]), st.integers(0, 10**6)),
+                min_size=1, max_size=12))
+def test_snapshot_never_changes_under_later_writes(ops):
+    """Copy on write: every snapshot keeps the rows it was taken at (vectors, ids, labels, steps)
+    whatever adds, updates and removals follow, and the store itself sees every write."""
+    store = cl.EmbeddingStore(3, metric="l2")
+    store.add(np.arange(12, dtype=np.float32).reshape(4, 3), labels=[0, 1, 2, 3], step=1)
+    taken = []
+    for op, seed in [("snapshot", 0)] + ops:
+        rng = np.random.default_rng(seed)
+        ids = store.ids
+        if op == "add":
+            store.add(rng.normal(size=(int(rng.integers(1, 4)), 3)), labels=None, step=seed % 7)
+        elif op == "update" and len(ids):
+            pick = rng.choice(ids, size=min(2, len(ids)), replace=False)
+            new = rng.normal(size=(len(pick), 3)).astype(np.float32)
+            store.update(pick, new, step=9, labels=[5] * len(pick))
+            np.testing.assert_array_equal(store.vectors_of(pick), new)
+        elif op == "remove" and len(ids) > 1:
+            gone = rng.choice(ids, size=1)
+            store.remove(gone)
+            assert not store.contains(gone)[0]
+        elif op == "snapshot":
+            s = store.snapshot()
+            taken.append((s, [a.copy() for a in (s.vec, s.ids, s.labels, s.steps)]))
+    for snap, copy in taken:
+        for now, then in zip((snap.vec, snap.ids, snap.labels, snap.steps), copy):
+            np.testing.assert_array_equal(now, then)
+    last = store.snapshot()
+    np.testing.assert_array_equal(last.ids, store.ids)
+    np.testing.assert_array_equal(last.vec, store.vectors())

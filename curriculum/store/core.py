@@ -179,7 +179,18 @@ class EmbeddingStore:
             self._im.cache.clear()
 
     def snapshot(self) -> Snapshot:
-        """An immutable copy of every row (vectors, ids, labels, steps) at the current version."""
+        """Every row (vectors, ids, labels, steps) at the current version, unchanged by later writes
+        and free to take (copy on write: the store copies its buffers before it changes rows a
+        snapshot shows). Read its arrays; never write into them.
+
+        Example:
+            >>> import numpy as np
+            >>> from curriculum import EmbeddingStore
+            >>> store = EmbeddingStore(1, metric="l2"); _ = store.add(np.array([[0.], [1]]))
+            >>> snap = store.snapshot(); store.update([0], np.array([[5.]])); _ = store.remove([1])
+            >>> snap.vec.ravel().tolist(), store.vectors_of([0]).ravel().tolist()
+            ([0.0, 1.0], [5.0])
+        """
         with self._lock:
             return self._rows.snapshot(self._version)
 
