@@ -28,6 +28,7 @@ from curriculum import difficulty as D
 from curriculum.mining import HardNegativeMiner
 from curriculum.neighbors import kmeans as KM
 from curriculum.store import EmbeddingStore, ShardedStore
+from curriculum.store.regions import CEILING_MARGIN, MAX_COPIES
 from curriculum.store.sharded import id_priority, merge_topk
 
 import _gloo
@@ -175,7 +176,7 @@ def _approx_worker(rank, world, out, initfile):
     x, ids = big_pool()
     s = ShardedStore(16, metric="l2")
     s.add(x[rank::world], ids[rank::world])
-    d, i = s.knn(K, target_recall=0.95)  # shards of 22,000 rows: planned blocked engine on the ring
+    d, i = s.knn(K, method="blocked", target_recall=0.95)  # shards of 22,000 rows: the planned blocked ring
     np.savez(f"{out}.{rank}.npz", ids=s.ids, knn_i=i, engine=np.array([s.last_knn_report["method"]]))
     torch.distributed.destroy_process_group()
 
@@ -195,15 +196,36 @@ def _descent_ring_worker(rank, world, out, initfile):
     x, ids = manifold_pool()
     s = ShardedStore(32, metric="cosine")
     s.add(x[rank::world], ids[rank::world])
-    d, i = s.knn(K)  # auto: the blocked plan needs too many pairs here
+    d, i = s.knn(K, method="descent")
     rep = dict(s.last_knn_report)
-    again = s.knn(K, method="descent")[1]  # explicitly: the same merges
+    s.update(ids[rank::world][:1], x[rank::world][:1])  # a write: the graph is computed again
+    again = s.knn(K, method="descent")[1]  # the same merges
     lop = ShardedStore(32, metric="l2")  # lopsided: the other ranks hold 3 rows each (fewer than k + 1)
     rows = np.arange(2000) if rank == 0 else np.arange(2000 + 3 * (rank - 1), 2000 + 3 * rank)
     lop.add(x[rows], rows)
     small = lop.knn(5, method="descent")[1]
     np.savez(f"{out}.{rank}.npz", ids=s.ids, knn_i=i, knn_d=d, again=again, engine=np.array([rep["method"]]),
              estimate=rep["recall_estimate"], small_ids=lop.ids, small=small)
+    torch.distributed.destroy_process_group()
+
+
+def _region_worker(rank, world, out, initfile):
+    _init(rank, world, initfile)
+    x, ids = big_pool()
+    s = ShardedStore(16, metric="l2")
+    s.add(x[rank::world], ids[rank::world])
+    d, i = s.knn(K)  # auto: the regions' ceiling clears the target on the modes pool
+    rep = dict(s.last_knn_report)
+    again = s.knn(K, method="region")[1]
+    m = ShardedStore(64, metric="l2")  # isotropic noise: neighbours anywhere, auto leaves the region route
+    mx = np.random.default_rng(5).normal(size=(6000, 64)).astype(np.float32)
+    m.add(mx[rank::world], np.arange(6000)[rank::world])
+    m.knn(K)
+    np.savez(f"{out}.{rank}.npz", ids=s.ids, knn_i=i, knn_d=d, again=again, engine=np.array([rep["method"]]),
+             estimate=rep["recall_estimate"], ceiling=rep["region_ceiling"], copies=rep["copies_per_row"],
+             noise_engine=np.array([m.last_knn_report["method"]]),
+             noise_ceilings=np.array(list(m.last_knn_report["region_ceilings"].values())),
+             noise_copies=np.array(list(m.last_knn_report["region_copies"].values())))
     torch.distributed.destroy_process_group()
 
 
@@ -469,6 +491,53 @@ def test_descent_ring_meets_its_recall_where_blocks_fail(tmp_path, world):
     assert recall >= 0.93, recall
     assert abs(float(got_all[0]["estimate"]) - recall) < 0.03  # the sampled estimate, agreed by every rank
     assert len({float(g["estimate"]) for g in got_all}) == 1
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_region_route_meets_its_recall_and_is_taken_only_where_it_can(tmp_path, world):
+    """Rows regrouped by k-means region (one all-to-all each way): recall against brute force at
+    the target, exact distances, no id twice (a row sent to two ranks merges its lists), every
+    rank agreeing on the sampled estimate; on data whose neighbourhoods ignore regions the
+    measured ceiling stays below the target and auto takes another route."""
+    prefix = _gloo.spawn(_region_worker, world, tmp_path)
+    from curriculum.neighbors import brute_knn
+
+    x, _ = big_pool()
+    truth_d, truth = brute_knn(x, x, K + 1, "l2")
+    hits, got_all = 0, _results(prefix, world)
+    for got in got_all:
+        assert str(got["engine"][0]) == "region (rows regrouped by k-means region)"
+        assert 1.0 < float(got["copies"]) < 2.0  # boundary rows go to two ranks, most to one
+        hits += sum(len(np.intersect1d(a, b)) for a, b in zip(got["knn_i"], truth[got["ids"]][:, 1:]))
+        true_d = np.sqrt(((x[got["ids"]][:, None, :] - x[got["knn_i"]]) ** 2).sum(-1))
+        np.testing.assert_allclose(got["knn_d"], true_d, rtol=1e-4, atol=1e-4)
+        assert (np.diff(got["knn_d"], axis=1) >= 0).all() and (got["knn_i"] != got["ids"][:, None]).all()
+        assert all(len(set(r)) == K for r in got["knn_i"].tolist())
+        np.testing.assert_array_equal(got["again"], got["knn_i"])  # deterministic
+        assert str(got["noise_engine"][0]) != "region (rows regrouped by k-means region)"
+        # declined: no overlap whose ceiling clears the target sends few enough copies of a row
+        assert all(c < 0.95 + CEILING_MARGIN or copies > MAX_COPIES
+                   for c, copies in zip(got["noise_ceilings"], got["noise_copies"]))
+    recall = hits / (BIG * K)
+    assert recall >= 0.93, recall
+    assert abs(float(got_all[0]["estimate"]) - recall) < 0.03
+    assert len({float(g["estimate"]) for g in got_all}) == 1
+    assert float(got_all[0]["ceiling"]) >= 0.97
+
+
+def test_region_bisection_balances_contiguous_groups():
+    from curriculum.store.regions import bisect_regions
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(200, 3)).astype(np.float32)
+    counts = rng.integers(1, 100, 200).astype(float)
+    for world in (1, 2, 3, 5, 8):
+        owner = bisect_regions(c, counts, world)
+        load = np.bincount(owner, weights=counts, minlength=world)
+        assert set(owner.tolist()) == set(range(world))
+        assert load.max() <= load.mean() * 1.3 and load.min() >= load.mean() * 0.7, load
+    owner = bisect_regions(np.array([[0.], [1], [2], [10], [11], [12]], np.float32), np.array([1, 1, 1, 1, 1, 3.]), 2)
+    assert owner.tolist() in ([0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 0, 0])  # cut at the count's half, along the axis
 
 
 def test_a_rank_dying_mid_save_leaves_the_previous_manifest(tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from ..neighbors.blocked import assign_blocks, block_plan_parts
 from .core import EmbeddingStore
 from .graph import (AUTO_PLAN_MIN_ROWS, DESCENT_MIN_ROWS, DESCENT_PAIRS_PER_LIST_SLOT, DESCENT_PAIRS_PER_ROW,
                     KMeansResult)
+from .regions import RegionPlan, plan_regions, region_graph
 from .rows import MISSING
 
 MANIFEST = "manifest.json"
@@ -445,11 +447,24 @@ class ShardedStore:
         if self._knn_cache is not None and self._knn_cache[0] == key and self._knn_cache[1] >= k:
             return self._knn_cache[2][:, :k].copy(), self._knn_cache[3][:, :k].copy()
         if self.world == 1 and method != "exact" and not exclude_same_label and exclude_self:
-            d, i = self.local.knn(k, method=method, progress=progress, target_recall=target_recall, **knn_kwargs)
+            d, i = self.local.knn(k, method="auto" if method == "region" else method, progress=progress,
+                                  target_recall=target_recall, **knn_kwargs)
             self.last_knn_report = dict(self.local.last_knn_report)
             self._knn_cache = (key, k, d, i)
             return d.copy(), i.copy()
+        regions = self._region_route(k, method, exclude_same_label, target_recall)
+        if regions is not None and regions.overlap is not None:
+            best_d, best_i, rep = region_graph(self, regions, k, exclude_self, target_recall, progress)
+            self.last_knn_report = {"method": "region (rows regrouped by k-means region)",
+                                    "region_ceiling": regions.ceilings[regions.overlap], **rep}
+            if exclude_self:
+                self.last_knn_report["recall_estimate"] = self._sampled_recall(best_i, k,
+                                                                               truth=(regions.sample_ids, regions.truth))
+            self._knn_cache = (key, k, best_d, best_i)
+            return best_d.copy(), best_i.copy()
         visit, blk = self._visitor(k, method, exclude_same_label, target_recall)
+        if regions is not None:
+            self.last_knn_report.update(region_ceilings=regions.ceilings, region_copies=regions.copies)
         if visit is None:  # NN-descent: shard pairs merged from their own graphs
             best_d, best_i = self._merge_ring(k, exclude_self, target_recall, progress)
             self._knn_cache = (key, k, best_d, best_i)
@@ -469,6 +484,17 @@ class ShardedStore:
             best_d, best_i = self.comm.shift(best_d), self.comm.shift(best_i)
         self._knn_cache = (key, k, best_d, best_i)
         return best_d.copy(), best_i.copy()
+
+    def _region_route(self, k: int, method: str, same_label: bool, target: float) -> RegionPlan | None:
+        """The region plan where ``method`` asks for it (its largest overlap even below the
+        target), or where ``"auto"`` weighs it (an approximate graph of 5,000 rows or more): its
+        ``overlap`` is None when no overlap's ceiling clears ``target``. Collective."""
+        if method == "region":
+            plan = plan_regions(self, k, target)
+            return plan if plan.overlap is not None else replace(plan, overlap=max(plan.ceilings))
+        if method != "auto" or same_label or self._exact_graph() or len(self) < AUTO_PLAN_MIN_ROWS:
+            return None
+        return plan_regions(self, k, target)
 
     def _visitor(self, k: int, method: str, same_label: bool, target: float) -> tuple[Any, np.ndarray]:
         """How rows from any shard are searched in this one - ``visit(vec, ids, labels, blocks,
@@ -566,12 +592,16 @@ class ShardedStore:
         union = np.concatenate([self.local.ids, ids])
         return np.where(other, d, np.inf).astype(np.float32), np.where(other, union[np.maximum(rows, 0)], -1)
 
-    def _sampled_recall(self, got: np.ndarray, k: int, seed: int = 17) -> float:
+    def _sampled_recall(self, got: np.ndarray, k: int, seed: int = 17,
+                        truth: tuple[np.ndarray, np.ndarray] | None = None) -> float:
         """Recall@k of this shard's graph rows ``got`` (ids, row per stored row, own id left out)
-        on :data:`PLAN_SAMPLE` rows sampled over all shards, against their exact neighbours. Collective."""
-        m = min(PLAN_SAMPLE, len(self))
-        q, q_ids = self._sample(m, seed, [self.local.vectors(), self.local.ids], None)
-        _, truth = self.exact_neighbours(q, q_ids, k)
+        on :data:`PLAN_SAMPLE` rows sampled over all shards, against their exact neighbours
+        (``truth``: the sampled ids and their exact neighbours' ids, already known). Collective."""
+        if truth is None:
+            m = min(PLAN_SAMPLE, len(self))
+            q, q_ids = self._sample(m, seed, [self.local.vectors(), self.local.ids], None)
+            truth = (q_ids, self.exact_neighbours(q, q_ids, k)[1])
+        q_ids, truth = truth[0], truth[1][:, :k]
         mine = np.flatnonzero(np.isin(q_ids, self.local.ids))
         rows = self.local.rows_of(q_ids[mine]) if len(mine) else np.zeros(0, np.int64)
         hits = sum(len(np.intersect1d(got[r][got[r] >= 0], t[t >= 0])) for r, t in zip(rows, truth[mine]))
@@ -832,9 +862,12 @@ def _pad_cat(parts: list[np.ndarray]) -> np.ndarray:
 
 def _knn_args(k: Any, method: str, same_label: bool, store: ShardedStore) -> int:
     k = C.positive_int(k, "k")
-    C.choice(method, "method", ("auto", "exact", "index", "blocked", "descent"))
+    C.choice(method, "method", ("auto", "exact", "index", "blocked", "descent", "region"))
     if k > len(store) - 1:
         raise ValueError(f"k: expected at most {len(store) - 1} (store size minus self), got {k}")
+    if same_label and method == "region":
+        raise ValueError("method: 'region' builds the all-points graph; the negatives table "
+                         "(exclude_same_label=True) runs with 'auto', 'exact' or 'index'")
     if same_label and not store.has_labels:
         raise ValueError("exclude_same_label: needs a label on every stored row")
     return k

@@ -1,0 +1,213 @@
+"""The region route of the sharded kNN graph (:meth:`ShardedStore.knn` ``method="region"``, and
+``"auto"`` where its recall ceiling allows): rows regrouped by where they lie, not by id.
+
+Rows live on the rank of their id, so every rank's shard spreads over the whole space and the
+rings must bring every shard to every other. Here the pool is cut into regions once - k-means of
+:data:`REGIONS_PER_RANK` x world centroids (fitted on rank 0 from a sample, broadcast), the
+regions split among the ranks by recursive bisection along the principal axis of their centroids,
+weighted by their rows (so a rank's regions are neighbours and the ranks' rows are balanced) -
+and each row is sent, by one all-to-all, to the ranks owning its ``overlap`` nearest regions.
+Each rank then builds the graph of its batch with the one-process engine
+(:meth:`EmbeddingStore.knn`: exact, blocked or NN-descent, whichever its plan picks), and every
+batch row's list goes home, where the lists of a row sent to two ranks are merged. Per rank the
+work is its batch - ``(1 + dup) / world`` of the pool - and the bytes one row exchange and one
+list exchange, so both shrink with more ranks, unlike the rings'.
+
+A true neighbour pair is found only if both rows reach a common rank: the share of sampled rows'
+exact neighbours that do (the *ceiling*) is measured before any row moves, for each overlap, and
+the smallest overlap whose ceiling clears the target by :data:`CEILING_MARGIN` runs, with the
+batch engine's target raised to ``target / ceiling``. Where none does (embeddings whose
+neighbourhoods ignore k-means regions, as the bench's CNN features: 0.80 at 4 ranks), or where
+it would send more than :data:`MAX_COPIES` copies of a row (isotropic noise: 1.7 at 2 ranks), the
+route is not taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from ..neighbors import PLAN_SAMPLE, brute_knn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sharded import ShardedStore
+
+REGIONS_PER_RANK = 32   # k-means regions per rank (finer regions: more balanced batches, more boundary)
+REGION_SAMPLE = 64      # rows sampled per region for their k-means
+OVERLAPS = (2, 3)       # a row goes to the ranks of its this many nearest regions (the smallest that clears)
+CEILING_MARGIN = 0.02   # the ceiling must clear the target by this much (the batch engine loses a little)
+MAX_COPIES = 1.5        # ... and send at most this many copies of a row on average (else the rings do less work)
+MAX_BATCH_TARGET = 0.995
+_BITS = 21              # a row's ranks packed in one int64 (worlds below 2^21 ranks)
+
+
+@dataclass(frozen=True)
+class RegionPlan:
+    """Where each of this shard's rows goes: ``ranks[:, :overlap]`` (each row's nearest regions'
+    ranks, nearest first), the sampled recall ceiling and the copies per row of every overlap
+    tried, and the truth sample reused to measure the graph's recall afterwards."""
+
+    ranks: np.ndarray
+    overlap: int | None
+    ceilings: dict[int, float]
+    copies: dict[int, float]
+    sample_ids: np.ndarray
+    truth: np.ndarray
+
+    def batch_target(self, target: float) -> float:
+        """The target of each rank's batch graph: pairs beyond the ceiling are lost whatever it finds."""
+        return min(MAX_BATCH_TARGET, max(target, target / self.ceilings[self.overlap]))
+
+
+def bisect_regions(centroids: np.ndarray, counts: np.ndarray, world: int) -> np.ndarray:
+    """The rank of every region: recursive bisection of the centroids along their count-weighted
+    principal axis, each cut at the count share of the ranks on either side - contiguous groups
+    of regions with about equal rows.
+
+    Example:
+        >>> c = np.array([[0.], [1], [2], [10], [11], [12]], np.float32)
+        >>> bisect_regions(c, np.ones(6), 2).tolist()
+        [0, 0, 0, 1, 1, 1]
+    """
+    owner = np.zeros(len(centroids), np.int64)
+    todo = [(np.arange(len(centroids)), 0, world)]
+    while todo:
+        idx, first, w = todo.pop()
+        if w == 1 or len(idx) <= 1:
+            owner[idx] = first
+            continue
+        c, wt = centroids[idx].astype(np.float64), np.maximum(counts[idx].astype(np.float64), 1e-9)
+        mu = (c * wt[:, None]).sum(0) / wt.sum()
+        axis = np.linalg.svd((c - mu) * np.sqrt(wt[:, None]), full_matrices=False)[2][0]
+        order = idx[np.argsort((c - mu) @ axis, kind="stable")]
+        left = w // 2
+        cum = np.concatenate([[0.0], np.cumsum(np.maximum(counts[order], 1e-9))])
+        goal = cum[-1] * left / w
+        i = int(np.searchsorted(cum, goal))  # cut at i or i - 1: whichever leaves the left side nearer its share
+        cut = i - 1 if i >= len(cum) or goal - cum[i - 1] <= cum[i] - goal else i
+        cut = min(max(cut, 1), len(order) - 1)
+        todo += [(order[:cut], first, left), (order[cut:], first + left, w - left)]
+    return owner
+
+
+def plan_regions(store: "ShardedStore", k: int, target: float, seed: int = 0) -> RegionPlan:
+    """Fit the regions, give them to ranks, and measure each overlap's ceiling on
+    :data:`PLAN_SAMPLE` rows sampled over all shards. Collective."""
+    vec, metric, world = store.local.vectors(), store.metric, store.world
+    n_reg = int(min(REGIONS_PER_RANK * world, max(1, len(store) // 16)))
+
+    def fit(sample: np.ndarray) -> np.ndarray:  # on rank 0: centroids and each region's rank, one array
+        km = faiss.Kmeans(sample.shape[1], n_reg, niter=10, seed=seed, spherical=metric == "cosine",
+                          min_points_per_centroid=1, max_points_per_centroid=REGION_SAMPLE, verbose=False)
+        km.train(np.ascontiguousarray(sample, np.float32))
+        cent = np.ascontiguousarray(km.centroids, np.float32)
+        counts = np.bincount(brute_knn(sample, cent, 1, metric)[1][:, 0], minlength=len(cent))
+        return np.concatenate([cent, bisect_regions(cent, counts, world)[:, None].astype(np.float32)], 1)
+
+    fitted = store.fit_on_root(REGION_SAMPLE * n_reg, seed, vec, fit)
+    cent, owner = np.ascontiguousarray(fitted[:, :-1]), fitted[:, -1].astype(np.int64)
+    near = max(OVERLAPS)
+    if len(vec):
+        regions = brute_knn(vec, cent, min(near, len(cent)), metric)[1]
+        ranks = owner[np.pad(regions, ((0, 0), (0, near - regions.shape[1])), mode="edge")]
+    else:
+        ranks = np.zeros((0, near), np.int64)
+    packed = _pack(ranks)
+    m = min(PLAN_SAMPLE, len(store))
+    q, q_ids, q_packed = store._sample(m, seed + 17, [vec, store.local.ids, packed], None)
+    nb_packed, truth = store.exact_neighbours(q, q_ids, k, extra=packed)
+    q_ranks, nb_ranks = _unpack(q_packed, near), _unpack(np.maximum(nb_packed, 0), near)
+    ceilings, copies = {}, {}
+    sent = store.comm.all_reduce(np.array([_copies(ranks[:, :ov]) for ov in OVERLAPS], np.float64))
+    for ov, rows in zip(OVERLAPS, sent):
+        meet = (q_ranks[:, None, :ov, None] == nb_ranks[:, :, None, :ov]).any((2, 3))
+        ceilings[ov] = float(meet[truth >= 0].mean()) if (truth >= 0).any() else 1.0
+        copies[ov] = float(rows / max(len(store), 1))
+    overlap = next((ov for ov in OVERLAPS if ceilings[ov] >= target + CEILING_MARGIN), None)
+    if overlap is not None and copies[overlap] > MAX_COPIES:
+        overlap = None
+    return RegionPlan(ranks, overlap, ceilings, copies, q_ids, truth)
+
+
+def _copies(ranks: np.ndarray) -> int:
+    """Rows sent in all when each row goes once to every distinct rank in its row of ``ranks``."""
+    s = np.sort(ranks, axis=1)
+    return int(len(s) + (s[:, 1:] != s[:, :-1]).sum())
+
+
+def region_graph(store: "ShardedStore", plan: RegionPlan, k: int, exclude_self: bool, target: float,
+                 progress: bool | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Run the route ``plan`` chose: rows to their regions' ranks, each batch's graph by the
+    one-process engine, the lists home and merged. ``(distances, ids, report)``. Collective."""
+    from .core import EmbeddingStore
+
+    comm, world = store.comm, store.world
+    vec, ids = store.local.vectors(), store.local.ids
+    go = plan.ranks[:, :plan.overlap]
+    to = [np.flatnonzero((go == r).any(1)) for r in range(world)]
+    bv = np.concatenate(comm.exchange([vec[t] for t in to]))
+    bi = np.concatenate(comm.exchange([ids[t] for t in to]))
+    batch = EmbeddingStore(store.dim, metric=store.metric, index="flat", exact_threshold=store.exact_threshold)
+    report: dict[str, Any] = {}
+    if len(bi) > 1:
+        batch.add(bv, bi)
+        kb = min(k, len(bi) - 1)
+        d, nb = batch.knn(kb, exclude_self=exclude_self, progress=progress, target_recall=plan.batch_target(target))
+        d, nb = np.pad(d.astype(np.float32), ((0, 0), (0, k - kb)), constant_values=np.inf), \
+            np.pad(nb, ((0, 0), (0, k - kb)), constant_values=-1)
+        report = dict(batch.last_knn_report)
+    else:
+        d, nb = np.full((len(bi), k), np.inf, np.float32), np.full((len(bi), k), -1, np.int64)
+    home = store.owner(bi)
+    back = [np.flatnonzero(home == r) for r in range(world)]
+    got_i = np.concatenate(comm.exchange([bi[b] for b in back]))
+    got_d = np.concatenate(comm.exchange([d[b] for b in back]))
+    got_nb = np.concatenate(comm.exchange([nb[b] for b in back]))
+    best_d, best_i = _merged(store.local.rows_of(got_i), got_d, got_nb, len(ids), k, plan.overlap)
+    sizes = comm.all_gather(np.array([len(bi)], np.int64))
+    rows = np.array([int(s[0]) for s in sizes])
+    return best_d, best_i, {"batch_engine": report.get("method", "exact"), "overlap": plan.overlap,
+                            "batch_rows_max": int(rows.max()), "batch_rows_min": int(rows.min()),
+                            "copies_per_row": float(rows.sum() / max(len(store), 1))}
+
+
+def _merged(rows: np.ndarray, d: np.ndarray, nb: np.ndarray, n: int, k: int,
+            overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each home row's ``k`` nearest over the lists its batches sent (a neighbour found by two
+    batches counted once)."""
+    from .sharded import merge_topk
+
+    cand_d = np.full((n, overlap * k), np.inf, np.float32)
+    cand_i = np.full((n, overlap * k), -1, np.int64)
+    order = np.argsort(rows, kind="stable")
+    first = np.searchsorted(rows[order], rows[order], side="left")
+    slot = np.empty(len(rows), np.int64)
+    slot[order] = np.arange(len(rows)) - first  # the how-many-th list of its row
+    cols = slot[:, None] * k + np.arange(k)[None, :]
+    cand_d[rows[:, None], cols], cand_i[rows[:, None], cols] = d, nb
+    by_id = np.argsort(np.where(cand_i < 0, np.iinfo(np.int64).max, cand_i), axis=1, kind="stable")
+    si = np.take_along_axis(cand_i, by_id, 1)
+    again = np.zeros(si.shape, bool)
+    again[:, 1:] = (si[:, 1:] == si[:, :-1]) & (si[:, 1:] >= 0)
+    dup = np.zeros(si.shape, bool)
+    np.put_along_axis(dup, by_id, again, 1)
+    return merge_topk(np.where(dup, np.inf, cand_d), np.where(dup, -1, cand_i), k)
+
+
+def _pack(ranks: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(ranks), np.int64)
+    for j in range(ranks.shape[1]):
+        out |= ranks[:, j].astype(np.int64) << (_BITS * j)
+    return out
+
+
+def _unpack(packed: np.ndarray, width: int) -> np.ndarray:
+    mask = (1 << _BITS) - 1
+    return np.stack([(packed >> (_BITS * j)) & mask for j in range(width)], -1)
+
+
+__all__ = ["REGIONS_PER_RANK", "REGION_SAMPLE", "OVERLAPS", "CEILING_MARGIN", "MAX_COPIES", "RegionPlan", "bisect_regions",
+           "plan_regions", "region_graph"]
