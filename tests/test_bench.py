@@ -32,7 +32,8 @@ def test_bench_quick_writes_json_and_png(tmp_path):
     dist = {r["what"].split(" ")[0]: r for r in sec["distributed"]}
     assert {"add", "search", "knn", "kmeans", "curate", "all-to-all"} <= set(dist)
     assert dist["knn"]["world"] == 2 and dist["knn"]["recall"] > 0.9 and dist["knn"]["bytes_sent"] > 0
-    assert all(r["graph_s (100 Gb/s)"] > 0 for r in sec["distributed_projection"])
+    projected = [r for r in sec["distributed_projection"] if not r["route"].startswith("a ring")]
+    assert projected and all(r["graph_s (100 Gb/s)"] > 0 for r in projected)
     rates = {r["memory"]: r["items_per_s"] for r in sec["stream"] if "items_per_s" in r}
     assert set(rates) == {1_000, 100_000} and min(rates.values()) > 0
     picked = {r["method"]: r for r in sec["stream"] if "distinct_items" in r}

@@ -204,8 +204,10 @@ def _descent_ring_worker(rank, world, out, initfile):
     rows = np.arange(2000) if rank == 0 else np.arange(2000 + 3 * (rank - 1), 2000 + 3 * rank)
     lop.add(x[rows], rows)
     small = lop.knn(5, method="descent")[1]
+    auto = s.knn(K)[1]  # auto: the blocked plan would leave it to the NN-descent ring; the regions do less
     np.savez(f"{out}.{rank}.npz", ids=s.ids, knn_i=i, knn_d=d, again=again, engine=np.array([rep["method"]]),
-             estimate=rep["recall_estimate"], small_ids=lop.ids, small=small)
+             estimate=rep["recall_estimate"], small_ids=lop.ids, small=small, auto=auto,
+             auto_route=np.array([s.last_knn_report["method"] + " / " + s.last_knn_report.get("instead_of", "")]))
     torch.distributed.destroy_process_group()
 
 
@@ -484,6 +486,13 @@ def test_descent_ring_meets_its_recall_where_blocks_fail(tmp_path, world):
         assert all(len(set(r)) == K for r in got["knn_i"].tolist())  # every pair of shards met once
         np.testing.assert_array_equal(got["again"], got["knn_i"])  # deterministic
     recall = hits / (MANIFOLD * K)
+    auto_hits = 0
+    for got in got_all:
+        rows = np.searchsorted(np.sort(ids), got["ids"])
+        want = ids[truth[np.argsort(ids)[rows]][:, 1:]]
+        auto_hits += sum(len(np.intersect1d(a, b)) for a, b in zip(got["auto"], want))
+        assert str(got["auto_route"][0]).startswith("region"), got["auto_route"]
+    assert auto_hits / (MANIFOLD * K) >= 0.93
     n_small = 2000 + 3 * (world - 1)
     truth_small = brute_knn(x[:n_small], x[:n_small], 6, "l2")[1][:, 1:]
     small = np.concatenate([g["small"] for g in got_all])[np.argsort(np.concatenate([g["small_ids"] for g in got_all]))]

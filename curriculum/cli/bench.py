@@ -224,7 +224,7 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
             proj = projection(res["sections"][name], os.cpu_count() or 1)
             res["sections"]["distributed_projection"] = proj
             save()
-            print_table(proj, list(proj[0]), f"projection: {NODE_CORES}-core nodes at this machine's per-core speed")
+            print_table(proj, list(dict.fromkeys(c for r in proj for c in r)), f"projection: {NODE_CORES}-core nodes at this machine's per-core speed")
         if name == "curation":
             print(f"wrote {plot_curation(res['sections'][name], os.path.join(out, 'curation.png'))}")
     save()

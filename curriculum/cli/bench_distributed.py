@@ -117,7 +117,8 @@ def run_steps(n: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
     clock.step("all-to-all 32 MB/rank", lambda: store.comm.exchange(list(block)))
     return {"rows": clock.rows, "recall": recall, "rank": store.rank, "world": store.world,
             "graph_method": store.last_knn_report.get("method", "exact"),
-            "graph_nprobe": store.last_knn_report.get("nprobe")}
+            "graph_nprobe": store.last_knn_report.get("nprobe"),
+            "graph_copies": store.last_knn_report.get("copies_per_row")}
 
 
 def _worker(rank: int, world: int, initfile: str, out: str, n: int, dim: int) -> None:
@@ -140,13 +141,30 @@ def _worker(rank: int, world: int, initfile: str, out: str, n: int, dim: int) ->
     torch.distributed.destroy_process_group()
 
 
-def _graph_work(n: float, world: int, descent: bool) -> float:
-    """Rows' worth of graph work on one rank: its shard (the blocked ring), or its shard and
-    ``world / 2`` merged pairs (the NN-descent ring)."""
+def _graph_work(n: float, world: int, route: str, copies: float = 1.0) -> float:
+    """Rows' worth of graph work on one rank: its shard (the blocked ring), its shard and
+    ``world / 2`` merged pairs (the NN-descent ring), or its batch - ``copies`` x its shard -
+    (the region route)."""
     from ..store.sharded import MERGE_COST
 
     shard = n / world
-    return shard * (1 + MERGE_COST * 2 * (world // 2)) if descent else shard
+    if route == "descent":
+        return shard * (1 + MERGE_COST * 2 * (world // 2))
+    return shard * copies if route == "region" else shard
+
+
+def _route(engine: str) -> str:
+    return next((r for r in ("region", "descent") if engine.startswith(r)), "blocked")
+
+
+def graph_mb(n: float, world: int, dim: int, route: str, copies: float = 1.0) -> float:
+    """MB a rank sends for one graph: the blocked ring passes every row through every rank
+    (``N (4d + 12k + 24)``), the NN-descent ring half of them with their graphs and the lists the
+    rest (``N / 2 (4d + 28k + 8)``), the region route its rows' copies once and their lists back
+    (``copies N / W (4d + 12k + 16)``)."""
+    if route == "region":
+        return copies * n / world * (4 * dim + 12 * K + 16) / 2**20
+    return (n / 2 * (4 * dim + 28 * K + 8) if route == "descent" else n * (4 * dim + 12 * K + 24)) / 2**20
 
 
 def _engine(res: dict[str, Any]) -> str:
@@ -180,9 +198,29 @@ def distributed_section(world: int = 4, n: int = 1_000_000, dim: int = 128) -> l
             row.update(one_process_s=None, speedup=None, one_process_peak_mb=None)
         if step.startswith("knn"):
             row.update(recall=min(r["recall"] for r in ranks), one_process_recall=alone["recall"],
-                       engine=_engine(ranks[0]), one_process_engine=_engine(alone))
+                       engine=_engine(ranks[0]), one_process_engine=_engine(alone), copies=ranks[0]["graph_copies"])
+            if _route(row["engine"]) == "region":
+                row["region_outlook"] = _outlook(n, dim, OUTLOOK_WORLDS)
         rows.append(row)
     return rows
+
+
+OUTLOOK_WORLDS = (8, 16, 64)  # the region route's ceiling and copies, computed in one process, at these worlds
+
+
+def _outlook(n: int, dim: int, worlds: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """:func:`~curriculum.store.regions.region_outlook` of the pool at each world (for the projection)."""
+    from ..store.regions import region_outlook
+
+    parts = [pool_chunk(c, dim, n)[0] for c in range(-(-n // CHUNK))]
+    x = np.concatenate(parts)
+    out = {}
+    for w in worlds:
+        o = region_outlook(x, K, "l2", w)
+        out[str(w)] = {"ceilings": {str(a): round(b, 4) for a, b in o["ceilings"].items()},
+                       "copies": {str(a): round(b, 3) for a, b in o["copies"].items()}, "overlap": o["cleared"]}
+        print(f"  region outlook at {w} ranks: {out[str(w)]}", flush=True)
+    return out
 
 
 NODE_CORES = 32           # the projection's node: 32 cores at this machine's per-core speed
@@ -197,10 +235,14 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
     the rows per rank (nprobe held at the measured one: the pool's modes stay fixed), the NN-descent
     ring's with every shard a rank meets (its own, then ``world / 2`` merged pairs of twice its rows
     at ``store.sharded.MERGE_COST``: ``(1 + 1.4 world / 2) / world`` of the rows in all, so it does not shrink with
-    more nodes), search with queries x the square root of the shard (IVF lists), k-means with rows
+    more nodes), the region route's with its batch (``copies`` x the shard, the copies at each node
+    count from :func:`~curriculum.store.regions.region_outlook` of the pool - the smallest overlap
+    whose ceiling clears the target, as ``auto`` takes it over the NN-descent ring; where none
+    does the row says a ring would run and projects nothing), search with queries x the square root of the shard (IVF lists), k-means with rows
     per rank. Bytes per rank follow the protocol: the blocked ring sends every row through every
     rank (``N (4d + 12k + 24)``), the NN-descent ring half of them with their graphs and the lists
-    the rest (``N / 2 (4d + 16k + 8) + N / 2 12k``), search gathers the queries, gathered scores are
+    the rest (``N / 2 (4d + 16k + 8) + N / 2 12k``), the region route its copies once
+    (:func:`graph_mb`), search gathers the queries, gathered scores are
     ``16 N``. Node-hours = nodes x hours.
 
     Example:
@@ -215,17 +257,23 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
     g = m["knn"]
     n_m, d_m, w_m = g["N"], g["dim"], g["world"]
     core_share = min(1.0, cores / w_m)  # cores each measured rank had
-    descent = str(g.get("engine", "")).startswith("descent")
+    route, c_m = _route(str(g.get("engine", ""))), g.get("copies") or 1.0
     bw_here = next((r.get("MB_per_s_per_rank") for r in rows if r["what"].startswith("all-to-all")), None)
     out = []
     for n in (10**8, 10**9):
         for d in (64, 256):
             for nodes in (8, 64):
                 ns, speed = n / nodes, NODE_CORES / core_share  # rows per node; node speed over a measured rank
-                work = _graph_work(n, nodes, descent) / _graph_work(n_m, w_m, descent)
+                look = (g.get("region_outlook") or {}).get(str(nodes), {})
+                if route == "region" and look.get("overlap") is None:
+                    out.append({"N": n, "dim": d, "nodes": nodes, "route": "a ring (region ceiling below target)"})
+                    continue
+                copies = look["copies"][str(look["overlap"])] if route == "region" else 1.0
+                work = _graph_work(n, nodes, route, copies) / _graph_work(n_m, w_m, route, c_m)
                 graph_cpu = g["seconds"] * work * (d / d_m) / speed
-                ring_mb = (n / 2 * (4 * d + 28 * K + 8) if descent else n * (4 * d + 12 * K + 24)) / 2**20
-                row = {"N": n, "dim": d, "nodes": nodes, "rows_per_node": int(ns),
+                ring_mb = graph_mb(n, nodes, d, route, copies)
+                row = {"N": n, "dim": d, "nodes": nodes, "route": route + (f" x{copies:.2f}" if route == "region" else ""),
+                       "rows_per_node": int(ns),
                        "memory_gb_per_node": round(ns * (8 * d + 12 * K) / 2**30 + 16 * n / 2**30, 1),
                        "graph_compute_s": graph_cpu, "graph_MB_per_node": ring_mb,
                        "graph_s (100 Gb/s)": graph_cpu + ring_mb / NETWORK_MB_S,
@@ -241,4 +289,5 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
                 out.append(row)
     return out
 
-__all__ = ["pool_chunk", "run_steps", "distributed_section", "projection", "NODE_CORES", "NETWORK_MB_S"]
+__all__ = ["pool_chunk", "run_steps", "distributed_section", "projection", "graph_mb", "NODE_CORES", "NETWORK_MB_S",
+           "OUTLOOK_WORLDS"]

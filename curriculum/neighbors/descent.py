@@ -100,7 +100,7 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
                 progress: bool = False, return_stats: bool = False, init: np.ndarray | None = None) -> Any:
     """The ``k`` nearest rows of every row of ``x`` by NN-descent (approximate; see the module).
 
-    ``n_neighbors`` is the length of the working lists (default ``max(k + 2, 1.2k)``, and
+    ``n_neighbors`` is the length of the working lists (default ``max(k + 4, 1.4k)``, and
     ``max(k + 8, 1.8k)`` when the search runs reduced); ``n_trees`` / ``leaf_size`` shape the
     initial forest; rounds stop after ``max_iters`` or when fewer than ``delta * N * n_neighbors``
     list entries changed; ``max_candidates`` (default ``n_neighbors``) new and as many old
@@ -141,10 +141,10 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
         reduce = dim >= REDUCE_FROM_DIM and met.name != "ip"
     work = pca_projection(x, seed=seed, max_dim=dim // 2) if reduce else x
     kind = 0 if (met.name == "ip" or (met.name == "cosine" and not reduce)) else 1
-    # k = 10 with 12 (was 14): recall 0.990 / 0.986 / 0.984 instead of 0.995 / 0.992 / 0.992 on Fashion-MNIST
-    # CNN features (300k), pixel-PCA (60k), a curved manifold (100k), at ~0.8x the time; a short list's
-    # shortfall is caught by knn(auto)'s recall check, which grows it warm-started
-    default = max(kf + 8, int(1.8 * kf)) if reduce else max(kf + 2, int(1.2 * kf))
+    # k = 10 with 14: lists of 12 took ~0.8x the time on Fashion-MNIST CNN features (20.0 vs 21.4 s at
+    # 1M, recall 0.990 vs 0.994) but fell short of 0.95 on the bench's 1M 100-mode pool (0.92), where
+    # knn(auto)'s second run then cost more than the saving (48 s in all vs 33 s with 14)
+    default = max(kf + 8, int(1.8 * kf)) if reduce else max(kf + 4, int(1.4 * kf))
     K = min(n - 1, max(kf, n_neighbors or default))
     # on a projection the trees split on its leading axes only: a third of the cost at 192-d, and two
     # more trees of them gave 0.9575 instead of 0.9568 recall in 92% of the time (Debian text, 100k)

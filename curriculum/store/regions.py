@@ -47,8 +47,8 @@ _BITS = 21              # a row's ranks packed in one int64 (worlds below 2^21 r
 @dataclass(frozen=True)
 class RegionPlan:
     """Where each of this shard's rows goes: ``ranks[:, :overlap]`` (each row's nearest regions'
-    ranks, nearest first), the sampled recall ceiling and the copies per row of every overlap
-    tried, and the truth sample reused to measure the graph's recall afterwards."""
+    ranks, nearest first; ``overlap`` None: the route is not taken), the sampled recall ceiling
+    and the copies per row of every overlap tried, and the truth sample reused to measure the graph's recall afterwards."""
 
     ranks: np.ndarray
     overlap: int | None
@@ -56,6 +56,7 @@ class RegionPlan:
     copies: dict[int, float]
     sample_ids: np.ndarray
     truth: np.ndarray
+    cleared: int | None = None  # the smallest overlap whose ceiling clears the target, whatever its copies
 
     def batch_target(self, target: float) -> float:
         """The target of each rank's batch graph: pairs beyond the ceiling are lost whatever it finds."""
@@ -97,39 +98,93 @@ def plan_regions(store: "ShardedStore", k: int, target: float, seed: int = 0) ->
     """Fit the regions, give them to ranks, and measure each overlap's ceiling on
     :data:`PLAN_SAMPLE` rows sampled over all shards. Collective."""
     vec, metric, world = store.local.vectors(), store.metric, store.world
-    n_reg = int(min(REGIONS_PER_RANK * world, max(1, len(store) // 16)))
-
-    def fit(sample: np.ndarray) -> np.ndarray:  # on rank 0: centroids and each region's rank, one array
-        km = faiss.Kmeans(sample.shape[1], n_reg, niter=10, seed=seed, spherical=metric == "cosine",
-                          min_points_per_centroid=1, max_points_per_centroid=REGION_SAMPLE, verbose=False)
-        km.train(np.ascontiguousarray(sample, np.float32))
-        cent = np.ascontiguousarray(km.centroids, np.float32)
-        counts = np.bincount(brute_knn(sample, cent, 1, metric)[1][:, 0], minlength=len(cent))
-        return np.concatenate([cent, bisect_regions(cent, counts, world)[:, None].astype(np.float32)], 1)
-
-    fitted = store.fit_on_root(REGION_SAMPLE * n_reg, seed, vec, fit)
-    cent, owner = np.ascontiguousarray(fitted[:, :-1]), fitted[:, -1].astype(np.int64)
-    near = max(OVERLAPS)
-    if len(vec):
-        regions = brute_knn(vec, cent, min(near, len(cent)), metric)[1]
-        ranks = owner[np.pad(regions, ((0, 0), (0, near - regions.shape[1])), mode="edge")]
-    else:
-        ranks = np.zeros((0, near), np.int64)
+    n_reg = region_count(len(store), world)
+    fitted = store.fit_on_root(REGION_SAMPLE * n_reg, seed, vec, lambda s: fit_regions(s, n_reg, metric, world, seed))
+    ranks = _nearest_ranks(vec, fitted, metric)
     packed = _pack(ranks)
     m = min(PLAN_SAMPLE, len(store))
     q, q_ids, q_packed = store._sample(m, seed + 17, [vec, store.local.ids, packed], None)
     nb_packed, truth = store.exact_neighbours(q, q_ids, k, extra=packed)
-    q_ranks, nb_ranks = _unpack(q_packed, near), _unpack(np.maximum(nb_packed, 0), near)
-    ceilings, copies = {}, {}
+    near = ranks.shape[1]
+    ceilings = _ceilings(_unpack(q_packed, near), _unpack(np.maximum(nb_packed, 0), near), truth)
     sent = store.comm.all_reduce(np.array([_copies(ranks[:, :ov]) for ov in OVERLAPS], np.float64))
-    for ov, rows in zip(OVERLAPS, sent):
+    copies = {ov: float(c / max(len(store), 1)) for ov, c in zip(OVERLAPS, sent)}
+    cleared = _cleared(ceilings, target)
+    return RegionPlan(ranks, _overlap(cleared, copies), ceilings, copies, q_ids, truth, cleared)
+
+
+def region_count(n: int, world: int) -> int:
+    """Regions for ``n`` rows on ``world`` ranks: :data:`REGIONS_PER_RANK` a rank, 16 rows a region at least."""
+    return int(min(REGIONS_PER_RANK * world, max(1, n // 16)))
+
+
+def fit_regions(sample: np.ndarray, n_reg: int, metric: str, world: int, seed: int = 0) -> np.ndarray:
+    """k-means of ``n_reg`` regions on ``sample`` and each region's rank (:func:`bisect_regions`
+    on the sample's counts): the centroids with the rank as a last column (one array to broadcast)."""
+    km = faiss.Kmeans(sample.shape[1], n_reg, niter=10, seed=seed, spherical=metric == "cosine",
+                      min_points_per_centroid=1, max_points_per_centroid=REGION_SAMPLE, verbose=False)
+    km.train(np.ascontiguousarray(sample, np.float32))
+    cent = np.ascontiguousarray(km.centroids, np.float32)
+    counts = np.bincount(brute_knn(sample, cent, 1, metric)[1][:, 0], minlength=len(cent))
+    return np.concatenate([cent, bisect_regions(cent, counts, world)[:, None].astype(np.float32)], 1)
+
+
+def region_outlook(vec: np.ndarray, k: int, metric: str, world: int, target: float = 0.95,
+                   seed: int = 0) -> dict[str, Any]:
+    """What the route would do on ``world`` ranks, computed in one process on all of ``vec``:
+    each overlap's ceiling and copies per row, and the overlap ``knn(auto)`` would take (None: a
+    ring instead). For projections past the ranks at hand.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(4000, 2)).astype(np.float32)
+        >>> out = region_outlook(x, 5, "l2", 4)
+        >>> out["overlap"], out["ceilings"][2] > 0.97, 1.0 < out["copies"][2] < 1.5
+        (2, True, True)
+    """
+    from ..neighbors.plan import sample_truth
+
+    rng = np.random.default_rng(seed)
+    n_reg = region_count(len(vec), world)
+    fitted = fit_regions(vec[np.sort(rng.choice(len(vec), min(len(vec), REGION_SAMPLE * n_reg), replace=False))],
+                         n_reg, metric, world, seed)
+    ranks = _nearest_ranks(vec, fitted, metric)
+    sample = rng.choice(len(vec), min(PLAN_SAMPLE, len(vec)), replace=False)
+    truth = sample_truth(vec, sample, k, metric)
+    ceilings = _ceilings(ranks[sample], ranks[np.maximum(truth, 0)], truth)
+    copies = {ov: _copies(ranks[:, :ov]) / len(vec) for ov in OVERLAPS}
+    cleared = _cleared(ceilings, target)
+    return {"world": world, "ceilings": ceilings, "copies": copies, "cleared": cleared,
+            "overlap": _overlap(cleared, copies)}
+
+
+def _nearest_ranks(vec: np.ndarray, fitted: np.ndarray, metric: str) -> np.ndarray:
+    """Each row's nearest :data:`OVERLAPS`-many regions' ranks, nearest first."""
+    cent, owner = np.ascontiguousarray(fitted[:, :-1]), fitted[:, -1].astype(np.int64)
+    near = max(OVERLAPS)
+    if not len(vec):
+        return np.zeros((0, near), np.int64)
+    regions = brute_knn(vec, cent, min(near, len(cent)), metric)[1]
+    return owner[np.pad(regions, ((0, 0), (0, near - regions.shape[1])), mode="edge")]
+
+
+def _ceilings(q_ranks: np.ndarray, nb_ranks: np.ndarray, truth: np.ndarray) -> dict[int, float]:
+    """Per overlap: the share of the sampled rows' true neighbours (``truth`` >= 0) that reach a
+    rank their row reaches."""
+    out = {}
+    for ov in OVERLAPS:
         meet = (q_ranks[:, None, :ov, None] == nb_ranks[:, :, None, :ov]).any((2, 3))
-        ceilings[ov] = float(meet[truth >= 0].mean()) if (truth >= 0).any() else 1.0
-        copies[ov] = float(rows / max(len(store), 1))
-    overlap = next((ov for ov in OVERLAPS if ceilings[ov] >= target + CEILING_MARGIN), None)
-    if overlap is not None and copies[overlap] > MAX_COPIES:
-        overlap = None
-    return RegionPlan(ranks, overlap, ceilings, copies, q_ids, truth)
+        out[ov] = float(meet[truth >= 0].mean()) if (truth >= 0).any() else 1.0
+    return out
+
+
+def _cleared(ceilings: dict[int, float], target: float) -> int | None:
+    """The smallest overlap whose ceiling clears ``target`` by :data:`CEILING_MARGIN` (None: none does)."""
+    return next((o for o in OVERLAPS if ceilings[o] >= target + CEILING_MARGIN), None)
+
+
+def _overlap(cleared: int | None, copies: dict[int, float]) -> int | None:
+    """``cleared`` unless it sends more than :data:`MAX_COPIES` copies of a row."""
+    return None if cleared is None or copies[cleared] > MAX_COPIES else cleared
 
 
 def _copies(ranks: np.ndarray) -> int:
@@ -150,7 +205,7 @@ def region_graph(store: "ShardedStore", plan: RegionPlan, k: int, exclude_self: 
     to = [np.flatnonzero((go == r).any(1)) for r in range(world)]
     bv = np.concatenate(comm.exchange([vec[t] for t in to]))
     bi = np.concatenate(comm.exchange([ids[t] for t in to]))
-    batch = EmbeddingStore(store.dim, metric=store.metric, index="flat", exact_threshold=store.exact_threshold)
+    batch = EmbeddingStore(store.dim, metric=store.metric, exact_threshold=store.exact_threshold)
     report: dict[str, Any] = {}
     if len(bi) > 1:
         batch.add(bv, bi)
@@ -210,4 +265,4 @@ def _unpack(packed: np.ndarray, width: int) -> np.ndarray:
 
 
 __all__ = ["REGIONS_PER_RANK", "REGION_SAMPLE", "OVERLAPS", "CEILING_MARGIN", "MAX_COPIES", "RegionPlan", "bisect_regions",
-           "plan_regions", "region_graph"]
+           "plan_regions", "region_count", "fit_regions", "region_outlook", "region_graph"]

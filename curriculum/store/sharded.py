@@ -454,15 +454,13 @@ class ShardedStore:
             return d.copy(), i.copy()
         regions = self._region_route(k, method, exclude_same_label, target_recall)
         if regions is not None and regions.overlap is not None:
-            best_d, best_i, rep = region_graph(self, regions, k, exclude_self, target_recall, progress)
-            self.last_knn_report = {"method": "region (rows regrouped by k-means region)",
-                                    "region_ceiling": regions.ceilings[regions.overlap], **rep}
-            if exclude_self:
-                self.last_knn_report["recall_estimate"] = self._sampled_recall(best_i, k,
-                                                                               truth=(regions.sample_ids, regions.truth))
-            self._knn_cache = (key, k, best_d, best_i)
-            return best_d.copy(), best_i.copy()
+            return self._region_knn(key, regions, k, exclude_self, target_recall, progress)
         visit, blk = self._visitor(k, method, exclude_same_label, target_recall)
+        if visit is None and method == "auto" and _regions_over_ring(regions, self.world):
+            out = self._region_knn(key, replace(regions, overlap=regions.cleared), k, exclude_self, target_recall,
+                                   progress)
+            self.last_knn_report["instead_of"] = "descent (shard pairs merged)"  # it does less work than the ring
+            return out
         if regions is not None:
             self.last_knn_report.update(region_ceilings=regions.ceilings, region_copies=regions.copies)
         if visit is None:  # NN-descent: shard pairs merged from their own graphs
@@ -482,6 +480,18 @@ class ShardedStore:
             best_d, best_i = merge_topk(np.concatenate([best_d, d], 1), np.concatenate([best_i, i], 1), k)
         if self.world > 1:
             best_d, best_i = self.comm.shift(best_d), self.comm.shift(best_i)
+        self._knn_cache = (key, k, best_d, best_i)
+        return best_d.copy(), best_i.copy()
+
+    def _region_knn(self, key: tuple, plan: RegionPlan, k: int, exclude_self: bool, target: float,
+                    progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        """The region route (:mod:`curriculum.store.regions`) with ``plan``'s overlap, its recall
+        measured on the plan's sampled truth. Collective."""
+        best_d, best_i, rep = region_graph(self, plan, k, exclude_self, target, progress)
+        self.last_knn_report = {"method": "region (rows regrouped by k-means region)",
+                                "region_ceiling": plan.ceilings[plan.overlap], **rep}
+        if exclude_self:
+            self.last_knn_report["recall_estimate"] = self._sampled_recall(best_i, k, truth=(plan.sample_ids, plan.truth))
         self._knn_cache = (key, k, best_d, best_i)
         return best_d.copy(), best_i.copy()
 
@@ -802,6 +812,15 @@ def descent_ring_pairs(k: int, world: int) -> float:
     """
     one = max(DESCENT_PAIRS_PER_ROW, DESCENT_PAIRS_PER_LIST_SLOT * (k + 8) ** 2)
     return one * (1 + MERGE_COST * 2 * (world // 2))
+
+
+def _regions_over_ring(plan: RegionPlan | None, world: int) -> bool:
+    """Where the NN-descent ring would run: the region route instead when its ceiling clears the
+    target at any copies that cost less than the ring's work - ``copies / world`` of the rows a
+    rank against the ring's ``(1 + 2 MERGE_COST (world // 2)) / world``."""
+    if plan is None or plan.cleared is None:
+        return False
+    return plan.copies[plan.cleared] < 1 + MERGE_COST * 2 * (world // 2)
 
 
 def _drop_own(d: np.ndarray, rows: np.ndarray, base_ids: np.ndarray, own: np.ndarray,
