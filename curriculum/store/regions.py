@@ -120,12 +120,13 @@ def region_count(n: int, world: int) -> int:
 
 def fit_regions(sample: np.ndarray, n_reg: int, metric: str, world: int, seed: int = 0) -> np.ndarray:
     """k-means of ``n_reg`` regions on ``sample`` and each region's rank (:func:`bisect_regions`
-    on the sample's counts): the centroids with the rank as a last column (one array to broadcast)."""
+    on the sample rows listing the region first or second - a rank's batch holds both): the
+    centroids with the rank as a last column (one array to broadcast)."""
     km = faiss.Kmeans(sample.shape[1], n_reg, niter=10, seed=seed, spherical=metric == "cosine",
                       min_points_per_centroid=1, max_points_per_centroid=REGION_SAMPLE, verbose=False)
     km.train(np.ascontiguousarray(sample, np.float32))
     cent = np.ascontiguousarray(km.centroids, np.float32)
-    counts = np.bincount(brute_knn(sample, cent, 1, metric)[1][:, 0], minlength=len(cent))
+    counts = np.bincount(brute_knn(sample, cent, min(2, len(cent)), metric)[1].ravel(), minlength=len(cent))
     return np.concatenate([cent, bisect_regions(cent, counts, world)[:, None].astype(np.float32)], 1)
 
 

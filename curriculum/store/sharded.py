@@ -36,6 +36,7 @@ from .._util import checks as C
 from .._util.dist import Comm
 from .._util.io import atomic_write_bytes
 from ..neighbors import PLAN_SAMPLE, blocked_knn, brute_knn, merge_knn, normalize, nprobe_for, probe_ranks
+from ..neighbors.kernels import exact_topk
 from ..neighbors.blocked import assign_blocks, block_plan_parts
 from .core import EmbeddingStore
 from .graph import (AUTO_PLAN_MIN_ROWS, DESCENT_MIN_ROWS, DESCENT_PAIRS_PER_LIST_SLOT, DESCENT_PAIRS_PER_ROW,
@@ -632,7 +633,7 @@ class ShardedStore:
         """
         vec = self.local.vectors()
         if len(vec):
-            d, r = brute_knn(np.ascontiguousarray(q, np.float32), vec, k + 1, self.metric)
+            d, r = exact_topk(np.ascontiguousarray(q, np.float32), vec, k + 1, self.metric)  # few queries: ~2.5x faiss
         else:
             d, r = np.full((len(q), k + 1), np.inf, np.float32), np.full((len(q), k + 1), -1, np.int64)
         got = np.where(r >= 0, self.local.ids[np.maximum(r, 0)], -1)
