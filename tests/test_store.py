@@ -526,3 +526,24 @@ def test_snapshot_never_changes_under_later_writes(ops):
     last = store.snapshot()
     np.testing.assert_array_equal(last.ids, store.ids)
     np.testing.assert_array_equal(last.vec, store.vectors())
+
+
+def test_a_snapshot_costs_a_copy_only_while_something_still_reads_it():
+    """Copy on write is lazy: a write copies the buffers only while a snapshot (or a slice of one)
+    is alive, so the training loop's per-batch updates pay nothing after a reader is done."""
+    import tracemalloc
+
+    store = cl.EmbeddingStore(32, metric="l2")
+    store.add(np.random.default_rng(0).normal(size=(100_000, 32)).astype(np.float32))  # 12.8 MB of vectors
+    store.kmeans(8, niter=2, progress=False)  # a reader (on a snapshot) that has finished
+    tracemalloc.start()
+    try:
+        store.update([0], np.ones((1, 32), np.float32))
+        assert tracemalloc.get_traced_memory()[1] < 1e6
+        part = store.snapshot().vec[:10]  # a slice of a snapshot keeps the buffer read
+        tracemalloc.reset_peak()
+        store.update([3], np.zeros((1, 32), np.float32))
+        assert tracemalloc.get_traced_memory()[1] > 12e6
+        assert part[3, 0] != 0 and part[0, 0] == 1  # the slice still shows the rows it was taken at
+    finally:
+        tracemalloc.stop()

@@ -228,7 +228,7 @@ NETWORK_MB_S = 10_000.0   # ... and a 100 Gb/s network (the measured loopback ra
 
 
 def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
-    """What the measured steps project to at 100M and 1B rows, 64 and 256 dims, on 8 and 64 nodes.
+    """What the measured steps project to at 100M and 1B rows, 64 and 256 dims, on 8, 16 and 64 nodes.
 
     Per-rank compute is scaled from the measured slowest rank: work per core (the ranks here
     share ``cores`` cores) times the rows per rank and dims; the graph's blocked work grows with
@@ -262,7 +262,7 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
     out = []
     for n in (10**8, 10**9):
         for d in (64, 256):
-            for nodes in (8, 64):
+            for nodes in (8, 16, 64):
                 ns, speed = n / nodes, NODE_CORES / core_share  # rows per node; node speed over a measured rank
                 look = (g.get("region_outlook") or {}).get(str(nodes), {})
                 if route == "region" and look.get("overlap") is None:

@@ -8,11 +8,13 @@ snapshot costs nothing (at 1M x 128 the copy took ~1 s and the vectors' memory o
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 MISSING = -1  # label / step value meaning "not given"
+_OWN_REFS = 3  # references to a buffer in Rows._unshare: the attribute, the local name, getrefcount's argument
 _FIELDS = ("vec", "ids", "labels", "steps", "version")
 
 
@@ -54,22 +56,23 @@ class Rows:
         self._sorted_ids = np.zeros(0, np.int64)
         self._sorted_rows = np.zeros(0, np.int64)
         self._identity = False
-        self._shared = False  # a snapshot views rows [0, n) of the buffers: copy them before changing those
 
     def live(self, name: str) -> np.ndarray:
         """A view of the first ``n`` entries of buffer ``name`` (valid until the next write)."""
         return getattr(self, name)[: self.n]
 
     def snapshot(self, version: int) -> Snapshot:
-        self._shared = True  # views stay writeable: numba compiles its kernels again for read-only arrays
+        # views, left writeable: numba compiles its kernels again for read-only arrays
         return Snapshot(*(self.live(f) for f in _FIELDS[:4]), version)
 
     def _unshare(self) -> None:
-        """Before a write to rows ``[0, n)``: new buffers if a snapshot may still view the old ones."""
-        if self._shared:
-            for name in _FIELDS:
-                setattr(self, name, getattr(self, name).copy())
-            self._shared = False
+        """Before a write to rows ``[0, n)``: a new buffer for each one something else still views
+        (a snapshot, or any slice of one: numpy views keep their buffer as ``base``, so the
+        buffer's reference count says whether any is alive). A snapshot already dropped costs no copy."""
+        for name in _FIELDS:
+            buf = getattr(self, name)
+            if sys.getrefcount(buf) > _OWN_REFS:
+                setattr(self, name, buf.copy())
 
     # ------------------------------------------------------------------ id map
     def lookup(self, ids: np.ndarray) -> np.ndarray:

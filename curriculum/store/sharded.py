@@ -10,9 +10,11 @@ Everything is carried by torch.distributed collectives (gloo on CPU, NCCL on GPU
   anything changes, so a bad argument on one rank raises on all of them with nothing changed.
 - ``search``: the queries of every rank are gathered, every shard searches them, the per-shard
   top-k go back to the asking rank by all-to-all and are merged (faiss ``IndexShards`` semantics).
-- ``knn``: the all-points graph by a ring - each rank's rows meet their own shard through the
-  store's engine, then pass around the ring and meet every other shard's index; the running
-  top-k travels with them and comes home after ``world`` steps.
+- ``knn``: the all-points graph - rows regrouped once by k-means region, each rank graphing its
+  batch (:mod:`curriculum.store.regions`), where a sampled check says the regions hold the
+  neighbourhoods; else by a ring: each rank's rows meet their own shard through the store's
+  engine, then pass around the ring and meet every other shard; the running top-k travels with
+  them and comes home after ``world`` steps.
 - ``kmeans``: a k-means++ seeding on a sample every rank draws identically (hash of the ids), then
   Lloyd steps that assign locally and all-reduce sums and counts.
 - ``save`` / ``load``: one store file per shard and a JSON manifest written last and atomically;
@@ -419,6 +421,14 @@ class ShardedStore:
         """The all-points kNN graph of this shard's rows over all shards: ``(distances, ids)``,
         each ``(n_local, k)``, row ``i`` for ``ids[i]``.
 
+        ``method="region"`` - and ``"auto"`` first, wherever its sampled ceiling clears
+        ``target_recall`` (:mod:`curriculum.store.regions`) - regroups the rows by k-means region
+        for the graph: each row goes, by one all-to-all, to the ranks owning its 2 (or 3) nearest
+        regions, each rank builds its batch's graph with :meth:`EmbeddingStore.knn`'s engine, and
+        the lists come home (``copies_per_row`` and ``region_ceiling`` in the report; a rank's
+        work and bytes are ``copies / world`` of the pool's, shrinking with more ranks). Where the
+        ceiling falls short (neighbourhoods that ignore regions; many ranks), the rings run.
+
         A ring: each shard's rows meet their own shard, then travel round the ring carrying their
         running top-k and meet every other shard, and come home after ``world`` steps. How a
         shard is met: ``method="auto"`` / ``"blocked"`` - the blocked engine on one *global*
@@ -440,7 +450,8 @@ class ShardedStore:
         ``k`` nearest rows of another label (each shard's label-filtered search; exact on shards
         that search exactly). ``last_knn_report`` says what ran. Bytes sent per rank: ``world x``
         its rows ``x (4 dim + 12 k + 24)`` (NN-descent: ``world / 2 x (4 dim + 28 k + 8)`` - the rows
-        travel half the ring with their own graph and lists, the lists alone the rest). Collective.
+        travel half the ring with their own graph and lists, the lists alone the rest; the region
+        route: ``copies x (4 dim + 12 k + 16)``). Collective.
         """
         k = self.checked(lambda: _knn_args(k, method, exclude_same_label, self))
         key = (self._version, bool(exclude_self), method, bool(exclude_same_label), target_recall,
