@@ -628,3 +628,18 @@ def test_sharded_curation_drops_what_the_reference_does_not_cover():
     assert not np.isin(got, jids).any()
     with pytest.raises(ValueError, match="reference: expected ids of the pool"):
         cl.curate(s, 150, reference=[10**7])
+
+
+def test_region_method_on_a_world_of_one_and_its_clear_errors():
+    rng = np.random.default_rng(2)
+    s = ShardedStore(4, metric="l2")
+    s.add(rng.normal(size=(300, 4)).astype(np.float32), labels=rng.integers(0, 3, 300))
+    one = EmbeddingStore(4, metric="l2")
+    one.add(s.vectors(), s.ids, s.labels)
+    np.testing.assert_array_equal(s.knn(3, method="region")[1], one.knn(3)[1])  # one rank: the store's own engine
+    version = s.local.version
+    with pytest.raises(ValueError, match="method: 'region' builds the all-points graph"):
+        s.knn(3, method="region", exclude_same_label=True)
+    with pytest.raises(ValueError, match="method"):
+        s.knn(3, method="regions")
+    assert s.local.version == version
