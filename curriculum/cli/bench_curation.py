@@ -4,7 +4,8 @@ beside random subsets and, where a checkout is given, the anchor's implementatio
 Pools: synthetic Gaussian modes (5 to 500 of them, sizes falling 100x from head to tail, 16-d to
 384-d; the number of modes is never passed to ``curate``), the same family at 250k / 1M rows with
 a fixed 100 modes (cost against N), and real labelled long-tailed sets: Fashion-MNIST-LT
-(rho = 100) with CNN features and the Debian descriptions' MiniLM embeddings by archive section.
+(rho = 100) with CNN features and the Debian descriptions' MiniLM embeddings by archive section
+(all 121k, and a 25k sample where the anchor runs too).
 Every pool is curated to 10% with default arguments. Balance: max/min of the per-mode counts
 over the modes larger than their fair share (smaller ones should be taken whole: the share that
 was), the effective number of modes or classes (exp of the entropy), and the share of the rarest
@@ -113,7 +114,12 @@ def _real_sets(quick: bool, data: str | None) -> dict[str, tuple[np.ndarray, np.
     out[f"{name}-LT CNN-128"] = (x[idx], y[idx], "cosine", "classes")
     try:
         xt, yt = R.text_embeddings()
-        out["Debian descriptions MiniLM-384, 59 sections"] = (xt, np.unique(yt, return_inverse=True)[1], "cosine", "classes")
+        yt = np.unique(yt, return_inverse=True)[1]
+        out["Debian descriptions MiniLM-384, 59 sections"] = (xt, yt, "cosine", "classes")
+        pick = np.sort(np.random.default_rng(0).choice(len(xt), ANCHOR_MAX_ROWS, replace=False))  # the anchor runs here
+        out[f"Debian descriptions, {ANCHOR_MAX_ROWS // 1000}k sample"] = (np.ascontiguousarray(xt[pick]),
+                                                                           np.unique(yt[pick], return_inverse=True)[1],
+                                                                           "cosine", "classes")
     except FileNotFoundError as exc:
         print(f"  text set skipped: {exc}")
     return out

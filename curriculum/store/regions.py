@@ -48,7 +48,15 @@ _BITS = 21              # a row's ranks packed in one int64 (worlds below 2^21 r
 class RegionPlan:
     """Where each of this shard's rows goes: ``ranks[:, :overlap]`` (each row's nearest regions'
     ranks, nearest first; ``overlap`` None: the route is not taken), the sampled recall ceiling
-    and the copies per row of every overlap tried, and the truth sample reused to measure the graph's recall afterwards."""
+    and the copies per row of every overlap tried, and the truth sample reused to measure the
+    graph's recall afterwards. Made by :func:`plan_regions` (collective).
+
+    Example:
+        >>> plan = RegionPlan(np.zeros((0, 3), np.int64), 2, {2: 0.98, 3: 0.99}, {2: 1.2, 3: 1.4},
+        ...                   np.zeros(0, np.int64), np.zeros((0, 10), np.int64), cleared=2)
+        >>> round(plan.batch_target(0.95), 4)   # pairs beyond the ceiling are lost: the batches aim higher
+        0.9694
+    """
 
     ranks: np.ndarray
     overlap: int | None
@@ -114,7 +122,12 @@ def plan_regions(store: "ShardedStore", k: int, target: float, seed: int = 0) ->
 
 
 def region_count(n: int, world: int) -> int:
-    """Regions for ``n`` rows on ``world`` ranks: :data:`REGIONS_PER_RANK` a rank, 16 rows a region at least."""
+    """Regions for ``n`` rows on ``world`` ranks: :data:`REGIONS_PER_RANK` a rank, 16 rows a region at least.
+
+    Example:
+        >>> region_count(1_000_000, 4), region_count(1_000, 4)
+        (128, 62)
+    """
     return int(min(REGIONS_PER_RANK * world, max(1, n // 16)))
 
 
