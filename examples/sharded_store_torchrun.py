@@ -5,10 +5,12 @@
 
 Each rank embeds only its part of the dataset and adds it to a ``ShardedStore``: rows are routed to
 their owner rank (``id % world``), which keeps them in its own faiss index. The difficulty scores
-are computed where the rows live (the kNN graph passes each shard's rows around the ring of ranks)
-and gathered as one float per sample; the curriculum loader reads them as it would in one process.
-Curation picks a balanced subset, each rank selecting from its own shard. The example checks the
-sharded scores against one process holding every row.
+are computed where the rows live (the kNN graph regroups the rows by region, or passes each
+shard's rows around the ring of ranks) and gathered as one float per sample; the curriculum loader
+reads them as it would in one process. Curation picks a balanced subset, each rank selecting from
+its own shard. The example checks the sharded scores against one process holding every row: the
+same on every row where both graphs are exact (below 5,000 rows), on most rows above, where both
+are approximate (recall >= 0.95, each its own way).
 """
 
 import argparse
@@ -46,6 +48,7 @@ def main(rank: int | None = None, world: int | None = None, n: int = 6000, steps
     store = ShardedStore(dim=64, metric="cosine")
     store.add(emb, ids=part, labels=y[part].numpy())
     scores = store.gather(label_disagreement(store, k=10))   # every rank: all n scores
+    graph = store.last_knn_report["method"]
     picked = cl.curate(store, target_size=n // 10)          # this rank's share of one balanced subset
     n_picked = int(store.comm.all_reduce(np.array([len(picked)]))[0])
 
@@ -65,9 +68,9 @@ def main(rank: int | None = None, world: int | None = None, n: int = 6000, steps
             one = EmbeddingStore(64, metric="cosine")
             one.add(embed(x).numpy(), labels=y.numpy())
         ref = label_disagreement(one, k=10)
-        same = np.allclose(ref.scores[np.argsort(ref.ids)], scores.scores[np.argsort(scores.ids)])
-        print(f"{w} ranks: shard of rank 0 holds {len(store.ids)} of {len(store)} rows; "
-              f"sharded scores equal one process's: {same}; curated {n_picked} rows; "
+        same = np.isclose(ref.scores[np.argsort(ref.ids)], scores.scores[np.argsort(scores.ids)]).mean()
+        print(f"{w} ranks: shard of rank 0 holds {len(store.ids)} of {len(store)} rows; graph: "
+              f"{graph}; sharded scores equal one process's on {same:.1%} of rows; curated {n_picked} rows; "
               f"{steps} training steps, last loss {loss.item():.3f}; bytes sent by rank 0: {store.bytes_sent:,}")
     dist.destroy_process_group()
 

@@ -75,4 +75,5 @@ def test_distributed_example_with_two_gloo_processes():
 
 def test_sharded_store_example_with_two_gloo_processes():
     out = run("sharded_store_torchrun.py", "--spawn", "2", "--rows", "3000", "--steps", "10")
-    assert "2 ranks" in out and "sharded scores equal one process's: True" in out and "curated 300 rows" in out
+    assert "2 ranks" in out and "sharded scores equal one process's on 100.0% of rows" in out  # exact graphs
+    assert "curated 300 rows" in out
