@@ -506,8 +506,8 @@ def test_descent_ring_meets_its_recall_where_blocks_fail(tmp_path, world):
 def test_region_route_meets_its_recall_and_is_taken_only_where_it_can(tmp_path, world):
     """Rows regrouped by k-means region (one all-to-all each way): recall against brute force at
     the target, exact distances, no id twice (a row sent to two ranks merges its lists), every
-    rank agreeing on the sampled estimate; on data whose neighbourhoods ignore regions the
-    measured ceiling stays below the target and auto takes another route."""
+    rank agreeing on the sampled estimate; on isotropic noise, where no overlap clears the target
+    with few enough copies of a row, auto takes another route."""
     prefix = _gloo.spawn(_region_worker, world, tmp_path)
     from curriculum.neighbors import brute_knn
 
