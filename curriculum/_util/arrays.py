@@ -18,10 +18,7 @@ def sorted_unique(a: np.ndarray) -> np.ndarray:
         >>> sorted_unique(np.array([3, 1, 3, 2])).tolist()
         [1, 2, 3]
     """
-    s = np.sort(np.ravel(a))
-    if len(s) < 2:
-        return s
-    return s[np.concatenate([[True], s[1:] != s[:-1]])]
+    return _distinct(np.sort(np.ravel(a)))
 
 
 def duplicated_values(a: np.ndarray) -> np.ndarray:
@@ -32,7 +29,12 @@ def duplicated_values(a: np.ndarray) -> np.ndarray:
         [1, 5]
     """
     s = np.sort(np.ravel(a))
-    return sorted_unique(s[1:][s[1:] == s[:-1]])
+    return _distinct(s[1:][s[1:] == s[:-1]])
+
+
+def _distinct(s: np.ndarray) -> np.ndarray:
+    """The distinct values of an already sorted 1-D array."""
+    return s if len(s) < 2 else s[np.concatenate([[True], s[1:] != s[:-1]])]
 
 
 __all__ = ["sorted_unique", "duplicated_values"]

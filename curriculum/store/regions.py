@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
-from ..neighbors import PLAN_SAMPLE, brute_knn
+from ..neighbors import PLAN_SAMPLE, brute_knn, sort_dedupe
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sharded import ShardedStore
@@ -249,8 +249,6 @@ def _merged(rows: np.ndarray, d: np.ndarray, nb: np.ndarray, n: int, k: int,
             overlap: int) -> tuple[np.ndarray, np.ndarray]:
     """Each home row's ``k`` nearest over the lists its batches sent (a neighbour found by two
     batches counted once)."""
-    from .sharded import merge_topk
-
     cand_d = np.full((n, overlap * k), np.inf, np.float32)
     cand_i = np.full((n, overlap * k), -1, np.int64)
     order = np.argsort(rows, kind="stable")
@@ -259,13 +257,8 @@ def _merged(rows: np.ndarray, d: np.ndarray, nb: np.ndarray, n: int, k: int,
     slot[order] = np.arange(len(rows)) - first  # the how-many-th list of its row
     cols = slot[:, None] * k + np.arange(k)[None, :]
     cand_d[rows[:, None], cols], cand_i[rows[:, None], cols] = d, nb
-    by_id = np.argsort(np.where(cand_i < 0, np.iinfo(np.int64).max, cand_i), axis=1, kind="stable")
-    si = np.take_along_axis(cand_i, by_id, 1)
-    again = np.zeros(si.shape, bool)
-    again[:, 1:] = (si[:, 1:] == si[:, :-1]) & (si[:, 1:] >= 0)
-    dup = np.zeros(si.shape, bool)
-    np.put_along_axis(dup, by_id, again, 1)
-    return merge_topk(np.where(dup, np.inf, cand_d), np.where(dup, -1, cand_i), k)
+    best_d, best_i = sort_dedupe(cand_d, cand_i)
+    return best_d[:, :k], best_i[:, :k]
 
 
 def _pack(ranks: np.ndarray) -> np.ndarray:
