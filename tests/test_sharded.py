@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 import curriculum as cl
@@ -547,6 +549,47 @@ def test_region_bisection_balances_contiguous_groups():
         assert load.max() <= load.mean() * 1.3 and load.min() >= load.mean() * 0.7, load
     owner = bisect_regions(np.array([[0.], [1], [2], [10], [11], [12]], np.float32), np.array([1, 1, 1, 1, 1, 3.]), 2)
     assert owner.tolist() in ([0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 0, 0])  # cut at the count's half, along the axis
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 12), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_region_refinement_stops_where_no_single_move_helps(n_reg, world, seed):
+    from curriculum.store.regions import BALANCE_POWER, batch_sizes, refine_owners
+
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, n_reg, 300)
+    second = (first + rng.integers(1, n_reg, 300)) % n_reg  # two distinct regions a row
+    start = rng.integers(0, world, n_reg)
+    owner = refine_owners(start, first, second, world)
+    scale = max(batch_sizes(start, first, second, world).mean(), 1.0)
+
+    def cost(o):  # recounted from the rows, not the refinement's running sizes
+        return float(((batch_sizes(o, first, second, world) / scale) ** BALANCE_POWER).sum())
+
+    assert cost(owner) <= cost(start) + 1e-9
+    for g in range(n_reg):  # a local minimum: every single move, recounted, costs at least as much
+        for r in range(world):
+            moved = owner.copy()
+            moved[g] = r
+            assert cost(moved) >= cost(owner) * (1 - 1e-9) - 1e-9, (g, r)
+
+
+def test_region_refinement_shrinks_the_largest_batch_of_clustered_regions():
+    from curriculum.cli.bench_distributed import pool_chunk
+    from curriculum.neighbors import brute_knn
+    from curriculum.store.regions import batch_sizes, bisect_regions, fit_regions, refine_owners
+
+    x = pool_chunk(0, 32, 40_000)[0]  # the distributed bench's pool: 100 long-tailed modes
+    for world in (4, 8):
+        fitted = fit_regions(x, 32 * world, "l2", world)
+        cent, owner = np.ascontiguousarray(fitted[:, :-1]), fitted[:, -1].astype(np.int64)
+        near = brute_knn(x, cent, 2, "l2")[1]
+        refined = batch_sizes(owner, near[:, 0], near[:, 1], world)
+        bisected = batch_sizes(bisect_regions(cent, np.bincount(near.ravel(), minlength=len(cent)), world),
+                               near[:, 0], near[:, 1], world)
+        assert (refined > 0).all()
+        assert refined.max() < 0.95 * bisected.max(), (refined, bisected)
+        np.testing.assert_array_equal(refine_owners(owner, near[:, 0], near[:, 1], world), owner)  # a fixed point
 
 
 def test_a_rank_dying_mid_save_leaves_the_previous_manifest(tmp_path):
