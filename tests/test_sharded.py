@@ -30,7 +30,7 @@ from curriculum import difficulty as D
 from curriculum.mining import HardNegativeMiner
 from curriculum.neighbors import kmeans as KM
 from curriculum.store import EmbeddingStore, ShardedStore
-from curriculum.store.regions import CEILING_MARGIN, MAX_COPIES
+from curriculum.store.regions import CEILING_MARGIN, MAX_COPIES, OWNER_MAPS
 from curriculum.store.sharded import id_priority, merge_topk
 
 import _gloo
@@ -227,6 +227,7 @@ def _region_worker(rank, world, out, initfile):
     m.knn(K)
     np.savez(f"{out}.{rank}.npz", ids=s.ids, knn_i=i, knn_d=d, again=again, engine=np.array([rep["method"]]),
              estimate=rep["recall_estimate"], ceiling=rep["region_ceiling"], copies=rep["copies_per_row"],
+             owners=np.array([rep["region_owners"]]), batches=np.array([rep["batch_rows_max"], rep["batch_rows_min"]]),
              noise_engine=np.array([m.last_knn_report["method"]]),
              noise_ceilings=np.array(list(m.last_knn_report["region_ceilings"].values())),
              noise_copies=np.array(list(m.last_knn_report["region_copies"].values())))
@@ -519,6 +520,8 @@ def test_region_route_meets_its_recall_and_is_taken_only_where_it_can(tmp_path, 
     for got in got_all:
         assert str(got["engine"][0]) == "region (rows regrouped by k-means region)"
         assert 1.0 < float(got["copies"]) < 2.0  # boundary rows go to two ranks, most to one
+        assert str(got["owners"][0]) in OWNER_MAPS
+        assert got["batches"][0] >= got["batches"][1] > 0
         hits += sum(len(np.intersect1d(a, b)) for a, b in zip(got["knn_i"], truth[got["ids"]][:, 1:]))
         true_d = np.sqrt(((x[got["ids"]][:, None, :] - x[got["knn_i"]]) ** 2).sum(-1))
         np.testing.assert_allclose(got["knn_d"], true_d, rtol=1e-4, atol=1e-4)
@@ -581,12 +584,12 @@ def test_region_refinement_shrinks_the_largest_batch_of_clustered_regions():
 
     x = pool_chunk(0, 32, 40_000)[0]  # the distributed bench's pool: 100 long-tailed modes
     for world in (4, 8):
-        fitted = fit_regions(x, 32 * world, "l2", world)
-        cent, owner = np.ascontiguousarray(fitted[:, :-1]), fitted[:, -1].astype(np.int64)
+        fitted = fit_regions(x, 32 * world, "l2", world)  # the centroids, then the refined and the bisected ranks
+        cent, owner, bisect = np.ascontiguousarray(fitted[:, :-2]), fitted[:, -2].astype(int), fitted[:, -1].astype(int)
         near = brute_knn(x, cent, 2, "l2")[1]
+        np.testing.assert_array_equal(bisect, bisect_regions(cent, np.bincount(near.ravel(), minlength=len(cent)), world))
         refined = batch_sizes(owner, near[:, 0], near[:, 1], world)
-        bisected = batch_sizes(bisect_regions(cent, np.bincount(near.ravel(), minlength=len(cent)), world),
-                               near[:, 0], near[:, 1], world)
+        bisected = batch_sizes(bisect, near[:, 0], near[:, 1], world)
         assert (refined > 0).all()
         assert refined.max() < 0.95 * bisected.max(), (refined, bisected)
         np.testing.assert_array_equal(refine_owners(owner, near[:, 0], near[:, 1], world), owner)  # a fixed point

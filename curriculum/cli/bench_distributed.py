@@ -27,6 +27,7 @@ MODES = 100
 INTRINSIC = 16
 K = 10
 QUERIES = 1024
+BATCH_KEYS = ("batch_rows_max", "batch_rows_min", "batch_seconds_max", "batch_seconds_min")  # the region route's batches
 
 
 def pool_chunk(c: int, dim: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +119,8 @@ def run_steps(n: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
     return {"rows": clock.rows, "recall": recall, "rank": store.rank, "world": store.world,
             "graph_method": store.last_knn_report.get("method", "exact"),
             "graph_nprobe": store.last_knn_report.get("nprobe"),
-            "graph_copies": store.last_knn_report.get("copies_per_row")}
+            "graph_copies": store.last_knn_report.get("copies_per_row"),
+            "graph_batches": {key: store.last_knn_report[key] for key in BATCH_KEYS if key in store.last_knn_report}}
 
 
 def _worker(rank: int, world: int, initfile: str, out: str, n: int, dim: int) -> None:
@@ -198,7 +200,8 @@ def distributed_section(world: int = 4, n: int = 1_000_000, dim: int = 128) -> l
             row.update(one_process_s=None, speedup=None, one_process_peak_mb=None)
         if step.startswith("knn"):
             row.update(recall=min(r["recall"] for r in ranks), one_process_recall=alone["recall"],
-                       engine=_engine(ranks[0]), one_process_engine=_engine(alone), copies=ranks[0]["graph_copies"])
+                       engine=_engine(ranks[0]), one_process_engine=_engine(alone), copies=ranks[0]["graph_copies"],
+                       **ranks[0]["graph_batches"])
             if _route(row["engine"]) == "region":
                 row["region_outlook"] = _outlook(n, dim, OUTLOOK_WORLDS)
         rows.append(row)
@@ -218,7 +221,8 @@ def _outlook(n: int, dim: int, worlds: tuple[int, ...]) -> dict[str, dict[str, A
     for w in worlds:
         o = region_outlook(x, K, "l2", w)
         out[str(w)] = {"ceilings": {str(a): round(b, 4) for a, b in o["ceilings"].items()},
-                       "copies": {str(a): round(b, 3) for a, b in o["copies"].items()}, "overlap": o["cleared"]}
+                       "copies": {str(a): round(b, 3) for a, b in o["copies"].items()}, "overlap": o["cleared"],
+                       "owners": o["owners"]}
         print(f"  region outlook at {w} ranks: {out[str(w)]}", flush=True)
     return out
 

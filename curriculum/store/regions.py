@@ -27,6 +27,7 @@ regions and 1.8 copies).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,15 +46,17 @@ CEILING_MARGIN = 0.02   # the ceiling must clear the target by this much (the ba
 MAX_COPIES = 1.5        # ... and send at most this many copies of a row on average (else the rings do less work)
 MAX_BATCH_TARGET = 0.995
 BALANCE_POWER = 16      # the owners' refinement lowers the sum of batch sizes to this power (a soft maximum)
+OWNER_MAPS = ("refined", "bisected")  # the regions' ranks both ways; the plan takes the smaller largest batch that clears
 _BITS = 21              # a row's ranks packed in one int64 (worlds below 2^21 ranks)
 
 
 @dataclass(frozen=True)
 class RegionPlan:
     """Where each of this shard's rows goes: ``ranks[:, :overlap]`` (each row's nearest regions'
-    ranks, nearest first; ``overlap`` None: the route is not taken), the sampled recall ceiling
-    and the copies per row of every overlap tried, and the truth sample reused to measure the
-    graph's recall afterwards. Made by :func:`plan_regions` (collective).
+    ranks under the ``owners`` map, nearest first; ``overlap`` None: the route is not taken), the
+    sampled recall ceiling and the copies per row of every overlap tried with that map, and the
+    truth sample reused to measure the graph's recall afterwards. Made by :func:`plan_regions`
+    (collective).
 
     Example:
         >>> plan = RegionPlan(np.zeros((0, 3), np.int64), 2, {2: 0.98, 3: 0.99}, {2: 1.2, 3: 1.4},
@@ -68,7 +71,8 @@ class RegionPlan:
     copies: dict[int, float]
     sample_ids: np.ndarray
     truth: np.ndarray
-    cleared: int | None = None  # the smallest overlap whose ceiling clears the target, whatever its copies
+    cleared: int | None = None  # the overlap whose ceiling clears the target with the smallest batches, whatever its copies
+    owners: str = OWNER_MAPS[0]  # which of :data:`OWNER_MAPS` gave the ranks
 
     def batch_target(self, target: float) -> float:
         """The target of each rank's batch graph: pairs beyond the ceiling are lost whatever it finds."""
@@ -107,22 +111,25 @@ def bisect_regions(centroids: np.ndarray, counts: np.ndarray, world: int) -> np.
 
 
 def plan_regions(store: "ShardedStore", k: int, target: float, seed: int = 0) -> RegionPlan:
-    """Fit the regions, give them to ranks, and measure each overlap's ceiling on
-    :data:`PLAN_SAMPLE` rows sampled over all shards. Collective."""
+    """Fit the regions, give them to ranks both ways (:data:`OWNER_MAPS`), and measure each map's
+    and overlap's ceiling on :data:`PLAN_SAMPLE` rows sampled over all shards and its batches
+    over all rows; the plan takes the smallest largest batch that clears (:func:`_choose`). Collective."""
     vec, metric, world = store.local.vectors(), store.metric, store.world
     n_reg = region_count(len(store), world)
     fitted = store.fit_on_root(REGION_SAMPLE * n_reg, seed, vec, lambda s: fit_regions(s, n_reg, metric, world, seed))
-    ranks = _nearest_ranks(vec, fitted, metric)
-    packed = _pack(ranks)
+    cent, owners = _split(fitted)
+    regions = _nearest_regions(vec, cent, metric)
+    packed = _pack(regions)
     m = min(PLAN_SAMPLE, len(store))
     q, q_ids, q_packed = store._sample(m, seed + 17, [vec, store.local.ids, packed], None)
     nb_packed, truth = store.exact_neighbours(q, q_ids, k, extra=packed)
-    near = ranks.shape[1]
-    ceilings = _ceilings(_unpack(q_packed, near), _unpack(np.maximum(nb_packed, 0), near), truth)
-    sent = store.comm.all_reduce(np.array([_copies(ranks[:, :ov]) for ov in OVERLAPS], np.float64))
-    copies = {ov: float(c / max(len(store), 1)) for ov, c in zip(OVERLAPS, sent)}
-    cleared = _cleared(ceilings, target)
-    return RegionPlan(ranks, _overlap(cleared, copies), ceilings, copies, q_ids, truth, cleared)
+    near = regions.shape[1]
+    q_reg, nb_reg = _unpack(q_packed, near), _unpack(np.maximum(nb_packed, 0), near)
+    ceilings = [_ceilings(o[q_reg], o[nb_reg], truth) for o in owners]
+    loads = store.comm.all_reduce(_loads(owners, regions, world).astype(np.float64))
+    pick, overlap, cleared = _choose(ceilings, loads, len(store), target)
+    copies = {ov: float(c / max(len(store), 1)) for ov, c in zip(OVERLAPS, loads[pick].sum(-1))}
+    return RegionPlan(owners[pick][regions], overlap, ceilings[pick], copies, q_ids, truth, cleared, OWNER_MAPS[pick])
 
 
 def region_count(n: int, world: int) -> int:
@@ -136,18 +143,18 @@ def region_count(n: int, world: int) -> int:
 
 
 def fit_regions(sample: np.ndarray, n_reg: int, metric: str, world: int, seed: int = 0) -> np.ndarray:
-    """k-means of ``n_reg`` regions on ``sample`` and each region's rank (:func:`bisect_regions`
-    on the sample rows listing the region first or second - a rank's batch holds both): the
-    centroids with the rank as a last column (one array to broadcast)."""
+    """k-means of ``n_reg`` regions on ``sample`` and each region's rank under both
+    :data:`OWNER_MAPS`: :func:`bisect_regions` on the sample rows listing the region first or
+    second (a rank's batch holds both), and that improved by :func:`refine_owners`. The centroids
+    with the two ranks as the last columns (one array to broadcast)."""
     km = faiss.Kmeans(sample.shape[1], n_reg, niter=10, seed=seed, spherical=metric == "cosine",
                       min_points_per_centroid=1, max_points_per_centroid=REGION_SAMPLE, verbose=False)
     km.train(np.ascontiguousarray(sample, np.float32))
     cent = np.ascontiguousarray(km.centroids, np.float32)
     near = brute_knn(sample, cent, min(2, len(cent)), metric)[1]
-    owner = bisect_regions(cent, np.bincount(near.ravel(), minlength=len(cent)), world)
-    if near.shape[1] == 2:
-        owner = refine_owners(owner, near[:, 0], near[:, 1], world)
-    return np.concatenate([cent, owner[:, None].astype(np.float32)], 1)
+    bisected = bisect_regions(cent, np.bincount(near.ravel(), minlength=len(cent)), world)
+    refined = refine_owners(bisected, near[:, 0], near[:, 1], world) if near.shape[1] == 2 else bisected
+    return np.concatenate([cent, np.stack([refined, bisected], 1).astype(np.float32)], 1)
 
 
 def batch_sizes(owner: np.ndarray, first: np.ndarray, second: np.ndarray, world: int) -> np.ndarray:
@@ -158,8 +165,7 @@ def batch_sizes(owner: np.ndarray, first: np.ndarray, second: np.ndarray, world:
         >>> batch_sizes(np.array([0, 0, 1]), np.array([0, 0, 2]), np.array([1, 2, 1]), 2).tolist()
         [3, 2]
     """
-    a, b = owner[first], owner[second]
-    return np.bincount(a, minlength=world) + np.bincount(b[b != a], minlength=world)
+    return _rank_loads(np.asarray(owner)[np.stack([first, second], 1)], world)
 
 
 def refine_owners(owner: np.ndarray, first: np.ndarray, second: np.ndarray, world: int,
@@ -224,24 +230,60 @@ def region_outlook(vec: np.ndarray, k: int, metric: str, world: int, target: flo
     n_reg = region_count(len(vec), world)
     fitted = fit_regions(vec[np.sort(rng.choice(len(vec), min(len(vec), REGION_SAMPLE * n_reg), replace=False))],
                          n_reg, metric, world, seed)
-    ranks = _nearest_ranks(vec, fitted, metric)
+    cent, owners = _split(fitted)
+    regions = _nearest_regions(vec, cent, metric)
     sample = rng.choice(len(vec), min(PLAN_SAMPLE, len(vec)), replace=False)
     truth = sample_truth(vec, sample, k, metric)
-    ceilings = _ceilings(ranks[sample], ranks[np.maximum(truth, 0)], truth)
-    copies = {ov: _copies(ranks[:, :ov]) / len(vec) for ov in OVERLAPS}
-    cleared = _cleared(ceilings, target)
-    return {"world": world, "ceilings": ceilings, "copies": copies, "cleared": cleared,
-            "overlap": _overlap(cleared, copies)}
+    ceilings = [_ceilings(o[regions[sample]], o[regions[np.maximum(truth, 0)]], truth) for o in owners]
+    loads = _loads(owners, regions, world)
+    pick, overlap, cleared = _choose(ceilings, loads, len(vec), target)
+    return {"world": world, "owners": OWNER_MAPS[pick], "ceilings": ceilings[pick],
+            "copies": {ov: float(c / len(vec)) for ov, c in zip(OVERLAPS, loads[pick].sum(-1))},
+            "cleared": cleared, "overlap": overlap}
 
 
-def _nearest_ranks(vec: np.ndarray, fitted: np.ndarray, metric: str) -> np.ndarray:
-    """Each row's nearest :data:`OVERLAPS`-many regions' ranks, nearest first."""
-    cent, owner = np.ascontiguousarray(fitted[:, :-1]), fitted[:, -1].astype(np.int64)
+def _split(fitted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_regions`' array as ``(centroids, owners)``, one row of ``owners`` per map."""
+    maps = len(OWNER_MAPS)
+    return np.ascontiguousarray(fitted[:, :-maps]), np.ascontiguousarray(fitted[:, -maps:].T.astype(np.int64))
+
+
+def _nearest_regions(vec: np.ndarray, cent: np.ndarray, metric: str) -> np.ndarray:
+    """Each row's :data:`OVERLAPS`-many nearest regions, nearest first (the last repeated where
+    there are fewer regions)."""
     near = max(OVERLAPS)
     if not len(vec):
         return np.zeros((0, near), np.int64)
     regions = brute_knn(vec, cent, min(near, len(cent)), metric)[1]
-    return owner[np.pad(regions, ((0, 0), (0, near - regions.shape[1])), mode="edge")]
+    return np.pad(regions, ((0, 0), (0, near - regions.shape[1])), mode="edge")
+
+
+def _rank_loads(ranks: np.ndarray, world: int) -> np.ndarray:
+    """Rows each rank receives when every row goes once to each distinct rank of its row of ``ranks``."""
+    s = np.sort(ranks, axis=1)
+    first = np.ones(s.shape, bool)
+    first[:, 1:] = s[:, 1:] != s[:, :-1]
+    return np.bincount(s[first], minlength=world)
+
+
+def _loads(owners: np.ndarray, regions: np.ndarray, world: int) -> np.ndarray:
+    """:func:`_rank_loads` of these rows for every owner map and overlap: ``(maps, overlaps, world)``."""
+    return np.stack([[_rank_loads(o[regions[:, :ov]], world) for ov in OVERLAPS] for o in owners])
+
+
+def _choose(ceilings: list[dict[int, float]], loads: np.ndarray, n: int,
+            target: float) -> tuple[int, int | None, int | None]:
+    """``(map, overlap, cleared)``: of the (map, overlap) pairs whose ceiling clears ``target`` by
+    :data:`CEILING_MARGIN`, the one with the smallest largest batch - ``overlap`` None where it
+    sends more than :data:`MAX_COPIES` copies of a row (``cleared`` still names it), both None
+    where none clears (the map then: the highest ceiling at the largest overlap)."""
+    largest, copies = loads.max(-1), loads.sum(-1) / max(n, 1)
+    ok = [(copies[m, j] > MAX_COPIES, largest[m, j], m, ov) for m in range(len(ceilings))
+          for j, ov in enumerate(OVERLAPS) if ceilings[m][ov] >= target + CEILING_MARGIN]
+    if not ok:
+        return max(range(len(ceilings)), key=lambda m: ceilings[m][max(OVERLAPS)]), None, None
+    over, _, m, ov = min(ok)  # within MAX_COPIES first, then the smallest largest batch
+    return m, (None if over else ov), ov
 
 
 def _ceilings(q_ranks: np.ndarray, nb_ranks: np.ndarray, truth: np.ndarray) -> dict[int, float]:
@@ -252,22 +294,6 @@ def _ceilings(q_ranks: np.ndarray, nb_ranks: np.ndarray, truth: np.ndarray) -> d
         meet = (q_ranks[:, None, :ov, None] == nb_ranks[:, :, None, :ov]).any((2, 3))
         out[ov] = float(meet[truth >= 0].mean()) if (truth >= 0).any() else 1.0
     return out
-
-
-def _cleared(ceilings: dict[int, float], target: float) -> int | None:
-    """The smallest overlap whose ceiling clears ``target`` by :data:`CEILING_MARGIN` (None: none does)."""
-    return next((o for o in OVERLAPS if ceilings[o] >= target + CEILING_MARGIN), None)
-
-
-def _overlap(cleared: int | None, copies: dict[int, float]) -> int | None:
-    """``cleared`` unless it sends more than :data:`MAX_COPIES` copies of a row."""
-    return None if cleared is None or copies[cleared] > MAX_COPIES else cleared
-
-
-def _copies(ranks: np.ndarray) -> int:
-    """Rows sent in all when each row goes once to every distinct rank in its row of ``ranks``."""
-    s = np.sort(ranks, axis=1)
-    return int(len(s) + (s[:, 1:] != s[:, :-1]).sum())
 
 
 def region_graph(store: "ShardedStore", plan: RegionPlan, k: int, exclude_self: bool, target: float,
@@ -284,6 +310,7 @@ def region_graph(store: "ShardedStore", plan: RegionPlan, k: int, exclude_self: 
     bi = np.concatenate(comm.exchange([ids[t] for t in to]))
     batch = EmbeddingStore(store.dim, metric=store.metric, exact_threshold=store.exact_threshold)
     report: dict[str, Any] = {}
+    start = time.perf_counter()
     if len(bi) > 1:
         batch.add(bv, bi)
         kb = min(k, len(bi) - 1)
@@ -293,16 +320,17 @@ def region_graph(store: "ShardedStore", plan: RegionPlan, k: int, exclude_self: 
         report = dict(batch.last_knn_report)
     else:
         d, nb = np.full((len(bi), k), np.inf, np.float32), np.full((len(bi), k), -1, np.int64)
+    batch_s = time.perf_counter() - start
     home = store.owner(bi)
     back = [np.flatnonzero(home == r) for r in range(world)]
     got_i = np.concatenate(comm.exchange([bi[b] for b in back]))
     got_d = np.concatenate(comm.exchange([d[b] for b in back]))
     got_nb = np.concatenate(comm.exchange([nb[b] for b in back]))
     best_d, best_i = _merged(store.local.rows_of(got_i), got_d, got_nb, len(ids), k, plan.overlap)
-    sizes = comm.all_gather(np.array([len(bi)], np.int64))
-    rows = np.array([int(s[0]) for s in sizes])
+    rows, secs = np.stack(comm.all_gather(np.array([len(bi), batch_s], np.float64))).T
     return best_d, best_i, {"batch_engine": report.get("method", "exact"), "overlap": plan.overlap,
                             "batch_rows_max": int(rows.max()), "batch_rows_min": int(rows.min()),
+                            "batch_seconds_max": float(secs.max()), "batch_seconds_min": float(secs.min()),
                             "copies_per_row": float(rows.sum() / max(len(store), 1))}
 
 
@@ -335,4 +363,4 @@ def _unpack(packed: np.ndarray, width: int) -> np.ndarray:
 
 
 __all__ = ["REGIONS_PER_RANK", "REGION_SAMPLE", "OVERLAPS", "CEILING_MARGIN", "MAX_COPIES", "BALANCE_POWER", "RegionPlan",
-           "bisect_regions", "batch_sizes", "refine_owners", "plan_regions", "region_count", "fit_regions", "region_outlook", "region_graph"]
+           "OWNER_MAPS", "bisect_regions", "batch_sizes", "refine_owners", "plan_regions", "region_count", "fit_regions", "region_outlook", "region_graph"]

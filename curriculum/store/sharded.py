@@ -501,7 +501,7 @@ class ShardedStore:
         measured on the plan's sampled truth. Collective."""
         best_d, best_i, rep = region_graph(self, plan, k, exclude_self, target, progress)
         self.last_knn_report = {"method": "region (rows regrouped by k-means region)",
-                                "region_ceiling": plan.ceilings[plan.overlap], **rep}
+                                "region_ceiling": plan.ceilings[plan.overlap], "region_owners": plan.owners, **rep}
         if exclude_self:
             self.last_knn_report["recall_estimate"] = self._sampled_recall(best_i, k, truth=(plan.sample_ids, plan.truth))
         self._knn_cache = (key, k, best_d, best_i)
