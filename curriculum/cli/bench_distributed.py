@@ -221,7 +221,8 @@ def _outlook(n: int, dim: int, worlds: tuple[int, ...]) -> dict[str, dict[str, A
     for w in worlds:
         o = region_outlook(x, K, "l2", w)
         out[str(w)] = {"ceilings": {str(a): round(b, 4) for a, b in o["ceilings"].items()},
-                       "copies": {str(a): round(b, 3) for a, b in o["copies"].items()}, "overlap": o["cleared"],
+                       "copies": {str(a): round(b, 3) for a, b in o["copies"].items()},
+                       "largest": {str(a): round(b, 3) for a, b in o["largest"].items()}, "overlap": o["cleared"],
                        "owners": o["owners"]}
         print(f"  region outlook at {w} ranks: {out[str(w)]}", flush=True)
     return out
@@ -239,10 +240,11 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
     the rows per rank (nprobe held at the measured one: the pool's modes stay fixed), the NN-descent
     ring's with every shard a rank meets (its own, then ``world / 2`` merged pairs of twice its rows
     at ``store.sharded.MERGE_COST``: ``(1 + 1.4 world / 2) / world`` of the rows in all, so it does not shrink with
-    more nodes), the region route's with its batch (``copies`` x the shard, the copies at each node
-    count from :func:`~curriculum.store.regions.region_outlook` of the pool - the smallest overlap
-    whose ceiling clears the target, as ``auto`` takes it over the NN-descent ring; where none
-    does the row says a ring would run and projects nothing), search with queries x the square root of the shard (IVF lists), k-means with rows
+    more nodes), the region route's with its largest batch (in shards, from
+    :func:`~curriculum.store.regions.region_outlook` of the pool at each node count: the owner
+    map and overlap ``auto`` takes; the measured run's ranks share the cores, so its work is
+    scaled at its mean batch, ``copies`` x the shard; where no overlap clears the target the row
+    says a ring would run and projects nothing), search with queries x the square root of the shard (IVF lists), k-means with rows
     per rank. Bytes per rank follow the protocol: the blocked ring sends every row through every
     rank (``N (4d + 12k + 24)``), the NN-descent ring half of them with their graphs and the lists
     the rest (``N / 2 (4d + 16k + 8) + N / 2 12k``), the region route its copies once
@@ -273,10 +275,12 @@ def projection(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
                     out.append({"N": n, "dim": d, "nodes": nodes, "route": "a ring (region ceiling below target)"})
                     continue
                 copies = look["copies"][str(look["overlap"])] if route == "region" else 1.0
-                work = _graph_work(n, nodes, route, copies) / _graph_work(n_m, w_m, route, c_m)
+                largest = look.get("largest", look.get("copies", {})).get(str(look.get("overlap")), copies)
+                work = _graph_work(n, nodes, route, largest) / _graph_work(n_m, w_m, route, c_m)
                 graph_cpu = g["seconds"] * work * (d / d_m) / speed
                 ring_mb = graph_mb(n, nodes, d, route, copies)
-                row = {"N": n, "dim": d, "nodes": nodes, "route": route + (f" x{copies:.2f}" if route == "region" else ""),
+                row = {"N": n, "dim": d, "nodes": nodes,
+                       "route": route + (f" x{copies:.2f}, largest x{largest:.2f}" if route == "region" else ""),
                        "rows_per_node": int(ns),
                        "memory_gb_per_node": round(ns * (8 * d + 12 * K) / 2**30 + 16 * n / 2**30, 1),
                        "graph_compute_s": graph_cpu, "graph_MB_per_node": ring_mb,

@@ -214,9 +214,10 @@ def refine_owners(owner: np.ndarray, first: np.ndarray, second: np.ndarray, worl
 
 def region_outlook(vec: np.ndarray, k: int, metric: str, world: int, target: float = 0.95,
                    seed: int = 0) -> dict[str, Any]:
-    """What the route would do on ``world`` ranks, computed in one process on all of ``vec``:
-    each overlap's ceiling and copies per row, and the overlap ``knn(auto)`` would take (None: a
-    ring instead). For projections past the ranks at hand.
+    """What the route would do on ``world`` ranks, computed in one process on all of ``vec``: the
+    owner map it takes, each overlap's ceiling, copies per row and largest batch (in shards of
+    ``N / world`` rows), and the overlap ``knn(auto)`` would take (None: a ring instead). For
+    projections past the ranks at hand.
 
     Example:
         >>> x = np.random.default_rng(0).normal(size=(4000, 2)).astype(np.float32)
@@ -239,6 +240,7 @@ def region_outlook(vec: np.ndarray, k: int, metric: str, world: int, target: flo
     pick, overlap, cleared = _choose(ceilings, loads, len(vec), target)
     return {"world": world, "owners": OWNER_MAPS[pick], "ceilings": ceilings[pick],
             "copies": {ov: float(c / len(vec)) for ov, c in zip(OVERLAPS, loads[pick].sum(-1))},
+            "largest": {ov: float(c * world / len(vec)) for ov, c in zip(OVERLAPS, loads[pick].max(-1))},
             "cleared": cleared, "overlap": overlap}
 
 
