@@ -147,3 +147,33 @@ def test_knn_graph_on_the_gpu_equals_the_cpu_graph(metric: str) -> None:
     d, ids = store.knn(10, device="cuda")
     assert store.last_knn_report["device"].startswith("cuda")
     np.testing.assert_allclose(d, cpu_d, rtol=1e-4, atol=1e-4)
+
+
+def _sharded_gpu_worker(rank: int, world: int, out: str, initfile: str) -> None:
+    from curriculum.store import ShardedStore
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{initfile}", rank=rank, world_size=world)
+    x = np.random.default_rng(1).normal(size=(8000, 24)).astype(np.float32)
+    s = ShardedStore(24, metric="l2")
+    s.add(x[rank::world], np.arange(8000)[rank::world])
+    exact = s.knn(10, method="exact", device="cuda")
+    region = s.knn(10, method="region", device="cuda")
+    np.savez(f"{out}.{rank}.npz", ids=s.ids, d=exact[0], i=exact[1], region_i=region[1],
+             engine=np.array([s.last_knn_report["batch_engine"]]))
+    torch.distributed.destroy_process_group()
+
+
+def test_sharded_graph_on_the_gpu_equals_brute_force(tmp_path) -> None:
+    """Two gloo ranks sharing the GPU: the exact ring scored on it equals brute force; the region
+    route's batches run exact there."""
+    import _gloo
+
+    prefix = _gloo.spawn(_sharded_gpu_worker, 2, tmp_path)
+    x = np.random.default_rng(1).normal(size=(8000, 24)).astype(np.float32)
+    true_d, true_i = cl.neighbors.brute_knn(x, x, 11, "l2")
+    for r in range(2):
+        got = dict(np.load(f"{prefix}.{r}.npz"))
+        assert (got["i"] == true_i[got["ids"], 1:]).mean() > 0.999
+        np.testing.assert_allclose(got["d"], true_d[got["ids"], 1:], rtol=1e-4, atol=1e-4)
+        assert str(got["engine"][0]) == "exact"
+        assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(got["region_i"], true_i[got["ids"], 1:])]) > 8

@@ -85,6 +85,8 @@ def _worker(rank, world, out, initfile, metric, save_to):
     qlab = (np.arange(len(pool()[3])) % 6)[rank::world]
     res["neg_search_i"] = s.search(q, K, exclude_labels=qlab)[1]
     res["knn_d"], res["knn_i"] = s.knn(K, method="exact")
+    res["dev_d"], res["dev_i"] = s.knn(K, method="exact", device="cpu")  # the exact ring scored by torch on a device
+    res["dev_report"] = np.array([s.last_knn_report["method"], s.last_knn_report.get("device", "")])
     res["table_i"] = s.knn(K, method="exact", exclude_same_label=True)[1]
     for name in SCORES:
         g = s.gather(getattr(D, name)(s, k=K))
@@ -221,13 +223,16 @@ def _region_worker(rank, world, out, initfile):
     d, i = s.knn(K)  # auto: the regions' ceiling clears the target on the modes pool
     rep = dict(s.last_knn_report)
     again = s.knn(K, method="region")[1]
+    dev_i = s.knn(K, device="cpu")[1]  # the region route, each batch's graph exact on a torch device
+    dev_rep = dict(s.last_knn_report)
     m = ShardedStore(64, metric="l2")  # isotropic noise: neighbours anywhere, auto leaves the region route
     mx = np.random.default_rng(5).normal(size=(6000, 64)).astype(np.float32)
     m.add(mx[rank::world], np.arange(6000)[rank::world])
     m.knn(K)
     np.savez(f"{out}.{rank}.npz", ids=s.ids, knn_i=i, knn_d=d, again=again, engine=np.array([rep["method"]]),
              estimate=rep["recall_estimate"], ceiling=rep["region_ceiling"], copies=rep["copies_per_row"],
-             owners=np.array([rep["region_owners"]]), batches=np.array([rep["batch_rows_max"], rep["batch_rows_min"]]),
+             owners=np.array([rep["region_owners"]]), dev_i=dev_i,
+             dev_route=np.array([dev_rep["method"], dev_rep["batch_engine"]]), dev_estimate=dev_rep["recall_estimate"], batches=np.array([rep["batch_rows_max"], rep["batch_rows_min"]]),
              noise_engine=np.array([m.last_knn_report["method"]]),
              noise_ceilings=np.array(list(m.last_knn_report["region_ceilings"].values())),
              noise_copies=np.array(list(m.last_knn_report["region_copies"].values())))
@@ -290,6 +295,9 @@ def test_exact_graph_and_negatives_table_equal_one_process(sharded):
         rows = one.rows_of(got["local_ids"])
         np.testing.assert_array_equal(got["knn_i"], i[rows])
         np.testing.assert_allclose(got["knn_d"], d[rows], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got["dev_i"], i[rows])  # on a torch device: the same graph
+        np.testing.assert_allclose(got["dev_d"], d[rows], rtol=1e-4, atol=1e-4)
+        assert got["dev_report"].tolist() == ["exact", "cpu"]
         # negatives table: brute force over the rows of another label
         for row, table in zip(rows[:50], got["table_i"][:50]):
             other = np.flatnonzero(lab != lab[row])
@@ -516,11 +524,13 @@ def test_region_route_meets_its_recall_and_is_taken_only_where_it_can(tmp_path, 
 
     x, _ = big_pool()
     truth_d, truth = brute_knn(x, x, K + 1, "l2")
-    hits, got_all = 0, _results(prefix, world)
+    hits, dev_hits, got_all = 0, 0, _results(prefix, world)
     for got in got_all:
         assert str(got["engine"][0]) == "region (rows regrouped by k-means region)"
         assert 1.0 < float(got["copies"]) < 2.0  # boundary rows go to two ranks, most to one
         assert str(got["owners"][0]) in OWNER_MAPS
+        assert got["dev_route"].tolist() == ["region (rows regrouped by k-means region)", "exact"]
+        dev_hits += sum(len(np.intersect1d(a, b)) for a, b in zip(got["dev_i"], truth[got["ids"]][:, 1:]))
         assert got["batches"][0] >= got["batches"][1] > 0
         hits += sum(len(np.intersect1d(a, b)) for a, b in zip(got["knn_i"], truth[got["ids"]][:, 1:]))
         true_d = np.sqrt(((x[got["ids"]][:, None, :] - x[got["knn_i"]]) ** 2).sum(-1))
@@ -534,6 +544,9 @@ def test_region_route_meets_its_recall_and_is_taken_only_where_it_can(tmp_path, 
                    for c, copies in zip(got["noise_ceilings"], got["noise_copies"]))
     recall = hits / (BIG * K)
     assert recall >= 0.93, recall
+    # exact batches: only the pairs that meet on no rank are lost - the recall is the ceiling's
+    assert dev_hits / (BIG * K) >= max(recall, float(got_all[0]["ceiling"]) - 0.02), (dev_hits, recall)
+    assert abs(float(got_all[0]["dev_estimate"]) - dev_hits / (BIG * K)) < 0.03
     assert abs(float(got_all[0]["estimate"]) - recall) < 0.03
     assert len({float(g["estimate"]) for g in got_all}) == 1
     assert float(got_all[0]["ceiling"]) >= 0.97
@@ -688,4 +701,13 @@ def test_region_method_on_a_world_of_one_and_its_clear_errors():
         s.knn(3, method="region", exclude_same_label=True)
     with pytest.raises(ValueError, match="method"):
         s.knn(3, method="regions")
+    for bad, match in (({"method": "blocked"}, "device: scores the exact ring or the region route's batches"),
+                       ({"exclude_same_label": True}, "device: scores the exact ring"),
+                       ({"device": "nonsense"}, "device: expected a torch device")):
+        with pytest.raises(ValueError, match=match):
+            s.knn(3, **{"device": "cpu", **bad})
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: 'cuda' needs a CUDA GPU"):
+            s.knn(3, device="cuda")
+    np.testing.assert_array_equal(s.knn(3, device="cpu")[1], one.knn(3, method="exact")[1])  # one rank: exact there
     assert s.local.version == version

@@ -7,7 +7,7 @@ returns ``(distances, rows)``, smaller = nearer; nothing here keeps state betwee
 
 from .blocked import block_plan, block_purity, blocked_knn, probe_lists, probe_lists_other_label, run_blocks
 from .descent import descent_knn, merge_knn, pca_basis, pca_projection, project
-from .device import device_knn
+from .device import checked_device, device_knn, device_topk, on_device
 from .exact import exact_knn_graph
 from .kernels import brute_knn, exact_topk, first_k_valid, sort_dedupe
 from .metric import METRICS, Metric, faiss_metric, get_metric, normalize, pair_distances, to_distance
@@ -17,4 +17,4 @@ __all__ = ["Metric", "METRICS", "get_metric", "faiss_metric", "to_distance", "no
            "brute_knn", "exact_topk", "first_k_valid", "sort_dedupe", "block_plan", "block_purity", "blocked_knn",
            "probe_lists", "probe_lists_other_label", "run_blocks", "exact_knn_graph", "PLAN_SAMPLE", "RecallPlan",
            "nprobe_for", "plan_recall", "probe_ranks", "sample_truth", "sampled_recall", "descent_knn", "merge_knn",
-           "pca_projection", "pca_basis", "project", "device_knn"]
+           "pca_projection", "pca_basis", "project", "device_knn", "device_topk", "on_device", "checked_device"]

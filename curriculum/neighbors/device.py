@@ -32,7 +32,6 @@ def device_knn(x: Any, k: int, metric: str, device: Any = "cuda", exclude_self: 
     """
     import torch
 
-    met = get_metric(metric)
     xt = torch.as_tensor(x).detach()
     if xt.ndim != 2 or xt.shape[0] < 1:
         raise ValueError(f"x: expected a non-empty 2-D matrix, got shape {tuple(xt.shape)}")
@@ -41,25 +40,79 @@ def device_knn(x: Any, k: int, metric: str, device: Any = "cuda", exclude_self: 
     if k > n - int(bool(exclude_self)):
         raise ValueError(f"k: expected at most {n - int(bool(exclude_self))} (rows of x"
                          f"{' minus self' if exclude_self else ''}), got {k}")
-    dev = torch.device(device)
-    if xt.device.type == "cpu":  # numpy's checks and normalisation, then one copy to the device
-        xt = torch.from_numpy(met.prepare(xt.float().numpy(), "x")).to(dev)
-    else:  # rows already on a GPU stay there
-        xt = _prepared_on_device(xt.to(dev).float(), met)
-    step = chunk or max(1, SCORE_BYTES // (4 * n))
-    sq = (xt * xt).sum(1) if met.squared_norms else None
+    xt = on_device(xt, metric, device)
+    return device_topk(xt, xt, k, metric, device, chunk, skip_diagonal=bool(exclude_self))
+
+
+def on_device(x: Any, metric: str, device: Any = "cuda") -> Any:
+    """Rows (numpy or a torch tensor) as float32 on ``device``, prepared for ``metric``
+    (L2-normalised under cosine): numpy's checks and one copy from the host, or, for rows already
+    on a GPU, the normalisation there (no round trip).
+
+    Example:
+        >>> import numpy as np
+        >>> on_device(np.array([[3., 4.]]), "cosine", "cpu").tolist()
+        [[0.6000000238418579, 0.800000011920929]]
+    """
+    import torch
+
+    met, dev = get_metric(metric), torch.device(device)
+    xt = torch.as_tensor(x).detach()
+    if xt.device.type == "cpu":
+        return torch.from_numpy(met.prepare(xt.float().numpy(), "x")).to(dev)
+    return _prepared_on_device(xt.to(dev).float(), met)
+
+
+def device_topk(q: Any, base: Any, k: int, metric: str, device: Any = "cuda", chunk: int | None = None,
+                skip_diagonal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The exact ``k`` nearest rows of ``base`` for every row of ``q``, scored on ``device`` (both
+    as :func:`on_device` gives them; numpy is moved there): ``(distances, rows)`` as numpy,
+    ascending; with ``skip_diagonal`` (``q`` is ``base``) a row never lists itself. ``chunk``
+    query rows are scored at a time (default: a 256 MB score matrix).
+
+    Example:
+        >>> import numpy as np
+        >>> d, rows = device_topk(np.array([[0.9]]), np.array([[0.], [1.], [3.]]), 2, "l2", "cpu")
+        >>> rows.tolist(), [round(float(v), 2) for v in d[0]]
+        ([[1, 0]], [0.1, 0.9])
+    """
+    import torch
+
+    met, dev = get_metric(metric), torch.device(device)
+    qt, bt = on_device(q, metric, dev), on_device(base, metric, dev)  # prepared rows pass through unchanged
+    n, step = int(bt.shape[0]), chunk or max(1, SCORE_BYTES // (4 * max(int(bt.shape[0]), 1)))
+    sq = (bt * bt).sum(1) if met.squared_norms else None
     out_v, out_i = [], []
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        score = met.score(xt[s:e], xt, sq)
-        if exclude_self:
+    for s in range(0, int(qt.shape[0]), step):
+        e = min(int(qt.shape[0]), s + step)
+        score = met.score(qt[s:e], bt, sq)
+        if skip_diagonal:
             score[torch.arange(e - s, device=dev), torch.arange(s, e, device=dev)] = torch.inf
-        v, i = torch.topk(score, k, dim=1, largest=False, sorted=True)
+        v, i = torch.topk(score, min(k, n), dim=1, largest=False, sorted=True)
         out_v.append(v.cpu())
         out_i.append(i.cpu())
     raw = torch.cat(out_v).numpy()
-    q_sq = sq.cpu().numpy() if sq is not None else None
+    q_sq = (qt * qt).sum(1).cpu().numpy() if met.squared_norms else None
     return np.ascontiguousarray(met.from_score(raw, q_sq), np.float32), torch.cat(out_i).numpy().astype(np.int64)
+
+
+def checked_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` this process can use; a clear error for anything else (a
+    CUDA device where torch sees no GPU included).
+
+    Example:
+        >>> checked_device("cpu")
+        device(type='cpu')
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: expected a torch device such as 'cuda' or 'cpu', got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} needs a CUDA GPU, and torch sees none here")
+    return dev
 
 
 def _prepared_on_device(xt: Any, met: Any) -> Any:
@@ -75,4 +128,4 @@ def _prepared_on_device(xt: Any, met: Any) -> Any:
     return xt
 
 
-__all__ = ["SCORE_BYTES", "device_knn"]
+__all__ = ["SCORE_BYTES", "device_knn", "device_topk", "on_device", "checked_device"]

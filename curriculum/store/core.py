@@ -44,7 +44,7 @@ from .._util import checks as C
 from .._util.arrays import sorted_unique
 from .._util.background import BackgroundTask
 from .._util.progress import want
-from ..neighbors import METRICS, device_knn, first_k_valid, get_metric
+from ..neighbors import METRICS, checked_device, device_knn, first_k_valid, get_metric
 from . import graph as G
 from . import persistence
 from .embed import embed_dataset
@@ -505,17 +505,10 @@ class EmbeddingStore:
     def _device_knn(self, snap: Any, k: int, exclude_self: bool, method: str,
                     device: Any) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`knn` on a torch ``device``: the exact graph (cached like the others)."""
-        import torch
-
         if method not in ("auto", "exact"):
             raise ValueError(f"method: expected 'auto' or 'exact' with device={device!r} (the graph on a device "
                              f"is exact), got {method!r}")
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device: expected a torch device such as 'cuda' or 'cpu', got {device!r}") from err
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: {device!r} needs a CUDA GPU, and torch sees none here")
+        dev = checked_device(device)
         key = (snap.version, exclude_self, "exact", None, None)
         cached = self._cached_knn(key, k)
         if cached is not None:

@@ -299,9 +299,10 @@ def _ceilings(q_ranks: np.ndarray, nb_ranks: np.ndarray, truth: np.ndarray) -> d
 
 
 def region_graph(store: "ShardedStore", plan: RegionPlan, k: int, exclude_self: bool, target: float,
-                 progress: bool | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                 progress: bool | None, device: Any = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Run the route ``plan`` chose: rows to their regions' ranks, each batch's graph by the
-    one-process engine, the lists home and merged. ``(distances, ids, report)``. Collective."""
+    one-process engine (exact on ``device`` where one is given), the lists home and merged.
+    ``(distances, ids, report)``. Collective."""
     from .core import EmbeddingStore
 
     comm, world = store.comm, store.world
@@ -316,7 +317,8 @@ def region_graph(store: "ShardedStore", plan: RegionPlan, k: int, exclude_self: 
     if len(bi) > 1:
         batch.add(bv, bi)
         kb = min(k, len(bi) - 1)
-        d, nb = batch.knn(kb, exclude_self=exclude_self, progress=progress, target_recall=plan.batch_target(target))
+        d, nb = batch.knn(kb, exclude_self=exclude_self, progress=progress, target_recall=plan.batch_target(target),
+                          device=device)
         d, nb = np.pad(d.astype(np.float32), ((0, 0), (0, k - kb)), constant_values=np.inf), \
             np.pad(nb, ((0, 0), (0, k - kb)), constant_values=-1)
         report = dict(batch.last_knn_report)

@@ -37,7 +37,8 @@ import numpy as np
 from .._util import checks as C
 from .._util.dist import Comm
 from .._util.io import atomic_write_bytes
-from ..neighbors import PLAN_SAMPLE, blocked_knn, brute_knn, merge_knn, normalize, nprobe_for, probe_ranks
+from ..neighbors import PLAN_SAMPLE, blocked_knn, brute_knn, device_topk, merge_knn, normalize, nprobe_for, probe_ranks
+from ..neighbors.device import checked_device, on_device
 from ..neighbors.kernels import exact_topk
 from ..neighbors.blocked import assign_blocks, block_plan_parts
 from .core import EmbeddingStore
@@ -416,7 +417,7 @@ class ShardedStore:
 
     # ------------------------------------------------------------------ graph (collective)
     def knn(self, k: int, exclude_self: bool = True, method: str = "auto", progress: bool | None = None,
-            exclude_same_label: bool = False, target_recall: float = 0.95,
+            exclude_same_label: bool = False, target_recall: float = 0.95, device: Any = None,
             **knn_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
         """The all-points kNN graph of this shard's rows over all shards: ``(distances, ids)``,
         each ``(n_local, k)``, row ``i`` for ``ids[i]``.
@@ -448,26 +449,30 @@ class ShardedStore:
         each shard's faiss index. On one rank, :meth:`EmbeddingStore.knn` runs (any engine,
         ``knn_kwargs`` go to it). ``exclude_same_label=True`` gives the negatives table: the
         ``k`` nearest rows of another label (each shard's label-filtered search; exact on shards
-        that search exactly). ``last_knn_report`` says what ran. Bytes sent per rank: ``world x``
+        that search exactly). ``device`` (a torch device, e.g. each rank's ``"cuda"``) scores the
+        graph there by matrix products and top-k: the region route's batches exact on the device
+        (its recall is then the ceiling's), else - and with ``"exact"`` - the exact ring, each
+        visiting shard scored against this one on the device (``method`` "auto", "exact" or
+        "region"). ``last_knn_report`` says what ran. Bytes sent per rank: ``world x``
         its rows ``x (4 dim + 12 k + 24)`` (NN-descent: ``world / 2 x (4 dim + 28 k + 8)`` - the rows
         travel half the ring with their own graph and lists, the lists alone the rest; the region
         route: ``copies x (4 dim + 12 k + 16)``). Collective.
         """
-        k = self.checked(lambda: _knn_args(k, method, exclude_same_label, self))
-        key = (self._version, bool(exclude_self), method, bool(exclude_same_label), target_recall,
+        k = self.checked(lambda: _knn_args(k, method, exclude_same_label, self, device))
+        key = (self._version, bool(exclude_self), method, bool(exclude_same_label), target_recall, str(device),
                tuple(sorted(knn_kwargs.items())))
         if self._knn_cache is not None and self._knn_cache[0] == key and self._knn_cache[1] >= k:
             return self._knn_cache[2][:, :k].copy(), self._knn_cache[3][:, :k].copy()
         if self.world == 1 and method != "exact" and not exclude_same_label and exclude_self:
             d, i = self.local.knn(k, method="auto" if method == "region" else method, progress=progress,
-                                  target_recall=target_recall, **knn_kwargs)
+                                  target_recall=target_recall, device=device, **knn_kwargs)
             self.last_knn_report = dict(self.local.last_knn_report)
             self._knn_cache = (key, k, d, i)
             return d.copy(), i.copy()
-        regions = self._region_route(k, method, exclude_same_label, target_recall)
+        regions = self._region_route(k, method, exclude_same_label, target_recall, device)
         if regions is not None and regions.overlap is not None:
-            return self._region_knn(key, regions, k, exclude_self, target_recall, progress)
-        visit, blk = self._visitor(k, method, exclude_same_label, target_recall)
+            return self._region_knn(key, regions, k, exclude_self, target_recall, progress, device)
+        visit, blk = self._visitor(k, method, exclude_same_label, target_recall, device)
         if visit is None and method == "auto" and _regions_over_ring(regions, self.world):
             out = self._region_knn(key, replace(regions, overlap=regions.cleared), k, exclude_self, target_recall,
                                    progress)
@@ -496,10 +501,10 @@ class ShardedStore:
         return best_d.copy(), best_i.copy()
 
     def _region_knn(self, key: tuple, plan: RegionPlan, k: int, exclude_self: bool, target: float,
-                    progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
+                    progress: bool | None, device: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """The region route (:mod:`curriculum.store.regions`) with ``plan``'s overlap, its recall
         measured on the plan's sampled truth. Collective."""
-        best_d, best_i, rep = region_graph(self, plan, k, exclude_self, target, progress)
+        best_d, best_i, rep = region_graph(self, plan, k, exclude_self, target, progress, device)
         self.last_knn_report = {"method": "region (rows regrouped by k-means region)",
                                 "region_ceiling": plan.ceilings[plan.overlap], "region_owners": plan.owners, **rep}
         if exclude_self:
@@ -507,18 +512,22 @@ class ShardedStore:
         self._knn_cache = (key, k, best_d, best_i)
         return best_d.copy(), best_i.copy()
 
-    def _region_route(self, k: int, method: str, same_label: bool, target: float) -> RegionPlan | None:
+    def _region_route(self, k: int, method: str, same_label: bool, target: float,
+                      device: Any = None) -> RegionPlan | None:
         """The region plan where ``method`` asks for it (its largest overlap even below the
-        target), or where ``"auto"`` weighs it (an approximate graph of 5,000 rows or more): its
-        ``overlap`` is None when no overlap's ceiling clears ``target``. Collective."""
+        target), or where ``"auto"`` weighs it (an approximate graph of 5,000 rows or more - on a
+        ``device``, where the region route's exact batches beat the exact ring, any graph of that
+        size): its ``overlap`` is None when no overlap's ceiling clears ``target``. Collective."""
         if method == "region":
             plan = plan_regions(self, k, target)
             return plan if plan.overlap is not None else replace(plan, overlap=max(plan.ceilings))
-        if method != "auto" or same_label or self._exact_graph() or len(self) < AUTO_PLAN_MIN_ROWS:
+        exact = self._exact_graph() and device is None
+        if method != "auto" or same_label or exact or len(self) < AUTO_PLAN_MIN_ROWS:
             return None
         return plan_regions(self, k, target)
 
-    def _visitor(self, k: int, method: str, same_label: bool, target: float) -> tuple[Any, np.ndarray]:
+    def _visitor(self, k: int, method: str, same_label: bool, target: float,
+                 device: Any = None) -> tuple[Any, np.ndarray]:
         """How rows from any shard are searched in this one - ``visit(vec, ids, labels, blocks,
         own)`` -> the top-k over this shard, never a row's own id, in blocks of :data:`RING_BLOCK`
         rows - and this shard's rows' blocks of the global plan (zeros when there is none); ``visit``
@@ -530,6 +539,12 @@ class ShardedStore:
 
             def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
                 return self.local.search(v, k, exclude_ids=i[:, None], exclude_labels=lab if same_label else None)
+        elif device is not None:  # the exact ring, scored on the device
+            self.last_knn_report = {"method": "exact", "device": str(device)}
+            on_dev = on_device(base, metric, device)
+
+            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
+                return _drop_own(*device_topk(v, on_dev, min(k + 1, len(base)), metric, device), base_ids, i, k)
         elif method == "exact" or (method == "auto" and self._exact_graph()):
             self.last_knn_report = {"method": "exact"}
 
@@ -891,9 +906,15 @@ def _pad_cat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-1) for p in parts])
 
 
-def _knn_args(k: Any, method: str, same_label: bool, store: ShardedStore) -> int:
+def _knn_args(k: Any, method: str, same_label: bool, store: ShardedStore, device: Any = None) -> int:
     k = C.positive_int(k, "k")
     C.choice(method, "method", ("auto", "exact", "index", "blocked", "descent", "region"))
+    if device is not None:
+        checked_device(device)
+        if method not in ("auto", "exact", "region") or same_label:
+            raise ValueError(f"device: scores the exact ring or the region route's batches, so method must be 'auto', "
+                             f"'exact' or 'region' without exclude_same_label; got method={method!r}"
+                             f"{', exclude_same_label=True' if same_label else ''}")
     if k > len(store) - 1:
         raise ValueError(f"k: expected at most {len(store) - 1} (store size minus self), got {k}")
     if same_label and method == "region":
