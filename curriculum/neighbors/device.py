@@ -67,7 +67,7 @@ def device_topk(q: Any, base: Any, k: int, metric: str, device: Any = "cuda", ch
                 skip_diagonal: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The exact ``k`` nearest rows of ``base`` for every row of ``q``, scored on ``device`` (both
     as :func:`on_device` gives them; numpy is moved there): ``(distances, rows)`` as numpy,
-    ascending; with ``skip_diagonal`` (``q`` is ``base``) a row never lists itself. ``chunk``
+    ascending, ``-1`` padding where ``base`` has fewer than ``k`` rows; with ``skip_diagonal`` (``q`` is ``base``) a row never lists itself. ``chunk``
     query rows are scored at a time (default: a 256 MB score matrix).
 
     Example:
@@ -75,6 +75,8 @@ def device_topk(q: Any, base: Any, k: int, metric: str, device: Any = "cuda", ch
         >>> d, rows = device_topk(np.array([[0.9]]), np.array([[0.], [1.], [3.]]), 2, "l2", "cpu")
         >>> rows.tolist(), [round(float(v), 2) for v in d[0]]
         ([[1, 0]], [0.1, 0.9])
+        >>> device_topk(np.array([[0.9]]), np.array([[0.], [1.]]), 3, "l2", "cpu")[1].tolist()
+        [[1, 0, -1]]
     """
     import torch
 
@@ -93,7 +95,9 @@ def device_topk(q: Any, base: Any, k: int, metric: str, device: Any = "cuda", ch
         out_i.append(i.cpu())
     raw = torch.cat(out_v).numpy()
     q_sq = (qt * qt).sum(1).cpu().numpy() if met.squared_norms else None
-    return np.ascontiguousarray(met.from_score(raw, q_sq), np.float32), torch.cat(out_i).numpy().astype(np.int64)
+    d, rows = np.ascontiguousarray(met.from_score(raw, q_sq), np.float32), torch.cat(out_i).numpy().astype(np.int64)
+    pad = ((0, 0), (0, k - rows.shape[1]))  # fewer rows in base than k: -1 pads, as brute_knn's
+    return np.pad(d, pad, constant_values=np.inf), np.pad(rows, pad, constant_values=-1)
 
 
 def checked_device(device: Any) -> Any:

@@ -544,7 +544,7 @@ class ShardedStore:
             on_dev = on_device(base, metric, device)
 
             def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
-                return _drop_own(*device_topk(v, on_dev, min(k + 1, len(base)), metric, device), base_ids, i, k)
+                return _drop_own(*device_topk(v, on_dev, k + 1, metric, device), base_ids, i, k)
         elif method == "exact" or (method == "auto" and self._exact_graph()):
             self.last_knn_report = {"method": "exact"}
 
