@@ -591,11 +591,10 @@ def test_region_refinement_stops_where_no_single_move_helps(n_reg, world, seed):
 
 
 def test_region_refinement_shrinks_the_largest_batch_of_clustered_regions():
-    from curriculum.cli.bench_distributed import pool_chunk
     from curriculum.neighbors import brute_knn
     from curriculum.store.regions import batch_sizes, bisect_regions, fit_regions, refine_owners
 
-    x = pool_chunk(0, 32, 40_000)[0]  # the distributed bench's pool: 100 long-tailed modes
+    x = pool_chunk_rows(40_000)
     for world in (4, 8):
         fitted = fit_regions(x, 32 * world, "l2", world)  # the centroids, then the refined and the bisected ranks
         cent, owner, bisect = np.ascontiguousarray(fitted[:, :-2]), fitted[:, -2].astype(int), fitted[:, -1].astype(int)
@@ -606,6 +605,28 @@ def test_region_refinement_shrinks_the_largest_batch_of_clustered_regions():
         assert (refined > 0).all()
         assert refined.max() < 0.95 * bisected.max(), (refined, bisected)
         np.testing.assert_array_equal(refine_owners(owner, near[:, 0], near[:, 1], world), owner)  # a fixed point
+
+
+def test_region_outlook_takes_a_map_and_overlap_that_clear_with_the_smallest_largest_batch():
+    from curriculum.store.regions import CEILING_MARGIN, MAX_COPIES, OVERLAPS, OWNER_MAPS, region_outlook
+
+    x = pool_chunk_rows(20_000)
+    for world in (2, 4, 8):
+        out = region_outlook(x, K, "l2", world)
+        assert out["owners"] in OWNER_MAPS
+        for ov in OVERLAPS:  # a batch is at least the mean, the mean is the copies
+            assert out["largest"][ov] >= out["copies"][ov] - 1e-9 and 1.0 <= out["copies"][ov] <= ov
+        if out["overlap"] is not None:
+            assert out["ceilings"][out["overlap"]] >= 0.95 + CEILING_MARGIN and out["copies"][out["overlap"]] <= MAX_COPIES
+            smaller = [ov for ov in OVERLAPS if out["largest"][ov] < out["largest"][out["overlap"]]]
+            assert all(out["ceilings"][ov] < 0.95 + CEILING_MARGIN for ov in smaller)  # none cheaper clears
+
+
+def pool_chunk_rows(n):
+    """The distributed bench's pool (100 long-tailed modes), ``n`` rows of 32 dimensions."""
+    from curriculum.cli.bench_distributed import pool_chunk
+
+    return pool_chunk(0, 32, n)[0]
 
 
 def test_a_rank_dying_mid_save_leaves_the_previous_manifest(tmp_path):
