@@ -231,8 +231,9 @@ def _region_worker(rank, world, out, initfile):
     m.knn(K)
     np.savez(f"{out}.{rank}.npz", ids=s.ids, knn_i=i, knn_d=d, again=again, engine=np.array([rep["method"]]),
              estimate=rep["recall_estimate"], ceiling=rep["region_ceiling"], copies=rep["copies_per_row"],
-             owners=np.array([rep["region_owners"]]), dev_i=dev_i,
-             dev_route=np.array([dev_rep["method"], dev_rep["batch_engine"]]), dev_estimate=dev_rep["recall_estimate"], batches=np.array([rep["batch_rows_max"], rep["batch_rows_min"]]),
+             owners=np.array([rep["region_owners"]]), batches=np.array([rep["batch_rows_max"], rep["batch_rows_min"]]),
+             dev_i=dev_i, dev_route=np.array([dev_rep["method"], dev_rep["batch_engine"]]),
+             dev_estimate=dev_rep["recall_estimate"],
              noise_engine=np.array([m.last_knn_report["method"]]),
              noise_ceilings=np.array(list(m.last_knn_report["region_ceilings"].values())),
              noise_copies=np.array(list(m.last_knn_report["region_copies"].values())))
@@ -596,8 +597,9 @@ def test_region_refinement_shrinks_the_largest_batch_of_clustered_regions():
 
     x = pool_chunk_rows(40_000)
     for world in (4, 8):
-        fitted = fit_regions(x, 32 * world, "l2", world)  # the centroids, then the refined and the bisected ranks
-        cent, owner, bisect = np.ascontiguousarray(fitted[:, :-2]), fitted[:, -2].astype(int), fitted[:, -1].astype(int)
+        fitted = fit_regions(x, 32 * world, "l2", world)  # centroids, then the refined and the bisected ranks
+        cent = np.ascontiguousarray(fitted[:, :-2])
+        owner, bisect = fitted[:, -2].astype(int), fitted[:, -1].astype(int)
         near = brute_knn(x, cent, 2, "l2")[1]
         np.testing.assert_array_equal(bisect, bisect_regions(cent, np.bincount(near.ravel(), minlength=len(cent)), world))
         refined = batch_sizes(owner, near[:, 0], near[:, 1], world)
@@ -617,7 +619,8 @@ def test_region_outlook_takes_a_map_and_overlap_that_clear_with_the_smallest_lar
         for ov in OVERLAPS:  # a batch is at least the mean, the mean is the copies
             assert out["largest"][ov] >= out["copies"][ov] - 1e-9 and 1.0 <= out["copies"][ov] <= ov
         if out["overlap"] is not None:
-            assert out["ceilings"][out["overlap"]] >= 0.95 + CEILING_MARGIN and out["copies"][out["overlap"]] <= MAX_COPIES
+            ov = out["overlap"]
+            assert out["ceilings"][ov] >= 0.95 + CEILING_MARGIN and out["copies"][ov] <= MAX_COPIES
             smaller = [ov for ov in OVERLAPS if out["largest"][ov] < out["largest"][out["overlap"]]]
             assert all(out["ceilings"][ov] < 0.95 + CEILING_MARGIN for ov in smaller)  # none cheaper clears
 

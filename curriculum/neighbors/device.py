@@ -82,7 +82,8 @@ def device_topk(q: Any, base: Any, k: int, metric: str, device: Any = "cuda", ch
 
     met, dev = get_metric(metric), torch.device(device)
     qt, bt = on_device(q, metric, dev), on_device(base, metric, dev)  # prepared rows pass through unchanged
-    n, step = int(bt.shape[0]), chunk or max(1, SCORE_BYTES // (4 * max(int(bt.shape[0]), 1)))
+    n = int(bt.shape[0])
+    step = chunk or max(1, SCORE_BYTES // (4 * max(n, 1)))
     sq = (bt * bt).sum(1) if met.squared_norms else None
     out_v, out_i = [], []
     for s in range(0, int(qt.shape[0]), step):

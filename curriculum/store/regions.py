@@ -46,8 +46,8 @@ CEILING_MARGIN = 0.02   # the ceiling must clear the target by this much (the ba
 MAX_COPIES = 1.5        # ... and send at most this many copies of a row on average (else the rings do less work)
 MAX_BATCH_TARGET = 0.995
 BALANCE_POWER = 16      # the owners' refinement lowers the sum of batch sizes to this power (a soft maximum)
-OWNER_MAPS = ("refined", "bisected")  # the regions' ranks both ways; the plan takes the smaller largest batch that clears
-_BITS = 21              # a row's ranks packed in one int64 (worlds below 2^21 ranks)
+OWNER_MAPS = ("refined", "bisected")  # the regions' ranks both ways; the plan takes the one that clears cheaper
+_BITS = 21              # a row's nearest regions packed in one int64 (below 2^21 regions)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class RegionPlan:
     copies: dict[int, float]
     sample_ids: np.ndarray
     truth: np.ndarray
-    cleared: int | None = None  # the overlap whose ceiling clears the target with the smallest batches, whatever its copies
+    cleared: int | None = None  # the overlap that clears the target with the smallest batches, whatever its copies
     owners: str = OWNER_MAPS[0]  # which of :data:`OWNER_MAPS` gave the ranks
 
     def batch_target(self, target: float) -> float:
@@ -192,7 +192,7 @@ def refine_owners(owner: np.ndarray, first: np.ndarray, second: np.ndarray, worl
     owner = np.asarray(owner, np.int64).copy()
     ones = np.ones(2 * len(first))
     pairs = sparse.csr_matrix((ones, (np.r_[first, second], np.r_[second, first])), shape=(n_reg, n_reg))
-    pairs.sum_duplicates()                # rows listing regions g and h, either order (sparse: 256 ranks hold 8,192 regions)
+    pairs.sum_duplicates()  # rows listing regions g and h, either order (sparse: 256 ranks hold 8,192 regions)
     total = np.asarray(pairs.sum(1)).ravel()
     size = batch_sizes(owner, first, second, world).astype(np.float64)
     scale = max(size.mean(), 1.0)
@@ -209,7 +209,8 @@ def refine_owners(owner: np.ndarray, first: np.ndarray, second: np.ndarray, worl
         if not gain[g, s] < -1e-12 * world:
             break
         size[owner[g]], size[s] = from_r[g], to_s[g, s]
-        near, count = pairs.indices[pairs.indptr[g]:pairs.indptr[g + 1]], pairs.data[pairs.indptr[g]:pairs.indptr[g + 1]]
+        span = slice(pairs.indptr[g], pairs.indptr[g + 1])
+        near, count = pairs.indices[span], pairs.data[span]
         held[near, owner[g]] -= count     # symmetric: region g's row lists the regions sharing rows with it
         held[near, s] += count
         owner[g] = s
@@ -370,5 +371,6 @@ def _unpack(packed: np.ndarray, width: int) -> np.ndarray:
     return np.stack([(packed >> (_BITS * j)) & mask for j in range(width)], -1)
 
 
-__all__ = ["REGIONS_PER_RANK", "REGION_SAMPLE", "OVERLAPS", "CEILING_MARGIN", "MAX_COPIES", "BALANCE_POWER", "RegionPlan",
-           "OWNER_MAPS", "bisect_regions", "batch_sizes", "refine_owners", "plan_regions", "region_count", "fit_regions", "region_outlook", "region_graph"]
+__all__ = ["REGIONS_PER_RANK", "REGION_SAMPLE", "OVERLAPS", "CEILING_MARGIN", "MAX_COPIES", "BALANCE_POWER",
+           "OWNER_MAPS", "RegionPlan", "bisect_regions", "batch_sizes", "refine_owners", "plan_regions", "region_count",
+           "fit_regions", "region_outlook", "region_graph"]
