@@ -67,8 +67,9 @@ def device_topk(q: Any, base: Any, k: int, metric: str, device: Any = "cuda", ch
                 skip_diagonal: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The exact ``k`` nearest rows of ``base`` for every row of ``q``, scored on ``device`` (both
     as :func:`on_device` gives them; numpy is moved there): ``(distances, rows)`` as numpy,
-    ascending, ``-1`` padding where ``base`` has fewer than ``k`` rows; with ``skip_diagonal`` (``q`` is ``base``) a row never lists itself. ``chunk``
-    query rows are scored at a time (default: a 256 MB score matrix).
+    ascending, ``-1`` padding where ``base`` has fewer than ``k`` rows; with ``skip_diagonal``
+    (``q`` is ``base``) a row never lists itself. ``chunk`` query rows are scored at a time
+    (default: a 256 MB score matrix); l2 distances of the chosen pairs are computed directly.
 
     Example:
         >>> import numpy as np
@@ -81,7 +82,7 @@ def device_topk(q: Any, base: Any, k: int, metric: str, device: Any = "cuda", ch
     import torch
 
     met, dev = get_metric(metric), torch.device(device)
-    qt, bt = on_device(q, metric, dev), on_device(base, metric, dev)  # prepared rows pass through unchanged
+    qt, bt = on_device(q, metric, dev), on_device(base, metric, dev)  # on the device already: no host copy
     n = int(bt.shape[0])
     step = chunk or max(1, SCORE_BYTES // (4 * max(n, 1)))
     sq = (bt * bt).sum(1) if met.squared_norms else None
