@@ -96,6 +96,28 @@ def test_near_duplicates_exact_and_within_clusters():
     assert [g.tolist() for g in near_duplicates(s, 0.99, n_clusters=4)] == [g.tolist() for g in groups]
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 60), block=st.integers(1, 9),
+       threshold=st.sampled_from([0.5, 0.8, 0.95, 0.99]))
+def test_near_duplicates_are_the_components_of_all_pairs_above_the_threshold(seed, n, block, threshold):
+    # chains of near copies, so components join rows that are not above the threshold themselves
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    for i in range(1, n):
+        if rng.random() < 0.6:
+            x[i] = x[rng.integers(i)] + rng.normal(scale=0.2, size=6).astype(np.float32)
+    s = cl.EmbeddingStore(6, metric="cosine")
+    s.add(x, ids=np.arange(n) * 3 + 1)
+    xn = s.vectors()
+    above = np.triu(xn @ xn.T > threshold, 1)  # the same float32 products and comparison
+    from scipy.sparse.csgraph import connected_components
+    _, comp = connected_components(above, directed=False)
+    expected = sorted([sorted((np.flatnonzero(comp == c) * 3 + 1).tolist()) for c in np.unique(comp)
+                       if (comp == c).sum() > 1])
+    got = [g.tolist() for g in near_duplicates(s, threshold, n_clusters=1, block=block)]
+    assert got == expected
+
+
 def test_difficulty_value_type(tmp_path):
     d = Difficulty([0.5, 0.1, 0.5, 0.9], ids=[10, 11, 12, 13], name="t")
     np.testing.assert_allclose(d.rank(), [0.5, 0.0, 0.5, 1.0])  # ties averaged

@@ -291,20 +291,25 @@ def near_duplicates(store: EmbeddingStore, threshold: float = 0.95, n_clusters: 
 
 def _duplicate_pairs(vec: np.ndarray, assign: np.ndarray, threshold: float, block: int,
                      progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Row pairs ``(i, j)``, ``i < j``, of one cluster whose cosine similarity (unit rows) exceeds
-    ``threshold``: every cluster's rows against each other, in blocks of ``block`` rows."""
+    """Row pairs ``(i, j)`` of one cluster that join the cluster's rows whose cosine similarity
+    (unit rows) exceeds ``threshold`` into the same components: every cluster's rows against each
+    other, in blocks of ``block`` rows, joined by union-find as each block is scanned - a spanning
+    forest (at most one pair per row), never the list of all pairs above the threshold."""
+    from ._dup_kernels import forest_edges, join_above
+
     src, dst = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     order = np.argsort(assign, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(assign[order]) != 0]) if len(order) else np.zeros(0, np.int64)
+    limit = np.float32(threshold)  # the float32 comparison numpy makes with a Python float
     with progress_bar(total=len(vec), desc="near-duplicates", disable=not progress) as bar:
         for members in np.split(order, starts[1:]):
-            x = vec[members]
+            x = np.ascontiguousarray(vec[members], np.float32)
+            parent = np.arange(len(members), dtype=np.int64)
             for s in range(0, len(members), block):
-                i, j = np.nonzero(x[s:s + block] @ x.T > threshold)
-                i = i + s
-                keep = j > i
-                src.append(members[i[keep]])
-                dst.append(members[j[keep]])
+                join_above(x[s:s + block] @ x.T, limit, s, parent)
+            rows, roots = forest_edges(parent)
+            src.append(members[rows])
+            dst.append(members[roots])
             bar.update(len(members))
     return np.concatenate(src), np.concatenate(dst)
 
