@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 
 def test_bench_quick_writes_json_and_png(tmp_path):
     env = {**os.environ, "CURRICULUM_PROGRESS": "0"}
@@ -96,3 +98,23 @@ def test_miner_outputs_compare_as_sets_of_tuples():
     assert _same_tuples(t([1], [3], [5], [6]), t([1], [3], [5], [6]))             # pairs (a1, p, a2, n)
     assert not _same_tuples(t([1], [3], [], []), t([], [], [1], [3]))             # a positive is not a negative
     assert _same_tuples(t([], [], []), t([], [], []))
+
+
+def test_scores_section_measures_every_n_on_the_same_modes():
+    from curriculum.cli.bench_sections import FIXED_MODES, fixed_mode_pool, scores_section
+
+    rows = scores_section([1_500, 3_000], dim=16, real=False, progress=False)
+    assert sorted({r["N"] for r in rows}) == [1_500, 3_000]
+    assert {r["data"] for r in rows} == {f"clustered low-rank, {FIXED_MODES} modes, 16-d"}
+    assert [r["what"].split("(")[0] for r in rows if r["N"] == 1_500] == \
+        [r["what"].split("(")[0] for r in rows if r["N"] == 3_000]
+    x, y, _ = fixed_mode_pool(3_000, 16, real=False)
+    assert x.shape == (3_000, 16) and set(np.unique(y)) == set(range(10))
+
+
+def test_curation_scaling_reports_every_n_balanced():
+    from curriculum.cli.bench_curation import curation_scaling
+
+    rows = curation_scaling([4_000, 8_000], modes=8, dim=16)
+    assert [r["n"] for r in rows] == [4_000, 8_000]
+    assert all(r["max_min"] <= 2.5 < r["random_max_min"] and r["seconds"] > 0 for r in rows)

@@ -168,7 +168,7 @@ SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader", "noise", 
 
 def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-results", queries: int = 1000,
               data: str | None = None, quick: bool = False, sections: tuple[str, ...] = SECTIONS,
-              scores_n: int | None = None, max_method_s: float = 600.0, peers: bool = True,
+              scores_n: list[int] | None = None, max_method_s: float = 600.0, peers: bool = True,
               only: str | None = None, world: int = 4) -> dict[str, Any]:
     """Run the benchmark sections; print the tables, write ``bench.json`` (after every step, so a
     long run keeps what it measured) and the PNG; return the results."""
@@ -201,8 +201,9 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
                     f"All-points kNN graph, k={k}, d={dim} (SGEMM {gf:.0f} GFLOP/s)")
         print(f"wrote {png}")
     extra = {
-        "scores": lambda: bs.scores_section(scores_n or (20_000 if quick else min(sizes)), dim),
-        "mining": lambda: bs.global_mining_section([20_000] if quick else sizes, dim),
+        "scores": lambda: bs.scores_section(scores_n or ([20_000] if quick else [min(sizes)]), dim, data=data,
+                                            real=not quick),
+        "mining": lambda: bs.global_mining_section([20_000] if quick else sizes, dim, data=data, real=not quick),
         "inbatch": lambda: bs.inbatch_section([256, 1024] if quick else [256, 1024, 4096], dim),
         "sampler": lambda: bs.sampler_section([100_000] if quick else [1_000_000]),
         "loader": lambda: bs.loader_section(batches=30 if quick else 200, rounds=1 if quick else 5, data=data),

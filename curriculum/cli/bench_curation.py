@@ -206,6 +206,29 @@ def _curated(store: Any, y: np.ndarray, target: int, base: dict[str, float], see
     return out
 
 
+def curation_scaling(sizes: list[int], modes: int = 100, dim: int = 128) -> list[dict[str, Any]]:
+    """``curate()`` (default arguments, 10%) on :func:`mode_pool` pools of ``modes`` modes at every
+    size in ``sizes``: how its seconds and peak memory grow with N while the modes stay the same,
+    and its balance beside the median of 5 random subsets at each N."""
+    import curriculum as cl
+
+    rows: list[dict[str, Any]] = []
+    for n in sizes:
+        x, y = mode_pool(modes, dim, n, seed=modes)
+        store = cl.EmbeddingStore(dim, metric="l2")
+        store.add(x)
+        del x
+        target = int(n * SHARE)
+        rand = [balance(y, np.random.default_rng(s).choice(n, target, replace=False)) for s in range(5)]
+        base = {k: float(np.median([r[k] for r in rand])) for k in rand[0]}
+        rows.append({"section": "curation scaling", "set": f"{modes} modes, {dim}-d (l2)", "n": n,
+                     "random_max_min": round(base["max_min"], 2), **_curated(store, y, target, base, False)})
+        print(f"  N={n:,}: curate {rows[-1]['seconds']:.1f} s, max/min {rows[-1]['max_min']}, "
+              f"peak {rows[-1]['peak_mb']:.0f} MB", flush=True)
+        del store
+    return rows
+
+
 def plot_curation(rows: list[dict[str, Any]], path: str) -> str:
     """Bar chart per pool: max/min per mode (planted modes) and the rarest classes' share relative
     to random (labelled sets), for each method. Returns ``path``.
@@ -247,4 +270,4 @@ def _ratio(b: dict[str, float], base: dict[str, float]) -> float:
     return round(b["rare_share"] / max(base["rare_share"], 1e-9), 2)
 
 
-__all__ = ["mode_pool", "balance", "curation_sets", "curation_section", "plot_curation"]
+__all__ = ["mode_pool", "balance", "curation_sets", "curation_section", "curation_scaling", "plot_curation"]

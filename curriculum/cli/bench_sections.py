@@ -2,8 +2,10 @@
 
 Each section returns a list of row dicts and prints its table as it goes:
 
-* :func:`scores_section` - every geometry difficulty score end to end on one store;
-* :func:`global_mining_section` - hard negatives for 256 anchors against the whole store;
+* :func:`scores_section` - every geometry difficulty score end to end, at each N;
+* :func:`global_mining_section` - hard negatives for 256 anchors against the whole store, at each N;
+
+both on :func:`fixed_mode_pool` (real CNN features, or synthetic modes whose number stays fixed);
 * :func:`inbatch_section` - in-batch miners at several batch sizes, next to
   pytorch-metric-learning's miners when installed (time, and whether the outputs agree);
 * :func:`sampler_section` - the sampler's indices per second;
@@ -92,37 +94,78 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], title: str = "")
 
 
 # ----------------------------------------------------------------------------------- geometry scores
-def scores_section(n: int, dim: int = 128, k: int = 10, progress: bool = True) -> list[dict[str, Any]]:
-    """Each geometry score end to end on ``n`` clustered vectors (labels: cluster id mod 10)."""
-    from .. import EmbeddingStore
+FIXED_MODES = 100   # modes of the synthetic fallback pool at every N (modes growing with N flatter a blocked engine)
+PROTOTYPES = 1_000  # prototype_distance's clusters at every N (so its cost grows with N alone)
+
+
+def fixed_mode_pool(n: int, dim: int = 128, data: str | None = None, real: bool = True,
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(vectors, labels, name)``: ``n`` rows whose number of modes stays the same at every N, so a
+    cost measured at several N grows with the rows alone. With ``real`` (and the Fashion-MNIST
+    images found): the CNN-128 features of :mod:`.real_embeddings` - 10 classes, N reached with
+    augmented copies of the 60k images, labels the classes; else :data:`FIXED_MODES` clustered
+    low-rank modes in ``dim`` dimensions, labels the mode modulo 10."""
+    if real:
+        from . import real_embeddings as R
+        from .data import load_real
+
+        try:
+            ds = load_real(data)
+        except FileNotFoundError as exc:
+            print(f"  CNN features unavailable ({exc}): synthetic modes instead", flush=True)
+        else:
+            aug = max(0, int(np.ceil(n / len(ds.images))) - 1)
+            x, y = R.cnn_features(ds.images, ds.labels, augment=aug, progress=progress)
+            return np.ascontiguousarray(x[:n]), np.asarray(y[:n]), "Fashion-MNIST CNN-128 (10 classes)"
     from .data import clustered
+
+    x, lab = clustered(n, dim, n_clusters=FIXED_MODES, seed=0)
+    return x, lab % 10, f"clustered low-rank, {FIXED_MODES} modes, {dim}-d"
+
+
+def scores_section(sizes: int | list[int], dim: int = 128, k: int = 10, progress: bool = True,
+                   data: str | None = None, real: bool = True) -> list[dict[str, Any]]:
+    """Each geometry score end to end on a cosine store of each size in ``sizes``, on
+    :func:`fixed_mode_pool` (the same modes at every N)."""
+    rows: list[dict[str, Any]] = []
+    for n in ([sizes] if isinstance(sizes, int) else sizes):
+        x, lab, name = fixed_mode_pool(n, dim, data, real, progress)
+        rows += _scores_at(x, lab, name, k, progress)
+        del x, lab
+    return rows
+
+
+def _scores_at(x: np.ndarray, lab: np.ndarray, name: str, k: int, progress: bool) -> list[dict[str, Any]]:
+    from .. import EmbeddingStore
     from ..difficulty import (class_margin, knn_distance, label_disagreement, label_entropy, near_duplicates,
                              prototype_distance)
 
-    x, lab = clustered(n, dim, n_clusters=max(10, n // 1000), seed=0)
-    store = EmbeddingStore(dim, metric="cosine")
-    store.add(x, labels=lab % 10)
+    n = len(x)
+    store = EmbeddingStore(x.shape[1], metric="cosine")
+    store.add(x, labels=lab)
     rows: list[dict[str, Any]] = []
 
-    def run(name: str, fn: Callable[[], Any], graph_s: float = 0.0) -> float:
+    def run(what: str, fn: Callable[[], Any], graph_s: float = 0.0) -> float:
         with PeakRSS() as mem:
             t = time.perf_counter()
             fn()
             s = time.perf_counter() - t
-        rows.append({"section": "scores", "N": n, "what": name, "seconds": s, "end_to_end_s": s + graph_s,
-                     "peak_extra_mb": mem.mb})
-        print(f"  {name}: {s:.2f} s (end to end {s + graph_s:.2f} s)", flush=True)
+        rows.append({"section": "scores", "data": name, "N": n, "what": what, "seconds": s,
+                     "end_to_end_s": s + graph_s, "peak_extra_mb": mem.mb})
+        print(f"  N={n:,} {what}: {s:.2f} s (end to end {s + graph_s:.2f} s)", flush=True)
         return s
 
     t_graph = run(f"kNN graph k={k} (store.knn auto)", lambda: store.knn(k, progress=progress))
     rep = store.last_knn_report
-    rows[-1]["what"] += f" -> {rep.get('method', 'exact')} nprobe={rep.get('nprobe', '-')}"
-    for name, fn in ((f"knn_distance(k={k})", lambda: knn_distance(store, k)),
+    rows[-1]["what"] += f" -> {rep.get('method', 'exact')}"
+    rows[-1]["recall_estimate"] = rep.get("recall_estimate")
+    for what, fn in ((f"knn_distance(k={k})", lambda: knn_distance(store, k)),
                      (f"label_disagreement(k={k})", lambda: label_disagreement(store, k)),
                      (f"label_entropy(k={k})", lambda: label_entropy(store, k)),
                      (f"class_margin(k={k})", lambda: class_margin(store, k))):
-        run(name, fn, t_graph)  # the graph is cached: each score's own time + the shared graph
-    run(f"prototype_distance(n_clusters={max(2, n // 1000)})", lambda: prototype_distance(store, max(2, n // 1000)))
+        run(what, fn, t_graph)  # the graph is cached: each score's own time + the shared graph
+    n_proto = min(PROTOTYPES, max(2, n // 100))
+    run(f"prototype_distance(n_clusters={n_proto})", lambda: prototype_distance(store, n_proto))
     run("near_duplicates(0.95)", lambda: near_duplicates(store, 0.95, progress=progress))
     return rows
 
@@ -130,23 +173,21 @@ def scores_section(n: int, dim: int = 128, k: int = 10, progress: bool = True) -
 # ------------------------------------------------------------------------------------ global mining
 def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors: int = 256,
                           nprobes: tuple[int | None, ...] = (None, 16),
-                          table_nprobes: tuple[int | None, ...] = (None, 64)) -> list[dict[str, Any]]:
+                          table_nprobes: tuple[int | None, ...] = (None, 64), data: str | None = None,
+                          real: bool = True) -> list[dict[str, Any]]:
     """Latency of ``HardNegativeMiner.negatives`` for a batch of anchors (median of 10 batches)
     and the recall of its negatives against exact search with the same label filter: through the
     store's index at each of ``nprobes`` (``None``: the store's default), then through a
     negatives table (:meth:`~curriculum.HardNegativeMiner.build_table`) built at each of
     ``table_nprobes`` (``None``: chosen for recall 0.95) - its build seconds reported beside the
-    per-batch latency."""
-    import faiss
+    per-batch latency. The pool at every size is :func:`fixed_mode_pool` (the same modes)."""
 
     from .. import EmbeddingStore, HardNegativeMiner
-    from .data import clustered
 
     rows: list[dict[str, Any]] = []
     for n in sizes:
-        x, lab = clustered(n, dim, n_clusters=max(10, n // 1000), seed=0)
-        labels = lab % 10
-        store = EmbeddingStore(dim, metric="cosine")
+        x, labels, name = fixed_mode_pool(n, dim, data, real)
+        store = EmbeddingStore(x.shape[1], metric="cosine")
         store.add(x, labels=labels)
         miner = HardNegativeMiner(store, k=k)
         t = time.perf_counter()
@@ -164,7 +205,7 @@ def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors
                 ts.append(time.perf_counter() - t)
             rec = np.mean([len(set(a[a >= 0].tolist()) & set(r.tolist())) / k
                            for b, ref in zip(batches, refs) for a, r in zip(miner.negatives(b).ids, ref)])
-            rows.append({"section": "global mining", "N": n, "what": f"{anchors} anchors, k={k}, {what}",
+            rows.append({"section": "global mining", "data": name, "N": n, "what": f"{anchors} anchors, k={k}, {what}",
                          "ms": float(np.median(ts)) * 1e3, "recall_vs_exact": float(rec), **extra})
             _say(rows[-1])
 
@@ -185,7 +226,7 @@ def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors
                 f"auto nprobe={info['nprobe']}, estimate {info['recall_estimate']:.3f}"
             measure(f"negatives table (blocked, {how}, k={info['k']})", first_call_s=info["seconds"])
         miner.drop_table()
-        del store, exact
+        del store, exact, x
     return rows
 
 
@@ -398,5 +439,5 @@ def loader_section(batches: int = 200, batch_size: int = 256, workers: int = 2, 
     return rows
 
 
-__all__ = ['PeakRSS', 'median_time', 'print_table', 'scores_section', 'global_mining_section', 'inbatch_section',
+__all__ = ['PeakRSS', 'median_time', 'print_table', 'fixed_mode_pool', 'scores_section', 'global_mining_section', 'inbatch_section',
            'sampler_section', 'loader_section']

@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "distributed (default: all)")
     b.add_argument("--world", type=int, default=4,
                    help="distributed section: gloo ranks spawned on this machine (default 4; N = the largest size)")
-    b.add_argument("--scores-n", type=int, default=None, help="N for the scores section (default: smallest size)")
+    b.add_argument("--scores-n", type=int, nargs="+", default=None,
+                   help="N values for the scores section (default: the smallest size)")
     b.add_argument("--max-method-s", type=float, default=600.0,
                    help="skip a peer whose run at the previous N predicts more seconds than this (default 600)")
     b.add_argument("--no-peers", action="store_true", help="knn section: ours and exact faiss only")
