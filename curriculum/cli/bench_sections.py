@@ -4,15 +4,15 @@ Each section returns a list of row dicts and prints its table as it goes:
 
 * :func:`scores_section` - every geometry difficulty score end to end, at each N;
 * :func:`global_mining_section` - hard negatives for 256 anchors against the whole store, at each N;
-
-both on :func:`fixed_mode_pool` (real CNN features, or synthetic modes whose number stays fixed);
 * :func:`inbatch_section` - in-batch miners at several batch sizes, next to
   pytorch-metric-learning's miners when installed (time, and whether the outputs agree);
 * :func:`sampler_section` - the sampler's indices per second;
 * :func:`loader_section` - the wrapped DataLoader's throughput as a share of the plain one.
 
-Peak memory is the growth of the resident set over the section's start (Linux: the
-``/proc/self/clear_refs`` high-water reset), so each method is measured on its own.
+The scores and mining sections run on :func:`fixed_mode_pool` (real CNN features, or synthetic
+modes whose number stays fixed as N grows). Peak memory is the growth of the resident set over
+the section's start (Linux: the ``/proc/self/clear_refs`` high-water reset), so each method is
+measured on its own.
 """
 
 from __future__ import annotations
@@ -104,7 +104,13 @@ def fixed_mode_pool(n: int, dim: int = 128, data: str | None = None, real: bool 
     cost measured at several N grows with the rows alone. With ``real`` (and the Fashion-MNIST
     images found): the CNN-128 features of :mod:`.real_embeddings` - 10 classes, N reached with
     augmented copies of the 60k images, labels the classes; else :data:`FIXED_MODES` clustered
-    low-rank modes in ``dim`` dimensions, labels the mode modulo 10."""
+    low-rank modes in ``dim`` dimensions, labels the mode modulo 10.
+
+    Example:
+        >>> x, y, name = fixed_mode_pool(2_000, 16, real=False)
+        >>> x.shape, int(y.max()) + 1, name
+        ((2000, 16), 10, 'clustered low-rank, 100 modes, 16-d')
+    """
     if real:
         from . import real_embeddings as R
         from .data import load_real
@@ -205,7 +211,8 @@ def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors
                 ts.append(time.perf_counter() - t)
             rec = np.mean([len(set(a[a >= 0].tolist()) & set(r.tolist())) / k
                            for b, ref in zip(batches, refs) for a, r in zip(miner.negatives(b).ids, ref)])
-            rows.append({"section": "global mining", "data": name, "N": n, "what": f"{anchors} anchors, k={k}, {what}",
+            rows.append({"section": "global mining", "data": name, "N": n,
+                         "what": f"{anchors} anchors, k={k}, {what}",
                          "ms": float(np.median(ts)) * 1e3, "recall_vs_exact": float(rec), **extra})
             _say(rows[-1])
 
@@ -439,5 +446,5 @@ def loader_section(batches: int = 200, batch_size: int = 256, workers: int = 2, 
     return rows
 
 
-__all__ = ['PeakRSS', 'median_time', 'print_table', 'fixed_mode_pool', 'scores_section', 'global_mining_section', 'inbatch_section',
-           'sampler_section', 'loader_section']
+__all__ = ['PeakRSS', 'median_time', 'print_table', 'fixed_mode_pool', 'scores_section', 'global_mining_section',
+           'inbatch_section', 'sampler_section', 'loader_section']
