@@ -20,6 +20,23 @@ BITMAP_BITS_PER_ROW = 64  # a label filter is a bitmap over the ids while the la
 WIDEN = 4  # a label-filtered search probes up to this many times nprobe lists while its lists lack other-label rows
 
 
+def _nearest_lists(q: np.ndarray, cent: np.ndarray, ip: bool, allowed: np.ndarray,
+                   width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``width`` nearest allowed lists (``-1`` past the allowed ones) and its score
+    to each, in faiss's convention (inner product, or squared L2), for ``search_preassigned``."""
+    import torch
+
+    score = torch.from_numpy(q) @ torch.from_numpy(cent).T
+    if not ip:
+        score = 2.0 * score - torch.from_numpy((cent * cent).sum(1))[None, :]  # -||q - c||^2 + ||q||^2
+    score.masked_fill_(torch.from_numpy(~allowed), -torch.inf)
+    sq_t, iq_t = torch.topk(score, width, dim=1)  # ~10x faster than numpy's argpartition here
+    sq, iq = sq_t.numpy(), iq_t.numpy()
+    iq = np.where(np.isfinite(sq), iq, -1).astype(np.int64)
+    dq = sq if ip else (q * q).sum(1)[:, None] - sq
+    return iq, np.ascontiguousarray(np.where(np.isfinite(dq), dq, 0.0), np.float32)
+
+
 class Search:
     """Search over ``rows`` through ``im``'s index (or exactly when there is none)."""
 
@@ -143,33 +160,23 @@ class Search:
         values, counts, cent = self._list_label_counts(ivf, version)
         code = np.searchsorted(values, labs)
         known = (code < len(values)) & (values[np.minimum(code, len(values) - 1)] == labs)
-        other = counts.sum(1)[:, None] - counts  # rows of other labels per list
+        total = counts.sum(1)
+        other = total[:, None] - counts  # rows of other labels per list
         allowed = np.ones((len(q), ivf.nlist), bool)
         allowed[known] = (other[:, code[known]] > 0).T
-        import torch
-
-        ip = ivf.metric_type == faiss.METRIC_INNER_PRODUCT
-        score = torch.from_numpy(q) @ torch.from_numpy(cent).T
-        if not ip:
-            score = 2.0 * score - torch.from_numpy((cent * cent).sum(1))[None, :]  # -||q - c||^2 + ||q||^2
-        score.masked_fill_(torch.from_numpy(~allowed), -torch.inf)
+        # a fresh IVFFlat holds the current vectors: its distances are exact and its hits live, so
+        # no margin and no re-ranking are needed (an updated store or compressed codes re-rank)
         exact_codes = self.im.stale == 0 and isinstance(ivf, faiss.IndexIVFFlat)
         kq = min(kf if exact_codes else 2 * kf + 8, max(int(ivf.ntotal), 1))
         nprobe = min(ivf.nprobe, ivf.nlist)
         width = min(ivf.nlist, WIDEN * nprobe)
-        sq_t, iq_t = torch.topk(score, width, dim=1)  # ~10x faster than numpy's argpartition here
-        sq, iq = sq_t.numpy(), iq_t.numpy()
-        iq = np.where(np.isfinite(sq), iq, -1).astype(np.int64)
-        held = np.where(known[:, None], other[np.maximum(iq, 0), np.where(known, code, 0)[:, None]],
-                        counts.sum(1)[np.maximum(iq, 0)]) * (iq >= 0)
-        beyond = (np.arange(width) >= nprobe) & (np.cumsum(held, 1) - held >= kq)
-        iq[beyond] = -1  # lists past the nprobe nearest only while those lack kq rows of other labels
-        dq = sq if ip else (q * q).sum(1)[:, None] - sq
-        dq = np.ascontiguousarray(np.where(np.isfinite(dq), dq, 0.0), np.float32)
+        iq, dq = _nearest_lists(q, cent, ivf.metric_type == faiss.METRIC_INNER_PRODUCT, allowed, width)
+        lists = np.maximum(iq, 0)
+        held = np.where(known[:, None], other[lists, np.where(known, code, 0)[:, None]], total[lists])
+        held *= iq >= 0  # rows of another label in each probed list
+        iq[(np.arange(width) >= nprobe) & (np.cumsum(held, 1) - held >= kq)] = -1  # past nprobe only while short
         mixed = np.zeros(len(q), bool)
         mixed[known] = (counts[np.maximum(iq[known], 0), code[known][:, None]] * (iq[known] >= 0)).any(1)
-        # a fresh IVFFlat holds the current vectors: its distances are exact and its hits live, so
-        # no margin and no re-ranking are needed (an updated store or compressed codes re-rank)
         cand = np.full((len(q), kq), -1, np.int64)
         cand_d = np.full((len(q), kq), np.inf, np.float32)
         groups = [(np.flatnonzero(~mixed), None)] + [
