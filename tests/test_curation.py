@@ -68,6 +68,50 @@ def test_mode_cut_sees_no_modes_in_one_gaussian():
     assert CU.mode_cut(x) is None
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 9), st.integers(0, 99))
+def test_leaf_links_count_the_rows_between_the_two_nearest_core_leaves(n, k, seed):
+    rng = np.random.default_rng(seed)
+    nearest = np.stack([rng.permutation(k)[:min(3, k)] for _ in range(n)]).reshape(n, min(3, k))
+    sizes = rng.integers(0, 2 * CU.MIN_MODE_ROWS, k)
+    want = np.zeros((k, k), np.int64)
+    for row in nearest:
+        core = [leaf for leaf in row if sizes[leaf] >= CU.MIN_MODE_ROWS][:2]
+        if len(core) == 2:
+            want[core[0], core[1]] += 1
+            want[core[1], core[0]] += 1
+    np.testing.assert_array_equal(CU.leaf_links(nearest, sizes).toarray(), want)
+
+
+def test_mode_cut_splits_what_no_row_links():
+    from scipy.sparse import csr_matrix
+
+    line = np.arange(40, dtype=np.float32)[:, None]  # evenly spaced leaves: distance shows no modes
+    assert CU.mode_cut(line) is None
+    links = np.zeros((40, 40), np.int64)
+    for i in range(39):
+        links[i, i + 1] = links[i + 1, i] = 0 if i in (9, 24) else 5  # no row between leaves 9|10, 24|25
+    got = CU.mode_cut(line, np.full(40, 10), links=csr_matrix(links))
+    np.testing.assert_array_equal(np.unique(got, return_index=True)[1], [0, 10, 25])
+    assert np.bincount(got).tolist() == [10, 15, 15]
+    links[0, 1] = links[1, 0] = 0  # one leaf cut off and 30 linked: parts, no modes
+    links[9, 10] = links[10, 9] = links[24, 25] = links[25, 24] = 5
+    assert CU.mode_cut(line, np.full(40, 10), links=csr_matrix(links)) is None
+
+
+@pytest.mark.parametrize("modes,dim,rows,pool_seed,metric,seed", [(5, 16, 15000, 5, "l2", 1),
+                                                                   (16, 16, 24000, 17, "cosine", 0),
+                                                                   (8, 8, 8000, 8, "l2", 0)])
+def test_curate_balances_modes_whose_leaves_touch(modes, dim, rows, pool_seed, metric, seed):
+    # a dense mode of few wide leaves beside a sparse one of many small leaves: single linkage
+    # merged them (max/min 7.9, 6.0, 9.7 before the leaf links), no row lies between them
+    x, y = mode_pool(modes, dim, rows, seed=pool_seed)
+    store = cl.EmbeddingStore(dim, metric=metric)
+    store.add(x)
+    got = balance(y, store.rows_of(cl.curate(store, rows // 10, seed=seed)))
+    assert got["max_min"] <= 1.5 and got["small_taken"] >= 0.75, got  # tails nearly whole (strays left out)
+
+
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 @pytest.mark.parametrize("modes,dim,rows", [(5, 16, 8000), (16, 16, 24000), (60, 64, 20000)])
 def test_curate_defaults_balance_an_unknown_number_of_modes(metric, modes, dim, rows):

@@ -4,28 +4,31 @@
 - clustering space: per-row normalisation; above 128 dims a PCA basis fitted on the gathered sample;
 - leaves: fitted once, on rank 0, on a sample drawn the same at any world size
   (:meth:`ShardedStore.fit_on_root`, ``64`` rows per leaf), the centroids broadcast; every row
-  assigned locally; leaf sizes all-reduced;
+  assigned locally; leaf sizes all-reduced, the rows between leaves (``leaf_links``) gathered;
 - upper levels: computed from the leaf centroids and sizes, identical on every rank;
 - balanced selection: the quotas per leaf from the all-reduced sizes; inside a leaf the rows of
   smallest ``id_priority`` are taken - the quota-th smallest priority of each leaf found by a
   bisection whose counts are all-reduced (64 rounds of one vector of leaf counts).
 
 Bytes moved: the sample (``64 x leaves x dims`` floats, at most 131k rows) to rank 0 once, the
-centroids back, and about 70 all-reduces of ``leaves`` integers; never the rows themselves.
+centroids back, about 70 all-reduces of ``leaves`` integers and one gather of the leaf links (at
+most a few triples per leaf pair that shares rows); never the rows themselves.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from .._util import checks as C
 from .._util.arrays import sorted_unique
-from ..neighbors import kmeans as KM
 from ..neighbors import normalize, pca_basis, project
 from ..store import ShardedStore
 from ..store.sharded import id_priority
 from .curation import (MIN_MODE_ROWS, PICK_SEED, REDUCE_TO, SAMPLE_PER_LEAF, Hierarchy, _junk_leaves, checked_levels,
-                       deduplicate, fit_leaves, leaf_count, leaf_quotas, upper_levels, ward_levels)
+                       deduplicate, fit_leaves, leaf_count, leaf_links, leaf_quotas, nearest_leaves, upper_levels,
+                       ward_levels)
 
 TOP = np.iinfo(np.int64).max
 
@@ -72,9 +75,13 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     cent = store.fit_on_root(k * SAMPLE_PER_LEAF, seed, full,
                              lambda sample: fit_leaves(sample, k, resample_iters, seed, sample=sample), mask=mask)
     x, pool_ids = full[mask], store.ids[mask]
-    leaf = KM.assign(x, cent)[0] if len(x) else np.zeros(0, np.int64)
+    nearest = nearest_leaves(x, cent) if len(x) else np.zeros((0, min(3, k)), np.int64)
+    leaf = nearest[:, 0].copy()
     sizes = comm.all_reduce(np.bincount(leaf, minlength=k))
-    maps, cents = upper_levels(cent, sizes) if ks is None else ward_levels(cent, ks[1:])
+    if ks is None:
+        maps, cents = upper_levels(cent, sizes, _summed_links(comm, leaf_links(nearest, sizes)))
+    else:
+        maps, cents = ward_levels(cent, ks[1:])
     keep = sizes[leaf] >= (MIN_MODE_ROWS if drop_stray else 0)
     if reference is not None:
         held = comm.all_reduce(np.bincount(leaf[_members(store, reference, "reference", pool_ids)], minlength=k))
@@ -86,6 +93,16 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target)
     pri = id_priority(pool_ids, seed + PICK_SEED)
     return np.sort(pool_ids[_pick(comm, leaf, keep, pri, quota, kept)])
+
+
+def _summed_links(comm: object, links: Any) -> Any:
+    """The leaf links (:func:`~curriculum.selection.curation.leaf_links`) summed over the
+    ranks: each rank's non-zero entries gathered as (row, column, count) triples."""
+    from scipy.sparse import coo_matrix
+
+    mine = links.tocoo()
+    triples = np.concatenate(comm.all_gather(np.column_stack([mine.row, mine.col, mine.data]).astype(np.int64)))
+    return coo_matrix((triples[:, 2], (triples[:, 0], triples[:, 1])), shape=links.shape).tocsr()
 
 
 def _pool_mask(store: ShardedStore, ids: np.ndarray | None, dedup_threshold: float | None, seed: int) -> np.ndarray:
