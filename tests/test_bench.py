@@ -50,6 +50,8 @@ def test_bench_quick_writes_json_and_png(tmp_path):
     assert {r["what"] for r in effect} >= {"train on all noisy labels", "train without flagged: label_probe self_confidence"}
     assert any(r["what"].startswith("class_margin") for r in sec["scores"])
     assert all(r["recall_vs_exact"] > 0.8 and r["ms"] > 0 for r in sec["mining"])
+    assert {r["what"].split("(")[1].split(",")[0] for r in sec["mining"] if "negatives table" in r["what"]} == \
+        {"descent", "blocked"}  # both table engines, side by side
     for r in sec["inbatch"]:
         if isinstance(r["pml_ms"], str):
             assert r["pml_ms"].startswith("skipped")  # pytorch-metric-learning not installed

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import curriculum as cl
 from curriculum.data import clustered
@@ -196,6 +198,49 @@ def test_negatives_table_recall_on_a_clustered_set():
     assert recall2 < recall and cheap.table_info["recall_estimate"] is None
 
 
+@settings(max_examples=12, deadline=None)
+@given(st.integers(200, 1500), st.sampled_from([4, 16]), st.integers(2, 6), st.sampled_from(["l2", "cosine"]),
+       st.integers(0, 99))
+def test_descent_negatives_are_other_label_sorted_and_near_exact(n, dim, n_labels, metric, seed):
+    from curriculum.neighbors import exact_topk, get_metric, pair_distances
+    from curriculum.neighbors.negatives import descent_negatives
+
+    x, lab = clustered(n, dim, n_clusters=8, seed=seed)
+    lab = (lab + np.random.default_rng(seed).integers(0, 2, n)) % n_labels  # labels mix inside clusters
+    k = 12
+    rows, info = descent_negatives(x, lab, k, metric, target=1.0)
+    ok = rows >= 0
+    assert (lab[rows[ok]] != np.broadcast_to(lab[:, None], rows.shape)[ok]).all()  # never the row's label
+    assert all(len(set(r[r >= 0].tolist())) == (r >= 0).sum() for r in rows)  # no row listed twice
+    xp = get_metric(metric).prepare(x)
+    true_d = exact_topk(xp, xp, k, metric, lab, lab)[0]
+    found = np.where(ok, pair_distances(xp, xp[np.maximum(rows, 0)], metric), np.inf)
+    assert (np.diff(found, axis=1) >= -1e-5).all()  # nearest first
+    hit = found <= true_d[:, -1:] + 1e-5  # a row at no more than the true k-th distance is right
+    assert hit.mean() >= 0.97 and info["recall_estimate"] >= 0.97, (hit.mean(), info)
+    np.testing.assert_array_equal(rows, descent_negatives(x, lab, k, metric, target=1.0)[0])  # deterministic
+
+
+def test_negatives_table_by_descent_and_the_automatic_choice(monkeypatch):
+    import curriculum.mining.hard_negatives as HN
+
+    x, lab = clustered(20_000, 32, n_clusters=40, seed=0)
+    store = cl.EmbeddingStore(32, metric="cosine", index="flat")
+    store.add(x, labels=lab % 10)
+    anchors = np.random.default_rng(3).choice(20_000, 256, replace=False)
+    exact = HardNegativeMiner(store, k=20).negatives(anchors).ids
+    miner = HardNegativeMiner(store, k=20).build_table(method="descent")
+    info = miner.table_info
+    assert info["method"] == "descent" and info["recall_estimate"] >= 0.95 and info["rounds"] >= 1
+    recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(miner.negatives(anchors).ids.tolist(), exact.tolist())])
+    assert recall >= 0.94, (recall, info)
+    monkeypatch.setattr(HN, "DESCENT_FROM_ROWS", 10_000)  # auto: descent from this many rows ...
+    assert HardNegativeMiner(store, k=5).build_table().table_info["method"] == "descent"
+    assert HardNegativeMiner(store, k=5).build_table(nprobe=4).table_info["method"] == "blocked"  # ... unless probes
+    monkeypatch.setattr(HN, "DESCENT_FROM_ROWS", 30_000)
+    assert HardNegativeMiner(store, k=5).build_table().table_info["method"] == "blocked"
+
+
 def test_negatives_table_bad_input():
     store = cl.EmbeddingStore(2, metric="l2")
     store.add(np.eye(2, dtype=np.float32))
@@ -209,6 +254,10 @@ def test_negatives_table_bad_input():
         HardNegativeMiner(store2).build_table(target_recall=1.5)
     with pytest.raises(ValueError, match="k"):
         HardNegativeMiner(store2).build_table(k=0)
+    with pytest.raises(ValueError, match="method: expected one of"):
+        HardNegativeMiner(store2).build_table(method="exact")
+    with pytest.raises(ValueError, match="nprobe: the blocked engine's probes"):
+        HardNegativeMiner(store2).build_table(method="descent", nprobe=4)
     miner = HardNegativeMiner(store2, k=1)
     with pytest.raises(ValueError):
         miner.build_table(target_recall=0.0)

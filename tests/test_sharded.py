@@ -690,6 +690,8 @@ def test_miner_on_a_world_of_one_and_its_clear_errors():
         miner.negatives(embeddings=q[:3])
     with pytest.raises(ValueError, match="nprobe: not on a ShardedStore"):
         miner.build_table(nprobe=4)
+    with pytest.raises(ValueError, match="method: 'descent' runs in one process"):
+        miner.build_table(method="descent")
     with pytest.raises(ValueError, match="positive_ids: expected 5"):
         miner.semi_hard(ids[:5], ids[5:9])
     with pytest.raises(ValueError, match="margin"):

@@ -179,14 +179,15 @@ def _scores_at(x: np.ndarray, lab: np.ndarray, name: str, k: int, progress: bool
 # ------------------------------------------------------------------------------------ global mining
 def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors: int = 256,
                           nprobes: tuple[int | None, ...] = (None, 16),
-                          table_nprobes: tuple[int | None, ...] = (None, 64), data: str | None = None,
-                          real: bool = True) -> list[dict[str, Any]]:
+                          tables: tuple[tuple[str, int | None], ...] = (("descent", None), ("blocked", None),
+                                                                        ("blocked", 64)),
+                          data: str | None = None, real: bool = True) -> list[dict[str, Any]]:
     """Latency of ``HardNegativeMiner.negatives`` for a batch of anchors (median of 10 batches)
     and the recall of its negatives against exact search with the same label filter: through the
     store's index at each of ``nprobes`` (``None``: the store's default), then through a
-    negatives table (:meth:`~curriculum.HardNegativeMiner.build_table`) built at each of
-    ``table_nprobes`` (``None``: chosen for recall 0.95) - its build seconds reported beside the
-    per-batch latency. The pool at every size is :func:`fixed_mode_pool` (the same modes)."""
+    negatives table (:meth:`~curriculum.HardNegativeMiner.build_table`) built by each of
+    ``tables`` (method, nprobe; ``None``: for recall 0.95) - its build seconds reported beside
+    the per-batch latency. The pool at every size is :func:`fixed_mode_pool` (the same modes)."""
 
     from .. import EmbeddingStore, HardNegativeMiner
 
@@ -226,15 +227,22 @@ def global_mining_section(sizes: list[int], dim: int = 128, k: int = 20, anchors
             measure(f"{store.active_index}{'' if nprobe_now is None else f' nprobe={nprobe_now}'}", first_call_s=first)
         if default is not None:
             store.set_search_params(nprobe=default)
-        for npb in table_nprobes:
-            miner.build_table(nprobe=npb)
-            info = miner.table_info
-            how = f"nprobe={info['nprobe']}" if npb is not None else \
-                f"auto nprobe={info['nprobe']}, estimate {info['recall_estimate']:.3f}"
-            measure(f"negatives table (blocked, {how}, k={info['k']})", first_call_s=info["seconds"])
+        for method, npb in tables:
+            miner.build_table(nprobe=npb, method=method)
+            measure(f"negatives table ({_table_how(miner.table_info, npb)})", first_call_s=miner.table_info["seconds"])
         miner.drop_table()
         del store, exact, x
     return rows
+
+
+def _table_how(info: dict[str, Any], nprobe: int | None) -> str:
+    """How a negatives table was built, for the bench's row label."""
+    if info["method"] == "descent":
+        how = f"seeded nprobe={info['nprobe']}, {info['rounds']} rounds, estimate {info['recall_estimate']:.3f}"
+    else:
+        how = f"nprobe={info['nprobe']}" if nprobe is not None else \
+            f"auto nprobe={info['nprobe']}, estimate {info['recall_estimate']:.3f}"
+    return f"{info['method']}, {how}, k={info['k']}"
 
 
 def _flat_copy(store: Any, x: np.ndarray, labels: np.ndarray) -> Any:
