@@ -27,8 +27,8 @@ from .kernels import exact_topk, sort_dedupe
 from .metric import get_metric
 from .plan import PLAN_SAMPLE, sampled_recall
 
-SEED_NPROBE = 8     # probes of the blocked pass that seeds the lists (1M CNN features: recall 0.55,
-                    # 0.95 after 4 rounds, 69 s in all; 4 probes: 0.40, 5 rounds, 66 s; 16: 0.72, 3 rounds, 92 s)
+SEED_NPROBE = 8     # probes of the blocked pass that seeds the lists (1M CNN features, the graph aside:
+                    # recall 0.55, 0.95 after 4 rounds, 69 s; 4 probes: 0.40, 6 rounds, 67 s; 16: 0.72, 92 s)
 GRAPH_K = 10        # neighbours per row in the graph the candidates come through
 SPREAD = 20         # leading entries of a list that spread as candidates
 MAX_ROUNDS = 16
@@ -41,10 +41,10 @@ def descent_negatives(x: np.ndarray, labels: np.ndarray, k: int, metric: str, re
     """The ``k`` nearest rows of another label of every row of ``x`` (approximate; see the
     module), as row numbers (``-1`` pads a row with fewer). Rounds run until the recall of the
     ``recall_k`` (default ``k``) nearest, measured on :data:`PLAN_SAMPLE` sampled rows against
-    exact search, clears ``target`` by two standard errors (as the blocked engine's plan); where they settle short of it, the lists are seeded again
-    by a blocked pass of 4x the probes and refined on (at most every block probed: exact).
-    ``graph``: each row's nearest
-    rows (any label; computed by :func:`descent_knn` with :data:`GRAPH_K` when not given);
+    exact search, clears ``target`` by two standard errors (as the blocked engine's plan); where
+    they settle short of it, the lists are seeded again by a blocked pass of 4x the probes and
+    refined on (at most every block probed: exact). ``graph``: each row's nearest rows (any
+    label; computed by :func:`descent_knn` with :data:`GRAPH_K` when not given);
     ``nprobe``: probes of the seeding blocked pass. Returns ``(rows, info)``; ``info`` holds
     ``recall_estimate`` (the last measured recall), ``rounds``, ``seed_recall`` and ``nprobe``.
 
@@ -67,7 +67,7 @@ def descent_negatives(x: np.ndarray, labels: np.ndarray, k: int, metric: str, re
     k = C.positive_int(k, "k")
     recall_k = min(k, C.positive_int(recall_k, "recall_k")) if recall_k is not None else k
     target = C.finite_float(target, "target", 0.0, 1.0, low_open=True)
-    x = xp = np.ascontiguousarray(met.prepare(x, "x"), np.float32)  # the module's rows: prepared
+    x = np.ascontiguousarray(met.prepare(x, "x"), np.float32)  # the module's rows: prepared
     kind = 0 if met.name in ("ip", "cosine") else 1
     if graph is None:
         graph = descent_knn(x, min(GRAPH_K, n - 1), metric, seed=seed, progress=progress)[1]
@@ -80,24 +80,24 @@ def descent_negatives(x: np.ndarray, labels: np.ndarray, k: int, metric: str, re
     info: dict[str, Any] = {"nprobe": probes, "rounds": 0}
     with progress_bar(total=MAX_ROUNDS, desc="hard negatives (other-label descent)", disable=not progress) as bar:
         while True:  # seed (again, with 4x the probes, when the rounds settle short of the target)
-            dist, rows = _seeded(x, xp, kind, labels, k, metric, probes, plan, rows)
+            dist, rows = _seeded(x, kind, labels, k, metric, probes, plan, rows)
             info["nprobe"] = probes
             info["recall_estimate"] = _recall(x, rows, recall_k, metric, sample, true_d)
             info.setdefault("seed_recall", info["recall_estimate"])
-            dist, rows = _rounds(kern, xp, kind, labels, graph, dist, rows, info, goal,
+            dist, rows = _rounds(kern, x, kind, labels, graph, dist, rows, info, goal,
                                  lambda r: _recall(x, r, recall_k, metric, sample, true_d), bar)
             if info["recall_estimate"] >= goal or probes >= len(plan[0]):
                 return rows, info
             probes = min(4 * probes, len(plan[0]))
 
 
-def _seeded(x: np.ndarray, xp: np.ndarray, kind: int, labels: np.ndarray, k: int, metric: str, probes: int,
+def _seeded(x: np.ndarray, kind: int, labels: np.ndarray, k: int, metric: str, probes: int,
             plan: tuple[np.ndarray, np.ndarray], rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Lists from a blocked pass of ``probes`` probes (merged with ``rows`` where given), as raw
     scores ascending and rows."""
     seeded = blocked_knn(x, k, metric, nprobe=probes, labels=labels, centroids=plan[0], assign=plan[1])[1]
     both = seeded if rows is None else np.concatenate([rows, seeded], 1)
-    dist, both = _rescored(xp, kind, both, both.shape[1])
+    dist, both = _rescored(x, kind, both, both.shape[1])
     dist, both = sort_dedupe(dist, both)
     return np.ascontiguousarray(dist[:, :k]), np.ascontiguousarray(both[:, :k])
 
@@ -110,7 +110,8 @@ def _rounds(kern: Any, xp: np.ndarray, kind: int, labels: np.ndarray, graph: np.
     spread = min(SPREAD, rows.shape[1])
     while info["recall_estimate"] < target and info["rounds"] < MAX_ROUNDS:
         out = (np.empty_like(dist), np.empty_like(rows), np.empty_like(new))
-        changed = kern.refine(xp, kind, labels, graph, dist, rows, new, spread, *_reverse(rows, dist, new, spread), *out)
+        changed = kern.refine(xp, kind, labels, graph, dist, rows, new, spread, *_reverse(rows, dist, new, spread),
+                              *out)
         dist, rows, new = out
         info["rounds"] += 1
         info["recall_estimate"] = recall(rows)

@@ -262,9 +262,10 @@ def auto_hierarchy(vectors: np.ndarray, metric: str = "cosine", n_leaves: int | 
 
     Leaves: resampling-refined k-means (:func:`fit_leaves`, ``n_leaves`` default
     :func:`leaf_count`). Top: the modes that single linkage separates by a clear jump, split
-    where no row lies between their leaves (:func:`mode_cut` with :func:`leaf_links`); without one, the leaves themselves grouped by Ward into about
-    ``sqrt(n_leaves)`` clusters. Between them, nested Ward cuts ``LEVEL_FACTOR`` apart. Balanced
-    sampling over this hierarchy then gives every mode the same share, however many there are.
+    where no row lies between their leaves (:func:`mode_cut` with :func:`leaf_links`); without
+    one, the leaves themselves grouped by Ward into about ``sqrt(n_leaves)`` clusters. Between
+    them, nested Ward cuts ``LEVEL_FACTOR`` apart. Balanced sampling over this hierarchy then
+    gives every mode the same share, however many there are.
 
     Example:
         >>> import numpy as np
@@ -556,11 +557,12 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     """Select ``target_size`` ids from the store, balanced over a hierarchical clustering of it.
 
     By default the hierarchy is found in the data (:func:`auto_hierarchy`): resampled k-means
-    leaves, the modes that separate by a clear jump in distance or by no rows between them on top, nested levels between,
-    so every mode gets the same share whatever their number; modes smaller than that share are
-    taken whole. ``levels`` (finest to coarsest cluster counts) fixes the levels instead, as in
-    Vo et al.'s pipeline (the top level then should match the number of modes): the finest level
-    fitted as the automatic leaves are, the coarser ones Ward groups of its centroids.
+    leaves, the modes that separate by a clear jump in distance or by no rows between them on
+    top, nested levels between, so every mode gets the same share whatever their number; modes
+    smaller than that share are taken whole. ``levels`` (finest to coarsest cluster counts) fixes
+    the levels instead, as in Vo et al.'s pipeline (the top level then should match the number of
+    modes): the finest level fitted as the automatic leaves are, the coarser ones Ward groups of
+    its centroids.
 
     Before balancing (which would over-sample junk that forms its own cluster), rows are left out:
     stray rows (leaves of fewer than :data:`MIN_MODE_ROWS` rows) unless ``drop_stray=False``, and
@@ -713,5 +715,5 @@ def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resamp
 
 
 __all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'checked_levels', 'ward_levels', 'ward_gap',
-           'WARD_GAP', 'auto_hierarchy', 'mode_cut', 'nearest_leaves', 'leaf_links', 'clustering_space', 'leaf_count', 'fit_leaves',
-           'balanced_select', 'curate', 'deduplicate', 'cluster_groups']
+           'WARD_GAP', 'auto_hierarchy', 'mode_cut', 'nearest_leaves', 'leaf_links', 'clustering_space',
+           'leaf_count', 'fit_leaves', 'balanced_select', 'curate', 'deduplicate', 'cluster_groups']
