@@ -241,6 +241,28 @@ def test_negatives_table_by_descent_and_the_automatic_choice(monkeypatch):
     assert HardNegativeMiner(store, k=5).build_table().table_info["method"] == "blocked"
 
 
+def test_negatives_table_by_descent_walks_the_stores_cached_graph():
+    from curriculum.neighbors.negatives import descent_negatives
+
+    x, lab = clustered(6000, 16, n_clusters=20, seed=1)
+    lab = lab % 5
+    ids = np.random.default_rng(0).permutation(6000) * 3 + 7  # ids are not row numbers
+    store = cl.EmbeddingStore(16, metric="l2")
+    store.add(x, ids=ids, labels=lab)
+    assert store.cached_knn(10) is None
+    assert HardNegativeMiner(store, k=10).build_table(method="descent").table_info["graph"] == "built"
+    _, nb = store.knn(12, method="exact")
+    miner = HardNegativeMiner(store, k=10, exclude_batch=False).build_table(method="descent", target_recall=1.0)
+    assert miner.table_info["graph"] == "cached" and miner.table_info["rounds"] >= 1  # the rounds walk the graph
+    row_of = np.empty(ids.max() + 1, np.int64)
+    row_of[ids] = np.arange(6000)
+    rows = descent_negatives(x, lab, 28, "l2", recall_k=10, target=1.0, graph=row_of[nb[:, :10]])[0]  # by hand
+    np.testing.assert_array_equal(miner.negatives(ids[:300]).ids, ids[rows[:300, :10]])
+    store.update(ids[:1], x[:1] + 0.5)  # a write: the cached graph is stale
+    assert store.cached_knn(10) is None
+    assert HardNegativeMiner(store, k=10).build_table(method="descent").table_info["graph"] == "built"
+
+
 def test_negatives_table_bad_input():
     store = cl.EmbeddingStore(2, metric="l2")
     store.add(np.eye(2, dtype=np.float32))

@@ -518,6 +518,32 @@ class EmbeddingStore:
         self.last_knn_report = {"method": "exact", "device": str(dev), "pairs_scored": len(snap) ** 2}
         return d.copy(), self._knn_cache[3].copy()
 
+    def cached_knn(self, k: int, version: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached all-points graph's first ``k`` columns, ``(distances, ids)``, if :meth:`knn`
+        left one of at least ``k`` neighbours (self excluded; exact or tuned to a recall target)
+        at ``version`` (default: the current one), else None. Nothing is computed.
+
+        Example:
+            >>> import numpy as np
+            >>> from curriculum import EmbeddingStore
+            >>> store = EmbeddingStore(1, metric="l2"); _ = store.add(np.array([[0.], [1.], [3.]], np.float32))
+            >>> store.cached_knn(1) is None
+            True
+            >>> _ = store.knn(2); store.cached_knn(1)[1].ravel().tolist()
+            [1, 0, 1]
+            >>> _ = store.add(np.array([[9.]], np.float32)); store.cached_knn(1) is None
+            True
+        """
+        k = C.positive_int(k, "k")
+        with self._lock:
+            version = self._version if version is None else int(version)
+        cached = self._knn_cache  # (key, k, distances, ids); key: version, exclude_self, method, nprobe, target
+        if cached is None or cached[1] < k or cached[0][:2] != (version, True):
+            return None
+        if cached[0][2] != "exact" and cached[0][4] is None:  # an untuned approximate graph: recall unknown
+            return None
+        return cached[2][:, :k].copy(), cached[3][:, :k].copy()
+
     def _cached_knn(self, key: tuple, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The cached graph's first ``k`` columns (copies) if it was computed with at least ``k``
         neighbours for ``key`` or for a request it answers as well (:func:`_serves`), else None."""
