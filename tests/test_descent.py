@@ -26,6 +26,37 @@ def exact_rows(x: np.ndarray, k: int, metric: str) -> np.ndarray:
     return np.stack([r[r != i][:k] for i, r in enumerate(rows)])
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 3000), dim=st.integers(1, 8), leaf=st.integers(2, 120), trees=st.integers(1, 4),
+       sync=st.sampled_from([2, 8, 2048]), dupes=st.booleans(), angular=st.booleans(), seed=st.integers(0, 99))
+def test_the_forest_partitions_every_tree_into_small_leaves(n, dim, leaf, trees, sync, dupes, angular, seed):
+    from curriculum.neighbors._descent_kernels import rp_forest
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    if dupes:  # many identical rows: splits that cannot separate them are halved
+        x = x[rng.integers(0, max(1, n // 50), n)]
+    perms, bounds, counts = rp_forest(x, trees, leaf, seed, angular, sync)
+    for t in range(trees):
+        assert sorted(perms[t].tolist()) == list(range(n))  # every row in exactly one leaf
+        b = bounds[t, :counts[t] + 1]
+        assert b[0] == 0 and b[-1] == n and (np.diff(b) > 0).all() and (np.diff(b) <= max(leaf, 1)).all()
+    again = rp_forest(x, trees, leaf, seed, angular, sync)  # deterministic
+    for a, b in zip((perms, bounds, counts), again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_forest_leaves_follow_the_geometry():
+    from curriculum.neighbors._descent_kernels import rp_forest
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4)) + 50]).astype(np.float32)
+    perms, bounds, counts = rp_forest(x, 3, 50, 0, False, 64)
+    for t in range(3):  # two far-apart blobs never share a leaf
+        for lo, hi in zip(bounds[t, :counts[t]], bounds[t, 1:counts[t] + 1]):
+            assert len(set((perms[t, lo:hi] >= 2000).tolist())) == 1
+
+
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(3, 55), dim=st.integers(1, 12), k=st.integers(1, 6), seed=st.integers(0, 99),
        metric=st.sampled_from(["l2", "cosine", "ip"]))
@@ -188,12 +219,15 @@ def test_a_warm_start_keeps_what_it_was_given_and_is_deterministic():
     truth = exact_rows(x, 6, "l2")
     d, rows, stats = descent_knn(x, 6, "l2", init=truth, max_iters=0, return_stats=True)
     np.testing.assert_array_equal(rows, truth)  # exact lists in: nothing better to find
-    cold = descent_knn(x, 6, "l2", return_stats=True)
     half = np.where(np.arange(6) < 3, truth, -1)  # half of each list known
-    warm = descent_knn(x, 6, "l2", init=half, return_stats=True)
-    # as good as a cold start, for fewer pairs
-    assert sampled_recall(x, warm[1], 6, "l2") >= sampled_recall(x, cold[1], 6, "l2") - 0.005
-    assert warm[2]["pairs_scored"] < 0.9 * cold[2]["pairs_scored"]
+    cold = [descent_knn(x, 6, "l2", seed=s, return_stats=True) for s in range(3)]
+    warm = [descent_knn(x, 6, "l2", init=half, seed=s, return_stats=True) for s in range(3)]
+    # as good as a cold start (within 0.01 on average over three seeds; one seed's recall moves by
+    # about as much), for fewer pairs
+    assert np.mean([sampled_recall(x, w[1], 6, "l2") for w in warm]) >= \
+        np.mean([sampled_recall(x, c[1], 6, "l2") for c in cold]) - 0.01
+    assert all(w[2]["pairs_scored"] < 0.9 * c[2]["pairs_scored"] for w, c in zip(warm, cold))
+    warm = warm[0]
     np.testing.assert_array_equal(warm[1], descent_knn(x, 6, "l2", init=half)[1])
 
 

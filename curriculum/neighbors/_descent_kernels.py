@@ -65,82 +65,170 @@ def _push(dist, idx, flag, i, d, j, f):
     return 1
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _hyperplane(x, perm, s, e, seed, stream, step, angular, normal):
+    """The hyperplane halfway between two rows of ``perm[s:e]`` picked by hashes of ``(seed,
+    stream, step)``: ``normal`` is filled, the offset returned (0 when ``angular``)."""
+    m = e - s
+    a = perm[s + np.int64(_hash(seed, stream, 2 * step) % np.uint64(m))]
+    b = perm[s + np.int64(_hash(seed, stream, 2 * step + 1) % np.uint64(m - 1))]
+    if b == a:
+        b = perm[e - 1]
+    off = np.float32(0.0)
+    for t in range(x.shape[1]):
+        normal[t] = x[a, t] - x[b, t]
+        if not angular:
+            off -= normal[t] * (x[a, t] + x[b, t]) * np.float32(0.5)
+    return off
+
+
+@njit(cache=True, inline="always")
+def _side(v, seed, tree, row):
+    """1 above the hyperplane, 0 below; a row on it goes to a hashed side."""
+    if v == 0:
+        return np.uint8(_hash(seed, tree, row) & np.uint64(1))
+    return np.uint8(1) if v > 0 else np.uint8(0)
+
+
+@njit(cache=True, inline="always")
+def _partition(perm, s, e, side):
+    """Reorder ``perm[s:e]`` so the rows of side 1 (``side`` by position from ``s``) come first;
+    a degenerate split (all on one side: duplicates) is halved instead. Returns the size of the
+    first part."""
+    m = e - s
+    n_left = 0
+    for r in range(m):
+        n_left += side[r]
+    if n_left == 0 or n_left == m:
+        return m // 2
+    lo, hi = s, e - 1
+    while lo < hi:
+        if side[lo - s] == 1:
+            lo += 1
+        elif side[hi - s] == 0:
+            hi -= 1
+        else:
+            perm[lo], perm[hi] = perm[hi], perm[lo]
+            side[lo - s], side[hi - s] = side[hi - s], side[lo - s]
+    return n_left
+
+
 @njit(cache=True, fastmath=True)
-def _rp_tree(x, leaf_size, seed, tree, angular, perm, bounds):
-    """One random-projection tree: ``perm`` ends up grouped into leaves of at most ``leaf_size``
-    rows, leaf ``l`` = ``perm[bounds[l]:bounds[l + 1]]``; returns the number of leaves."""
+def _split_down(x, leaf_size, seed, tree, angular, perm, stack, top, bounds, n_leaves):
+    """Split the pending segments ``stack[:top]`` of ``perm`` depth first until every piece has
+    at most ``leaf_size`` rows, appending each leaf's start to ``bounds``; returns the leaf count."""
     n, d = x.shape
-    for i in range(n):
-        perm[i] = i
-    stack = np.empty((n + 2, 2), np.int64)  # pending segments are disjoint and non-empty
-    stack[0, 0], stack[0, 1] = 0, n
-    top = 1
-    n_leaves = 0
     normal = np.empty(d, np.float32)
     side = np.empty(n, np.uint8)
     step = 0
     while top > 0:
         top -= 1
         s, e = stack[top, 0], stack[top, 1]
-        m = e - s
-        if m <= leaf_size:
+        if e - s <= leaf_size:
             bounds[n_leaves] = s
             n_leaves += 1
             continue
         step += 1
-        a = perm[s + np.int64(_hash(seed, tree, 2 * step) % np.uint64(m))]
-        b = perm[s + np.int64(_hash(seed, tree, 2 * step + 1) % np.uint64(m - 1))]
-        if b == a:
-            b = perm[e - 1]
-        off = np.float32(0.0)
-        for t in range(d):
-            normal[t] = x[a, t] - x[b, t]
-            if not angular:
-                off -= normal[t] * (x[a, t] + x[b, t]) * np.float32(0.5)
-        n_left = 0
+        off = _hyperplane(x, perm, s, e, seed, tree, step, angular, normal)
         for r in range(s, e):
             v = off
             for t in range(d):
                 v += normal[t] * x[perm[r], t]
-            if v == 0:
-                side[r - s] = np.uint8(_hash(seed, tree, perm[r]) & np.uint64(1))
-            else:
-                side[r - s] = 1 if v > 0 else 0
-            n_left += side[r - s]
-        if n_left == 0 or n_left == m:  # a degenerate split (duplicates): halve at random
-            n_left = m // 2
-            for r in range(m):
-                side[r] = 1 if r < n_left else 0
-        lo, hi = s, e - 1
-        while lo < hi:  # partition: side 1 first
-            if side[lo - s] == 1:
-                lo += 1
-            elif side[hi - s] == 0:
-                hi -= 1
-            else:
-                perm[lo], perm[hi] = perm[hi], perm[lo]
-                side[lo - s], side[hi - s] = side[hi - s], side[lo - s]
+            side[r - s] = _side(v, seed, tree, perm[r])
+        n_left = _partition(perm, s, e, side)
         stack[top, 0], stack[top, 1] = s, s + n_left
         stack[top + 1, 0], stack[top + 1, 1] = s + n_left, e
         top += 2
-    bounds[n_leaves] = n
-    # leaves were emitted depth-first; sort the starts so bounds[l]..bounds[l+1] is a leaf
-    bounds[:n_leaves + 1] = np.sort(bounds[:n_leaves + 1])
     return n_leaves
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def rp_forest(x, n_trees, leaf_size, seed, angular):
-    """``n_trees`` random-projection trees built in parallel: ``(perms, bounds, n_leaves)``."""
-    n = x.shape[0]
+def _sides(x, seed, node, normals, offs, side):
+    """Every row's side of its segment's hyperplane in every tree, in one pass over the rows in
+    memory order (``node[t, r]``: the row's active segment in tree ``t``, -1 when in a leaf)."""
+    n_trees, n = node.shape
+    for r in prange(n):
+        for t in range(n_trees):
+            j = node[t, r]
+            if j >= 0:
+                v = offs[t, j]
+                for q in range(x.shape[1]):
+                    v += normals[t, j, q] * x[r, q]
+                side[t, r] = _side(v, seed, t, r)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def rp_forest(x, n_trees, leaf_size, seed, angular, sync_segments):
+    """``n_trees`` random-projection trees: ``(perms, bounds, n_leaves)``, tree ``t``'s leaf ``l``
+    = ``perms[t, bounds[t, l]:bounds[t, l + 1]]`` (at most ``leaf_size`` rows). The upper levels
+    (while a tree has at most ``sync_segments`` segments) are split level by level for all trees
+    at once - one pass over the rows in memory order per level (:func:`_sides`) instead of one
+    gather of scattered rows per tree and level; the small segments below are split depth first,
+    in cache."""
+    n, d = x.shape
     perms = np.empty((n_trees, n), np.int32)
     bounds = np.zeros((n_trees, n + 1), np.int64)
     counts = np.zeros(n_trees, np.int64)
+    seg = np.zeros((n_trees, sync_segments, 2), np.int64)
+    n_seg = np.zeros(n_trees, np.int64)
+    node = np.zeros((n_trees, n), np.int32)
     for t in prange(n_trees):
-        p = np.empty(n, np.int64)
-        counts[t] = _rp_tree(x, leaf_size, seed, t, angular, p, bounds[t])
-        perms[t] = p
+        for r in range(n):
+            perms[t, r] = r
+        if n <= leaf_size:
+            counts[t] = 1
+            node[t] = -1
+        else:
+            seg[t, 0, 1], n_seg[t] = n, 1
+    normals = np.empty((n_trees, sync_segments, d), np.float32)
+    offs = np.zeros((n_trees, sync_segments), np.float32)
+    side = np.zeros((n_trees, n), np.uint8)
+    level = 0
+    while n_seg.max() > 0 and 2 * n_seg.max() <= sync_segments:
+        level += 1
+        for t in prange(n_trees):
+            for j in range(n_seg[t]):
+                offs[t, j] = _hyperplane(x, perms[t], seg[t, j, 0], seg[t, j, 1], seed, level * n_trees + t, j,
+                                         angular, normals[t, j])  # streams apart from _split_down's (tree)
+        _sides(x, seed, node, normals, offs, side)
+        for t in prange(n_trees):
+            n_seg[t], counts[t] = _split_level(perms[t], seg[t], n_seg[t], side[t], node[t], leaf_size,
+                                               bounds[t], counts[t])
+    for t in prange(n_trees):
+        stack = np.empty((n + 2, 2), np.int64)  # pending segments are disjoint and non-empty
+        stack[:n_seg[t]] = seg[t, :n_seg[t]]
+        counts[t] = _split_down(x, leaf_size, seed, t, angular, perms[t], stack, n_seg[t], bounds[t], counts[t])
+        bounds[t, counts[t]] = n
+        bounds[t, :counts[t] + 1] = np.sort(bounds[t, :counts[t] + 1])
     return perms, bounds, counts
+
+
+@njit(cache=True)
+def _split_level(perm, seg, n_seg, side, node, leaf_size, bounds, n_leaves):
+    """One tree's level: partition each active segment by its rows' ``side``; the halves of at
+    most ``leaf_size`` rows become leaves (their starts appended to ``bounds``), the others the
+    next level's segments (``seg``, ``node`` updated). Returns ``(segments, leaves)``."""
+    buf = np.empty(len(perm), np.uint8)
+    nxt = np.empty((2 * n_seg, 2), np.int64)
+    c = 0
+    for j in range(n_seg):
+        s, e = seg[j, 0], seg[j, 1]
+        for r in range(s, e):
+            buf[r - s] = side[perm[r]]
+        cut = s + _partition(perm, s, e, buf)
+        for lo, hi in ((s, cut), (cut, e)):
+            if hi - lo <= leaf_size:
+                bounds[n_leaves] = lo
+                n_leaves += 1
+                label = -1
+            else:
+                nxt[c, 0], nxt[c, 1] = lo, hi
+                label = c
+                c += 1
+            for r in range(lo, hi):
+                node[perm[r]] = label
+    seg[:c] = nxt[:c]
+    return c, n_leaves
 
 
 @njit(cache=True, parallel=True, fastmath=True)
