@@ -9,11 +9,13 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .._util import checks as C
 from .metric import get_metric
 
 
 PARTITION_FROM_K = 20  # smallest_k partitions in numpy from this k (torch.topk below)
 BELOW_LIMIT = 3  # smallest_k with a head bound gives up (and partitions) past this many k kept per row
+SCORE_BLOCK = 1 << 22  # exact_topk's score block (queries x rows of a chunk), ~16 MB: in cache
 BELOW_MAX_K = 64  # ... and is used up to this k (beyond, its insertion sort and quickselect cost more)
 
 
@@ -90,12 +92,14 @@ def sort_dedupe(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.ndarray | None = None,
-               x_labels: np.ndarray | None = None, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+               x_labels: np.ndarray | None = None, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``k`` nearest rows of ``x`` for each query, as ``(distances, rows)`` (``inf`` / ``-1``
     where fewer qualify), by chunked matrix products and a running top-k; with labels, only rows
     of a label other than the query's. For few queries against a large ``x`` (a plan's sampled
     ground truth, label-filtered search of an exact store): at 1M x 128, 512 queries take ~2 s
-    where faiss's per-row heap takes ~5 s.
+    where faiss's per-row heap takes ~5 s. ``chunk`` (rows of ``x`` a product covers) defaults to
+    a score block of ~4M entries, 4,096-65,536 rows: the block then stays in cache (2M x 128, 512
+    queries: 3.6 s instead of 5.1 s with chunks of 65,536).
 
     Example:
         >>> import numpy as np
@@ -110,6 +114,7 @@ def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.n
     q_lab = None if q_labels is None else torch.from_numpy(np.asarray(q_labels, np.int64))[:, None]
     best_v = torch.empty((len(q), 0))
     best_i = torch.empty((len(q), 0), dtype=torch.int64)
+    chunk = min(65536, max(4096, SCORE_BLOCK // max(len(q), 1))) if chunk is None else C.positive_int(chunk, "chunk")
     for s in range(0, len(x), chunk):
         xc = torch.from_numpy(x[s:s + chunk])
         score = m.score(qt, xc)
