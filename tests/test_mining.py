@@ -167,12 +167,12 @@ def test_negatives_table_builds_in_the_background_and_reports_failure(monkeypatc
     miner.wait_table()
     assert miner.table_info["rows"] == 3000
     assert during.tolist() == plain.tolist() == miner.negatives(anchors).ids.tolist()
-    import curriculum.neighbors as knn_mod
+    import curriculum.neighbors.negatives as neg_mod
 
     def broken(*a, **kw):
         raise MemoryError("no room for the table")
 
-    monkeypatch.setattr(knn_mod, "blocked_knn", broken)
+    monkeypatch.setattr(neg_mod, "negatives_table", broken)
     miner.build_table(background=True)
     with pytest.raises(RuntimeError, match="negatives table build failed"):
         miner.wait_table()
@@ -222,7 +222,7 @@ def test_descent_negatives_are_other_label_sorted_and_near_exact(n, dim, n_label
 
 
 def test_negatives_table_by_descent_and_the_automatic_choice(monkeypatch):
-    import curriculum.mining.hard_negatives as HN
+    import curriculum.neighbors.negatives as HN
 
     x, lab = clustered(20_000, 32, n_clusters=40, seed=0)
     store = cl.EmbeddingStore(32, metric="cosine", index="flat")

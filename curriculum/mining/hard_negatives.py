@@ -20,7 +20,6 @@ from .._util.progress import want
 from ..store import EmbeddingStore, ShardedStore
 
 
-DESCENT_FROM_ROWS = 250_000  # build_table(method="auto") refines by NN-descent from this many rows
 # (Fashion-MNIST CNN-128 at 250k: 19.9 s with the graph vs 20.1 s blocked; below, the blocked engine)
 
 
@@ -106,7 +105,8 @@ class HardNegativeMiner:
           cached kNN graph where :meth:`EmbeddingStore.knn` left one at this version (the scores
           compute it: :meth:`EmbeddingStore.cached_knn`), else it computes its own
           (``table_info["graph"]``: ``"cached"`` or ``"built"``; a fifth of the build at 1M).
-        - ``"auto"`` (default): ``"descent"`` from :data:`DESCENT_FROM_ROWS` rows unless ``nprobe``
+        - ``"auto"`` (default): ``"descent"`` from
+          :data:`~curriculum.neighbors.negatives.DESCENT_FROM_ROWS` rows unless ``nprobe``
           is given, else ``"blocked"``.
 
         ``table_info`` reports the method, ``recall_estimate`` and the seconds.
@@ -165,12 +165,8 @@ class HardNegativeMiner:
         snap = store.snapshot()
         show = bool(progress) if background else want(progress, len(snap))  # no bar from a thread by default
 
-        if how == "auto":
-            how = "descent" if nprobe is None and len(snap) >= DESCENT_FROM_ROWS else "blocked"
-        build = self._build_descent if how == "descent" else self._build
-
         def work() -> None:
-            build(snap, kt, nprobe, target, show, t0)
+            self._build(snap, kt, nprobe, target, how, show, t0)
 
         if background:
             self._task.start(work)
@@ -178,36 +174,20 @@ class HardNegativeMiner:
             work()
         return self
 
-    def _build(self, snap: Any, kt: int, nprobe: int | None, target: float, progress: bool, t0: float) -> None:
-        """Build the table from a store snapshot and install it with one assignment (a concurrent
-        :meth:`negatives` sees the old or the new table, never a half-built one)."""
-        from ..neighbors import block_plan, blocked_knn, plan_recall
+    def _build(self, snap: Any, kt: int, nprobe: int | None, target: float, method: str, progress: bool,
+               t0: float) -> None:
+        """Build the table from a store snapshot (:func:`~curriculum.neighbors.negatives.negatives_table`,
+        walking the store's cached graph where there is one) and install it with one assignment."""
+        from ..neighbors.negatives import negatives_table
 
-        metric, n = self.store.metric, len(snap)
-        estimate = None
-        if nprobe is None:  # recall of the k hardest negatives of sampled rows, for every nprobe
-            plan = plan_recall(snap.vec, self.k, metric, target, labels=snap.labels)
-            centroids, assign, nprobe, estimate = plan.centroids, plan.assign, plan.nprobe, plan.recall_estimate
-        else:
-            centroids, assign = block_plan(snap.vec, max(1, n // 256), metric)
-        _, rows = blocked_knn(snap.vec, kt, metric, nprobe=nprobe, labels=snap.labels, progress=progress,
-                              centroids=centroids, assign=assign)
+        graph = _cached_graph(self.store, snap) if method != "blocked" and nprobe is None else None
+        rows, info = negatives_table(snap.vec, snap.labels, min(kt, len(snap) - 1), self.store.metric,
+                                     recall_k=self.k, target=target, method=method, nprobe=nprobe, graph=graph,
+                                     progress=progress)
+        if info["method"] == "descent":
+            info["graph"] = "built" if graph is None else "cached"
         self._install(snap.ids, np.where(rows >= 0, snap.ids[np.maximum(rows, 0)], -1),
-                      {"rows": n, "k": kt, "method": "blocked", "nprobe": nprobe, "recall_estimate": estimate,
-                       "store_version": snap.version}, t0)
-
-    def _build_descent(self, snap: Any, kt: int, nprobe: None, target: float, progress: bool, t0: float) -> None:
-        """:meth:`_build` by the other-label NN-descent (the method ``"descent"``)."""
-        from ..neighbors.negatives import descent_negatives
-
-        if len(np.unique(snap.labels)) < 2:  # no negatives to refine: the blocked engine says so
-            return self._build(snap, kt, nprobe, target, progress, t0)
-        graph = _cached_graph(self.store, snap)
-        rows, info = descent_negatives(snap.vec, snap.labels, min(kt, len(snap) - 1), self.store.metric,
-                                       recall_k=self.k, target=target, graph=graph, progress=progress)
-        self._install(snap.ids, np.where(rows >= 0, snap.ids[np.maximum(rows, 0)], -1),
-                      {"rows": len(snap), "k": kt, "method": "descent", **info, "store_version": snap.version,
-                       "graph": "built" if graph is None else "cached"}, t0)
+                      {"rows": len(snap), "k": kt, **info, "store_version": snap.version}, t0)
 
     def _install(self, ids: np.ndarray, table: np.ndarray, info: dict[str, Any], t0: float) -> None:
         """Install a table (row ``i``: the candidate ids of ``ids[i]``) with one assignment: a

@@ -91,6 +91,57 @@ def descent_negatives(x: np.ndarray, labels: np.ndarray, k: int, metric: str, re
             probes = min(4 * probes, len(plan[0]))
 
 
+DESCENT_FROM_ROWS = 250_000  # negatives_table(method="auto") refines by NN-descent from this many rows
+
+
+def negatives_table(x: np.ndarray, labels: np.ndarray, k: int, metric: str, recall_k: int | None = None,
+                    target: float = 0.95, method: str = "auto", nprobe: int | None = None,
+                    graph: np.ndarray | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Every row's ``k`` nearest rows of another label (row numbers, ``-1`` pads) by one of two
+    engines - the table :meth:`~curriculum.HardNegativeMiner.build_table` installs and each rank
+    of a sharded store builds for its region batch:
+
+    - ``"blocked"``: :func:`~curriculum.neighbors.blocked_knn` with labels, at ``nprobe`` or,
+      without it, the smallest nprobe whose recall of the ``recall_k`` nearest (measured on
+      sampled rows against exact search, :func:`~curriculum.neighbors.plan_recall`) clears ``target``;
+    - ``"descent"``: :func:`descent_negatives` (``graph``: a kNN graph of ``x`` to walk);
+    - ``"auto"``: ``"descent"`` from :data:`DESCENT_FROM_ROWS` rows unless ``nprobe`` is given,
+      else ``"blocked"`` (also where one label leaves nothing to refine).
+
+    Returns ``(rows, info)``; ``info`` holds ``method``, ``nprobe``, ``recall_estimate`` (None at a
+    given nprobe) and the descent's ``rounds`` / ``seed_recall``.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[0.0], [1.0], [1.5], [4.0]], np.float32)
+        >>> rows, info = negatives_table(x, np.array([0, 0, 1, 1]), 1, "l2")
+        >>> rows.ravel().tolist(), info["method"]
+        ([2, 2, 1, 1], 'blocked')
+    """
+    from .blocked import block_plan, blocked_knn
+    from .plan import plan_recall
+
+    n = len(x)
+    how = C.choice(method, "method", ("auto", "blocked", "descent"))
+    if how == "descent" and nprobe is not None:
+        raise ValueError("nprobe: the blocked engine's probes; method='descent' seeds its lists itself")
+    if how == "auto":
+        how = "descent" if nprobe is None and n >= DESCENT_FROM_ROWS else "blocked"
+    if how == "descent" and len(np.unique(labels)) > 1:
+        rows, info = descent_negatives(x, labels, k, metric, recall_k=recall_k, target=target, graph=graph,
+                                       progress=progress)
+        return rows, {"method": "descent", **info}
+    estimate = None  # the blocked engine (also where one label leaves nothing to refine: it says so)
+    if nprobe is None:
+        plan = plan_recall(x, recall_k or k, metric, target, labels=labels)
+        centroids, assign, nprobe, estimate = plan.centroids, plan.assign, plan.nprobe, plan.recall_estimate
+    else:
+        centroids, assign = block_plan(x, max(1, n // 256), metric)
+    rows = blocked_knn(x, k, metric, nprobe=nprobe, labels=labels, progress=progress, centroids=centroids,
+                       assign=assign)[1]
+    return rows, {"method": "blocked", "nprobe": nprobe, "recall_estimate": estimate}
+
+
 def _seeded(x: np.ndarray, kind: int, labels: np.ndarray, k: int, metric: str, probes: int,
             plan: tuple[np.ndarray, np.ndarray], rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Lists from a blocked pass of ``probes`` probes (merged with ``rows`` where given), as raw
@@ -146,4 +197,4 @@ def _recall(x: np.ndarray, rows: np.ndarray, k: int, metric: str, sample: np.nda
     return float(sampled_recall(x, rows, k, metric, truth=(sample, true_d)))
 
 
-__all__ = ["descent_negatives", "SEED_NPROBE", "GRAPH_K"]
+__all__ = ["negatives_table", "descent_negatives", "DESCENT_FROM_ROWS", "SEED_NPROBE", "GRAPH_K"]
