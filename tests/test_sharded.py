@@ -240,6 +240,26 @@ def _region_worker(rank, world, out, initfile):
     torch.distributed.destroy_process_group()
 
 
+def big_labels():
+    return np.random.default_rng(9).integers(0, 4, BIG)  # labels mixed inside the modes
+
+
+def _region_table_worker(rank, world, out, initfile):
+    _init(rank, world, initfile)
+    x, ids = big_pool()
+    lab = big_labels()
+    s = ShardedStore(16, metric="l2")
+    s.add(x[rank::world], ids[rank::world], lab[rank::world])
+    miner = HardNegativeMiner(s, k=K).build_table(k=2 * K)  # the negatives table by the region route
+    info = dict(miner.table_info)
+    d, i = s.knn(2 * K, exclude_same_label=True)  # the same, cached
+    rep = dict(s.last_knn_report)
+    mined = miner.negatives(s.ids[:50])
+    np.savez(f"{out}.{rank}.npz", ids=s.ids, tab_i=i, tab_d=d, route=np.array([info["method"], rep["batch_engine"]]),
+             estimate=rep["recall_estimate"], mined=mined.ids, info_estimate=info["recall_estimate"])
+    torch.distributed.destroy_process_group()
+
+
 def _dying_worker(rank, world, out, initfile, path):
     _init(rank, world, initfile)
     s = _fill(rank, world, "l2")
@@ -551,6 +571,34 @@ def test_region_route_meets_its_recall_and_is_taken_only_where_it_can(tmp_path, 
     assert abs(float(got_all[0]["estimate"]) - recall) < 0.03
     assert len({float(g["estimate"]) for g in got_all}) == 1
     assert float(got_all[0]["ceiling"]) >= 0.97
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_negatives_table_by_the_region_route_meets_its_recall(tmp_path, world):
+    """The sharded negatives table: rows regrouped by k-means region where the sampled ceiling of
+    their other-label neighbours clears the target, each rank's batch table by the one-process
+    engine: recall against brute force, exact distances, never the row's label, the miner reading
+    it, every rank agreeing on the estimate."""
+    prefix = _gloo.spawn(_region_table_worker, world, tmp_path)
+    x, _ = big_pool()
+    lab = big_labels()
+    hits, got_all = 0, _results(prefix, world)
+    for got in got_all:
+        assert got["route"].tolist() == ["region (rows regrouped by k-means region)", "negatives table (blocked)"]
+        ids, tab = got["ids"], got["tab_i"]
+        assert (lab[tab] != lab[ids][:, None]).all() and all(len(set(r)) == 2 * K for r in tab.tolist())
+        true_d = np.sqrt(((x[ids][:, None, :] - x[tab]) ** 2).sum(-1))
+        np.testing.assert_allclose(got["tab_d"], true_d, rtol=1e-4, atol=1e-4)
+        assert (np.diff(got["tab_d"], axis=1) >= 0).all()
+        for row, t in zip(ids[:300], tab[:300]):  # brute force over the rows of another label
+            other = np.flatnonzero(lab != lab[row])
+            truth = other[np.argsort(((x[other] - x[row]) ** 2).sum(1), kind="stable")[:2 * K]]
+            hits += len(np.intersect1d(t, truth))
+        np.testing.assert_array_equal(got["mined"], tab[:50, :K])  # the miner answers from it
+    recall = hits / (300 * world * 2 * K)
+    assert recall >= 0.93, recall
+    assert abs(float(got_all[0]["estimate"]) - recall) < 0.05
+    assert len({float(g["estimate"]) for g in got_all} | {float(g["info_estimate"]) for g in got_all}) == 1
 
 
 def test_region_bisection_balances_contiguous_groups():

@@ -124,8 +124,9 @@ class HardNegativeMiner:
 
         On a :class:`~curriculum.store.ShardedStore` (collective, in the foreground: a thread must
         not run collectives beside the caller's) each shard's rows get their table rows where
-        they live, from :meth:`ShardedStore.knn` with ``exclude_same_label=True`` (each shard's
-        label-filtered search: exact on exact shards); :meth:`negatives` asks each anchor's owner
+        they live, from :meth:`ShardedStore.knn` with ``exclude_same_label=True`` (rows regrouped by k-means
+        region and each rank's batch table built as here, where the sampled ceiling allows; else
+        each shard's label-filtered search, exact on exact shards); :meth:`negatives` asks each anchor's owner
         for its candidates and re-scores them on the shards that hold them.
 
         Example:
@@ -159,8 +160,10 @@ class HardNegativeMiner:
         t0 = time.perf_counter()
         if self._sharded:
             _, rows = store.knn(kt, exclude_same_label=True, progress=progress, target_recall=target)
-            self._install(store.ids, rows, {"rows": len(store), "k": kt, "nprobe": None, "recall_estimate": None,
-                                            "method": store.last_knn_report.get("method")}, t0)
+            rep = store.last_knn_report
+            self._install(store.ids, rows, {"rows": len(store), "k": kt, "nprobe": None, "method": rep.get("method"),
+                                            "recall_estimate": rep.get("recall_estimate"),
+                                            "batch_engine": rep.get("batch_engine")}, t0)
             return self
         snap = store.snapshot()
         show = bool(progress) if background else want(progress, len(snap))  # no bar from a thread by default

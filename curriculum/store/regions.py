@@ -110,10 +110,12 @@ def bisect_regions(centroids: np.ndarray, counts: np.ndarray, world: int) -> np.
     return owner
 
 
-def plan_regions(store: "ShardedStore", k: int, target: float, seed: int = 0) -> RegionPlan:
+def plan_regions(store: "ShardedStore", k: int, target: float, seed: int = 0, labels: bool = False) -> RegionPlan:
     """Fit the regions, give them to ranks both ways (:data:`OWNER_MAPS`), and measure each map's
     and overlap's ceiling on :data:`PLAN_SAMPLE` rows sampled over all shards and its batches
-    over all rows; the plan takes the smallest largest batch that clears (:func:`_choose`). Collective."""
+    over all rows; the plan takes the smallest largest batch that clears (:func:`_choose`). With
+    ``labels``, the ceilings are those of each row's nearest rows of another label (the negatives
+    table). Collective."""
     vec, metric, world = store.local.vectors(), store.metric, store.world
     n_reg = region_count(len(store), world)
     fitted = store.fit_on_root(REGION_SAMPLE * n_reg, seed, vec, lambda s: fit_regions(s, n_reg, metric, world, seed))
@@ -121,8 +123,9 @@ def plan_regions(store: "ShardedStore", k: int, target: float, seed: int = 0) ->
     regions = _nearest_regions(vec, cent, metric)
     packed = _pack(regions)
     m = min(PLAN_SAMPLE, len(store))
-    q, q_ids, q_packed = store._sample(m, seed + 17, [vec, store.local.ids, packed], None)
-    nb_packed, truth = store.exact_neighbours(q, q_ids, k, extra=packed)
+    lab = store.local.labels if labels else np.zeros(len(vec), np.int64)
+    q, q_ids, q_packed, q_lab = store._sample(m, seed + 17, [vec, store.local.ids, packed, lab], None)
+    nb_packed, truth = store.exact_neighbours(q, q_ids, k, extra=packed, q_labels=q_lab if labels else None)
     near = regions.shape[1]
     q_reg, nb_reg = _unpack(q_packed, near), _unpack(np.maximum(nb_packed, 0), near)
     ceilings = [_ceilings(o[q_reg], o[nb_reg], truth) for o in owners]
@@ -304,31 +307,28 @@ def _ceilings(q_ranks: np.ndarray, nb_ranks: np.ndarray, truth: np.ndarray) -> d
 
 
 def region_graph(store: "ShardedStore", plan: RegionPlan, k: int, exclude_self: bool, target: float,
-                 progress: bool | None, device: Any = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                 progress: bool | None, device: Any = None,
+                 labels: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Run the route ``plan`` chose: rows to their regions' ranks, each batch's graph by the
-    one-process engine (exact on ``device`` where one is given), the lists home and merged.
-    ``(distances, ids, report)``. Collective."""
-    from .core import EmbeddingStore
-
+    one-process engine (exact on ``device`` where one is given; with ``labels``, the batch's
+    negatives table by :func:`~curriculum.neighbors.negatives.negatives_table`), the lists home
+    and merged. ``(distances, ids, report)``. Collective."""
     comm, world = store.comm, store.world
     vec, ids = store.local.vectors(), store.local.ids
     go = plan.ranks[:, :plan.overlap]
     to = [np.flatnonzero((go == r).any(1)) for r in range(world)]
     bv = np.concatenate(comm.exchange([vec[t] for t in to]))
     bi = np.concatenate(comm.exchange([ids[t] for t in to]))
-    batch = EmbeddingStore(store.dim, metric=store.metric, exact_threshold=store.exact_threshold)
-    report: dict[str, Any] = {}
+    bl = np.concatenate(comm.exchange([store.local.labels[t] for t in to])) if labels else None
     start = time.perf_counter()
     if len(bi) > 1:
-        batch.add(bv, bi)
-        kb = min(k, len(bi) - 1)
-        d, nb = batch.knn(kb, exclude_self=exclude_self, progress=progress, target_recall=plan.batch_target(target),
-                          device=device)
-        d, nb = np.pad(d.astype(np.float32), ((0, 0), (0, k - kb)), constant_values=np.inf), \
-            np.pad(nb, ((0, 0), (0, k - kb)), constant_values=-1)
-        report = dict(batch.last_knn_report)
+        run = _batch_table if labels else _batch_graph
+        d, nb, report = run(store, bv, bi, bl, min(k, len(bi) - 1), exclude_self, plan.batch_target(target),
+                            progress, device)
+        d, nb = np.pad(d.astype(np.float32), ((0, 0), (0, k - d.shape[1])), constant_values=np.inf), \
+            np.pad(nb, ((0, 0), (0, k - nb.shape[1])), constant_values=-1)
     else:
-        d, nb = np.full((len(bi), k), np.inf, np.float32), np.full((len(bi), k), -1, np.int64)
+        d, nb, report = np.full((len(bi), k), np.inf, np.float32), np.full((len(bi), k), -1, np.int64), {}
     batch_s = time.perf_counter() - start
     home = store.owner(bi)
     back = [np.flatnonzero(home == r) for r in range(world)]
@@ -341,6 +341,35 @@ def region_graph(store: "ShardedStore", plan: RegionPlan, k: int, exclude_self: 
                             "batch_rows_max": int(rows.max()), "batch_rows_min": int(rows.min()),
                             "batch_seconds_max": float(secs.max()), "batch_seconds_min": float(secs.min()),
                             "copies_per_row": float(rows.sum() / max(len(store), 1))}
+
+
+def _batch_graph(store: "ShardedStore", vec: np.ndarray, ids: np.ndarray, labels: None, k: int, exclude_self: bool,
+                 target: float, progress: bool | None, device: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A region batch's kNN graph by the one-process engine (:meth:`EmbeddingStore.knn`), as ids."""
+    from .core import EmbeddingStore
+
+    batch = EmbeddingStore(store.dim, metric=store.metric, exact_threshold=store.exact_threshold)
+    batch.add(vec, ids)
+    d, nb = batch.knn(k, exclude_self=exclude_self, progress=progress, target_recall=target, device=device)
+    return d, nb, dict(batch.last_knn_report)
+
+
+def _batch_table(store: "ShardedStore", vec: np.ndarray, ids: np.ndarray, labels: np.ndarray, k: int,
+                 exclude_self: bool, target: float, progress: bool | None,
+                 device: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A region batch's negatives table (each row's ``k`` nearest rows of another label), as
+    distances and ids."""
+    from ..neighbors import pair_distances
+    from ..neighbors.negatives import negatives_table
+
+    x = np.ascontiguousarray(vec, np.float32)  # a shard's rows are stored prepared
+    rows, info = negatives_table(x, labels, k, store.metric, target=target, progress=bool(progress))
+    d = np.full(rows.shape, np.inf, np.float32)
+    for s in range(0, len(rows), 4096):  # (rows, k, dim) gathered a few thousand rows at a time
+        r = rows[s:s + 4096]
+        d[s:s + 4096] = np.where(r >= 0, pair_distances(x[s:s + 4096], x[np.maximum(r, 0)], store.metric), np.inf)
+    return d, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1), {**info,
+                                                                   "method": f"negatives table ({info['method']})"}
 
 
 def _merged(rows: np.ndarray, d: np.ndarray, nb: np.ndarray, n: int, k: int,

@@ -448,8 +448,10 @@ class ShardedStore:
         ``"exact"`` scores every pair (equal to the one-process exact graph); ``"index"`` searches
         each shard's faiss index. On one rank, :meth:`EmbeddingStore.knn` runs (any engine,
         ``knn_kwargs`` go to it). ``exclude_same_label=True`` gives the negatives table: the
-        ``k`` nearest rows of another label (each shard's label-filtered search; exact on shards
-        that search exactly). ``device`` (a torch device, e.g. each rank's ``"cuda"``) scores the
+        ``k`` nearest rows of another label - by the region route where its sampled ceiling of
+        the rows' other-label neighbours clears ``target_recall`` (``"auto"``; each rank's batch
+        table by :func:`~curriculum.neighbors.negatives.negatives_table`), else by each shard's
+        label-filtered search (exact on shards that search exactly). ``device`` (a torch device, e.g. each rank's ``"cuda"``) scores the
         graph there by matrix products and top-k: the region route's batches exact on the device
         (its recall is then the ceiling's), else - and with ``"exact"`` - the exact ring, each
         visiting shard scored against this one on the device (``method`` "auto", "exact" or
@@ -471,7 +473,7 @@ class ShardedStore:
             return d.copy(), i.copy()
         regions = self._region_route(k, method, exclude_same_label, target_recall, device)
         if regions is not None and regions.overlap is not None:
-            return self._region_knn(key, regions, k, exclude_self, target_recall, progress, device)
+            return self._region_knn(key, regions, k, exclude_self, target_recall, progress, device, exclude_same_label)
         visit, blk = self._visitor(k, method, exclude_same_label, target_recall, device)
         if visit is None and method == "auto" and _regions_over_ring(regions, self.world):
             out = self._region_knn(key, replace(regions, overlap=regions.cleared), k, exclude_self, target_recall,
@@ -501,10 +503,11 @@ class ShardedStore:
         return best_d.copy(), best_i.copy()
 
     def _region_knn(self, key: tuple, plan: RegionPlan, k: int, exclude_self: bool, target: float,
-                    progress: bool | None, device: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """The region route (:mod:`curriculum.store.regions`) with ``plan``'s overlap, its recall
-        measured on the plan's sampled truth. Collective."""
-        best_d, best_i, rep = region_graph(self, plan, k, exclude_self, target, progress, device)
+                    progress: bool | None, device: Any = None, labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The region route (:mod:`curriculum.store.regions`) with ``plan``'s overlap (with
+        ``labels``, each batch's negatives table), its recall measured on the plan's sampled
+        truth. Collective."""
+        best_d, best_i, rep = region_graph(self, plan, k, exclude_self, target, progress, device, labels)
         self.last_knn_report = {"method": "region (rows regrouped by k-means region)",
                                 "region_ceiling": plan.ceilings[plan.overlap], "region_owners": plan.owners, **rep}
         if exclude_self:
@@ -515,16 +518,16 @@ class ShardedStore:
     def _region_route(self, k: int, method: str, same_label: bool, target: float,
                       device: Any = None) -> RegionPlan | None:
         """The region plan where ``method`` asks for it (its largest overlap even below the
-        target), or where ``"auto"`` weighs it (an approximate graph of 5,000 rows or more - on a
+        target), or where ``"auto"`` weighs it (an approximate graph or negatives table of 5,000 rows or more - on a
         ``device``, where the region route's exact batches beat the exact ring, any graph of that
         size): its ``overlap`` is None when no overlap's ceiling clears ``target``. Collective."""
         if method == "region":
             plan = plan_regions(self, k, target)
             return plan if plan.overlap is not None else replace(plan, overlap=max(plan.ceilings))
         exact = self._exact_graph() and device is None
-        if method != "auto" or same_label or exact or len(self) < AUTO_PLAN_MIN_ROWS:
+        if method != "auto" or exact or len(self) < AUTO_PLAN_MIN_ROWS:
             return None
-        return plan_regions(self, k, target)
+        return plan_regions(self, k, target, labels=same_label)
 
     def _visitor(self, k: int, method: str, same_label: bool, target: float,
                  device: Any = None) -> tuple[Any, np.ndarray]:
@@ -645,12 +648,13 @@ class ShardedStore:
         tot = self.comm.all_reduce(np.array([hits, int((truth[mine] >= 0).sum())], np.float64))
         return float(tot[0] / max(tot[1], 1.0))
 
-    def exact_neighbours(self, q: np.ndarray, q_ids: np.ndarray, k: int,
-                         extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def exact_neighbours(self, q: np.ndarray, q_ids: np.ndarray, k: int, extra: np.ndarray | None = None,
+                         q_labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact ``k`` nearest ids over all shards of the queries ``q`` (the same on every rank,
         e.g. from :meth:`sample`), each query's own id ``q_ids`` left out; ``-1`` pads. With
         ``extra`` (one value per row of this shard) its values for the neighbours are returned in
-        place of the distances. Collective.
+        place of the distances; with ``q_labels``, only rows of another label count (the hard
+        negatives). Collective.
 
         Example:
             >>> s = ShardedStore(1, metric="l2"); _ = s.add(np.array([[0.], [1], [5]]))
@@ -659,7 +663,8 @@ class ShardedStore:
         """
         vec = self.local.vectors()
         if len(vec):
-            d, r = exact_topk(np.ascontiguousarray(q, np.float32), vec, k + 1, self.metric)  # few queries: ~2.5x faiss
+            d, r = exact_topk(np.ascontiguousarray(q, np.float32), vec, k + 1, self.metric,  # few queries: ~2.5x faiss
+                              q_labels, None if q_labels is None else self.local.labels)
         else:
             d, r = np.full((len(q), k + 1), np.inf, np.float32), np.full((len(q), k + 1), -1, np.int64)
         got = np.where(r >= 0, self.local.ids[np.maximum(r, 0)], -1)
