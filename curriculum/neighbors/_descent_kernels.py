@@ -91,14 +91,11 @@ def _side(v, seed, tree, row):
 
 
 @njit(cache=True, inline="always")
-def _partition(perm, s, e, side):
-    """Reorder ``perm[s:e]`` so the rows of side 1 (``side`` by position from ``s``) come first;
-    a degenerate split (all on one side: duplicates) is halved instead. Returns the size of the
-    first part."""
+def _partition(perm, s, e, side, n_left):
+    """Reorder ``perm[s:e]`` so the ``n_left`` rows of side 1 (``side`` by position from ``s``)
+    come first; a degenerate split (all on one side: duplicates) is halved instead. Returns the
+    size of the first part."""
     m = e - s
-    n_left = 0
-    for r in range(m):
-        n_left += side[r]
     if n_left == 0 or n_left == m:
         return m // 2
     lo, hi = s, e - 1
@@ -130,12 +127,14 @@ def _split_down(x, leaf_size, seed, tree, angular, perm, stack, top, bounds, n_l
             continue
         step += 1
         off = _hyperplane(x, perm, s, e, seed, tree, step, angular, normal)
+        n_left = 0
         for r in range(s, e):
             v = off
             for t in range(d):
                 v += normal[t] * x[perm[r], t]
             side[r - s] = _side(v, seed, tree, perm[r])
-        n_left = _partition(perm, s, e, side)
+            n_left += side[r - s]
+        n_left = _partition(perm, s, e, side, n_left)
         stack[top, 0], stack[top, 1] = s, s + n_left
         stack[top + 1, 0], stack[top + 1, 1] = s + n_left, e
         top += 2
@@ -213,9 +212,11 @@ def _split_level(perm, seg, n_seg, side, node, leaf_size, bounds, n_leaves):
     c = 0
     for j in range(n_seg):
         s, e = seg[j, 0], seg[j, 1]
+        n_left = 0
         for r in range(s, e):
             buf[r - s] = side[perm[r]]
-        cut = s + _partition(perm, s, e, buf)
+            n_left += buf[r - s]
+        cut = s + _partition(perm, s, e, buf, n_left)
         for lo, hi in ((s, cut), (cut, e)):
             if hi - lo <= leaf_size:
                 bounds[n_leaves] = lo
