@@ -263,6 +263,25 @@ def test_negatives_table_by_descent_walks_the_stores_cached_graph():
     assert HardNegativeMiner(store, k=10).build_table(method="descent").table_info["graph"] == "built"
 
 
+@pytest.mark.parametrize("method", ["blocked", "descent"])
+def test_negatives_table_with_one_label_or_few_rows_of_another(method):
+    from curriculum.neighbors import exact_topk
+    from curriculum.neighbors.negatives import negatives_table
+
+    x = np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32)
+    rows, info = negatives_table(x, np.zeros(3000, np.int64), 5, "l2", method=method)
+    assert (rows == -1).all()  # one label: no negatives anywhere (and no error)
+    lab = np.zeros(3000, np.int64)
+    lab[:3] = 1  # three rows of another label: everyone's list holds those three, then -1
+    rows, info = negatives_table(x, lab, 5, "l2", method=method)
+    np.testing.assert_array_equal(rows, exact_topk(x, x, 5, "l2", lab, lab)[1])
+    assert info["recall_estimate"] == 1.0 and info.get("rounds", 0) == 0  # recall counts the rows that exist
+    store = cl.EmbeddingStore(4, metric="l2")
+    store.add(x, labels=np.zeros(3000, np.int64))
+    miner = HardNegativeMiner(store, k=3).build_table(method=method)
+    assert (miner.negatives([0, 1]).ids == -1).all()
+
+
 def test_negatives_table_bad_input():
     store = cl.EmbeddingStore(2, metric="l2")
     store.add(np.eye(2, dtype=np.float32))

@@ -370,7 +370,8 @@ class _BlockSearch:
         q_rows = self.q_blocks.rows(c)
         if q_rows.size == 0:
             return 0
-        cand = np.concatenate([self.b_blocks.rows(p) for p in self.probe[c] if p >= 0])
+        probed = [self.b_blocks.rows(p) for p in self.probe[c] if p >= 0]  # none: every block of one label
+        cand = np.concatenate(probed) if probed else np.zeros(0, np.int64)
         if cand.size == 0:
             return int(q_rows.size)
         xq = torch.from_numpy(np.take(self.x, q_rows, axis=0))

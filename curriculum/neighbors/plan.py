@@ -88,8 +88,10 @@ def sampled_recall(vec: np.ndarray, rows: np.ndarray, k: int, metric: str, exclu
                    seed: int = 0, truth: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """The recall@k of a computed graph (``rows``: each row's neighbour rows, ``-1`` = none)
     against the exact neighbours of :data:`PLAN_SAMPLE` sampled rows. A found row at no more than
-    the true ``k``-th distance counts (among exact duplicates any choice is right). ``truth``
-    = ``(sample, true distances)`` already known (:attr:`RecallPlan.truth`) skips their search.
+    the true ``k``-th distance counts (among exact duplicates any choice is right); a sampled row
+    with fewer than ``k`` true neighbours (``inf`` distances: few rows of another label) counts
+    the ones it has. ``truth`` = ``(sample, true distances)`` already known
+    (:attr:`RecallPlan.truth`) skips their search.
 
     Example:
         >>> x = np.random.default_rng(0).normal(size=(600, 4)).astype(np.float32)
@@ -110,7 +112,8 @@ def sampled_recall(vec: np.ndarray, rows: np.ndarray, k: int, metric: str, exclu
     d = get_metric(metric).pair_distances(vec[sample], vec[np.maximum(found, 0)])
     tol = 1e-5 * np.maximum(np.abs(true_d[:, -1:]), 1.0)
     hit = (found >= 0) & (d <= true_d[:, -1:] + tol)
-    return float(np.minimum(hit.sum(1), k).mean() / k)
+    exist = np.isfinite(true_d).sum(1)  # fewer than k where fewer rows qualify (few of another label)
+    return float(np.minimum(hit.sum(1), exist).sum() / exist.sum()) if exist.sum() else 1.0
 
 
 @dataclass(frozen=True)
