@@ -250,7 +250,7 @@ def _region_table_worker(rank, world, out, initfile):
     lab = big_labels()
     s = ShardedStore(16, metric="l2")
     s.add(x[rank::world], ids[rank::world], lab[rank::world])
-    miner = HardNegativeMiner(s, k=K).build_table(k=2 * K)  # the negatives table by the region route
+    miner = HardNegativeMiner(s, k=K, exclude_batch=False).build_table(k=2 * K)  # by the region route
     info = dict(miner.table_info)
     d, i = s.knn(2 * K, exclude_same_label=True)  # the same, cached
     rep = dict(s.last_knn_report)

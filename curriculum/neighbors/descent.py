@@ -156,8 +156,8 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     stats = {"pairs_scored": 0, "iterations": 0, "dim": int(work.shape[1]), "n_neighbors": K}
     with progress_bar(total=max_iters + 1, desc=f"NN-descent k={k}", disable=not progress) as bar:
         split_on = np.ascontiguousarray(work[:, :FOREST_DIM]) if reduce else work
-        perms, bounds, counts = kern.rp_forest(split_on, trees, leaf, seed, kind == 0 and met.name == "cosine",
-                                                   SYNC_SEGMENTS)
+        angular = kind == 0 and met.name == "cosine"
+        perms, bounds, counts = kern.rp_forest(split_on, trees, leaf, seed, angular, SYNC_SEGMENTS)
         del split_on
         order, perms = _leaf_order(perms)
         work = work[order]

@@ -92,6 +92,7 @@ def descent_negatives(x: np.ndarray, labels: np.ndarray, k: int, metric: str, re
 
 
 DESCENT_FROM_ROWS = 250_000  # negatives_table(method="auto") refines by NN-descent from this many rows
+# (Fashion-MNIST CNN-128 at 250k: 19.9 s with the graph vs 20.1 s blocked; below, the blocked engine)
 
 
 def negatives_table(x: np.ndarray, labels: np.ndarray, k: int, metric: str, recall_k: int | None = None,

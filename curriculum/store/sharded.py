@@ -451,9 +451,9 @@ class ShardedStore:
         ``k`` nearest rows of another label - by the region route where its sampled ceiling of
         the rows' other-label neighbours clears ``target_recall`` (``"auto"``; each rank's batch
         table by :func:`~curriculum.neighbors.negatives.negatives_table`), else by each shard's
-        label-filtered search (exact on shards that search exactly). ``device`` (a torch device, e.g. each rank's ``"cuda"``) scores the
-        graph there by matrix products and top-k: the region route's batches exact on the device
-        (its recall is then the ceiling's), else - and with ``"exact"`` - the exact ring, each
+        label-filtered search (exact on shards that search exactly). ``device`` (a torch device,
+        e.g. each rank's ``"cuda"``) scores the graph there by matrix products and top-k: the
+        region route's batches exact on the device (its recall is then the ceiling's), else - and with ``"exact"`` - the exact ring, each
         visiting shard scored against this one on the device (``method`` "auto", "exact" or
         "region"). ``last_knn_report`` says what ran. Bytes sent per rank: ``world x``
         its rows ``x (4 dim + 12 k + 24)`` (NN-descent: ``world / 2 x (4 dim + 28 k + 8)`` - the rows
@@ -473,7 +473,8 @@ class ShardedStore:
             return d.copy(), i.copy()
         regions = self._region_route(k, method, exclude_same_label, target_recall, device)
         if regions is not None and regions.overlap is not None:
-            return self._region_knn(key, regions, k, exclude_self, target_recall, progress, device, exclude_same_label)
+            return self._region_knn(key, regions, k, exclude_self, target_recall, progress, device,
+                                    exclude_same_label)
         visit, blk = self._visitor(k, method, exclude_same_label, target_recall, device)
         if visit is None and method == "auto" and _regions_over_ring(regions, self.world):
             out = self._region_knn(key, replace(regions, overlap=regions.cleared), k, exclude_self, target_recall,
@@ -503,7 +504,8 @@ class ShardedStore:
         return best_d.copy(), best_i.copy()
 
     def _region_knn(self, key: tuple, plan: RegionPlan, k: int, exclude_self: bool, target: float,
-                    progress: bool | None, device: Any = None, labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    progress: bool | None, device: Any = None,
+                    labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The region route (:mod:`curriculum.store.regions`) with ``plan``'s overlap (with
         ``labels``, each batch's negatives table), its recall measured on the plan's sampled
         truth. Collective."""
@@ -518,9 +520,9 @@ class ShardedStore:
     def _region_route(self, k: int, method: str, same_label: bool, target: float,
                       device: Any = None) -> RegionPlan | None:
         """The region plan where ``method`` asks for it (its largest overlap even below the
-        target), or where ``"auto"`` weighs it (an approximate graph or negatives table of 5,000 rows or more - on a
-        ``device``, where the region route's exact batches beat the exact ring, any graph of that
-        size): its ``overlap`` is None when no overlap's ceiling clears ``target``. Collective."""
+        target), or where ``"auto"`` weighs it (an approximate graph or negatives table of 5,000
+        rows or more - on a ``device``, where the region route's exact batches beat the exact ring,
+        any graph of that size): its ``overlap`` is None when no overlap's ceiling clears ``target``. Collective."""
         if method == "region":
             plan = plan_regions(self, k, target)
             return plan if plan.overlap is not None else replace(plan, overlap=max(plan.ceilings))
