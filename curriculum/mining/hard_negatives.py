@@ -135,6 +135,8 @@ class HardNegativeMiner:
         """
         import time
 
+        from ..neighbors.negatives import table_method
+
         store = self.store
 
         def check() -> tuple:
@@ -142,13 +144,12 @@ class HardNegativeMiner:
                 raise ValueError("store: a negatives table needs a label on every stored row")
             if self._sharded and (background or nprobe is not None):
                 raise ValueError(f"{'background' if background else 'nprobe'}: not on a ShardedStore (the table "
-                                 "is built collectively, by each shard's label-filtered search)")
+                                 "is built collectively, by the region route or each shard's label-filtered search)")
             how = C.choice(method, "method", ("auto", "blocked", "descent"))
             if self._sharded and how == "descent":
-                raise ValueError("method: 'descent' runs in one process; a ShardedStore's table is built by each "
-                                 "shard's label-filtered search")
-            if how == "descent" and nprobe is not None:
-                raise ValueError("nprobe: the blocked engine's probes; method='descent' seeds its lists itself")
+                raise ValueError("method: 'descent' runs in one process; a ShardedStore's table is built by the "
+                                 "region route or each shard's label-filtered search")
+            how = table_method(how, nprobe)
             return (2 * self.k + 8 if k is None else C.positive_int(k, "k"),
                     None if nprobe is None else C.positive_int(nprobe, "nprobe"),
                     C.finite_float(target_recall, "target_recall", 0.0, 1.0, low_open=True), how)

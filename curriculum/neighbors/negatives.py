@@ -25,7 +25,7 @@ from .blocked import block_plan, blocked_knn
 from .descent import descent_knn
 from .kernels import exact_topk, sort_dedupe
 from .metric import get_metric
-from .plan import PLAN_SAMPLE, sampled_recall
+from .plan import PLAN_SAMPLE, plan_recall, sampled_recall
 
 SEED_NPROBE = 8     # probes of the blocked pass that seeds the lists (1M CNN features, the graph aside:
                     # recall 0.55, 0.95 after 4 rounds, 69 s; 4 probes: 0.40, 6 rounds, 67 s; 16: 0.72, 92 s)
@@ -119,13 +119,8 @@ def negatives_table(x: np.ndarray, labels: np.ndarray, k: int, metric: str, reca
         >>> rows.ravel().tolist(), info["method"]
         ([2, 2, 1, 1], 'blocked')
     """
-    from .blocked import block_plan, blocked_knn
-    from .plan import plan_recall
-
     n = len(x)
-    how = C.choice(method, "method", ("auto", "blocked", "descent"))
-    if how == "descent" and nprobe is not None:
-        raise ValueError("nprobe: the blocked engine's probes; method='descent' seeds its lists itself")
+    how = table_method(method, nprobe)
     if how == "auto":
         how = "descent" if nprobe is None and n >= DESCENT_FROM_ROWS else "blocked"
     if how == "descent" and len(np.unique(labels)) > 1:
@@ -141,6 +136,19 @@ def negatives_table(x: np.ndarray, labels: np.ndarray, k: int, metric: str, reca
     rows = blocked_knn(x, k, metric, nprobe=nprobe, labels=labels, progress=progress, centroids=centroids,
                        assign=assign)[1]
     return rows, {"method": "blocked", "nprobe": nprobe, "recall_estimate": estimate}
+
+
+def table_method(method: str, nprobe: int | None) -> str:
+    """``method`` checked for :func:`negatives_table` (``nprobe`` is the blocked engine's only).
+
+    Example:
+        >>> table_method("auto", 8)
+        'auto'
+    """
+    how = C.choice(method, "method", ("auto", "blocked", "descent"))
+    if how == "descent" and nprobe is not None:
+        raise ValueError("nprobe: the blocked engine's probes; method='descent' seeds its lists itself")
+    return how
 
 
 def _seeded(x: np.ndarray, kind: int, labels: np.ndarray, k: int, metric: str, probes: int,
@@ -198,4 +206,4 @@ def _recall(x: np.ndarray, rows: np.ndarray, k: int, metric: str, sample: np.nda
     return float(sampled_recall(x, rows, k, metric, truth=(sample, true_d)))
 
 
-__all__ = ["negatives_table", "descent_negatives", "DESCENT_FROM_ROWS", "SEED_NPROBE", "GRAPH_K"]
+__all__ = ["negatives_table", "table_method", "descent_negatives", "DESCENT_FROM_ROWS", "SEED_NPROBE", "GRAPH_K"]
