@@ -124,6 +124,40 @@ def test_labelled_blocked_engine_at_full_probe_equals_brute_force(metric):
     assert ((r4 < 0) | (labels[np.maximum(r4, 0)] != labels[:, None])).all()  # never the anchor's label
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_labelled_blocked_search_of_a_base_equals_brute_force(metric):
+    """Queries and base apart (a shard's visitors, say), each with its labels: at full probe the
+    other-label neighbours equal brute force; at few probes never the query's label, with the
+    purity given for a larger pool (the blocks' labels over both) or computed from both."""
+    from curriculum.neighbors import blocked_knn, brute_knn
+    from curriculum.neighbors.blocked import assign_blocks, block_label_range, block_plan, purity_of_range
+
+    x, lab = clustered(4000, 12, n_clusters=30, seed=3)
+    x, labels = x.astype(np.float32), lab % 4
+    labels[::37] = (labels[::37] + 1) % 4  # mixed blocks too
+    if metric == "cosine":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q, base, q_lab, b_lab = x[:1500], x[1500:], labels[:1500], labels[1500:]
+    cent, assign = block_plan(base, 10, metric)
+    d, r = blocked_knn(q, 6, metric, nprobe=10_000, base=base, centroids=cent, assign=assign, labels=q_lab,
+                       base_labels=b_lab)
+    for i in range(0, 1500, 7):
+        other = np.flatnonzero(b_lab != q_lab[i])
+        ref_d, ref_r = brute_knn(q[i:i + 1], base[other], 6, metric)
+        np.testing.assert_allclose(d[i], ref_d[0], rtol=1e-4, atol=1e-5)
+        assert set(r[i].tolist()) == set(other[ref_r[0]].tolist())
+    q_assign = assign_blocks(q, cent, metric)
+    (b_lo, b_hi), (q_lo, q_hi) = block_label_range(b_lab, assign, 10), block_label_range(q_lab, q_assign, 10)
+    pure = purity_of_range(np.minimum(b_lo, q_lo), np.maximum(b_hi, q_hi))
+    for given in (None, pure):
+        d2, r2 = blocked_knn(q, 6, metric, nprobe=2, base=base, centroids=cent, assign=assign, query_assign=q_assign,
+                             labels=q_lab, base_labels=b_lab, pure=given)
+        assert ((r2 < 0) | (b_lab[np.maximum(r2, 0)] != q_lab[:, None])).all()
+        assert (r2 >= 0).mean() > 0.9
+    with pytest.raises(ValueError, match="base_labels"):
+        blocked_knn(q, 6, metric, base=base, labels=q_lab)
+
+
 def test_negatives_table_equals_search_and_follows_the_store():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 8)).astype(np.float32)

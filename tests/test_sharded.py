@@ -260,6 +260,23 @@ def _region_table_worker(rank, world, out, initfile):
     torch.distributed.destroy_process_group()
 
 
+def plane_labels(x):
+    return (x[:, 0] > 0) + 2 * (x[:, 1] > 0) + 4 * (x[:, 2] > 0)  # classes that follow the geometry
+
+
+def _label_ring_worker(rank, world, out, initfile):
+    _init(rank, world, initfile)
+    x, ids = big_pool()
+    lab = plane_labels(x)
+    s = ShardedStore(16, metric="l2")
+    s.add(x[rank::world], ids[rank::world], lab[rank::world])
+    d, i = s.knn(2 * K, exclude_same_label=True, method="blocked")
+    rep = dict(s.last_knn_report)
+    np.savez(f"{out}.{rank}.npz", ids=s.ids, tab_i=i, tab_d=d, route=np.array([rep["method"]]),
+             estimate=rep["recall_estimate"], nprobe=rep["nprobe"])
+    torch.distributed.destroy_process_group()
+
+
 def _dying_worker(rank, world, out, initfile, path):
     _init(rank, world, initfile)
     s = _fill(rank, world, "l2")
@@ -582,23 +599,48 @@ def test_negatives_table_by_the_region_route_meets_its_recall(tmp_path, world):
     prefix = _gloo.spawn(_region_table_worker, world, tmp_path)
     x, _ = big_pool()
     lab = big_labels()
-    hits, got_all = 0, _results(prefix, world)
+    got_all = _results(prefix, world)
     for got in got_all:
         assert got["route"].tolist() == ["region (rows regrouped by k-means region)", "negatives table (blocked)"]
-        ids, tab = got["ids"], got["tab_i"]
-        assert (lab[tab] != lab[ids][:, None]).all() and all(len(set(r)) == 2 * K for r in tab.tolist())
-        true_d = np.sqrt(((x[ids][:, None, :] - x[tab]) ** 2).sum(-1))
-        np.testing.assert_allclose(got["tab_d"], true_d, rtol=1e-4, atol=1e-4)
-        assert (np.diff(got["tab_d"], axis=1) >= 0).all()
-        for row, t in zip(ids[:300], tab[:300]):  # brute force over the rows of another label
-            other = np.flatnonzero(lab != lab[row])
-            truth = other[np.argsort(((x[other] - x[row]) ** 2).sum(1), kind="stable")[:2 * K]]
-            hits += len(np.intersect1d(t, truth))
-        np.testing.assert_array_equal(got["mined"], tab[:50, :K])  # the miner answers from it
-    recall = hits / (300 * world * 2 * K)
+        np.testing.assert_array_equal(got["mined"], got["tab_i"][:50, :K])  # the miner answers from it
+    recall = _check_table(got_all, x, lab, 2 * K)
     assert recall >= 0.93, recall
     assert abs(float(got_all[0]["estimate"]) - recall) < 0.05
     assert len({float(g["estimate"]) for g in got_all} | {float(g["info_estimate"]) for g in got_all}) == 1
+
+
+def _check_table(got_all, x, lab, k, rows=300):
+    """Each rank's negatives table against brute force over the rows of another label: exact
+    distances, ascending, never the row's label, no repeats; returns the recall of ``rows`` rows per rank."""
+    hits = 0
+    for got in got_all:
+        ids, tab = got["ids"], got["tab_i"]
+        assert (lab[tab] != lab[ids][:, None]).all() and all(len(set(r)) == k for r in tab.tolist())
+        true_d = np.sqrt(((x[ids][:, None, :] - x[tab]) ** 2).sum(-1))
+        np.testing.assert_allclose(got["tab_d"], true_d, rtol=1e-4, atol=1e-4)
+        assert (np.diff(got["tab_d"], axis=1) >= 0).all()
+        for row, t in zip(ids[:rows], tab[:rows]):
+            other = np.flatnonzero(lab != lab[row])
+            truth = other[np.argsort(((x[other] - x[row]) ** 2).sum(1), kind="stable")[:k]]
+            hits += len(np.intersect1d(t, truth))
+    return hits / (rows * len(got_all) * k)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_negatives_table_by_the_labelled_blocked_ring_meets_its_recall(tmp_path, world):
+    """Classes that follow the geometry (where the region route's ceiling falls short): the blocked
+    ring on a global plan for other-label neighbours, each visiting block probing the nearest blocks
+    that hold another label on any shard - recall against brute force, exact distances, never the
+    row's label, every rank agreeing on the plan and its estimate."""
+    prefix = _gloo.spawn(_label_ring_worker, world, tmp_path)
+    x, _ = big_pool()
+    lab = plane_labels(x)
+    got_all = _results(prefix, world)
+    assert {g["route"][0] for g in got_all} == {"blocked (global plan, other labels)"}
+    recall = _check_table(got_all, x, lab, 2 * K)
+    assert recall >= 0.93, recall
+    assert abs(float(got_all[0]["estimate"]) - recall) < 0.05
+    assert len({(float(g["estimate"]), int(g["nprobe"])) for g in got_all}) == 1
 
 
 def test_region_bisection_balances_contiguous_groups():
@@ -732,7 +774,7 @@ def test_miner_on_a_world_of_one_and_its_clear_errors():
     np.testing.assert_array_equal(miner.positives(ids[:5]).ids, one.positives(ids[:5]).ids)
     np.testing.assert_array_equal(miner.semi_hard(ids[:5], ids[5:10], margin=5.0).ids,
                                   one.semi_hard(ids[:5], ids[5:10], margin=5.0).ids)
-    assert miner.build_table().table_info["method"] == "label-filtered search"
+    assert miner.build_table().table_info["method"] == "exact (other labels)"  # flat: every pair
     np.testing.assert_array_equal(miner.negatives(ids[:5]).ids, one.negatives(ids[:5]).ids)
     with pytest.raises(ValueError, match="labels: fresh embeddings"):
         miner.negatives(embeddings=q[:3])
@@ -772,8 +814,9 @@ def test_region_method_on_a_world_of_one_and_its_clear_errors():
     one.add(s.vectors(), s.ids, s.labels)
     np.testing.assert_array_equal(s.knn(3, method="region")[1], one.knn(3)[1])  # one rank: the store's own engine
     version = s.local.version
-    with pytest.raises(ValueError, match="method: 'region' builds the all-points graph"):
-        s.knn(3, method="region", exclude_same_label=True)
+    for graph_only in ("region", "descent"):
+        with pytest.raises(ValueError, match=f"method: '{graph_only}' builds the all-points graph"):
+            s.knn(3, method=graph_only, exclude_same_label=True)
     with pytest.raises(ValueError, match="method"):
         s.knn(3, method="regions")
     for bad, match in (({"method": "blocked"}, "device: scores the exact ring or the region route's batches"),

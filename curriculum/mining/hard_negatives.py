@@ -123,7 +123,7 @@ class HardNegativeMiner:
         not run collectives beside the caller's) each shard's rows get their table rows where
         they live, from :meth:`ShardedStore.knn` with ``exclude_same_label=True`` (rows regrouped by k-means
         region and each rank's batch table built as here, where the sampled ceiling allows; else
-        each shard's label-filtered search, exact on exact shards); :meth:`negatives` asks each anchor's owner
+        a blocked ring on a global plan for other-label neighbours); :meth:`negatives` asks each anchor's owner
         for its candidates and re-scores them on the shards that hold them.
 
         Example:
@@ -144,11 +144,11 @@ class HardNegativeMiner:
                 raise ValueError("store: a negatives table needs a label on every stored row")
             if self._sharded and (background or nprobe is not None):
                 raise ValueError(f"{'background' if background else 'nprobe'}: not on a ShardedStore (the table "
-                                 "is built collectively, by the region route or each shard's label-filtered search)")
+                                 "is built collectively, by the region route or a labelled blocked ring)")
             how = C.choice(method, "method", ("auto", "blocked", "descent"))
             if self._sharded and how == "descent":
                 raise ValueError("method: 'descent' runs in one process; a ShardedStore's table is built by the "
-                                 "region route or each shard's label-filtered search")
+                                 "region route or a labelled blocked ring")
             how = table_method(how, nprobe)
             return (2 * self.k + 8 if k is None else C.positive_int(k, "k"),
                     None if nprobe is None else C.positive_int(nprobe, "nprobe"),

@@ -169,16 +169,42 @@ def block_purity(labels: np.ndarray, assign: np.ndarray, n_blocks: int) -> np.nd
         >>> block_purity(np.array([3, 3, 1, 2]), np.array([0, 0, 1, 1]), 3).tolist()
         [3, -1, -2]
     """
+    return purity_of_range(*block_label_range(labels, assign, n_blocks))
+
+
+def block_label_range(labels: np.ndarray, assign: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per block: the smallest and largest label of its rows (an empty block: the int64 maximum and
+    minimum, so that element-wise min / max over several sets of rows - e.g. shards, reduced by
+    all-reduce - give the range of their union).
+
+    Example:
+        >>> import numpy as np
+        >>> lo, hi = block_label_range(np.array([3, 3, 1, 2]), np.array([0, 0, 1, 1]), 2)
+        >>> lo.tolist(), hi.tolist()
+        ([3, 1], [3, 2])
+    """
+    assign = np.asarray(assign, np.int64)
     order = np.argsort(assign, kind="stable")
     bounds = np.searchsorted(assign[order], np.arange(n_blocks + 1))
     lab_sorted = np.asarray(labels, np.int64)[order]
     filled = bounds[1:] > bounds[:-1]
-    pure = np.full(n_blocks, -2, np.int64)
+    info = np.iinfo(np.int64)
+    lo, hi = np.full(n_blocks, info.max, np.int64), np.full(n_blocks, info.min, np.int64)
     if filled.any():  # an empty block has no width: each filled block's segment ends at the next start
         starts = bounds[:-1][filled]
-        lo, hi = np.minimum.reduceat(lab_sorted, starts), np.maximum.reduceat(lab_sorted, starts)
-        pure[filled] = np.where(lo == hi, lo, -1)
-    return pure
+        lo[filled], hi[filled] = np.minimum.reduceat(lab_sorted, starts), np.maximum.reduceat(lab_sorted, starts)
+    return lo, hi
+
+
+def purity_of_range(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """:func:`block_purity` from the blocks' label ranges (:func:`block_label_range`).
+
+    Example:
+        >>> import numpy as np
+        >>> purity_of_range(np.array([3, 1, np.iinfo(np.int64).max]), np.array([3, 2, np.iinfo(np.int64).min])).tolist()
+        [3, -1, -2]
+    """
+    return np.where(lo > hi, -2, np.where(lo == hi, lo, -1)).astype(np.int64)
 
 
 def run_blocks(task: Callable[[int], int], n_tasks: int, total: int, desc: str, progress: bool,
@@ -216,7 +242,8 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
                 centroids: np.ndarray | None = None, threads: int | None = None,
                 base: np.ndarray | None = None, assign: np.ndarray | None = None,
                 labels: np.ndarray | None = None, return_stats: bool = False,
-                query_assign: np.ndarray | None = None) -> Any:
+                query_assign: np.ndarray | None = None, base_labels: np.ndarray | None = None,
+                pure: np.ndarray | None = None) -> Any:
     """k nearest rows of ``base`` (default: ``x`` itself, the all-points kNN graph) for every row
     of ``x``, computed in dense blocks at matrix-product speed.
 
@@ -229,9 +256,12 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     base rows' ``assign``-ments may be passed in when already computed (see ``block_plan``).
     ``query_assign`` (with ``base``) gives the query rows' blocks when already known (rows that
     travel between processes keep the block a shared plan gave them).
-    ``labels`` (self-search only, one per row) keeps only neighbours of *another* label - each
-    row's nearest other-label rows, the global hard negatives - and probes, for a block of one
-    label, the ``nprobe`` nearest blocks that hold other labels (:func:`probe_lists_other_label`).
+    ``labels`` (one per row of ``x``; with ``base``, ``base_labels`` one per base row) keeps only
+    neighbours of *another* label - each row's nearest other-label rows, the global hard
+    negatives - and probes, for a block of one label, the ``nprobe`` nearest blocks that hold
+    other labels (:func:`probe_lists_other_label`); ``pure``: the blocks' purity
+    (:func:`block_purity`) over a larger pool the rows come from (e.g. every shard), else over
+    the query and base rows.
     Returns ``(distances, rows of base)`` in the module's convention, and with ``return_stats`` a
     third item ``{"pairs_scored", "blocks"}`` (the cost, for benchmarks).
 
@@ -245,8 +275,8 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     """
     same = base is None
     b = x if same else base
-    if labels is not None and not same:
-        raise ValueError("labels: label-filtered blocked search is a self-search (base must be None)")
+    if labels is not None and not same and base_labels is None:
+        raise ValueError("base_labels: label-filtered search of a base needs its rows' labels, got None")
     met = get_metric(metric)
     if centroids is None:
         centroids, assign = block_plan(b, n_clusters or max(1, len(b) // 256), metric, seed)
@@ -259,7 +289,14 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     q_blocks = b_blocks if same else _Layout.of(q_assign, n_blocks)
     search = _BlockSearch(x, b, k, met, q_blocks, b_blocks, exclude_self and same)
     if labels is not None:
-        search.filter_labels(labels, assign, centroids, nprobe, metric)
+        b_labels = labels if same else base_labels
+        if pure is None:
+            lo, hi = block_label_range(b_labels, assign, n_blocks)
+            if not same:
+                q_lo, q_hi = block_label_range(labels, q_assign, n_blocks)
+                lo, hi = np.minimum(lo, q_lo), np.maximum(hi, q_hi)
+            pure = purity_of_range(lo, hi)
+        search.filter_labels(labels, b_labels, pure, centroids, nprobe, metric)
     else:
         search.probe = probe_lists(centroids, nprobe, metric)
     run_blocks(search.block, n_blocks, len(x), f"blocked kNN k={k} nprobe={nprobe}", progress, threads)
@@ -335,21 +372,21 @@ class _BlockSearch:
         same = x is b
         self.sq_q = (self.sq.numpy() if same else np.einsum("nd,nd->n", x, x)) if met.squared_norms else None
         self.probe = np.empty((0, 0), np.int64)
-        self.labels = self.pure = None
+        self.labels = self.base_labels = self.pure = None
         self.out_d = np.full((len(x), k), np.inf, np.float32)
         self.out_i = np.full((len(x), k), -1, np.int64)
         self.scored = np.zeros(len(b_blocks.bounds) - 1, np.int64)  # distance evaluations per block
 
-    def filter_labels(self, labels: np.ndarray, assign: np.ndarray, centroids: np.ndarray, nprobe: int,
-                      metric: str) -> None:
-        """Keep only neighbours of another label; probe, for a one-label block, the nearest blocks
-        that hold other labels."""
+    def filter_labels(self, labels: np.ndarray, base_labels: np.ndarray, pure: np.ndarray, centroids: np.ndarray,
+                      nprobe: int, metric: str) -> None:
+        """Keep only neighbours of another label; probe, for a one-label block (``pure``), the
+        nearest blocks that hold other labels."""
         import torch
 
-        labels = np.asarray(labels, np.int64)
-        self.pure = block_purity(labels, assign, len(centroids))
+        self.pure = np.asarray(pure, np.int64)
         self.probe = probe_lists_other_label(centroids, nprobe, metric, self.pure)
-        self.labels = torch.from_numpy(labels)
+        self.labels = torch.from_numpy(np.asarray(labels, np.int64))
+        self.base_labels = torch.from_numpy(np.asarray(base_labels, np.int64))
 
     def _same_label(self, c: int, q_rows: np.ndarray, cand: np.ndarray) -> Any:
         # a block of one label whose probes hold only other labels needs no mask at all (on
@@ -361,8 +398,7 @@ class _BlockSearch:
             return None
         import torch
 
-        lab = self.labels
-        return lab[torch.from_numpy(q_rows)][:, None] == lab[torch.from_numpy(cand)][None, :]
+        return self.labels[torch.from_numpy(q_rows)][:, None] == self.base_labels[torch.from_numpy(cand)][None, :]
 
     def block(self, c: int) -> int:
         import torch
@@ -397,4 +433,4 @@ class _BlockSearch:
         return self.out_d, self.out_i
 
 
-__all__ = ['block_plan', 'block_plan_parts', 'assign_blocks', 'probe_lists', 'probe_lists_other_label', 'block_purity', 'run_blocks', 'blocked_knn']
+__all__ = ['block_plan', 'block_plan_parts', 'assign_blocks', 'probe_lists', 'probe_lists_other_label', 'block_purity', 'block_label_range', 'purity_of_range', 'run_blocks', 'blocked_knn']

@@ -40,7 +40,7 @@ from .._util.io import atomic_write_bytes
 from ..neighbors import PLAN_SAMPLE, blocked_knn, brute_knn, device_topk, merge_knn, normalize, nprobe_for, probe_ranks
 from ..neighbors.device import checked_device, on_device
 from ..neighbors.kernels import exact_topk
-from ..neighbors.blocked import assign_blocks, block_plan_parts
+from ..neighbors.blocked import assign_blocks, block_label_range, block_plan_parts, purity_of_range
 from .core import EmbeddingStore
 from .graph import (AUTO_PLAN_MIN_ROWS, DESCENT_MIN_ROWS, DESCENT_PAIRS_PER_LIST_SLOT, DESCENT_PAIRS_PER_ROW,
                     KMeansResult)
@@ -52,7 +52,11 @@ FORMAT = "curriculum-sharded-store"
 FORMAT_VERSION = 1
 SAMPLE_PER_CLUSTER = 256  # k-means is seeded on this many sampled rows per centroid (faiss's default)
 MERGE_COST = 0.7  # NN-descent merging two shards' graphs, over a cold NN-descent of both (measured: 0.71)
-RING_BLOCK = 65_536       # visiting rows are searched in a shard's index (or exactly) this many at a time
+RING_BLOCK = 65_536       # visiting rows are searched in a shard's index this many at a time
+EXACT_QUERY_BLOCK = 1_024  # ... and exactly against other labels this many (score blocks of ~4M entries)
+LABEL_PLAN_BLOCK = 256   # rows of a block of the negatives table's global plan, over all shards: a row's
+# other-label neighbours lie past its own-label blocks, and coarse blocks multiply the pairs (250k x 128,
+# labels following 100 modes, 4 ranks: 32.5 s at 256 rows, 43.6 s at 512, 77 s at 256 per shard)
 
 
 def id_priority(ids: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -450,8 +454,12 @@ class ShardedStore:
         ``knn_kwargs`` go to it). ``exclude_same_label=True`` gives the negatives table: the
         ``k`` nearest rows of another label - by the region route where its sampled ceiling of
         the rows' other-label neighbours clears ``target_recall`` (``"auto"``; each rank's batch
-        table by :func:`~curriculum.neighbors.negatives.negatives_table`), else by each shard's
-        label-filtered search (exact on shards that search exactly). ``device`` (a torch device,
+        table by :func:`~curriculum.neighbors.negatives.negatives_table`), else (and with
+        ``"blocked"``) by the blocked ring on a global plan fitted for other-label neighbours (blocks
+        of :data:`LABEL_PLAN_BLOCK` rows; a block probes the nearest blocks holding another label on
+        any shard; rows left short are answered exactly, ``completed_exactly``); ``"exact"`` (and
+        ``"auto"`` where one process scores every pair) every other-label pair; ``"index"`` each
+        shard's label-filtered index search. ``device`` (a torch device,
         e.g. each rank's ``"cuda"``) scores the graph there by matrix products and top-k: the
         region route's batches exact on the device (its recall is then the ceiling's), else - and with ``"exact"`` - the exact ring, each
         visiting shard scored against this one on the device (``method`` "auto", "exact" or
@@ -488,7 +496,8 @@ class ShardedStore:
             self._knn_cache = (key, k, best_d, best_i)
             return best_d.copy(), best_i.copy()
         vec, ids, labs = self.local.vectors(), self.local.ids, self.local.labels
-        if self.last_knn_report["method"].startswith("blocked") and exclude_self and len(ids) > k + 1:
+        if (self.last_knn_report["method"].startswith("blocked") and exclude_self and not exclude_same_label
+                and len(ids) > k + 1):
             best_d, best_i = self.local.knn(k, progress=progress, target_recall=target_recall)  # its own engine
             best_d = best_d.astype(np.float32)
             self.last_knn_report["own_shard"] = self.local.last_knn_report.get("method", "exact")
@@ -500,6 +509,8 @@ class ShardedStore:
             best_d, best_i = merge_topk(np.concatenate([best_d, d], 1), np.concatenate([best_i, i], 1), k)
         if self.world > 1:
             best_d, best_i = self.comm.shift(best_d), self.comm.shift(best_i)
+        if exclude_same_label and self.last_knn_report["method"].startswith("blocked"):
+            best_d, best_i = self._complete_short(best_d, best_i, k)
         self._knn_cache = (key, k, best_d, best_i)
         return best_d.copy(), best_i.copy()
 
@@ -539,11 +550,13 @@ class ShardedStore:
         is ``None`` where the NN-descent ring (:meth:`_merge_ring`) meets the shards instead."""
         base, base_ids, metric = self.local.vectors(), self.local.ids, self.metric
         blk = np.zeros(len(base), np.int64)
-        if same_label or method == "index":
-            self.last_knn_report = {"method": "index" if method == "index" else "label-filtered search"}
+        if method == "index":
+            self.last_knn_report = {"method": "index"}
 
             def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
                 return self.local.search(v, k, exclude_ids=i[:, None], exclude_labels=lab if same_label else None)
+        elif same_label:
+            one, blk = self._label_visitor(k, method, target)
         elif device is not None:  # the exact ring, scored on the device
             self.last_knn_report = {"method": "exact", "device": str(device)}
             on_dev = on_device(base, metric, device)
@@ -559,7 +572,7 @@ class ShardedStore:
             self.last_knn_report = {"method": "descent (shard pairs merged)"}
             return None, blk
         else:
-            cent, blk, nprobe, est = self._global_plan(k, target)
+            cent, blk, nprobe, est, _ = self._global_plan(k, target)
             per_row = nprobe * len(self) / max(len(cent), 1)  # pairs a row would meet
             if method == "auto" and len(self) >= DESCENT_MIN_ROWS and per_row >= descent_ring_pairs(k, self.world):
                 self.last_knn_report = {"method": "descent (shard pairs merged)", "blocked_nprobe": nprobe,
@@ -573,7 +586,8 @@ class ShardedStore:
                                    query_assign=b)
                 return _drop_own(d, r, base_ids, i, k)
 
-        step = RING_BLOCK if same_label or method == "index" else None  # blocked: all at once (blocks stay full)
+        step = {"index": RING_BLOCK, "exact (other labels)": EXACT_QUERY_BLOCK}.get(self.last_knn_report["method"])
+        # the blocked engine and faiss's exact search: all at once (blocks stay full)
 
         def visit(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
             if len(v) == 0 or len(base) == 0:
@@ -583,6 +597,45 @@ class ShardedStore:
                      for s in range(0, len(v), size)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return visit, blk
+
+    def _label_visitor(self, k: int, method: str, target: float) -> tuple[Any, np.ndarray]:
+        """How rows from any shard meet this one for the negatives table - ``one(vec, ids, labels,
+        blocks, own)`` -> their ``k`` nearest rows of another label here - and this shard's rows'
+        blocks: ``"exact"`` (and ``"auto"`` where one process would score every pair) every pair
+        of another label; else the blocked engine on the global plan fitted for other-label
+        neighbours (each visiting block probes the nearest blocks holding other labels anywhere)."""
+        base, base_ids, base_labels, metric = self.local.vectors(), self.local.ids, self.local.labels, self.metric
+        if method == "exact" or (method == "auto" and self._exact_graph()):
+            self.last_knn_report = {"method": "exact (other labels)"}
+
+            def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
+                return _drop_own(*exact_topk(v, base, k, metric, lab, base_labels), base_ids, i, k)
+            return one, np.zeros(len(base), np.int64)
+        cent, blk, nprobe, est, pure = self._global_plan(k, target, labels=True)
+        self.last_knn_report = {"method": "blocked (global plan, other labels)", "nprobe": nprobe,
+                                "recall_estimate": est, "blocks": len(cent)}
+
+        def one(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
+            d, r = blocked_knn(v, k, metric, nprobe=nprobe, base=base, centroids=cent, assign=blk, query_assign=b,
+                               labels=lab, base_labels=base_labels, pure=pure)
+            return _drop_own(d, r, base_ids, i, k)
+        return one, blk
+
+    def _complete_short(self, best_d: np.ndarray, best_i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The negatives table's rows whose probes held fewer than ``k`` rows of another label,
+        answered by an exact search of every shard (``completed_exactly`` in the report counts
+        them over all shards). Collective."""
+        short = np.flatnonzero((best_i < 0).any(1))
+        loc = self.local
+        parts = [np.concatenate(self.comm.all_gather(a[short])) for a in (loc.vectors(), loc.ids, loc.labels)]
+        self.last_knn_report["completed_exactly"] = len(parts[0])
+        if not len(parts[0]):
+            return best_d, best_i
+        d, i = self.exact_neighbours(*parts[:2], k, q_labels=parts[2])
+        mine = np.isin(parts[1], loc.ids[short])
+        best_d, best_i = best_d.copy(), best_i.copy()
+        best_d[short], best_i[short] = d[mine].astype(np.float32), i[mine]
+        return best_d, best_i
 
     def _merge_ring(self, k: int, exclude_self: bool, target: float,
                     progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
@@ -685,14 +738,18 @@ class ShardedStore:
         small = len(self) <= self.exact_threshold and len(self) < AUTO_PLAN_MIN_ROWS
         return self.index_spec == "flat" or small
 
-    def _global_plan(self, k: int, target: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int, float]:
+    def _global_plan(self, k: int, target: float, seed: int = 0,
+                     labels: bool = False) -> tuple[np.ndarray, np.ndarray, int, float, np.ndarray | None]:
         """Block centroids of the whole pool (``len / (256 world)`` blocks, so that each holds ~256
         rows on every shard and a visit scores full blocks; fitted on rank 0 from 32 sampled rows
         per block, broadcast with a two-level plan's coarse centroids, through which every rank
         assigns its rows as the plan does), this shard's rows' blocks, and the smallest nprobe
-        whose recall on :data:`PLAN_SAMPLE` sampled rows clears ``target``. Collective."""
+        whose recall on :data:`PLAN_SAMPLE` sampled rows clears ``target``. With ``labels``: of
+        the rows' other-label neighbours, probing the nearest blocks that hold other labels on any
+        shard (the blocks' purity over all shards, the last item; None without), with blocks of
+        :data:`LABEL_PLAN_BLOCK` rows over all shards. Collective."""
         vec, metric = self.local.vectors(), self.metric
-        n_blocks = max(1, len(self) // (256 * self.world))  # ~256 rows of each block on every shard
+        n_blocks = max(1, len(self) // (LABEL_PLAN_BLOCK if labels else 256 * self.world))
         coarse: dict[str, np.ndarray] = {}
 
         def fit(sample: np.ndarray) -> np.ndarray:  # on rank 0; a two-level plan's coarse centroids kept
@@ -703,14 +760,18 @@ class ShardedStore:
         top = self.comm.broadcast(coarse.get("top"), np.float32)  # every rank assigns as the plan does
         blk = (assign_blocks(vec, cent, metric, coarse=top if len(top) else None) if len(vec)
                else np.zeros(0, np.int64))
+        pure = None
+        if labels:  # a block is of one label only if it is on every shard
+            lo, hi = block_label_range(self.local.labels, blk, len(cent))
+            pure = purity_of_range(self.comm.all_reduce(lo, "min"), self.comm.all_reduce(hi, "max"))
         m = min(PLAN_SAMPLE, len(self))
-        q, q_ids, q_blk = self._sample(m, seed + 17, [vec, self.local.ids, blk], None)
-        nb, _ = self.exact_neighbours(q, q_ids, k, extra=blk)  # the neighbours' blocks, -1 for none
+        q, q_ids, q_blk, q_lab = self._sample(m, seed + 17, [vec, self.local.ids, blk, self.local.labels], None)
+        nb, _ = self.exact_neighbours(q, q_ids, k, extra=blk, q_labels=q_lab if labels else None)  # -1: none
         assign = np.concatenate([q_blk, np.maximum(nb.ravel(), 0)])
         neighbours = np.where(nb.ravel() >= 0, m + np.arange(nb.size), -1).reshape(nb.shape)
-        ranks = probe_ranks(cent, assign, np.arange(m), neighbours, metric)
+        ranks = probe_ranks(cent, assign, np.arange(m), neighbours, metric, pure=pure)
         nprobe, est = nprobe_for(ranks, target, 1, len(cent))
-        return cent, blk, nprobe, est
+        return cent, blk, nprobe, est, pure
 
     def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,
                spherical: bool | None = None, progress: bool | None = None) -> KMeansResult:
@@ -924,9 +985,9 @@ def _knn_args(k: Any, method: str, same_label: bool, store: ShardedStore, device
                              f"{', exclude_same_label=True' if same_label else ''}")
     if k > len(store) - 1:
         raise ValueError(f"k: expected at most {len(store) - 1} (store size minus self), got {k}")
-    if same_label and method == "region":
-        raise ValueError("method: 'region' builds the all-points graph; the negatives table "
-                         "(exclude_same_label=True) runs with 'auto', 'exact' or 'index'")
+    if same_label and method in ("region", "descent"):
+        raise ValueError(f"method: {method!r} builds the all-points graph; the negatives table "
+                         "(exclude_same_label=True) runs with 'auto', 'blocked', 'exact' or 'index'")
     if same_label and not store.has_labels:
         raise ValueError("exclude_same_label: needs a label on every stored row")
     return k
@@ -940,4 +1001,5 @@ def _kmeans_args(n_clusters: Any, niter: Any, nredo: Any, n: int) -> int:
     return k
 
 __all__ = ["ShardedStore", "id_priority", "merge_topk", "descent_ring_pairs", "MANIFEST", "FORMAT", "FORMAT_VERSION",
+           "LABEL_PLAN_BLOCK", "EXACT_QUERY_BLOCK",
            "RING_BLOCK", "MERGE_COST"]
