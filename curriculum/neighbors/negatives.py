@@ -157,8 +157,9 @@ def _seeded(x: np.ndarray, kind: int, labels: np.ndarray, k: int, metric: str, p
     scores ascending and rows."""
     seeded = blocked_knn(x, k, metric, nprobe=probes, labels=labels, centroids=plan[0], assign=plan[1])[1]
     both = seeded if rows is None else np.concatenate([rows, seeded], 1)
-    dist, both = _rescored(x, kind, both, both.shape[1])
-    dist, both = sort_dedupe(dist, both)
+    dist, both = _rescored(x, kind, both, both.shape[1])  # sorted; a blocked pass lists a row once
+    if rows is not None:  # merged with the lists so far: repeats dropped
+        dist, both = sort_dedupe(dist, both)
     return np.ascontiguousarray(dist[:, :k]), np.ascontiguousarray(both[:, :k])
 
 
