@@ -46,6 +46,30 @@ def test_the_forest_partitions_every_tree_into_small_leaves(n, dim, leaf, trees,
         np.testing.assert_array_equal(a, b)
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 200), width=st.integers(1, 40), k=st.integers(1, 20), dupes=st.booleans(),
+       kind=st.sampled_from([0, 1]), seed=st.integers(0, 99))
+def test_rescore_lists_each_row_once_in_score_order(n, width, k, dupes, kind, seed):
+    """The kernel that merges two sources of lists: exact raw scores ascending, a row listed twice
+    (or an identical row under another number) kept once per number, empty slots last."""
+    from curriculum.neighbors._descent_kernels import rescore
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    if dupes:  # identical rows: equal scores under different numbers
+        x = x[rng.integers(0, max(1, n // 3), n)]
+    idx = rng.integers(-1, n, (n, width))
+    d, rows = rescore(x, kind, idx, k)
+    for i in range(n):
+        listed = sorted(set(idx[i][idx[i] >= 0].tolist()))
+        raw = {j: (-float(x[i] @ x[j]) if kind == 0 else float(((x[i] - x[j]) ** 2).sum())) for j in listed}
+        got = rows[i][rows[i] >= 0].tolist()
+        assert len(got) == len(set(got)) == min(k, len(listed)) and set(got) <= set(listed)
+        want = sorted(raw.values())[:len(got)]
+        np.testing.assert_allclose(d[i][:len(got)], want, rtol=1e-4, atol=1e-4)
+        assert (rows[i][len(got):] == -1).all() and np.isinf(d[i][len(got):]).all()
+
+
 def test_forest_leaves_follow_the_geometry():
     from curriculum.neighbors._descent_kernels import rp_forest
 

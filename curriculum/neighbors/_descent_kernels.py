@@ -472,19 +472,30 @@ def sort_heaps(dist, idx):
 @njit(cache=True, parallel=True, fastmath=True)
 def rescore(x, kind, idx, k):
     """Each row's ``k`` nearest among its listed rows, scored again on ``x`` (the full vectors
-    after a search in a reduced space): ``(raw scores ascending, rows)``."""
+    after a search in a reduced space, or lists merged from two sources): ``(raw scores
+    ascending, rows)``, a row listed twice kept once, ``-1`` / ``inf`` padding."""
     n, K = idx.shape
-    out_d = np.empty((n, k), np.float32)
-    out_i = np.empty((n, k), np.int64)
+    out_d = np.full((n, k), np.inf, np.float32)
+    out_i = np.full((n, k), -1, np.int64)
     for i in prange(n):
         d = np.empty(K, np.float32)
         for s in range(K):
             j = idx[i, s]
             d[s] = _dist(x, i, j, kind) if j >= 0 else np.inf
         order = np.argsort(d, kind="mergesort")
-        for s in range(k):
-            out_d[i, s] = d[order[s]]
-            out_i[i, s] = idx[i, order[s]] if d[order[s]] < np.inf else -1
+        got = 0
+        for s in range(K):
+            j = idx[i, order[s]]
+            if got == k or j < 0:  # empty slots sort last
+                break
+            dv = d[order[s]]
+            t = got - 1  # a repeat scores the same: look among the entries of equal score kept so far
+            while t >= 0 and out_d[i, t] == dv and out_i[i, t] != j:
+                t -= 1
+            if t < 0 or out_d[i, t] != dv:
+                out_d[i, got] = dv
+                out_i[i, got] = j
+                got += 1
     return out_d, out_i
 
 

@@ -23,7 +23,7 @@ from .._util import checks as C
 from .._util.progress import progress_bar
 from .blocked import block_plan, blocked_knn
 from .descent import descent_knn
-from .kernels import exact_topk, sort_dedupe
+from .kernels import exact_topk
 from .metric import get_metric
 from .plan import PLAN_SAMPLE, plan_recall, sampled_recall
 
@@ -157,10 +157,7 @@ def _seeded(x: np.ndarray, kind: int, labels: np.ndarray, k: int, metric: str, p
     scores ascending and rows."""
     seeded = blocked_knn(x, k, metric, nprobe=probes, labels=labels, centroids=plan[0], assign=plan[1])[1]
     both = seeded if rows is None else np.concatenate([rows, seeded], 1)
-    dist, both = _rescored(x, kind, both, both.shape[1])  # sorted; a blocked pass lists a row once
-    if rows is not None:  # merged with the lists so far: repeats dropped
-        dist, both = sort_dedupe(dist, both)
-    return np.ascontiguousarray(dist[:, :k]), np.ascontiguousarray(both[:, :k])
+    return _rescored(x, kind, both, k)  # sorted, a row listed by both kept once
 
 
 def _rounds(kern: Any, xp: np.ndarray, kind: int, labels: np.ndarray, graph: np.ndarray, dist: np.ndarray,
@@ -183,7 +180,8 @@ def _rounds(kern: Any, xp: np.ndarray, kind: int, labels: np.ndarray, graph: np.
 
 
 def _rescored(xp: np.ndarray, kind: int, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The listed rows' raw scores (the kernels' convention), each list sorted ascending."""
+    """The listed rows' raw scores (the kernels' convention), each list sorted ascending, repeats
+    dropped, ``k`` kept."""
     from ._descent_kernels import rescore
 
     return rescore(xp, kind, np.ascontiguousarray(rows, np.int64), k)
