@@ -32,8 +32,9 @@ def test_bench_quick_writes_json_and_png(tmp_path):
     assert set(sec) == {"scores", "mining", "inbatch", "sampler", "loader", "noise", "curation", "stream",
                         "distributed", "distributed_projection"}
     dist = {r["what"].split(" ")[0]: r for r in sec["distributed"]}
-    assert {"add", "search", "knn", "kmeans", "curate", "all-to-all"} <= set(dist)
+    assert {"add", "search", "knn", "negatives", "kmeans", "curate", "all-to-all"} <= set(dist)
     assert dist["knn"]["world"] == 2 and dist["knn"]["recall"] > 0.9 and dist["knn"]["bytes_sent"] > 0
+    assert dist["negatives"]["recall"] > 0.9 and dist["negatives"]["one_process_recall"] > 0.9
     projected = [r for r in sec["distributed_projection"] if not r["route"].startswith("a ring")]
     assert projected and all(r["graph_s (100 Gb/s)"] > 0 for r in projected)
     rates = {r["memory"]: r["items_per_s"] for r in sec["stream"] if "items_per_s" in r}

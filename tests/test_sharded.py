@@ -762,6 +762,21 @@ def test_without_a_process_group_it_is_a_world_of_one():
     assert len(s) == N
 
 
+def test_a_world_of_one_builds_the_one_process_negatives_table():
+    from curriculum.neighbors import pair_distances
+    from curriculum.neighbors.negatives import negatives_table
+
+    x, _ = big_pool()
+    x, ids, lab = x[:8000], np.arange(8000) * 3 + 1, plane_labels(x[:8000])
+    s = ShardedStore(16, metric="l2")  # no process group; past the exact threshold
+    s.add(x, ids, lab)
+    d, i = s.knn(12, exclude_same_label=True)
+    assert s.last_knn_report["method"] == "one shard: negatives table (blocked)"
+    rows = negatives_table(x, lab, 12, "l2")[0]
+    np.testing.assert_array_equal(i, ids[rows])
+    np.testing.assert_allclose(d, pair_distances(x, x[rows], "l2"), rtol=1e-5, atol=1e-5)
+
+
 def test_miner_on_a_world_of_one_and_its_clear_errors():
     x, ids, lab, q = pool("l2")
     s = ShardedStore(DIM, metric="l2", index="flat")  # no process group: a world of one

@@ -6,8 +6,11 @@ larger pool is denser, not more spread out. Every rank generates its chunks of t
 are *not* its shard: ``add`` routes them by id) and runs, between barriers: the routed ``add``,
 each shard's index build,
 ``search`` of 1,024 queries per rank (k = 10; the one process asks them all), the all-points ``knn`` graph (k = 10, its recall
-measured on 500 rows against brute force over every shard), ``kmeans`` (100 clusters, 10 Lloyd
-steps over all rows), ``curate`` (10%), and an all-to-all of 32 MB per rank for the bandwidth.
+measured on 500 rows against brute force over every shard), the negatives table
+(``HardNegativeMiner.build_table``, k = 20, each row labelled by its mode modulo 10 - classes that
+follow the clusters; recall of the 20 nearest other-label rows on the same 500 rows), ``kmeans``
+(100 clusters, 10 Lloyd steps over all rows), ``curate`` (10%), and an all-to-all of 32 MB per
+rank for the bandwidth.
 Per step: seconds (slowest rank), bytes sent (all ranks), peak resident memory (largest rank) -
 and the ratio to one process. Threads per rank: cores / world (the one process gets all cores).
 """
@@ -24,8 +27,10 @@ import numpy as np
 
 CHUNK = 50_000
 MODES = 100
+CLASSES = 10  # the negatives table's step labels each row by its mode modulo this
 INTRINSIC = 16
 K = 10
+TABLE_K = 20  # the negatives table's miner: k = 20 (its table holds 2k + 8 per row)
 QUERIES = 1024
 BATCH_KEYS = ("batch_rows_max", "batch_rows_min", "batch_seconds_max", "batch_seconds_min")  # the region route's batches
 
@@ -39,19 +44,40 @@ def pool_chunk(c: int, dim: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         >>> x, ids = pool_chunk(1, 8, 120_000); x.shape, int(ids[0])
         ((50000, 8), 50000)
     """
-    fixed = np.random.default_rng(12345)
-    centres = fixed.normal(size=(MODES, dim)).astype(np.float32) * 3
-    bases = fixed.normal(size=(MODES, INTRINSIC, dim)).astype(np.float32) / np.sqrt(INTRINSIC)
-    sizes = fixed.pareto(1.0, MODES) + 1  # long-tailed mode sizes
+    centres, bases, sizes = _fixed_modes(dim)
     rng = np.random.default_rng([c, 7])
-    rows = min(CHUNK, n - c * CHUNK)
-    lab = rng.choice(MODES, rows, p=sizes / sizes.sum())
+    lab = _draw_modes(rng, c, n, sizes)
+    rows = len(lab)
     z = rng.standard_normal((rows, INTRINSIC), np.float32)
     x = centres[lab] + 0.1 * rng.standard_normal((rows, dim), np.float32)
     for m in np.unique(lab):
         at = np.flatnonzero(lab == m)
         x[at] += z[at] @ bases[m]
     return x.astype(np.float32), np.arange(c * CHUNK, c * CHUNK + rows, dtype=np.int64)
+
+
+def pool_classes(c: int, dim: int, n: int) -> np.ndarray:
+    """The class of each row of :func:`pool_chunk` ``(c, dim, n)``: its mode modulo :data:`CLASSES`
+    (classes that follow the clusters, as the labels of real embeddings do).
+
+    Example:
+        >>> pool_classes(1, 8, 120_000).shape, int(pool_classes(1, 8, 120_000).max()) < CLASSES
+        ((50000,), True)
+    """
+    return _draw_modes(np.random.default_rng([c, 7]), c, n, _fixed_modes(dim)[2]) % CLASSES
+
+
+def _fixed_modes(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pool's modes: centres, 16-dimensional bases and long-tailed sizes (the same for any chunk)."""
+    fixed = np.random.default_rng(12345)
+    centres = fixed.normal(size=(MODES, dim)).astype(np.float32) * 3
+    bases = fixed.normal(size=(MODES, INTRINSIC, dim)).astype(np.float32) / np.sqrt(INTRINSIC)
+    return centres, bases, fixed.pareto(1.0, MODES) + 1
+
+
+def _draw_modes(rng: np.random.Generator, c: int, n: int, sizes: np.ndarray) -> np.ndarray:
+    """The mode of each row of chunk ``c``: the first draw of the chunk's generator ``rng``."""
+    return rng.choice(MODES, min(CHUNK, n - c * CHUNK), p=sizes / sizes.sum())
 
 
 def _peak_mb() -> float:
@@ -98,29 +124,45 @@ def run_steps(n: int, dim: int, queries: int, seed: int = 0) -> dict[str, Any]:
     parts = [pool_chunk(c, dim, n) for c in chunks]
     x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, dim), np.float32)
     ids = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    clock.step("add (routed by id)", lambda: store.add(x, ids))
+    labels = np.concatenate([pool_classes(c, dim, n) for c in chunks]) if parts else np.zeros(0, np.int64)
+    clock.step("add (routed by id)", lambda: store.add(x, ids, labels))
     x = parts = None  # the rows now live in the store
     clock.step("build each shard's index", lambda: store.build(progress=False))
     q = np.random.default_rng(seed).normal(size=(queries, dim)).astype(np.float32)[store.rank::store.world] * 3
     clock.step(f"search {queries} queries k={K}", lambda: store.search(q, K))
     knn = clock.step(f"knn graph k={K}", lambda: store.knn(K, progress=False))
-    local = store.ids
+    graph_report = dict(store.last_knn_report)
     pick = np.sort(np.random.default_rng(seed).choice(n, 500, replace=False))
-    mine = np.flatnonzero(np.isin(local, pick))
-    sample_ids = np.concatenate(store.comm.all_gather(local[mine]))
-    sample_vec = np.concatenate(store.comm.all_gather(store.vectors(local[mine])))
-    truth = store.exact_neighbours(sample_vec, sample_ids, K)[1]
-    got = np.concatenate(store.comm.all_gather(knn[1][mine]))
-    recall = float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(got, truth)]))
+    mine = np.flatnonzero(np.isin(store.ids, pick))
+    recall = _sampled_recall(store, mine, knn[1][mine], K)
+    miner = cl.HardNegativeMiner(store, k=TABLE_K, exclude_batch=False)
+    clock.step(f"negatives table k={2 * TABLE_K + 8} (classes = modes % {CLASSES})",
+               lambda: miner.build_table(progress=False))
+    table_nprobe = store.last_knn_report.get("nprobe")  # the labelled blocked ring's
+    table_recall = _sampled_recall(store, mine, miner.negatives(store.ids[mine]).ids, TABLE_K, other_label=True)
     clock.step(f"kmeans {MODES} clusters", lambda: store.kmeans(MODES, niter=10))
     clock.step("curate 10%", lambda: cl.curate(store, n // 10, progress=False))
     block = np.zeros((store.world, 32 * 2**20 // 4 // max(store.world, 1)), np.float32)
     clock.step("all-to-all 32 MB/rank", lambda: store.comm.exchange(list(block)))
     return {"rows": clock.rows, "recall": recall, "rank": store.rank, "world": store.world,
-            "graph_method": store.last_knn_report.get("method", "exact"),
-            "graph_nprobe": store.last_knn_report.get("nprobe"),
-            "graph_copies": store.last_knn_report.get("copies_per_row"),
-            "graph_batches": {key: store.last_knn_report[key] for key in BATCH_KEYS if key in store.last_knn_report}}
+            "table_recall": table_recall, "table_method": " / ".join(
+                str(miner.table_info[key]) for key in ("method", "batch_engine") if miner.table_info.get(key))
+            + (f" nprobe={table_nprobe}" if table_nprobe else ""),
+            "graph_method": graph_report.get("method", "exact"),
+            "graph_nprobe": graph_report.get("nprobe"),
+            "graph_copies": graph_report.get("copies_per_row"),
+            "graph_batches": {key: graph_report[key] for key in BATCH_KEYS if key in graph_report}}
+
+
+def _sampled_recall(store: Any, mine: np.ndarray, got: np.ndarray, k: int, other_label: bool = False) -> float:
+    """Recall@k of this rank's sampled rows' lists ``got`` (rows ``mine`` of its shard) against
+    brute force over every shard (``other_label``: over the rows of another label). Collective."""
+    ids = np.concatenate(store.comm.all_gather(store.ids[mine]))
+    vec = np.concatenate(store.comm.all_gather(store.vectors(store.ids[mine])))
+    labels = np.concatenate(store.comm.all_gather(store.labels[mine])) if other_label else None
+    truth = store.exact_neighbours(vec, ids, k, q_labels=labels)[1]
+    got = np.concatenate(store.comm.all_gather(np.ascontiguousarray(got[:, :k], np.int64)))
+    return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(got, truth)]))
 
 
 def _worker(rank: int, world: int, initfile: str, out: str, n: int, dim: int) -> None:
@@ -198,6 +240,9 @@ def distributed_section(world: int = 4, n: int = 1_000_000, dim: int = 128) -> l
                "peak_mb_per_rank": max(p["peak_mb"] for p in per), "one_process_peak_mb": one["peak_mb"]}
         if step.startswith("all-to-all"):
             row.update(one_process_s=None, speedup=None, one_process_peak_mb=None)
+        if step.startswith("negatives table"):
+            row.update(recall=min(r["table_recall"] for r in ranks), one_process_recall=alone["table_recall"],
+                       engine=ranks[0]["table_method"], one_process_engine=alone["table_method"])
         if step.startswith("knn"):
             row.update(recall=min(r["recall"] for r in ranks), one_process_recall=alone["recall"],
                        engine=_engine(ranks[0]), one_process_engine=_engine(alone), copies=ranks[0]["graph_copies"],

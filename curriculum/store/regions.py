@@ -322,7 +322,7 @@ def region_graph(store: "ShardedStore", plan: RegionPlan, k: int, exclude_self: 
     bl = np.concatenate(comm.exchange([store.local.labels[t] for t in to])) if labels else None
     start = time.perf_counter()
     if len(bi) > 1:
-        run = _batch_table if labels else _batch_graph
+        run = batch_table if labels else _batch_graph
         d, nb, report = run(store, bv, bi, bl, min(k, len(bi) - 1), exclude_self, plan.batch_target(target),
                             progress, device)
         d, nb = np.pad(d.astype(np.float32), ((0, 0), (0, k - d.shape[1])), constant_values=np.inf), \
@@ -354,11 +354,20 @@ def _batch_graph(store: "ShardedStore", vec: np.ndarray, ids: np.ndarray, labels
     return d, nb, dict(batch.last_knn_report)
 
 
-def _batch_table(store: "ShardedStore", vec: np.ndarray, ids: np.ndarray, labels: np.ndarray, k: int,
-                 exclude_self: bool, target: float, progress: bool | None,
-                 device: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """A region batch's negatives table (each row's ``k`` nearest rows of another label), as
-    distances and ids."""
+def batch_table(store: "ShardedStore", vec: np.ndarray, ids: np.ndarray, labels: np.ndarray, k: int,
+                exclude_self: bool, target: float, progress: bool | None,
+                device: Any = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A region batch's (or a world of one's) negatives table - each row's ``k`` nearest rows of
+    another label by :func:`~curriculum.neighbors.negatives.negatives_table` - as distances and
+    ids, and the table's report (``exclude_self`` and ``device``: the batch graph's signature).
+
+    Example:
+        >>> from curriculum.store import ShardedStore
+        >>> s = ShardedStore(1, metric="l2"); x = np.array([[0.], [1], [1.5], [4]], np.float32)
+        >>> d, i, info = batch_table(s, x, np.array([10, 11, 12, 13]), np.array([0, 0, 1, 1]), 1, True, 0.95, False)
+        >>> i.ravel().tolist(), d.ravel().tolist()
+        ([12, 12, 11, 11], [1.5, 0.5, 0.5, 3.0])
+    """
     from ..neighbors import pair_distances
     from ..neighbors.negatives import negatives_table
 
@@ -402,4 +411,4 @@ def _unpack(packed: np.ndarray, width: int) -> np.ndarray:
 
 __all__ = ["REGIONS_PER_RANK", "REGION_SAMPLE", "OVERLAPS", "CEILING_MARGIN", "MAX_COPIES", "BALANCE_POWER",
            "OWNER_MAPS", "RegionPlan", "bisect_regions", "batch_sizes", "refine_owners", "plan_regions", "region_count",
-           "fit_regions", "region_outlook", "region_graph"]
+           "fit_regions", "region_outlook", "region_graph", "batch_table"]

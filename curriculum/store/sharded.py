@@ -44,7 +44,7 @@ from ..neighbors.blocked import assign_blocks, block_label_range, block_plan_par
 from .core import EmbeddingStore
 from .graph import (AUTO_PLAN_MIN_ROWS, DESCENT_MIN_ROWS, DESCENT_PAIRS_PER_LIST_SLOT, DESCENT_PAIRS_PER_ROW,
                     KMeansResult)
-from .regions import RegionPlan, plan_regions, region_graph
+from .regions import RegionPlan, batch_table, plan_regions, region_graph
 from .rows import MISSING
 
 MANIFEST = "manifest.json"
@@ -477,6 +477,12 @@ class ShardedStore:
             d, i = self.local.knn(k, method="auto" if method == "region" else method, progress=progress,
                                   target_recall=target_recall, device=device, **knn_kwargs)
             self.last_knn_report = dict(self.local.last_knn_report)
+            self._knn_cache = (key, k, d, i)
+            return d.copy(), i.copy()
+        if self.world == 1 and method == "auto" and exclude_same_label and not self._exact_graph():
+            loc = self.local  # the one-process table (EmbeddingStore's miner builds the same)
+            d, i, rep = batch_table(self, loc.vectors(), loc.ids, loc.labels, k, exclude_self, target_recall, progress)
+            self.last_knn_report = {**rep, "method": f"one shard: {rep['method']}"}
             self._knn_cache = (key, k, d, i)
             return d.copy(), i.copy()
         regions = self._region_route(k, method, exclude_same_label, target_recall, device)
