@@ -88,6 +88,7 @@ def _worker(rank, world, out, initfile, metric, save_to):
     res["dev_d"], res["dev_i"] = s.knn(K, method="exact", device="cpu")  # the exact ring scored by torch on a device
     res["dev_report"] = np.array([s.last_knn_report["method"], s.last_knn_report.get("device", "")])
     res["table_i"] = s.knn(K, method="exact", exclude_same_label=True)[1]
+    res["index_table_i"] = s.knn(K, method="index", exclude_same_label=True)[1]  # flat shards: exact too
     for name in SCORES:
         g = s.gather(getattr(D, name)(s, k=K))
         res[f"{name}_ids"], res[f"{name}_scores"] = g.ids, g.scores
@@ -341,6 +342,7 @@ def test_exact_graph_and_negatives_table_equal_one_process(sharded):
             other = np.flatnonzero(lab != lab[row])
             dist = np.linalg.norm(vec[other] - vec[row], axis=1) if metric == "l2" else 1 - vec[other] @ vec[row]
             np.testing.assert_array_equal(table, one.ids[other[np.argsort(dist, kind="stable")[:K]]])
+        np.testing.assert_array_equal(got["index_table_i"], got["table_i"])  # each shard's label-filtered search
 
 
 def test_hard_negatives_over_shards_equal_one_process(sharded):
