@@ -297,6 +297,25 @@ def test_negatives_table_by_descent_walks_the_stores_cached_graph():
     assert HardNegativeMiner(store, k=10).build_table(method="descent").table_info["graph"] == "built"
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_exact_topk_over_many_queries_equals_brute_force(metric):
+    """More queries than one score block holds run in groups: the same answer as brute force."""
+    from curriculum.neighbors import brute_knn, exact_topk
+    from curriculum.neighbors.kernels import QUERY_GROUP
+
+    rng = np.random.default_rng(4)
+    q, x = rng.normal(size=(2 * QUERY_GROUP + 300, 6)).astype(np.float32), rng.normal(size=(5000, 6)).astype(np.float32)
+    q_lab, x_lab = rng.integers(0, 3, len(q)), rng.integers(0, 3, len(x))
+    d, rows = exact_topk(q, x, 7, metric)
+    ref_d, ref_rows = brute_knn(q, x, 7, metric)
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-4, atol=1e-5)
+    d, rows = exact_topk(q, x, 7, metric, q_lab, x_lab)
+    for label in range(3):
+        at, other = np.flatnonzero(q_lab == label), np.flatnonzero(x_lab != label)
+        np.testing.assert_array_equal(rows[at], other[brute_knn(q[at], x[other], 7, metric)[1]])
+
+
 @pytest.mark.parametrize("method", ["blocked", "descent"])
 def test_negatives_table_with_one_label_or_few_rows_of_another(method):
     from curriculum.neighbors import exact_topk

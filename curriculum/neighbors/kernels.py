@@ -16,6 +16,7 @@ from .metric import get_metric
 PARTITION_FROM_K = 20  # smallest_k partitions in numpy from this k (torch.topk below)
 BELOW_LIMIT = 3  # smallest_k with a head bound gives up (and partitions) past this many k kept per row
 SCORE_BLOCK = 1 << 22  # exact_topk's score block (queries x rows of a chunk), ~16 MB: in cache
+QUERY_GROUP = SCORE_BLOCK // 4096  # ... so it takes at most this many queries at a time
 BELOW_MAX_K = 64  # ... and is used up to this k (beyond, its insertion sort and quickselect cost more)
 
 
@@ -99,7 +100,8 @@ def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.n
     ground truth, label-filtered search of an exact store): at 1M x 128, 512 queries take ~2 s
     where faiss's per-row heap takes ~5 s. ``chunk`` (rows of ``x`` a product covers) defaults to
     a score block of ~4M entries, 4,096-65,536 rows: the block then stays in cache (2M x 128, 512
-    queries: 3.6 s instead of 5.1 s with chunks of 65,536).
+    queries: 3.6 s instead of 5.1 s with chunks of 65,536); more than :data:`QUERY_GROUP` queries
+    run in groups of that many (memory stays ~16 MB a block whatever the queries).
 
     Example:
         >>> import numpy as np
@@ -109,6 +111,11 @@ def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.n
     """
     import torch
 
+    if chunk is None and len(q) > QUERY_GROUP:
+        parts = [exact_topk(q[s:s + QUERY_GROUP], x, k, metric,
+                            None if q_labels is None else np.asarray(q_labels)[s:s + QUERY_GROUP], x_labels)
+                 for s in range(0, len(q), QUERY_GROUP)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     m = get_metric(metric)
     qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))
     q_lab = None if q_labels is None else torch.from_numpy(np.asarray(q_labels, np.int64))[:, None]

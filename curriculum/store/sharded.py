@@ -53,7 +53,6 @@ FORMAT_VERSION = 1
 SAMPLE_PER_CLUSTER = 256  # k-means is seeded on this many sampled rows per centroid (faiss's default)
 MERGE_COST = 0.7  # NN-descent merging two shards' graphs, over a cold NN-descent of both (measured: 0.71)
 RING_BLOCK = 65_536       # visiting rows are searched in a shard's index this many at a time
-EXACT_QUERY_BLOCK = 1_024  # ... and exactly against other labels this many (score blocks of ~4M entries)
 LABEL_PLAN_BLOCK = 256   # rows of a block of the negatives table's global plan, over all shards: a row's
 # other-label neighbours lie past its own-label blocks, and coarse blocks multiply the pairs (250k x 128,
 # labels following 100 modes, 4 ranks: 32.5 s at 256 rows, 43.6 s at 512, 77 s at 256 per shard)
@@ -592,8 +591,7 @@ class ShardedStore:
                                    query_assign=b)
                 return _drop_own(d, r, base_ids, i, k)
 
-        step = {"index": RING_BLOCK, "exact (other labels)": EXACT_QUERY_BLOCK}.get(self.last_knn_report["method"])
-        # the blocked engine and faiss's exact search: all at once (blocks stay full)
+        step = RING_BLOCK if method == "index" else None  # the engines: all at once (blocks stay full)
 
         def visit(v: np.ndarray, i: np.ndarray, lab: np.ndarray, b: np.ndarray, own: bool) -> tuple:
             if len(v) == 0 or len(base) == 0:
@@ -1007,5 +1005,5 @@ def _kmeans_args(n_clusters: Any, niter: Any, nredo: Any, n: int) -> int:
     return k
 
 __all__ = ["ShardedStore", "id_priority", "merge_topk", "descent_ring_pairs", "MANIFEST", "FORMAT", "FORMAT_VERSION",
-           "LABEL_PLAN_BLOCK", "EXACT_QUERY_BLOCK",
+           "LABEL_PLAN_BLOCK",
            "RING_BLOCK", "MERGE_COST"]
