@@ -271,10 +271,12 @@ def _label_ring_worker(rank, world, out, initfile):
     lab = plane_labels(x)
     s = ShardedStore(16, metric="l2")
     s.add(x[rank::world], ids[rank::world], lab[rank::world])
-    d, i = s.knn(2 * K, exclude_same_label=True, method="blocked")
+    miner = HardNegativeMiner(s, k=K, exclude_batch=False).build_table(k=2 * K, method="blocked")  # the ring
+    d, i = s.knn(2 * K, exclude_same_label=True, method="blocked")  # the same, cached
     rep = dict(s.last_knn_report)
     np.savez(f"{out}.{rank}.npz", ids=s.ids, tab_i=i, tab_d=d, route=np.array([rep["method"]]),
-             estimate=rep["recall_estimate"], nprobe=rep["nprobe"])
+             estimate=rep["recall_estimate"], nprobe=rep["nprobe"], mined=miner.negatives(s.ids[:50]).ids,
+             info_method=np.array([miner.table_info["method"]]))
     torch.distributed.destroy_process_group()
 
 
@@ -638,7 +640,10 @@ def test_negatives_table_by_the_labelled_blocked_ring_meets_its_recall(tmp_path,
     x, _ = big_pool()
     lab = plane_labels(x)
     got_all = _results(prefix, world)
-    assert {g["route"][0] for g in got_all} == {"blocked (global plan, other labels)"}
+    assert {g["route"][0] for g in got_all} | {g["info_method"][0] for g in got_all} == \
+        {"blocked (global plan, other labels)"}
+    for got in got_all:
+        np.testing.assert_array_equal(got["mined"], got["tab_i"][:50, :K])  # the miner answers from it
     recall = _check_table(got_all, x, lab, 2 * K)
     assert recall >= 0.93, recall
     assert abs(float(got_all[0]["estimate"]) - recall) < 0.05

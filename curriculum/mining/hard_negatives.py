@@ -122,8 +122,9 @@ class HardNegativeMiner:
         On a :class:`~curriculum.store.ShardedStore` (collective, in the foreground: a thread must
         not run collectives beside the caller's) each shard's rows get their table rows where
         they live, from :meth:`ShardedStore.knn` with ``exclude_same_label=True`` (rows regrouped by k-means
-        region and each rank's batch table built as here, where the sampled ceiling allows; else
-        a blocked ring on a global plan for other-label neighbours); :meth:`negatives` asks each anchor's owner
+        region and each rank's batch table built as here, where the sampled ceiling allows; else -
+        and with ``method="blocked"`` - a blocked ring on a global plan for other-label
+        neighbours); :meth:`negatives` asks each anchor's owner
         for its candidates and re-scores them on the shards that hold them.
 
         Example:
@@ -157,7 +158,8 @@ class HardNegativeMiner:
         self.wait_table()  # one build at a time
         t0 = time.perf_counter()
         if self._sharded:
-            _, rows = store.knn(kt, exclude_same_label=True, progress=progress, target_recall=target)
+            _, rows = store.knn(kt, exclude_same_label=True, progress=progress, target_recall=target,
+                                method="blocked" if how == "blocked" else "auto")
             rep = store.last_knn_report
             self._install(store.ids, rows, {"rows": len(store), "k": kt, "nprobe": None, "method": rep.get("method"),
                                             "recall_estimate": rep.get("recall_estimate"),
