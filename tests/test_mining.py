@@ -128,7 +128,7 @@ def test_labelled_blocked_engine_at_full_probe_equals_brute_force(metric):
 def test_labelled_blocked_search_of_a_base_equals_brute_force(metric):
     """Queries and base apart (a shard's visitors, say), each with its labels: at full probe the
     other-label neighbours equal brute force; at few probes never the query's label, with the
-    purity given for a larger pool (the blocks' labels over both) or computed from both."""
+    blocks' purity passed in (as a sharded store passes its all-reduced one) or computed from both."""
     from curriculum.neighbors import blocked_knn, brute_knn
     from curriculum.neighbors.blocked import assign_blocks, block_label_range, block_plan, purity_of_range
 
