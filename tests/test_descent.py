@@ -134,6 +134,54 @@ def test_recall_against_the_plans_truth_equals_a_fresh_measurement():
         sampled_recall(x, rows, 7, "l2", truth=plan.truth)
 
 
+@pytest.mark.parametrize("dim, exclude_self, target", [(16, True, 0.9), (16, False, 0.9), (200, True, 0.7)])
+def test_rounds_stop_once_the_sampled_recall_clears_the_target(dim, exclude_self, target):
+    # (200: searched on a projection, the lists rescored; this manifold loses recall there)
+    x = manifold(8000, dim=dim, latent=10, seed=3)
+    truth = cl.neighbors.plan_recall(x, 6, "l2", target=0.9, exclude_self=exclude_self).truth
+    full = descent_knn(x, 6, "l2", return_stats=True, exclude_self=exclude_self)
+    assert full[2]["iterations"] >= 3 and "stopped_at_target" not in full[2]
+    d, rows, st = descent_knn(x, 6, "l2", return_stats=True, exclude_self=exclude_self, truth=truth,
+                              target_recall=target)
+    assert st["stopped_at_target"] and st["iterations"] < full[2]["iterations"]
+    goal = target + 2 * np.sqrt(target * (1 - target) / truth[1].size)
+    assert sampled_recall(x, rows, 6, "l2", exclude_self, truth=truth) >= goal  # what the check saw
+    same = descent_knn(x, 6, "l2", max_iters=st["iterations"], exclude_self=exclude_self)  # the same rounds
+    np.testing.assert_array_equal(rows, same[1])
+    np.testing.assert_array_equal(d, same[0])
+    never = descent_knn(x, 6, "l2", return_stats=True, exclude_self=exclude_self, truth=truth, target_recall=1.0)
+    np.testing.assert_array_equal(never[1], full[1])  # an unreachable target changes nothing
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 60), width=st.integers(1, 12), k=st.integers(1, 5), seed=st.integers(0, 999),
+       metric=st.sampled_from(["l2", "cosine"]))
+def test_list_recall_counts_the_k_best_of_each_list(n, width, k, seed, metric):
+    from curriculum.neighbors.plan import list_recall
+
+    rng = np.random.default_rng(seed)
+    x = cl.neighbors.get_metric(metric).prepare(rng.normal(size=(n, 3)).astype(np.float32), "x")
+    k, width, sample = min(k, n - 1), min(width, n - 1), rng.choice(n, min(n, 7), replace=False)
+    true_d = np.stack([np.sort(pair_distances(x[q][None], x[np.arange(n) != q][None], metric)[0])[:k]
+                       for q in sample])
+    lists = np.stack([rng.permutation(np.flatnonzero(np.arange(n) != q))[:width] for q in sample])
+    lists[rng.uniform(size=lists.shape) < 0.2] = -1
+    dist = np.where(lists >= 0, pair_distances(x[sample], x[np.maximum(lists, 0)], metric), np.inf)
+    kept = np.take_along_axis(lists, np.argsort(dist, 1, kind="stable")[:, :k], 1)  # what a search keeps
+    graph = np.full((n, k), -1, np.int64)
+    graph[sample, :kept.shape[1]] = kept
+    assert list_recall(x, sample, lists, true_d, metric) == sampled_recall(x, graph, k, metric,
+                                                                           truth=(sample, true_d))
+
+
+def test_bad_truth_is_a_clear_error():
+    x = manifold(500, dim=8)
+    with pytest.raises(ValueError, match="truth: expected"):
+        descent_knn(x, 3, "l2", truth=(np.array([0, 600]), np.zeros((2, 3))), target_recall=0.9)
+    with pytest.raises(ValueError, match="target_recall"):
+        descent_knn(x, 3, "l2", truth=(np.array([0, 1]), np.zeros((2, 3))), target_recall=1.5)
+
+
 def test_same_graph_for_a_seed_whatever_the_thread_count():
     x = manifold(6000, dim=32)
     a = descent_knn(x, 8, "l2", seed=4)
@@ -188,6 +236,21 @@ def test_store_auto_routes_manifold_to_descent_and_noise_to_exact():
     assert rep["method"] == "exact" and rep["descent_recall"] < 0.95
     _, exact = noise.knn(5, method="exact")
     np.testing.assert_array_equal(got, exact)
+
+
+def test_store_auto_second_descent_stops_at_the_target():
+    # a manifold where the first lists (14) settle just short of 0.95: the run with longer lists
+    # (18) starts from them and stops once the plan's sampled rows clear the target
+    rng = np.random.default_rng(0)
+    x = np.sin(3 * rng.uniform(size=(20_000, 10)) @ rng.normal(size=(10, 20))).astype(np.float32)
+    s = cl.EmbeddingStore(20, metric="l2", exact_threshold=0)
+    s.add(x)
+    _, ids = s.knn(10)
+    rep = s.last_knn_report
+    assert rep["method"] == "descent" and rep["n_neighbors"] == 18 and rep["stopped_at_target"]
+    assert rep["recall_measured"] >= 0.95 + 2 * np.sqrt(0.95 * 0.05 / (512 * 10))
+    recall = np.mean([np.isin(t, r).mean() for t, r in zip(exact_rows(x, 10, "l2"), ids)])
+    assert recall >= 0.95 and abs(recall - rep["recall_measured"]) < 0.02
 
 
 def test_store_descent_method_and_cache():

@@ -16,13 +16,14 @@ deterministic for a seed, whatever the thread count.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .._util import checks as C
 from .._util.progress import progress_bar
 from .metric import get_metric
+from .plan import list_recall
 
 REDUCE_FROM_DIM = 129   # from this dimension the descent runs on a PCA projection
 REDUCE_VARIANCE = 0.97  # ... keeping this share of the variance (at most half the dimensions)
@@ -98,7 +99,8 @@ def project(x: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
 def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = None, n_trees: int | None = None,
                 leaf_size: int | None = None, max_iters: int = 12, delta: float = 0.005, seed: int = 0,
                 exclude_self: bool = True, reduce: bool | None = None, max_candidates: int | None = None,
-                progress: bool = False, return_stats: bool = False, init: np.ndarray | None = None) -> Any:
+                progress: bool = False, return_stats: bool = False, init: np.ndarray | None = None,
+                truth: tuple[np.ndarray, np.ndarray] | None = None, target_recall: float | None = None) -> Any:
     """The ``k`` nearest rows of every row of ``x`` by NN-descent (approximate; see the module).
 
     ``n_neighbors`` is the length of the working lists (default ``max(k + 4, 1.4k)``, and
@@ -110,7 +112,10 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
     row of ``x``: rows of ``x`` known to be near it, ``-1`` pads) warm-starts the lists: its
     entries go in first, flagged as already joined with each other, so the rounds only join them
     with what the forest (then 2 trees by default) and random rows add - how :func:`merge_knn`
-    joins two graphs. Returns ``(distances, rows)`` in the
+    joins two graphs. ``truth`` (sampled rows and their exact ``k`` distances,
+    :attr:`~curriculum.neighbors.RecallPlan.truth`) with ``target_recall``: the rounds also stop
+    as soon as the lists' recall on those rows clears the target by two standard errors (checked
+    after each round; how ``knn(method="auto")`` runs a second search). Returns ``(distances, rows)`` in the
     module's convention, and with ``return_stats`` a third item ``{"pairs_scored", "iterations",
     "dim"}``.
 
@@ -171,7 +176,8 @@ def descent_knn(x: np.ndarray, k: int, metric: str, n_neighbors: int | None = No
         del perms, bounds
         kern.fill_random(work, kind, seed, *lists)
         bar.update(1)
-        _descend(kern, work, kind, lists, max_candidates or min(K, 60), seed, max_iters, delta, stats, bar)
+        check = _target_check(x, met.name, order, lists[1], truth, target_recall, exclude_self)
+        _descend(kern, work, kind, lists, max_candidates or min(K, 60), seed, max_iters, delta, stats, bar, check)
     out_d, out_i = _finish(kern, x, met, kind, reduce, *_renumbered(lists[0], lists[1], order), kf)
     if not exclude_self:  # the row itself, merged in at its distance (first, except under ip)
         own = met.pair_distances(x, x).astype(np.float32)[:, None]
@@ -241,10 +247,37 @@ def _renumbered(dist: np.ndarray, idx: np.ndarray, order: np.ndarray) -> tuple[n
     return back_d, back_i
 
 
+def _target_check(x: np.ndarray, metric: str, order: np.ndarray, idx: np.ndarray, truth: Any,
+                  target: float | None, exclude_self: bool) -> Callable[[], bool] | None:
+    """Whether the lists ``idx`` (the search's row order, :func:`_leaf_order`) already clear
+    ``target`` on the sampled rows of ``truth`` by two standard errors, as a function to call
+    between rounds (None without a target)."""
+    if truth is None or target is None:
+        return None
+    sample, true_d = np.asarray(truth[0], np.int64), np.asarray(truth[1])
+    if true_d.ndim != 2 or len(sample) != len(true_d) or (len(sample) and not 0 <= sample.min() <= sample.max() < len(x)):
+        raise ValueError(f"truth: expected (sampled rows of x, their exact distances: one row each), got "
+                         f"{len(sample)} rows and distances of shape {true_d.shape}")
+    target = C.finite_float(target, "target_recall", 0.0, 1.0, low_open=True)
+    goal = min(1.0, target + 2.0 * math.sqrt(target * (1.0 - target) / max(true_d.size, 1)))
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order))
+    at = inv[sample]
+
+    def check() -> bool:
+        lists = np.where(idx[at] >= 0, order[np.maximum(idx[at], 0)], -1)
+        if not exclude_self:  # the truth counts the row itself; the lists never hold it
+            lists = np.concatenate([sample[:, None], lists], 1)
+        return list_recall(x, sample, lists, true_d, metric) >= goal
+    return check
+
+
 def _descend(kern: Any, work: np.ndarray, kind: int, lists: tuple[np.ndarray, ...], n_cand: int, seed: int,
-             max_iters: int, delta: float, stats: dict[str, int], bar: Any) -> None:
+             max_iters: int, delta: float, stats: dict[str, int], bar: Any,
+             check: Callable[[], bool] | None = None) -> None:
     """NN-descent rounds on ``lists`` (distances, rows, new-flags) until fewer than
-    ``delta * N * K`` entries change or ``max_iters`` rounds ran."""
+    ``delta * N * K`` entries change, ``max_iters`` rounds ran or ``check()`` says the target is
+    reached (``stats["stopped_at_target"]``)."""
     n, K = lists[1].shape
     threads = _threads()
     for it in range(max_iters):
@@ -254,6 +287,9 @@ def _descend(kern: Any, work: np.ndarray, kind: int, lists: tuple[np.ndarray, ..
         stats["iterations"] = it + 1
         bar.update(1)
         if changed <= delta * n * K:
+            break
+        if check is not None and check():
+            stats["stopped_at_target"] = True
             break
 
 

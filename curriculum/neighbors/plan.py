@@ -108,12 +108,25 @@ def sampled_recall(vec: np.ndarray, rows: np.ndarray, k: int, metric: str, exclu
             raise ValueError(f"truth: expected (sample, distances) with a row of at least {k} distances per "
                              f"sampled row, got {len(sample)} rows and distances of shape {true_d.shape}")
         true_d = true_d[:, :k]
-    found = rows[sample, :k]
-    d = get_metric(metric).pair_distances(vec[sample], vec[np.maximum(found, 0)])
+    return list_recall(vec, sample, rows[sample, :k], true_d, metric)
+
+
+def list_recall(vec: np.ndarray, sample: np.ndarray, lists: np.ndarray, true_d: np.ndarray, metric: str) -> float:
+    """The recall@k (``k`` = the columns of ``true_d``, the sampled rows' exact neighbour
+    distances) of the ``k`` nearest rows in each sampled row's candidate list (``lists``: one row
+    per sampled row, any width, distinct rows, ``-1`` = none) - what a search keeping the ``k``
+    best of such lists by exact distance returns. As :func:`sampled_recall` counts.
+
+    Example:
+        >>> x = np.array([[0.], [1.], [2.], [9.]], np.float32)
+        >>> list_recall(x, np.array([0]), np.array([[3, 2, 1]]), np.array([[1.0, 2.0]]), "l2")
+        1.0
+    """
+    d = get_metric(metric).pair_distances(vec[sample], vec[np.maximum(lists, 0)])
     tol = 1e-5 * np.maximum(np.abs(true_d[:, -1:]), 1.0)
-    hit = (found >= 0) & (d <= true_d[:, -1:] + tol)
+    hit = ((lists >= 0) & (d <= true_d[:, -1:] + tol)).sum(1)
     exist = np.isfinite(true_d).sum(1)  # fewer than k where fewer rows qualify (few of another label)
-    return float(np.minimum(hit.sum(1), exist).sum() / exist.sum()) if exist.sum() else 1.0
+    return float(np.minimum(hit, exist).sum() / exist.sum()) if exist.sum() else 1.0
 
 
 @dataclass(frozen=True)
@@ -174,4 +187,4 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
     return RecallPlan(centroids, None if (assign < 0).any() else assign, p, recall, known, coarse)
 
 
-__all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall', 'RecallPlan', 'plan_recall']
+__all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall', 'list_recall', 'RecallPlan', 'plan_recall']
