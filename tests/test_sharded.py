@@ -127,6 +127,7 @@ def _worker(rank, world, out, initfile, metric, save_to):
     except Exception as exc:  # noqa: BLE001
         res["bad_error"] = np.array([f"{type(exc).__name__}: {exc}"])
     res["len_after_bad"] = np.array([len(s)])
+    res["local_world"] = np.array([s.comm.local_world()])
     x, ids, _, _ = pool(metric)
     s.update(ids[:20][rank::world], x[20:40][rank::world] + 0.5)
     s.remove(ids[40:60][rank::world])
@@ -313,6 +314,27 @@ def test_shards_partition_the_pool_by_id(sharded):
     for r, got in enumerate(res):
         np.testing.assert_array_equal(np.sort(got["local_ids"]), np.sort(ids[ids % world == r]))
         assert int(got["len"][0]) == N
+
+
+def test_every_rank_counts_the_ranks_on_its_host(sharded):
+    world, _, res, _ = sharded
+    assert all(int(r["local_world"][0]) == world for r in res)  # all spawned on this machine
+
+
+def test_more_threads_raises_the_counts_for_the_block_and_restores_them():
+    import faiss
+    import numba
+
+    from curriculum._util.dist import more_threads
+
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads(), numba.get_num_threads())
+    cpus = len(os.sched_getaffinity(0))
+    with pytest.raises(RuntimeError, match="inside"):
+        with more_threads(64) as n:
+            assert n == min(cpus, before[0] * 64) == torch.get_num_threads() == faiss.omp_get_max_threads()
+            assert numba.get_num_threads() == min(n, numba.config.NUMBA_NUM_THREADS)
+            raise RuntimeError("inside")
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads(), numba.get_num_threads()) == before
 
 
 def test_exact_search_equals_one_process(sharded):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import socket
+import zlib
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -96,6 +100,7 @@ class Comm:
         self.rank, self.world = (torch.distributed.get_rank(group), torch.distributed.get_world_size(group)) \
             if initialized() else (0, 1)
         self.bytes_sent = 0
+        self._local: int | None = 1 if self.world == 1 else None
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(_collective_device())
@@ -176,6 +181,15 @@ class Comm:
         buckets[(self.rank + 1) % self.world] = np.asarray(a)
         return self.exchange(buckets)[(self.rank - 1) % self.world]
 
+    def local_world(self) -> int:
+        """How many ranks of the group run on this host (this one included): the cores a rank may
+        borrow while the others wait in a collective (:func:`more_threads`). Collective on the
+        first call (one all-gather of a hash of the host name), cached after."""
+        if self._local is None:
+            host = zlib.crc32(socket.gethostname().encode()) & 0x7FFF_FFFF
+            self._local = sum(int(h[0]) == host for h in self.all_gather(np.array([host], np.int64)))
+        return self._local
+
     def agree(self, error: BaseException | None) -> None:
         """Raise on every rank when any rank failed: the failing rank re-raises its own error, the
         others a ``RuntimeError`` that names the rank and its message. Collective state stays in
@@ -194,3 +208,48 @@ class Comm:
         first = next(r for r, f in enumerate(flags) if int(f[0]))
         raise RuntimeError(f"rank {first} failed, so this collective call stopped on every rank: "
                            f"{bytes(texts[first]).decode(errors='replace')}")
+
+
+@contextmanager
+def more_threads(factor: int) -> Iterator[int]:
+    """Run the block with torch's, faiss's and numba's thread counts ``factor`` times their current
+    value (at most the CPUs this process may use), then put them back; yields the count. Rank 0
+    fits the store's samples this way while the other ranks of its host wait for the result in a
+    collective (a waiting gloo rank uses no CPU): under torchrun each rank has a few threads (one
+    by default), so rank 0 alone would leave the host's other cores idle.
+
+    Example:
+        >>> before = torch.get_num_threads()
+        >>> with more_threads(1) as n:
+        ...     n == before
+        True
+    """
+    import faiss
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    prev = (torch.get_num_threads(), faiss.omp_get_max_threads(), _numba_threads())
+    want = max(1, min(cpus, prev[0] * max(1, int(factor))))
+    _set_threads(want, want, want)
+    try:
+        yield want
+    finally:
+        _set_threads(*prev)
+
+
+def _numba_threads() -> int | None:
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return int(numba.get_num_threads())
+
+
+def _set_threads(torch_n: int, faiss_n: int, numba_n: int | None) -> None:
+    import faiss
+
+    torch.set_num_threads(torch_n)
+    faiss.omp_set_num_threads(faiss_n)
+    if numba_n is not None:
+        import numba
+
+        numba.set_num_threads(min(numba_n, numba.config.NUMBA_NUM_THREADS))

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .._util import checks as C
-from .._util.dist import Comm
+from .._util.dist import Comm, more_threads
 from .._util.io import atomic_write_bytes
 from ..neighbors import PLAN_SAMPLE, blocked_knn, brute_knn, device_topk, merge_knn, normalize, nprobe_for, probe_ranks
 from ..neighbors.device import checked_device, on_device
@@ -834,11 +834,18 @@ class ShardedStore:
 
     def fit_on_root(self, m: int, seed: int, rows: np.ndarray, fit: Any, mask: np.ndarray | None = None) -> np.ndarray:
         """``fit(sample)`` computed once, on rank 0, from :meth:`sample` ``(m, seed, rows, mask=mask)``,
-        and broadcast (float32) to every rank: the sample travels to one rank, the fit runs once.
+        and broadcast (float32) to every rank: the sample travels to one rank, the fit runs once -
+        with the threads of every rank on rank 0's host, which wait meanwhile (:func:`more_threads`).
         Collective."""
         sample = self.sample(m, seed, rows=rows, root=0, mask=mask)
-        out = self.checked(lambda: None if sample is None else fit(sample))
-        return self.comm.broadcast(out, np.float32)
+        local = self.comm.local_world()
+
+        def on_root() -> np.ndarray | None:
+            if sample is None:
+                return None
+            with more_threads(local):
+                return fit(sample)
+        return self.comm.broadcast(self.checked(on_root), np.float32)
 
     # ------------------------------------------------------------------ persistence (collective)
     def save(self, path: str | os.PathLike) -> None:
