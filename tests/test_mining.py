@@ -124,6 +124,57 @@ def test_labelled_blocked_engine_at_full_probe_equals_brute_force(metric):
     assert ((r4 < 0) | (labels[np.maximum(r4, 0)] != labels[:, None])).all()  # never the anchor's label
 
 
+@settings(max_examples=25, deadline=None)
+@given(metric=st.sampled_from(["l2", "cosine", "ip"]), labelled=st.booleans(), nprobe=st.integers(1, 12),
+       k=st.integers(1, 30), seed=st.integers(0, 999))
+def test_blocked_search_under_a_bound_keeps_what_beats_it(metric, labelled, nprobe, k, seed):
+    """A ring visit passes each row's k-th distance found so far: the bounded search returns the
+    unbounded one's neighbours that beat the bound (a little past it is allowed), and merged with
+    the lists the bounds came from both give the same top-k."""
+    from curriculum.neighbors import blocked_knn
+    from curriculum.neighbors.blocked import block_plan
+    from curriculum.store.sharded import merge_topk
+
+    rng = np.random.default_rng(seed)
+    x, lab = clustered(3000, 8, n_clusters=20, seed=seed)
+    x = x.astype(np.float32)
+    if metric == "cosine":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q, base, other = x[:800], x[800:2000], x[2000:]  # other: where the earlier lists came from
+    labels = (lab % 3) if labelled else None
+    kw = dict(labels=labels[:800], base_labels=labels[800:2000]) if labelled else {}
+    cent, assign = block_plan(base, 8, metric)
+    full = blocked_knn(q, k, metric, nprobe=nprobe, base=base, centroids=cent, assign=assign, **kw)
+    kw_o = dict(labels=labels[:800], base_labels=labels[2000:]) if labelled else {}
+    prev = blocked_knn(q, k, metric, nprobe=nprobe, base=other, **kw_o)
+    bound = prev[0][:, k - 1].astype(np.float64)
+    bound[rng.random(800) < 0.2] = np.inf  # rows that found fewer than k so far
+    d, r = blocked_knn(q, k, metric, nprobe=nprobe, base=base, centroids=cent, assign=assign, bound=bound, **kw)
+    for i in range(800):
+        got = set(r[i][r[i] >= 0].tolist())
+        assert got <= set(full[1][i].tolist())  # nothing the unbounded search would not return
+        under = bound[i] - 1e-3 * max(1.0, abs(bound[i])) if np.isfinite(bound[i]) else np.inf
+        beats = full[1][i][(full[0][i] < under) & (full[1][i] >= 0)]
+        assert set(beats.tolist()) <= got
+    fd, fi = full[0], full[1]
+    off = 10**6  # the earlier lists' rows, told apart
+    a = merge_topk(np.concatenate([prev[0], fd], 1), np.concatenate([np.where(prev[1] >= 0, prev[1] + off, -1), fi], 1), k)
+    b = merge_topk(np.concatenate([prev[0], d], 1), np.concatenate([np.where(prev[1] >= 0, prev[1] + off, -1), r], 1), k)
+    unbounded = np.isinf(bound)  # rows without a bound get everything: equal as they are
+    np.testing.assert_array_equal(a[1][~unbounded], b[1][~unbounded])
+    np.testing.assert_array_equal(r[unbounded], fi[unbounded])
+
+
+def test_a_bad_bound_is_a_clear_error():
+    from curriculum.neighbors import blocked_knn
+
+    x = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"bound: expected one distance \(or inf\) per row of x \(300\)"):
+        blocked_knn(x, 3, "l2", bound=np.ones(5))
+    with pytest.raises(ValueError, match="with NaN"):
+        blocked_knn(x, 3, "l2", bound=np.full(300, np.nan))
+
+
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_labelled_blocked_search_of_a_base_equals_brute_force(metric):
     """Queries and base apart (a shard's visitors, say), each with its labels: at full probe the

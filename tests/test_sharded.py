@@ -775,6 +775,23 @@ def test_merge_topk_and_priority_match_references():
     assert not np.array_equal(p, id_priority(np.arange(10_000), 6))
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 30), m=st.integers(1, 40), k=st.integers(1, 45), levels=st.integers(1, 6),
+       seed=st.integers(0, 10**6), wide=st.booleans())
+def test_merge_topk_orders_by_distance_then_id_as_a_lexsort(n, m, k, levels, seed, wide):
+    # few distinct distances (ties), padding (inf / -1) anywhere, float32 or float64
+    rng = np.random.default_rng(seed)
+    d = rng.integers(0, levels, (n, m)).astype(np.float64 if wide else np.float32)
+    ids = rng.permutation(10 * m * max(n, 1))[:n * m].reshape(n, m)
+    pad = rng.random((n, m)) < 0.2
+    d[pad], ids[pad] = np.inf, -1
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), d), axis=-1)[:, :k]
+    md, mi = merge_topk(d, ids, k)
+    np.testing.assert_array_equal(mi, np.take_along_axis(ids, order, 1))
+    np.testing.assert_array_equal(md, np.take_along_axis(d, order, 1))
+    assert md.dtype == d.dtype and md.shape == (n, min(k, m))
+
+
 def test_without_a_process_group_it_is_a_world_of_one():
     s = ShardedStore(DIM, metric="l2", index="flat")
     x, ids, lab, q = pool()

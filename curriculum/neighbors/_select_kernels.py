@@ -5,12 +5,16 @@ The blocked engine scores a block's queries against their own block first, then 
 blocks; the ``k``-th smallest score of the own block bounds each row's ``k``-th smallest overall,
 and on data the engine is chosen for (neighbourhoods that follow the blocks) only a few ``k`` of a
 row's 1-2 thousand scores fall under it. One pass keeps those, a quickselect and a sort finish.
+
+Also the smallest entries under a bound each row brings (:func:`smallest_k_under`), and each
+row's ``k`` best of a few hundred candidates by distance, ties by id
+(:func:`first_k_by_distance_then_id`: the sharded store's merges of per-shard lists).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @njit(cache=True, inline="always")
@@ -84,6 +88,32 @@ def smallest_k_below(score, bound, k, per_row, out_v, out_i):
     return True
 
 
+@njit(cache=True, nogil=True)
+def smallest_k_under(score, bound, k, out_v, out_i):
+    """``out_v[r]``, ``out_i[r]``: the (at most ``k``) smallest entries of ``score[r]`` that are
+    <= ``bound[r]``, ascending, then ``inf`` / ``-1`` - for rows that need only what beats what
+    they already hold (a ring's running top-k)."""
+    n, m = score.shape
+    bv = np.empty(m, score.dtype)
+    bi = np.empty(m, np.int64)
+    for r in range(n):
+        t = bound[r]
+        cnt = 0
+        for j in range(m):
+            s = score[r, j]
+            if s <= t:
+                bv[cnt] = s
+                bi[cnt] = j
+                cnt += 1
+        if cnt > k:
+            _keep_smallest(bv, bi, cnt, k)
+            cnt = k
+        _insertion_sort(bv, bi, cnt)
+        for a in range(k):
+            out_v[r, a] = bv[a] if a < cnt else np.inf
+            out_i[r, a] = bi[a] if a < cnt else -1
+
+
 @njit(cache=True, inline="always")
 def _insertion_sort(v, i, k):
     """Sort ``v[:k]`` ascending, ``i`` alongside (k is a few dozen)."""
@@ -96,3 +126,34 @@ def _insertion_sort(v, i, k):
             b -= 1
         v[b + 1] = sv
         i[b + 1] = si
+
+
+@njit(cache=True, parallel=True)
+def first_k_by_distance_then_id(d, ids, k, out_d, out_i):
+    """``out_d[r]``, ``out_i[r]``: the ``k`` first of row ``r``'s candidates in the order of
+    distance, then id (``-1`` - no candidate - after every id): one stable sort of the distances,
+    then each run of equal distances that reaches into the first ``k`` ordered by id."""
+    n, m = d.shape
+    big = np.iinfo(np.int64).max
+    for r in prange(n):
+        o = np.argsort(d[r], kind="mergesort")
+        a = 0
+        while a < k:
+            b = a + 1
+            while b < m and d[r, o[b]] == d[r, o[a]]:
+                b += 1
+            for i in range(a + 1, b):  # a run of equal distances (short): insertion sort by id
+                v = o[i]
+                kv = ids[r, v] if ids[r, v] >= 0 else big
+                j = i - 1
+                while j >= a:
+                    kj = ids[r, o[j]] if ids[r, o[j]] >= 0 else big
+                    if kj <= kv:
+                        break
+                    o[j + 1] = o[j]
+                    j -= 1
+                o[j + 1] = v
+            a = b
+        for j in range(k):
+            out_d[r, j] = d[r, o[j]]
+            out_i[r, j] = ids[r, o[j]]

@@ -243,7 +243,7 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
                 base: np.ndarray | None = None, assign: np.ndarray | None = None,
                 labels: np.ndarray | None = None, return_stats: bool = False,
                 query_assign: np.ndarray | None = None, base_labels: np.ndarray | None = None,
-                pure: np.ndarray | None = None) -> Any:
+                pure: np.ndarray | None = None, bound: np.ndarray | None = None) -> Any:
     """k nearest rows of ``base`` (default: ``x`` itself, the all-points kNN graph) for every row
     of ``x``, computed in dense blocks at matrix-product speed.
 
@@ -261,7 +261,10 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     negatives - and probes, for a block of one label, the ``nprobe`` nearest blocks that hold
     other labels (:func:`probe_lists_other_label`); ``pure``: the blocks' purity
     (:func:`block_purity`) over a larger pool the rows come from (e.g. every shard), else over
-    the query and base rows.
+    the query and base rows. ``bound`` (one distance per row of ``x``, ``inf`` = none): neighbours
+    farther than it are not wanted (e.g. the ``k``-th nearest already found elsewhere - a ring's
+    running top-k): only candidates under it reach the top-k selection, and a row may come back
+    with fewer than ``k`` (``inf`` / ``-1``).
     Returns ``(distances, rows of base)`` in the module's convention, and with ``return_stats`` a
     third item ``{"pairs_scored", "blocks"}`` (the cost, for benchmarks).
 
@@ -288,6 +291,12 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     q_assign = query_assign if query_assign is not None else (None if same else _nearest(x, centroids, met))
     q_blocks = b_blocks if same else _Layout.of(q_assign, n_blocks)
     search = _BlockSearch(x, b, k, met, q_blocks, b_blocks, exclude_self and same)
+    if bound is not None:
+        bound = np.asarray(bound, np.float64)
+        if bound.shape != (len(x),) or np.isnan(bound).any():
+            raise ValueError(f"bound: expected one distance (or inf) per row of x ({len(x)}), got shape {bound.shape}"
+                             f"{' with NaN' if bound.shape == (len(x),) else ''}")
+        search.under = met.score_bound(bound, search.sq_q)
     if labels is not None:
         b_labels = labels if same else base_labels
         if pure is None:
@@ -373,6 +382,7 @@ class _BlockSearch:
         self.sq_q = (self.sq.numpy() if same else np.einsum("nd,nd->n", x, x)) if met.squared_norms else None
         self.probe = np.empty((0, 0), np.int64)
         self.labels = self.base_labels = self.pure = None
+        self.under: np.ndarray | None = None  # per query row: the largest score wanted (bound)
         self.out_d = np.full((len(x), k), np.inf, np.float32)
         self.out_i = np.full((len(x), k), -1, np.int64)
         self.scored = np.zeros(len(b_blocks.bounds) - 1, np.int64)  # distance evaluations per block
@@ -419,7 +429,8 @@ class _BlockSearch:
             score.masked_fill_(same_label, torch.inf)
         own = self.probe[c][0]  # the query block's own rows come first: they bound its k-th smallest
         head = self.b_blocks.rows(own).size if own >= 0 else None
-        vals, pos = smallest_k(score, min(self.kk, cand.size), head=head)
+        vals, pos = smallest_k(score, min(self.kk, cand.size), head=head,
+                               under=None if self.under is None else self.under[q_rows])
         v = self.met.from_score(vals, None if self.sq_q is None else self.sq_q[q_rows])
         ids = cand[pos]
         valid = ids != q_rows[:, None] if self.exclude_self else np.ones(ids.shape, bool)

@@ -145,7 +145,8 @@ def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.n
     return dist, out
 
 
-def smallest_k(score: Any, k: int, head: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def smallest_k(score: Any, k: int, head: int | None = None,
+               under: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` smallest entries of each row of a 2-D torch tensor, ascending: ``(values,
     columns)`` as numpy. From k = 20 numpy's introselect partition and a sort of the k (1.5-2.5x
     faster than ``torch.topk`` on the 256 x 1-5k score blocks of the blocked engine at k = 20-100);
@@ -155,17 +156,29 @@ def smallest_k(score: Any, k: int, head: int | None = None) -> tuple[np.ndarray,
     (:func:`~curriculum.neighbors._select_kernels.smallest_k_below`, up to k =
     :data:`BELOW_MAX_K`; on the Fashion-MNIST pixel-PCA blocks at k = 50, 0.67x the partition's
     time; where the head says little - more than :data:`BELOW_LIMIT` ``k`` entries per row fall
-    under the bound, as on rows in random order - it gives up early: at most 1.2x).
+    under the bound, as on rows in random order - it gives up early: at most 1.2x). ``under`` (one
+    score per row, ``inf`` = none): only entries <= it are wanted - a row's entries past it come
+    back as ``inf`` / ``-1`` (:func:`~curriculum.neighbors._select_kernels.smallest_k_under`: one
+    compiled pass; rows that already hold good neighbours keep few).
 
     Example:
         >>> import torch
         >>> v, c = smallest_k(torch.tensor([[3., 1., 2.], [0., 5., 4.]]), 2)
         >>> v.tolist(), c.tolist()
         ([[1.0, 2.0], [0.0, 4.0]], [[1, 2], [0, 2]])
+        >>> smallest_k(torch.tensor([[3., 1., 2.], [0., 5., 4.]]), 2, under=np.array([1.5, np.inf]))[1].tolist()
+        [[1, -1], [0, 2]]
     """
     import torch
 
     k = min(int(k), score.shape[1])
+    if under is not None and np.isfinite(under).any():
+        from ._select_kernels import smallest_k_under
+
+        sn = score.numpy()
+        vals, cols = np.empty((len(sn), k), sn.dtype), np.empty((len(sn), k), np.int64)
+        smallest_k_under(sn, np.asarray(under, sn.dtype), k, vals, cols)
+        return vals, cols
     if k < PARTITION_FROM_K or k == score.shape[1]:
         vals, pos = torch.topk(score, k, dim=1, largest=False, sorted=True)
         return vals.numpy(), pos.numpy()

@@ -111,6 +111,17 @@ class Metric:
             x_sq = (x * x).sum(1)
         return torch.addmm(x_sq[None, :], q, x.T, beta=1.0, alpha=-2.0)
 
+    def score_bound(self, d: np.ndarray, q_sq: np.ndarray | None = None) -> np.ndarray:
+        """A :meth:`score` value that every pair within distance ``d`` scores at most (``q_sq``:
+        the queries' squared norms under l2): :meth:`from_score` inverted, with a little slack for
+        float32 rounding (``inf`` stays ``inf``)."""
+        d = np.asarray(d, np.float64)
+        if self.name == "l2":
+            s = d * d - q_sq
+            return s + 1e-4 * (d * d + q_sq) + 1e-6
+        s = d - 1.0 if self.name == "cosine" else d
+        return s + 1e-4 * np.maximum(np.abs(s), 1.0)
+
     def from_score(self, s: np.ndarray, q_sq: np.ndarray | None = None) -> np.ndarray:
         """Distances from :meth:`score` values; ``q_sq`` (l2) are the queries' squared norms."""
         if self.name == "l2":
