@@ -55,6 +55,19 @@ def _keep_smallest(v, i, cnt, k):
             break
 
 
+@njit(cache=True, inline="always")
+def _collect(score, r, t, bv, bi):
+    """Row ``r``'s entries <= ``t`` and their columns into ``bv``, ``bi``; returns how many."""
+    cnt = 0
+    for j in range(score.shape[1]):
+        s = score[r, j]
+        if s <= t:
+            bv[cnt] = s
+            bi[cnt] = j
+            cnt += 1
+    return cnt
+
+
 @njit(cache=True, nogil=True)
 def smallest_k_below(score, bound, k, per_row, out_v, out_i):
     """``out_v[r]``, ``out_i[r]``: the ``k`` smallest entries of ``score[r]`` and their columns,
@@ -68,14 +81,7 @@ def smallest_k_below(score, bound, k, per_row, out_v, out_i):
     bi = np.empty(m, np.int64)
     kept = 0
     for r in range(n):
-        t = bound[r]
-        cnt = 0
-        for j in range(m):
-            s = score[r, j]
-            if s <= t:
-                bv[cnt] = s
-                bi[cnt] = j
-                cnt += 1
+        cnt = _collect(score, r, bound[r], bv, bi)
         kept += cnt
         if kept > per_row * (r + 1) + 8 * k:  # the bound is loose here: give up early
             return False
@@ -97,14 +103,7 @@ def smallest_k_under(score, bound, k, out_v, out_i):
     bv = np.empty(m, score.dtype)
     bi = np.empty(m, np.int64)
     for r in range(n):
-        t = bound[r]
-        cnt = 0
-        for j in range(m):
-            s = score[r, j]
-            if s <= t:
-                bv[cnt] = s
-                bi[cnt] = j
-                cnt += 1
+        cnt = _collect(score, r, bound[r], bv, bi)
         if cnt > k:
             _keep_smallest(bv, bi, cnt, k)
             cnt = k
