@@ -1,16 +1,16 @@
-"""Compiled selection of each row's ``k`` smallest scores below a known bound (numba, cached on
-disk, GIL released).
+"""Compiled selection of each row's ``k`` smallest scores under a bound (numba, cached on disk,
+GIL released): :func:`smallest_k_under`.
 
 The blocked engine scores a block's queries against their own block first, then the nearer
-blocks; the ``k``-th smallest score of the own block bounds each row's ``k``-th smallest overall,
-and on data the engine is chosen for (neighbourhoods that follow the blocks) only a few ``k`` of a
-row's 1-2 thousand scores fall under it. One pass keeps those, a quickselect and a sort finish.
+blocks; the ``k``-th smallest score of those leading columns bounds each row's ``k``-th smallest
+overall, and on data the engine is chosen for (neighbourhoods that follow the blocks) only a few
+``k`` of a row's 1-2 thousand scores fall under it; a sharded ring's visiting rows bring their
+own bound (the ``k``-th found so far). One pass keeps what falls under it, a quickselect and a
+sort finish.
 
-Also the smallest entries under a bound each row brings (:func:`smallest_k_under`), and each
-row's ``k`` best of a few hundred candidates by distance, ties by id
+Also each row's ``k`` best of a few hundred candidates by distance, ties by id
 (:func:`first_k_by_distance_then_id`: the sharded store's merges of per-shard lists).
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -66,32 +66,6 @@ def _collect(score, r, t, bv, bi):
             bi[cnt] = j
             cnt += 1
     return cnt
-
-
-@njit(cache=True, nogil=True)
-def smallest_k_below(score, bound, k, per_row, out_v, out_i):
-    """``out_v[r]``, ``out_i[r]``: the ``k`` smallest entries of ``score[r]`` and their columns,
-    ascending (``k`` at most a few dozen: they are insertion-sorted), given ``bound[r]`` >= the
-    row's ``k``-th smallest (at least ``k`` entries are <=
-    it). Returns False - outputs incomplete - as soon as the rows so far kept more than
-    ``per_row`` entries each on average (plus ``8 k``): a loose bound, the caller selects
-    another way."""
-    n, m = score.shape
-    bv = np.empty(m, score.dtype)
-    bi = np.empty(m, np.int64)
-    kept = 0
-    for r in range(n):
-        cnt = _collect(score, r, bound[r], bv, bi)
-        kept += cnt
-        if kept > per_row * (r + 1) + 8 * k:  # the bound is loose here: give up early
-            return False
-        if cnt > k:
-            _keep_smallest(bv, bi, cnt, k)
-        _insertion_sort(bv, bi, k)
-        for a in range(k):
-            out_v[r, a] = bv[a]
-            out_i[r, a] = bi[a]
-    return True
 
 
 @njit(cache=True, nogil=True)

@@ -14,10 +14,13 @@ from .metric import get_metric
 
 
 PARTITION_FROM_K = 20  # smallest_k partitions in numpy from this k (torch.topk below)
-BELOW_LIMIT = 3  # smallest_k with a head bound gives up (and partitions) past this many k kept per row
 SCORE_BLOCK = 1 << 22  # exact_topk's score block (queries x rows of a chunk), ~16 MB: in cache
 QUERY_GROUP = SCORE_BLOCK // 4096  # ... so it takes at most this many queries at a time
-BELOW_MAX_K = 64  # ... and is used up to this k (beyond, its insertion sort and quickselect cost more)
+BELOW_MAX_K = 64  # smallest_k bounds rows by a head up to this k (beyond, its insertion sort costs more)
+HEAD_COLUMNS = 512  # ... the k-th smallest of at least this many leading columns (the head and the next:
+                    # a sharded ring's blocks hold ~64 rows a shard, and one block's k-th of 64 bounds
+                    # little); with a pass that never gives up, a labelled blocked table of 250k rows
+                    # 17.4-17.8 -> 8.4-8.6 s, a ring visit 3.0 -> 1.8-2.0 s
 
 
 def brute_knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -151,15 +154,12 @@ def smallest_k(score: Any, k: int, head: int | None = None,
     columns)`` as numpy. From k = 20 numpy's introselect partition and a sort of the k (1.5-2.5x
     faster than ``torch.topk`` on the 256 x 1-5k score blocks of the blocked engine at k = 20-100);
     below, ``torch.topk`` (faster there). ``head``: the first ``head`` columns are likely to hold
-    most of each row's ``k`` smallest (the blocked engine's own block): their ``k``-th smallest
-    bounds the row's, and one compiled pass keeps what falls under it
-    (:func:`~curriculum.neighbors._select_kernels.smallest_k_below`, up to k =
-    :data:`BELOW_MAX_K`; on the Fashion-MNIST pixel-PCA blocks at k = 50, 0.67x the partition's
-    time; where the head says little - more than :data:`BELOW_LIMIT` ``k`` entries per row fall
-    under the bound, as on rows in random order - it gives up early: at most 1.2x). ``under`` (one
-    score per row, ``inf`` = none): only entries <= it are wanted - a row's entries past it come
-    back as ``inf`` / ``-1`` (:func:`~curriculum.neighbors._select_kernels.smallest_k_under`: one
-    compiled pass; rows that already hold good neighbours keep few).
+    most of each row's ``k`` smallest (the blocked engine's own block): the ``k``-th smallest of
+    the first ``max(head, k,`` :data:`HEAD_COLUMNS` ``)`` bounds the row's, and one compiled pass
+    keeps what falls under it (up to k = :data:`BELOW_MAX_K`). ``under`` (one score per row,
+    ``inf`` = none): only entries <= it are wanted - a row's entries past it come back as ``inf``
+    / ``-1`` (rows that already hold good neighbours keep few). Both through
+    :func:`~curriculum.neighbors._select_kernels.smallest_k_under`.
 
     Example:
         >>> import torch
@@ -172,29 +172,24 @@ def smallest_k(score: Any, k: int, head: int | None = None,
     import torch
 
     k = min(int(k), score.shape[1])
+    sn = score.numpy()
+    width = None if head is None else max(head, k, HEAD_COLUMNS)
+    if under is None and width is not None and PARTITION_FROM_K <= k <= BELOW_MAX_K and sn.shape[1] > 2 * width:
+        under = np.partition(sn[:, :width], k - 1, axis=1)[:, k - 1]  # >= k entries fall under it
     if under is not None and np.isfinite(under).any():
         from ._select_kernels import smallest_k_under
 
-        sn = score.numpy()
         vals, cols = np.empty((len(sn), k), sn.dtype), np.empty((len(sn), k), np.int64)
         smallest_k_under(sn, np.asarray(under, sn.dtype), k, vals, cols)
         return vals, cols
     if k < PARTITION_FROM_K or k == score.shape[1]:
         vals, pos = torch.topk(score, k, dim=1, largest=False, sorted=True)
         return vals.numpy(), pos.numpy()
-    sn = score.numpy()
-    if head is not None and k <= BELOW_MAX_K and sn.shape[1] > 2 * max(head, k):
-        from ._select_kernels import smallest_k_below
-
-        bound = np.partition(sn[:, :max(head, k)], k - 1, axis=1)[:, k - 1]
-        vals, cols = np.empty((len(sn), k), sn.dtype), np.empty((len(sn), k), np.int64)
-        if smallest_k_below(sn, bound, k, BELOW_LIMIT * k, vals, cols):
-            return vals, cols
     part = np.argpartition(sn, k - 1, axis=1)[:, :k]
     vals = np.take_along_axis(sn, part, 1)
     order = np.argsort(vals, axis=1, kind="stable")
     return np.take_along_axis(vals, order, 1), np.take_along_axis(part, order, 1)
 
 
-__all__ = ['brute_knn', 'first_k_valid', 'sort_dedupe', 'exact_topk', 'smallest_k', 'PARTITION_FROM_K', 'BELOW_LIMIT',
+__all__ = ['brute_knn', 'first_k_valid', 'sort_dedupe', 'exact_topk', 'smallest_k', 'PARTITION_FROM_K', 'HEAD_COLUMNS',
            'BELOW_MAX_K']
