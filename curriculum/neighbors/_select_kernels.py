@@ -11,6 +11,7 @@ sort finish.
 Also each row's ``k`` best of a few hundred candidates by distance, ties by id
 (:func:`first_k_by_distance_then_id`: the sharded store's merges of per-shard lists).
 """
+
 from __future__ import annotations
 
 import numpy as np

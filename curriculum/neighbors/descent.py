@@ -255,7 +255,8 @@ def _target_check(x: np.ndarray, metric: str, order: np.ndarray, idx: np.ndarray
     if truth is None or target is None:
         return None
     sample, true_d = np.asarray(truth[0], np.int64), np.asarray(truth[1])
-    if true_d.ndim != 2 or len(sample) != len(true_d) or (len(sample) and not 0 <= sample.min() <= sample.max() < len(x)):
+    inside = not len(sample) or 0 <= sample.min() <= sample.max() < len(x)
+    if true_d.ndim != 2 or len(sample) != len(true_d) or not inside:
         raise ValueError(f"truth: expected (sampled rows of x, their exact distances: one row each), got "
                          f"{len(sample)} rows and distances of shape {true_d.shape}")
     target = C.finite_float(target, "target_recall", 0.0, 1.0, low_open=True)

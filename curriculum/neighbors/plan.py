@@ -187,4 +187,5 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
     return RecallPlan(centroids, None if (assign < 0).any() else assign, p, recall, known, coarse)
 
 
-__all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall', 'list_recall', 'RecallPlan', 'plan_recall']
+__all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall', 'list_recall', 'RecallPlan',
+           'plan_recall']

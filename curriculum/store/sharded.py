@@ -556,11 +556,12 @@ class ShardedStore:
     def _visitor(self, k: int, method: str, same_label: bool, target: float,
                  device: Any = None) -> tuple[Any, np.ndarray]:
         """How rows from any shard are searched in this one - ``visit(vec, ids, labels, blocks,
-        own, bound)`` -> the top-k over this shard, never a row's own id, in blocks of :data:`RING_BLOCK`
-        rows (the blocked engines keep only what beats ``bound``, the rows' ``k``-th distance found
-        so far on the ring: at 250k x 128 on 4 ranks the labelled ring's top-k selection, 60% of
-        a visit, then sees a few candidates a row) - and this shard's rows' blocks of the global plan (zeros when there is none); ``visit``
-        is ``None`` where the NN-descent ring (:meth:`_merge_ring`) meets the shards instead."""
+        own, bound)`` -> the top-k over this shard, never a row's own id, in blocks of
+        :data:`RING_BLOCK` rows (the blocked engines keep only what beats ``bound``, the rows'
+        ``k``-th distance found so far on the ring: at 250k x 128 on 4 ranks the labelled ring's
+        top-k selection, 60% of a visit, then sees a few candidates a row) - and this shard's
+        rows' blocks of the global plan (zeros when there is none); ``visit`` is ``None`` where
+        the NN-descent ring (:meth:`_merge_ring`) meets the shards instead."""
         base, base_ids, metric = self.local.vectors(), self.local.ids, self.metric
         blk = np.zeros(len(base), np.int64)
         if method == "index":
