@@ -11,7 +11,7 @@ from transformers import TrainingArguments  # noqa: E402
 
 import curriculum as cl  # noqa: E402
 from curriculum.integrations.transformers import CurriculumTrainer, with_index  # noqa: E402
-from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, close_group, pacing, parse_args, write  # noqa: E402
+from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, close_group_and_exit, pacing, parse_args, write  # noqa: E402
 
 
 class Net(torch.nn.Module):
@@ -53,4 +53,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    close_group()
+    close_group_and_exit()

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import curriculum as cl  # noqa: E402
 from curriculum.integrations.lightning import CurriculumCallback  # noqa: E402
-from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, close_group, pacing, parse_args, write  # noqa: E402
+from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, close_group_and_exit, pacing, parse_args, write  # noqa: E402
 
 
 class Model(L.LightningModule):
@@ -55,4 +55,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    close_group()
+    close_group_and_exit()

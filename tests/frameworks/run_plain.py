@@ -15,7 +15,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import curriculum as cl  # noqa: E402
-from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, close_group, pacing, parse_args, rank_world, write  # noqa: E402
+from _fixture import BATCH, CLASSES, DIM, N, SCORES, X, Y, close_group_and_exit, pacing, parse_args, rank_world, write  # noqa: E402
 
 
 def main():
@@ -59,4 +59,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    close_group()
+    close_group_and_exit()
