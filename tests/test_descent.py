@@ -219,6 +219,31 @@ def test_bad_arguments_are_clear_errors(bad, match):
         descent_knn(args.pop("x"), **args)
 
 
+def test_auto_plans_on_coarse_blocks_first_and_refines_only_where_blocks_may_win():
+    from curriculum.cli.data import clustered
+    from curriculum.neighbors import plan_recall
+
+    noise = cl.EmbeddingStore(48, metric="l2", exact_threshold=0)
+    noise.add(np.random.default_rng(0).normal(size=(20_000, 48)).astype(np.float32))
+    plan = noise.plan_knn(10)  # blocks of any size hold no neighbourhood: the coarse plan decides
+    assert plan["method"] == "descent" and plan["plan_block_rows"] == round(20_000 / (20_000 // 1024)), plan
+    x = clustered(25_000, 32, n_clusters=40, seed=3)[0]
+    modes = cl.EmbeddingStore(32, metric="l2", exact_threshold=0)
+    modes.add(x)
+    plan = modes.plan_knn(10)  # the coarse blocks need few pairs: the fine plan decides (blocked)
+    assert plan["method"] == "blocked" and plan["plan_block_rows"] == round(25_000 / (25_000 // 256)), plan
+    coarse = plan_recall(x, 10, "l2", 0.95, block_rows=1024)
+    fresh, reused = plan_recall(x, 10, "l2", 0.95), plan_recall(x, 10, "l2", 0.95, reuse=coarse)
+    for a, b in zip((*fresh.truth, fresh.neighbours, fresh.centroids), (*reused.truth, reused.neighbours,
+                                                                        reused.centroids)):
+        np.testing.assert_array_equal(a, b)  # the coarse plan's sampled truth is the fine plan's
+    assert (fresh.nprobe, fresh.recall_estimate) == (reused.nprobe, reused.recall_estimate) == \
+        (plan["nprobe"], plan["recall_estimate"])
+    assert len(coarse.centroids) == 25_000 // 1024 and coarse.pair_share() == coarse.nprobe / len(coarse.centroids)
+    with pytest.raises(ValueError, match="block_rows: expected an integer >= 1"):
+        plan_recall(x, 10, "l2", 0.95, block_rows=0)
+
+
 def test_store_auto_routes_manifold_to_descent_and_noise_to_exact():
     s = cl.EmbeddingStore(64, metric="l2", exact_threshold=0)
     s.add(manifold(25_000))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .._util import checks as C
 from .blocked import assign_blocks, block_plan_parts, block_purity
 from .kernels import exact_topk
 from .metric import get_metric
@@ -147,6 +148,7 @@ class RecallPlan:
     recall_estimate: float
     truth: tuple[np.ndarray, np.ndarray] | None = None  # (sampled rows, their exact k distances); no labels
     coarse: np.ndarray | None = None  # a two-level plan's coarse centroids (to assign the other rows as it did)
+    neighbours: np.ndarray | None = None  # with truth: the sampled rows' exact k nearest rows
 
     def assignments(self, vec: np.ndarray, metric: str) -> np.ndarray:
         """Every row's block: :attr:`assign` where the plan made it, else assigned now as
@@ -154,17 +156,21 @@ class RecallPlan:
         return self.assign if self.assign is not None else assign_blocks(vec, self.centroids, metric,
                                                                         coarse=self.coarse)
 
-    def pair_share(self, n: int) -> float:
-        """Share of all ordered pairs the blocked search scores at this nprobe (~256-row blocks)."""
-        return min(1.0, self.nprobe * 256 / max(n, 1))
+    def pair_share(self) -> float:
+        """Share of all ordered pairs the blocked search scores at this nprobe (blocks of equal
+        size on average: the share of the blocks a row probes)."""
+        return min(1.0, self.nprobe / max(len(self.centroids), 1))
 
 
 def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int = 1, exclude_self: bool = True,
-                labels: np.ndarray | None = None, seed: int = 0) -> RecallPlan:
-    """Block the rows (:func:`~curriculum.neighbors.blocked.block_plan`), take the exact ``k``
-    nearest neighbours of :data:`PLAN_SAMPLE` sampled rows (with ``labels``: nearest rows of
-    another label, the hard negatives) and read off the smallest ``nprobe >= floor`` whose recall
-    clears ``target`` by two standard errors.
+                labels: np.ndarray | None = None, seed: int = 0, block_rows: int = 256,
+                reuse: RecallPlan | None = None) -> RecallPlan:
+    """Block the rows (:func:`~curriculum.neighbors.blocked.block_plan`, ``N / block_rows``
+    blocks), take the exact ``k`` nearest neighbours of :data:`PLAN_SAMPLE` sampled rows (with
+    ``labels``: nearest rows of another label, the hard negatives) and read off the smallest
+    ``nprobe >= floor`` whose recall clears ``target`` by two standard errors. ``reuse``: a plan
+    of the same rows, ``k``, metric and seed whose sampled truth is taken instead of searched
+    again (a coarser plan made first, see :func:`curriculum.store.graph.knn_plan`).
 
     Example:
         >>> x = np.random.default_rng(0).normal(size=(3000, 8)).astype("float32")
@@ -173,18 +179,23 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
         True
     """
     n = len(vec)
+    block_rows = C.positive_int(block_rows, "block_rows")
     sample = np.random.default_rng(seed).choice(n, min(PLAN_SAMPLE, n), replace=False)
     pure, known, partial = None, None, None
     if labels is None:  # only the sampled rows and their neighbours need a block (the engine assigns the rest)
-        true_d, truth = sample_truth(vec, sample, k, metric, exclude_self, return_distances=True)
+        if reuse is not None and reuse.truth is not None and reuse.neighbours is not None:
+            (sample, true_d), truth = reuse.truth, reuse.neighbours
+        else:
+            true_d, truth = sample_truth(vec, sample, k, metric, exclude_self, return_distances=True)
         known, partial = (sample, true_d), np.union1d(sample, truth[truth >= 0])
-    centroids, assign, coarse = block_plan_parts(vec, max(1, n // 256), metric, seed, rows=partial)
+    centroids, assign, coarse = block_plan_parts(vec, max(1, n // block_rows), metric, seed, rows=partial)
     if labels is not None:
         truth = exact_topk(vec[sample], vec, k, metric, labels[sample], labels)[1]
         pure = block_purity(labels, assign, len(centroids))
     ranks = probe_ranks(centroids, assign, sample, truth, metric, pure=pure)
     p, recall = nprobe_for(ranks, target, floor, len(centroids))
-    return RecallPlan(centroids, None if (assign < 0).any() else assign, p, recall, known, coarse)
+    return RecallPlan(centroids, None if (assign < 0).any() else assign, p, recall, known, coarse,
+                      None if labels is not None else truth)
 
 
 __all__ = ['PLAN_SAMPLE', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall', 'list_recall', 'RecallPlan',
