@@ -200,5 +200,5 @@ def kmeans(vec: np.ndarray, metric: str, n_clusters: int, seed: int, niter: int,
     return KMeansResult(cent, a[:, 0].astype(np.int64), d[:, 0])
 
 
-__all__ = ['EXACT_GRAPH_MIN_ROWS', 'DEFAULT_NPROBE', 'EXACT_PAIR_SHARE', 'AUTO_PLAN_MIN_ROWS', 'DESCENT_MIN_ROWS', 'KMeansResult', 'knn_plan', 'graph',
-           'kmeans']
+__all__ = ['EXACT_GRAPH_MIN_ROWS', 'DEFAULT_NPROBE', 'EXACT_PAIR_SHARE', 'AUTO_PLAN_MIN_ROWS', 'DESCENT_MIN_ROWS',
+           'SCREEN_BLOCK_ROWS', 'SCREEN_MARGIN', 'KMeansResult', 'knn_plan', 'graph', 'kmeans']
