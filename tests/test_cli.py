@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from curriculum.cli import main
@@ -68,3 +69,18 @@ def test_every_flag_has_help():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"curriculum {name} {action.option_strings[0]} has no help"
+
+
+def test_text_set_says_when_only_short_descriptions_exist(tmp_path, monkeypatch):
+    from curriculum.cli import real_embeddings as R
+
+    def fake_run(cmd):
+        blocks = [f"Package: p{i}\nSection: {'libs' if i % 3 else 'net'}\nDescription: tool number {i}"
+                  for i in range(1200)]
+        return "\n\n".join(blocks)
+
+    monkeypatch.setattr(R, "_run", fake_run)
+    monkeypatch.setattr(R, "APT_LISTS", tmp_path)  # no Translation-en lists there
+    with pytest.warns(UserWarning, match="short descriptions only.*Acquire::Languages=en"):
+        texts, labels, sections = R.debian_descriptions()
+    assert len(texts) == 1200 and sections == ["libs", "net"] and np.bincount(labels).tolist() == [800, 400]

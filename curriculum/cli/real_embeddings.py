@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ import numpy as np
 
 from .._util.io import atomic_savez
 from .._util.progress import progress_bar
+
+
+APT_LISTS = Path("/var/lib/apt/lists")  # where apt keeps the package and Translation-en lists
 
 
 def cache_dir() -> Path:
@@ -52,7 +56,12 @@ def debian_descriptions() -> tuple[list[str], np.ndarray, list[str]]:
         fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(" "))
         if "Package" in fields:
             section[fields["Package"]] = fields.get("Section", "unknown").split("/")[-1]
-    lists = sorted(Path("/var/lib/apt/lists").glob("*Translation-en*"))
+    lists = sorted(APT_LISTS.glob("*Translation-en*"))
+    if not lists:
+        warnings.warn(f"no Translation-en lists under {APT_LISTS}: the text set is built from the short "
+                      "descriptions only (~60k texts instead of ~121k); run `apt-get update -o "
+                      "Acquire::Languages=en` as root, then delete the cached embeddings, for the full set",
+                      stacklevel=2)
     text = "\n\n".join(_run(["/usr/lib/apt/apt-helper", "cat-file", str(f)]) for f in lists) if lists else ""
     seen: dict[str, str] = {}
     for block in (text or _run(["apt-cache", "dumpavail"])).split("\n\n"):
