@@ -169,8 +169,9 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
     blocks), take the exact ``k`` nearest neighbours of :data:`PLAN_SAMPLE` sampled rows (with
     ``labels``: nearest rows of another label, the hard negatives) and read off the smallest
     ``nprobe >= floor`` whose recall clears ``target`` by two standard errors. ``reuse``: a plan
-    of the same rows, ``k``, metric and seed whose sampled truth is taken instead of searched
-    again (a coarser plan made first, see :func:`curriculum.store.graph.knn_plan`).
+    of the same rows, ``k``, metric, ``exclude_self`` and seed whose sampled truth is taken
+    instead of searched again (a coarser plan made first, see
+    :func:`curriculum.store.graph.knn_plan`).
 
     Example:
         >>> x = np.random.default_rng(0).normal(size=(3000, 8)).astype("float32")
