@@ -107,6 +107,9 @@ def _real_sets(n: int, data: str | None) -> dict[str, np.ndarray]:
     return out
 
 
+QUICK_SKIP = "skipped: --quick (numba compiles pynndescent for about a minute in every new process)"
+
+
 def _recall(found: np.ndarray, exact: np.ndarray) -> float:
     k = exact.shape[1]
     return float(np.mean([len(set(a[:k].tolist()) & set(b.tolist())) / k for a, b in zip(found, exact)]))
@@ -204,14 +207,15 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
         "scores": lambda: bs.scores_section(scores_n or ([20_000] if quick else [min(sizes)]), dim, data=data,
                                             real=not quick),
         "mining": lambda: bs.global_mining_section([20_000] if quick else sizes, dim, data=data, real=not quick),
-        "inbatch": lambda: bs.inbatch_section([256, 1024] if quick else [256, 1024, 4096], dim),
+        "inbatch": lambda: bs.inbatch_section([256, 1024] if quick else [256, 1024, 4096], dim,
+                                              reps=1 if quick else None),
         "sampler": lambda: bs.sampler_section([100_000] if quick else [1_000_000]),
         "loader": lambda: bs.loader_section(batches=30 if quick else 200, rounds=1 if quick else 5, data=data),
         "noise": lambda: noise_section(4_000 if quick else 20_000, 0 if quick else 24_000, data=data,
                                        reps=1 if quick else REPS),
         "curation": lambda: curation_section(quick, data=data),
         "stream": lambda: stream_section(quick, data=data),
-        "distributed": lambda: distributed_section(2 if quick else world, 40_000 if quick else max(sizes), dim),
+        "distributed": lambda: distributed_section(2 if quick else world, 20_000 if quick else max(sizes), dim),
     }
     for name in sections:
         if name == "knn":
@@ -248,7 +252,7 @@ def _knn_section(sizes: list[int], dim: int, k: int, queries: int, data: str | N
             bench.auto()
             if peers:
                 bench.faiss_peers(quick)
-                bench.other_peers()
+                bench.other_peers(quick)
     bar.close()
     return bench.rows
 
@@ -374,12 +378,12 @@ class _KnnBench:
             self.add(f"faiss {spec} {params}", b, q, self._drop_self(ids), "queries extrapolated", mem=mem.mb)
             self.seen[(self.name, key)] = (n, b + q)
 
-    def other_peers(self) -> None:
+    def other_peers(self, quick: bool = False) -> None:
         for pname, fn in _peers(self.x, self.k, self.sample):
             if fn is None:
                 self.add(pname, 0.0, 0.0, None, "skipped: not installed (pip install curriculum[bench]) or too large")
                 continue
-            skip = self.too_slow(pname)
+            skip = self.too_slow(pname) or (QUICK_SKIP if quick and pname.startswith("pynndescent") else None)
             if skip:
                 self.add(pname, 0.0, 0.0, None, skip)
                 continue

@@ -254,12 +254,14 @@ def _flat_copy(store: Any, x: np.ndarray, labels: np.ndarray) -> Any:
 
 
 # ----------------------------------------------------------------------------------- in-batch miners
-def inbatch_section(batches: list[int], dim: int = 128, device: str = "cpu") -> list[dict[str, Any]]:
+def inbatch_section(batches: list[int], dim: int = 128, device: str = "cpu",
+                    reps: int | None = None) -> list[dict[str, Any]]:
     """Ours vs pytorch-metric-learning (when installed) at each batch size: median ms, peak extra
     memory and whether the two return the same tuples (batch-hard, multi-similarity: same
     definitions; semi-hard: every semi-hard triplet on L2-normalised embeddings, as PML's
     ``TripletMarginMiner(type_of_triplets="semihard")`` returns them). ``device="cuda"`` mines
-    CUDA batches (timed to completion with ``torch.cuda.synchronize``)."""
+    CUDA batches (timed to completion with ``torch.cuda.synchronize``). ``reps``: timed calls
+    after the warm-up (default 5 up to B = 1,024, else 2)."""
     import torch
 
     from ..mining import BatchHardMiner, MultiSimilarityMiner, SemiHardMiner
@@ -280,13 +282,13 @@ def inbatch_section(batches: list[int], dim: int = 128, device: str = "cpu") -> 
             theirs = {"batch-hard": miners.BatchHardMiner(),
                       "semi-hard": miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard"),
                       "multi-similarity": miners.MultiSimilarityMiner(epsilon=0.1)}
-        reps = 5 if b <= 1024 else 2
+        n_reps = reps or (5 if b <= 1024 else 2)
         if b > 2048:  # every semi-hard triplet of B=4096 is ~1e8 triplets: PML's miner ran out of 24 GB
             ours["semi-hard"] = SemiHardMiner(0.2, distance="l2")  # FaceNet: one negative per pair
         for name, miner in ours.items():
             x = torch.nn.functional.normalize(emb, dim=1) if name == "semi-hard" else emb
             with PeakRSS() as mem:
-                ms = median_time(lambda: (miner(x, lab), sync()), reps) * 1e3
+                ms = median_time(lambda: (miner(x, lab), sync()), n_reps) * 1e3
             row: dict[str, Any] = {"section": "in-batch", "what": f"{name} B={b}" + ("" if device == "cpu" else f" {device}"),
                                    "ms": ms, "peak_extra_mb": mem.mb}
             if pml and b > 2048 and name == "semi-hard":
@@ -294,7 +296,7 @@ def inbatch_section(batches: list[int], dim: int = 128, device: str = "cpu") -> 
                 row["pml_ms"] = "skipped: all semi-hard triplets at this B exhaust memory"
             elif pml:
                 other = theirs[name]
-                row["pml_ms"] = median_time(lambda: (other(emb, lab), sync()), reps) * 1e3
+                row["pml_ms"] = median_time(lambda: (other(emb, lab), sync()), n_reps) * 1e3
                 row["same_output"] = _same_tuples(miner(x, lab), other(emb, lab))
             else:
                 row["pml_ms"] = "skipped: pytorch-metric-learning not installed"

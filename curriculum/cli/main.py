@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="mining speed: all-points kNN graph vs faiss flat/IVF/HNSW and the installed "
                                      "peers on real, clustered and isotropic data; geometry scores, global and "
                                      "in-batch mining (vs pytorch-metric-learning), sampler, loader; table, JSON, PNG")
-    b.add_argument("--quick", action="store_true", help="N = 20,000 and fewer settings (about a minute)")
+    b.add_argument("--quick", action="store_true",
+                   help="N = 20,000 and fewer settings (every section in about 3 minutes)")
     b.add_argument("--sizes", type=int, nargs="+", default=None, help="N values (default 100000 1000000)")
     b.add_argument("--dim", type=int, default=128, help="embedding dimension of the synthetic sets (default 128)")
     b.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: search)")
