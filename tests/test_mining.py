@@ -371,6 +371,29 @@ def test_exact_topk_over_many_queries_equals_brute_force(metric):
         np.testing.assert_array_equal(rows[at], other[brute_knn(q[at], x[other], 7, metric)[1]])
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 60), st.integers(1, 9), st.integers(1, 7), st.sampled_from(["l2", "ip"]),
+       st.booleans(), st.integers(0, 2**31 - 1))
+def test_exact_topk_keeps_the_smaller_row_of_equal_distances(nq, n, k, chunk, metric, labelled, seed):
+    """Small integer vectors (exact products, many ties), chunks of a few rows: the k first rows by
+    (distance, row), as a full sort gives them; with labels only rows of another label; then -1."""
+    from curriculum.neighbors import exact_topk
+
+    rng = np.random.default_rng(seed)
+    q, x = rng.integers(-2, 3, (nq, 3)).astype(np.float32), rng.integers(-2, 3, (n, 3)).astype(np.float32)
+    q_lab, x_lab = rng.integers(0, 2, nq), rng.integers(0, 2, n)
+    d, rows = exact_topk(q, x, k, metric, *((q_lab, x_lab) if labelled else (None, None)), chunk=chunk)
+    qd, xd = q.astype(np.float64), x.astype(np.float64)
+    ref = ((qd[:, None, :] - xd[None]) ** 2).sum(-1) if metric == "l2" else -(qd @ xd.T)
+    for i in range(nq):
+        ok = np.flatnonzero(x_lab != q_lab[i]) if labelled else np.arange(n)
+        want = ok[np.lexsort((ok, ref[i, ok]))][:k]
+        np.testing.assert_array_equal(rows[i], np.concatenate([want, np.full(k - len(want), -1)]))
+        got = d[i, :len(want)] ** 2 if metric == "l2" else d[i, :len(want)]
+        np.testing.assert_allclose(got, ref[i, want], atol=1e-4)
+        assert np.isinf(d[i, len(want):]).all()
+
+
 @pytest.mark.parametrize("method", ["blocked", "descent"])
 def test_negatives_table_with_one_label_or_few_rows_of_another(method):
     from curriculum.neighbors import exact_topk

@@ -8,6 +8,10 @@ overall, and on data the engine is chosen for (neighbourhoods that follow the bl
 own bound (the ``k``-th found so far). One pass keeps what falls under it, a quickselect and a
 sort finish.
 
+A few queries against many rows (:func:`~curriculum.neighbors.kernels.exact_topk`) keep a running
+top-k per query instead (:func:`merge_smallest`): after the first few thousand rows a query's
+``k``-th best rejects almost every score with one comparison.
+
 Also each row's ``k`` best of a few hundred candidates by distance, ties by id
 (:func:`first_k_by_distance_then_id`: the sharded store's merges of per-shard lists).
 """
@@ -86,6 +90,29 @@ def smallest_k_under(score, bound, k, out_v, out_i):
         for a in range(k):
             out_v[r, a] = bv[a] if a < cnt else np.inf
             out_i[r, a] = bi[a] if a < cnt else -1
+
+
+@njit(cache=True, parallel=True)
+def merge_smallest(score, offset, best_v, best_i):
+    """Fold each row of ``score`` (columns = rows ``offset``, ``offset + 1``, ... of the searched
+    set) into that row's running top-k ``best_v`` / ``best_i`` (ascending; ``inf`` / ``-1`` =
+    empty): an entry enters only below the current ``k``-th, so of equal scores the one seen first
+    (the smaller row) stays; ``inf`` and NaN never enter. Rows in parallel."""
+    n, m = score.shape
+    k = best_v.shape[1]
+    for r in prange(n):
+        bound = best_v[r, k - 1]
+        for j in range(m):
+            s = score[r, j]
+            if s < bound:
+                a = k - 1
+                while a > 0 and best_v[r, a - 1] > s:
+                    best_v[r, a] = best_v[r, a - 1]
+                    best_i[r, a] = best_i[r, a - 1]
+                    a -= 1
+                best_v[r, a] = s
+                best_i[r, a] = offset + j
+                bound = best_v[r, k - 1]
 
 
 @njit(cache=True, inline="always")

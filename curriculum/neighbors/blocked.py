@@ -16,6 +16,9 @@ from .kernels import first_k_valid, smallest_k
 from .metric import get_metric
 
 
+FIT_ROWS_PER_BLOCK = 64  # a partial two-level plan splits this many sampled rows a block over its coarse clusters
+
+
 def _kmeans(x: np.ndarray, k: int, metric: str, seed: int, per_centroid: int) -> np.ndarray:
     if k <= 1 or len(x) <= 1:
         return x.mean(0, keepdims=True).astype(np.float32)
@@ -34,7 +37,8 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     the rows costs N x (sqrt + share) centroid distances instead of N x n_clusters (at 1M rows:
     ~0.03 instead of ~1 TFLOP); each row then goes to its nearest block among those of its 4
     nearest coarse clusters. ``rows``: assign just these rows, the others get -1 (a recall plan
-    needs a few thousand; assigning all takes 0.15 s at 100k x 384, ~5 s at 1M x 128);
+    needs a few thousand; assigning all takes 0.15 s at 100k x 384, ~5 s at 1M x 128), and fit
+    the two-level blocks on :data:`FIT_ROWS_PER_BLOCK` sampled rows a block;
     :func:`assign_blocks` with the coarse centroids of :func:`block_plan_parts` assigns every row
     later as here (but for rows whose 4 coarse lists hold no block) when the blocks are used.
 
@@ -73,7 +77,12 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
         return centroids, assign, None
     n_top = int(round(np.sqrt(n_clusters)))
     top = _kmeans(x, n_top, metric, seed, 64)
-    top_of = faiss.knn(x, top, 1, metric=am)[1][:, 0]
+    # the blocks' k-means train on 32 rows a block: where only ``rows`` are assigned, a sample of
+    # FIT_ROWS_PER_BLOCK rows a block is split over the coarse clusters, not all n rows
+    fit = None if rows is None or n <= n_clusters * FIT_ROWS_PER_BLOCK else \
+        np.sort(np.random.default_rng(seed).choice(n, n_clusters * FIT_ROWS_PER_BLOCK, replace=False))
+    xs = x if fit is None else np.ascontiguousarray(x[fit])
+    top_of = faiss.knn(xs, top, 1, metric=am)[1][:, 0]
     order = np.argsort(top_of, kind="stable")
     cuts = np.searchsorted(top_of[order], np.arange(len(top) + 1))
     cents: list[np.ndarray] = []
@@ -83,8 +92,8 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
         members = order[cuts[t]:cuts[t + 1]]
         if members.size == 0:
             continue
-        sub = max(1, int(round(n_clusters * members.size / n)))
-        xt = np.ascontiguousarray(x[members])
+        sub = max(1, int(round(n_clusters * members.size / len(xs))))
+        xt = np.ascontiguousarray(xs[members])
         c = _kmeans(xt, sub, metric, seed + 1 + t, 32)
         if rows is None:
             assign[members] = offset + faiss.knn(xt, c, 1, metric=am)[1][:, 0]
@@ -444,4 +453,4 @@ class _BlockSearch:
         return self.out_d, self.out_i
 
 
-__all__ = ['block_plan', 'block_plan_parts', 'assign_blocks', 'probe_lists', 'probe_lists_other_label', 'block_purity', 'block_label_range', 'purity_of_range', 'run_blocks', 'blocked_knn']
+__all__ = ['FIT_ROWS_PER_BLOCK', 'block_plan', 'block_plan_parts', 'assign_blocks', 'probe_lists', 'probe_lists_other_label', 'block_purity', 'block_label_range', 'purity_of_range', 'run_blocks', 'blocked_knn']

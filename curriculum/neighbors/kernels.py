@@ -98,12 +98,14 @@ def sort_dedupe(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.ndarray | None = None,
                x_labels: np.ndarray | None = None, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``k`` nearest rows of ``x`` for each query, as ``(distances, rows)`` (``inf`` / ``-1``
-    where fewer qualify), by chunked matrix products and a running top-k; with labels, only rows
-    of a label other than the query's. For few queries against a large ``x`` (a plan's sampled
-    ground truth, label-filtered search of an exact store): at 1M x 128, 512 queries take ~2 s
-    where faiss's per-row heap takes ~5 s. ``chunk`` (rows of ``x`` a product covers) defaults to
-    a score block of ~4M entries, 4,096-65,536 rows: the block then stays in cache (2M x 128, 512
-    queries: 3.6 s instead of 5.1 s with chunks of 65,536); more than :data:`QUERY_GROUP` queries
+    where fewer qualify; of equal distances the smaller row first), by chunked matrix products
+    and a running top-k per query (:func:`~curriculum.neighbors._select_kernels.merge_smallest`:
+    past the first chunks one comparison rejects almost every score); with labels, only rows of a
+    label other than the query's. For few queries against a large ``x`` (a plan's sampled ground
+    truth, label-filtered search of an exact store): at 2M x 128, 512 queries take ~1.9 s (1.6 s
+    of it the products) where ``torch.topk`` of every chunk took 3.5 s. ``chunk`` (rows of ``x``
+    a product covers) defaults to a score block of ~4M entries, 4,096-65,536 rows: the block then
+    stays in cache (there, chunks of 32,768 rows: 4.3 s); more than :data:`QUERY_GROUP` queries
     run in groups of that many (memory stays ~16 MB a block whatever the queries).
 
     Example:
@@ -119,33 +121,24 @@ def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.n
                             None if q_labels is None else np.asarray(q_labels)[s:s + QUERY_GROUP], x_labels)
                  for s in range(0, len(q), QUERY_GROUP)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    from ._select_kernels import merge_smallest
+
+    k = C.positive_int(k, "k")
     m = get_metric(metric)
     qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))
     q_lab = None if q_labels is None else torch.from_numpy(np.asarray(q_labels, np.int64))[:, None]
-    best_v = torch.empty((len(q), 0))
-    best_i = torch.empty((len(q), 0), dtype=torch.int64)
+    best_v = np.full((len(q), k), np.inf, np.float32)
+    best_i = np.full((len(q), k), -1, np.int64)
     chunk = min(65536, max(4096, SCORE_BLOCK // max(len(q), 1))) if chunk is None else C.positive_int(chunk, "chunk")
     for s in range(0, len(x), chunk):
-        xc = torch.from_numpy(x[s:s + chunk])
-        score = m.score(qt, xc)
+        score = m.score(qt, torch.from_numpy(x[s:s + chunk]))
         if q_lab is not None:
             score.masked_fill_(torch.from_numpy(np.asarray(x_labels[s:s + chunk], np.int64))[None, :] == q_lab,
                                torch.inf)
-        v, i = torch.topk(score, min(k, xc.shape[0]), dim=1, largest=False)
-        best_v, best_i = torch.cat([best_v, v], 1), torch.cat([best_i, i + s], 1)
-        if best_v.shape[1] > k:
-            best_v, pos = torch.topk(best_v, k, dim=1, largest=False)
-            best_i = torch.gather(best_i, 1, pos)
-    o = torch.argsort(best_v, dim=1, stable=True)
-    v = torch.gather(best_v, 1, o).numpy().astype(np.float32)
-    rows = torch.gather(best_i, 1, o).numpy()
-    ok = np.isfinite(v)
-    v = m.from_score(v, (q * q).sum(1) if m.squared_norms else None)
-    dist = np.full((len(q), k), np.inf, np.float32)
-    out = np.full((len(q), k), -1, np.int64)
-    dist[:, :v.shape[1]] = np.where(ok, v, np.inf)
-    out[:, :v.shape[1]] = np.where(ok, rows, -1)
-    return dist, out
+        merge_smallest(score.numpy(), s, best_v, best_i)
+    ok = best_i >= 0
+    dist = m.from_score(best_v, (q * q).sum(1) if m.squared_norms else None).astype(np.float32)
+    return np.where(ok, dist, np.inf).astype(np.float32), best_i
 
 
 def smallest_k(score: Any, k: int, head: int | None = None,
