@@ -3,8 +3,9 @@
 resampling refinement of Vo et al. 2024.
 
 Everything works on float32 rows already in the metric's space (unit rows for cosine; the
-centroids are re-normalised then, i.e. spherical k-means). Assignment runs through faiss's
-blocked BLAS search, so memory stays O(rows x 1) whatever the number of centroids.
+centroids are re-normalised then, i.e. spherical k-means). Assignment runs through chunked
+torch products (:func:`~curriculum.neighbors.kernels.nearest_rows`), so memory stays O(rows x 1)
+whatever the number of centroids.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._util import checks as C
-from .kernels import brute_knn
+from .kernels import nearest_rows
 from .metric import normalize
 
 SEED_ROUNDS = 16  # k-means++ draws its k seeds in this many batches (one GEMM each)
@@ -72,8 +73,8 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
         >>> assign(np.array([[0., 0], [9, 9]], np.float32), np.array([[10., 10], [1, 0]], np.float32))[0].tolist()
         [1, 0]
     """
-    d, i = brute_knn(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(centroids, np.float32), 1, "l2")
-    return i[:, 0].astype(np.int64), d[:, 0]
+    d, i = nearest_rows(x, centroids, "l2")
+    return i, d
 
 
 def reduce_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
