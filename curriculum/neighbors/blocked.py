@@ -76,9 +76,9 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     if n_clusters < two_level_from:
         centroids = _kmeans(x, n_clusters, metric, seed, 32)
         if rows is None:
-            return centroids, nearest_rows(x, centroids, _assign_name(am))[1], None
+            return centroids, nearest_rows(x, centroids, _assign_name(am))[1][:, 0], None
         assign = np.full(n, -1, np.int64)
-        assign[rows] = nearest_rows(x[rows], centroids, _assign_name(am))[1]
+        assign[rows] = nearest_rows(x[rows], centroids, _assign_name(am))[1][:, 0]
         return centroids, assign, None
     n_top = int(round(np.sqrt(n_clusters)))
     top = _kmeans(x, n_top, metric, seed, 64)
@@ -87,7 +87,7 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     fit = None if rows is None or n <= n_clusters * FIT_ROWS_PER_BLOCK else \
         np.sort(np.random.default_rng(seed).choice(n, n_clusters * FIT_ROWS_PER_BLOCK, replace=False))
     xs = x if fit is None else np.ascontiguousarray(x[fit])
-    top_of = nearest_rows(xs, top, _assign_name(am))[1]
+    top_of = nearest_rows(xs, top, _assign_name(am))[1][:, 0]
     order = np.argsort(top_of, kind="stable")
     cuts = np.searchsorted(top_of[order], np.arange(len(top) + 1))
     cents: list[np.ndarray] = []
@@ -101,7 +101,7 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
         xt = np.ascontiguousarray(xs[members])
         c = _kmeans(xt, sub, metric, seed + 1 + t, 32)
         if rows is None:
-            assign[members] = offset + nearest_rows(xt, c, _assign_name(am))[1]
+            assign[members] = offset + nearest_rows(xt, c, _assign_name(am))[1][:, 0]
         cents.append(c)
         offset += len(c)
     centroids = np.ascontiguousarray(np.concatenate(cents), np.float32)
@@ -346,7 +346,7 @@ def assign_blocks(x: np.ndarray, centroids: np.ndarray, metric: str, two_level_f
     x = np.ascontiguousarray(x, np.float32)
     centroids = np.ascontiguousarray(centroids, np.float32)
     if len(centroids) < two_level_from:
-        return nearest_rows(x, centroids, _assign_name(am))[1]
+        return nearest_rows(x, centroids, _assign_name(am))[1][:, 0]
     top = coarse if coarse is not None else _kmeans(centroids, int(round(np.sqrt(len(centroids)))), metric, 0, 8)
     return _nearest_via_coarse(x, centroids, top, am)
 
@@ -356,12 +356,12 @@ def _nearest_via_coarse(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray
     found = _via_coarse(x, centroids, coarse, am)
     missing = found < 0
     if missing.any():
-        found[missing] = nearest_rows(x[missing], centroids, _assign_name(am))[1]
+        found[missing] = nearest_rows(x[missing], centroids, _assign_name(am))[1][:, 0]
     return found
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, met: Any) -> np.ndarray:
-    return nearest_rows(x, centroids, _assign_name(met.assign_faiss))[1]
+    return nearest_rows(x, centroids, _assign_name(met.assign_faiss))[1][:, 0]
 
 
 class _Layout:

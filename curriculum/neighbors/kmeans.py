@@ -74,7 +74,7 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
         [1, 0]
     """
     d, i = nearest_rows(x, centroids, "l2")
-    return i, d
+    return i[:, 0], d[:, 0]
 
 
 def reduce_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 from .._util import checks as C
 from .._util.arrays import sorted_unique
 from .._util.progress import progress_bar, want
-from ..neighbors import brute_knn, normalize, pca_projection
+from ..neighbors import brute_knn, nearest_rows, normalize, pca_projection
 from ..neighbors import kmeans as KM
 from ..neighbors.kmeans import kmeans_pp_init
 from ..store import EmbeddingStore, ShardedStore
@@ -178,8 +178,7 @@ def nearest_leaves(x: np.ndarray, cent: np.ndarray) -> np.ndarray:
         >>> nearest_leaves(np.array([[0.], [2.9]], np.float32), np.array([[0.], [1.], [3.], [9.]], np.float32)).tolist()
         [[0, 1, 2], [2, 1, 0]]
     """
-    return brute_knn(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(cent, np.float32),
-                     min(3, len(cent)), "l2")[1].astype(np.int64)
+    return nearest_rows(x, cent, "l2", k=min(3, len(cent)))[1]
 
 
 def leaf_links(nearest: np.ndarray, sizes: np.ndarray) -> Any:
