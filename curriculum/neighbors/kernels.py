@@ -54,8 +54,8 @@ def nearest_rows(x: np.ndarray, centroids: np.ndarray, metric: str = "l2", k: in
     """``(distances, indices)``, each ``(len(x), k)``, of each row's ``k`` nearest centroids,
     nearest first - the search that assigns rows to k-means centroids - by chunked torch products
     and a row minimum (``k = 1``; of equal scores the first centroid) or ``torch.topk``. Here 2-3x
-    faiss's search of the same (1M x 128 rows to 976 centroids, k = 1: 3.6 s vs 7-8.5 s; 250k rows
-    to 2,000 centroids, k = 3: 2.2-2.5 s vs 4.6-4.8 s), whose result it equals up to ties.
+    faiss's search of the same (1M x 128 rows to 976 centroids, k = 1: 1.8-2.1 s vs 4.8 s; 250k
+    rows to 2,000 centroids, k = 3: 2.2-2.5 s vs 4.6-4.8 s), whose result it equals up to ties.
     ``chunk``: rows a product covers (default: a score block of :data:`SCORE_BLOCK` entries).
 
     Example:
