@@ -394,6 +394,33 @@ def test_exact_topk_keeps_the_smaller_row_of_equal_distances(nq, n, k, chunk, me
         assert np.isinf(d[i, len(want):]).all()
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 40), st.integers(1, 4), st.sampled_from(["l2", "ip"]),
+       st.sampled_from([None, 1, 7]), st.integers(0, 2**31 - 1))
+def test_nearest_rows_equals_a_full_sort(n, n_cent, k, metric, chunk, seed):
+    """Each row's k nearest centroids, nearest first: the distances of a full sort (small integer
+    vectors: exact products, many ties), the indices where no tie decides; k out of range is an error."""
+    from curriculum.neighbors import nearest_rows
+
+    rng = np.random.default_rng(seed)
+    x, c = rng.integers(-3, 4, (n, 4)).astype(np.float32), rng.integers(-3, 4, (n_cent, 4)).astype(np.float32)
+    if k > n_cent:
+        with pytest.raises(ValueError, match="k: expected 1 to the number of centroids"):
+            nearest_rows(x, c, metric, k=k, chunk=chunk)
+        return
+    d, idx = nearest_rows(x, c, metric, k=k, chunk=chunk)
+    assert d.shape == idx.shape == (n, k)
+    xd, cd = x.astype(np.float64), c.astype(np.float64)
+    ref = ((xd[:, None, :] - cd[None]) ** 2).sum(-1) if metric == "l2" else -(xd @ cd.T)
+    want = np.sort(ref, axis=1)[:, :k]
+    got = d.astype(np.float64) ** 2 if metric == "l2" else d.astype(np.float64)
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    np.testing.assert_allclose(np.take_along_axis(ref, idx, 1), want, atol=1e-6)  # each index scores its distance
+    unique = (np.sort(ref, axis=1)[:, k - 1:k] < np.sort(ref, axis=1)[:, k:k + 1]).ravel() if k < n_cent else \
+        np.ones(n, bool)
+    assert all(set(idx[r]) == set(np.argsort(ref[r], kind="stable")[:k]) for r in np.flatnonzero(unique))
+
+
 @pytest.mark.parametrize("method", ["blocked", "descent"])
 def test_negatives_table_with_one_label_or_few_rows_of_another(method):
     from curriculum.neighbors import exact_topk

@@ -14,7 +14,7 @@ from .metric import METRICS, Metric, faiss_metric, get_metric, normalize, pair_d
 from .plan import PLAN_SAMPLE, RecallPlan, nprobe_for, plan_recall, probe_ranks, sample_truth, sampled_recall
 
 __all__ = ["Metric", "METRICS", "get_metric", "faiss_metric", "to_distance", "normalize", "pair_distances",
-           "brute_knn", "exact_topk", "nearest_rows", "first_k_valid", "sort_dedupe", "block_plan", "block_purity", "blocked_knn",
-           "probe_lists", "probe_lists_other_label", "run_blocks", "exact_knn_graph", "PLAN_SAMPLE", "RecallPlan",
+           "brute_knn", "exact_topk", "nearest_rows", "first_k_valid", "sort_dedupe", "block_plan", "block_purity",
+           "blocked_knn", "probe_lists", "probe_lists_other_label", "run_blocks", "exact_knn_graph", "PLAN_SAMPLE", "RecallPlan",
            "nprobe_for", "plan_recall", "probe_ranks", "sample_truth", "sampled_recall", "descent_knn", "merge_knn",
            "pca_projection", "pca_basis", "project", "device_knn", "device_topk", "on_device", "checked_device"]

@@ -203,5 +203,5 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
                       None if labels is not None else truth)
 
 
-__all__ = ['PLAN_SAMPLE', 'COARSE_TWO_LEVEL_FROM', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall', 'list_recall', 'RecallPlan',
-           'plan_recall']
+__all__ = ['PLAN_SAMPLE', 'COARSE_TWO_LEVEL_FROM', 'probe_ranks', 'nprobe_for', 'sample_truth', 'sampled_recall',
+           'list_recall', 'RecallPlan', 'plan_recall']
