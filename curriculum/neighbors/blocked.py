@@ -16,11 +16,13 @@ from .kernels import first_k_valid, nearest_rows, smallest_k
 from .metric import get_metric
 
 
-def _assign_name(am: int) -> str:
-    """The metric whose nearest centroid assigns a row (faiss's constant from ``Metric.assign_faiss``)."""
-    return "ip" if am == faiss.METRIC_INNER_PRODUCT else "l2"
+def _nearest_block(x: np.ndarray, centroids: np.ndarray, am: int) -> np.ndarray:
+    """Each row's nearest centroid under the assignment metric ``am`` (faiss's constant from
+    ``Metric.assign_faiss``: inner product for cosine / ip, else l2)."""
+    return nearest_rows(x, centroids, "ip" if am == faiss.METRIC_INNER_PRODUCT else "l2")[1][:, 0]
 
 
+TWO_LEVEL_FROM = 1024  # a block plan of this many blocks or more is built (and rows assigned) in two levels
 FIT_ROWS_PER_BLOCK = 64  # a partial two-level plan splits this many sampled rows a block over its coarse clusters
 
 
@@ -34,7 +36,7 @@ def _kmeans(x: np.ndarray, k: int, metric: str, seed: int, per_centroid: int) ->
 
 
 def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
-               two_level_from: int = 1024, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               two_level_from: int = TWO_LEVEL_FROM, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Centroids of ~256-row blocks (faiss k-means on 32 points per centroid) and each row's block.
 
     From ``two_level_from`` blocks on, the plan is built in two levels - ~sqrt(n_clusters) coarse
@@ -58,7 +60,7 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     return centroids, assign
 
 
-def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0, two_level_from: int = 1024,
+def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0, two_level_from: int = TWO_LEVEL_FROM,
                      rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """:func:`block_plan`, and the coarse centroids of a two-level plan (None at one level), which
     :func:`assign_blocks` needs to assign rows as the plan does.
@@ -76,9 +78,9 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     if n_clusters < two_level_from:
         centroids = _kmeans(x, n_clusters, metric, seed, 32)
         if rows is None:
-            return centroids, nearest_rows(x, centroids, _assign_name(am))[1][:, 0], None
+            return centroids, _nearest_block(x, centroids, am), None
         assign = np.full(n, -1, np.int64)
-        assign[rows] = nearest_rows(x[rows], centroids, _assign_name(am))[1][:, 0]
+        assign[rows] = _nearest_block(x[rows], centroids, am)
         return centroids, assign, None
     n_top = int(round(np.sqrt(n_clusters)))
     top = _kmeans(x, n_top, metric, seed, 64)
@@ -87,7 +89,7 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     fit = None if rows is None or n <= n_clusters * FIT_ROWS_PER_BLOCK else \
         np.sort(np.random.default_rng(seed).choice(n, n_clusters * FIT_ROWS_PER_BLOCK, replace=False))
     xs = x if fit is None else np.ascontiguousarray(x[fit])
-    top_of = nearest_rows(xs, top, _assign_name(am))[1][:, 0]
+    top_of = _nearest_block(xs, top, am)
     order = np.argsort(top_of, kind="stable")
     cuts = np.searchsorted(top_of[order], np.arange(len(top) + 1))
     cents: list[np.ndarray] = []
@@ -101,7 +103,7 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
         xt = np.ascontiguousarray(xs[members])
         c = _kmeans(xt, sub, metric, seed + 1 + t, 32)
         if rows is None:
-            assign[members] = offset + nearest_rows(xt, c, _assign_name(am))[1][:, 0]
+            assign[members] = offset + _nearest_block(xt, c, am)
         cents.append(c)
         offset += len(c)
     centroids = np.ascontiguousarray(np.concatenate(cents), np.float32)
@@ -300,9 +302,10 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     n_blocks = len(centroids)
     nprobe = max(1, min(nprobe, n_blocks))
     if assign is None:
-        assign = _nearest(b, centroids, met)
+        assign = _nearest_block(b, centroids, met.assign_faiss)
     b_blocks = _Layout.of(assign, n_blocks)
-    q_assign = query_assign if query_assign is not None else (None if same else _nearest(x, centroids, met))
+    q_assign = query_assign if query_assign is not None else \
+        (None if same else _nearest_block(x, centroids, met.assign_faiss))
     q_blocks = b_blocks if same else _Layout.of(q_assign, n_blocks)
     search = _BlockSearch(x, b, k, met, q_blocks, b_blocks, exclude_self and same)
     if bound is not None:
@@ -329,7 +332,7 @@ def blocked_knn(x: np.ndarray, k: int, metric: str, nprobe: int = 16, n_clusters
     return out_d, out_i
 
 
-def assign_blocks(x: np.ndarray, centroids: np.ndarray, metric: str, two_level_from: int = 1024,
+def assign_blocks(x: np.ndarray, centroids: np.ndarray, metric: str, two_level_from: int = TWO_LEVEL_FROM,
                   coarse: np.ndarray | None = None) -> np.ndarray:
     """Each row's nearest block among given block centroids (a plan made elsewhere, e.g. on
     another process). From ``two_level_from`` blocks on, through an IVF over the centroids (4
@@ -346,7 +349,7 @@ def assign_blocks(x: np.ndarray, centroids: np.ndarray, metric: str, two_level_f
     x = np.ascontiguousarray(x, np.float32)
     centroids = np.ascontiguousarray(centroids, np.float32)
     if len(centroids) < two_level_from:
-        return nearest_rows(x, centroids, _assign_name(am))[1][:, 0]
+        return _nearest_block(x, centroids, am)
     top = coarse if coarse is not None else _kmeans(centroids, int(round(np.sqrt(len(centroids)))), metric, 0, 8)
     return _nearest_via_coarse(x, centroids, top, am)
 
@@ -356,12 +359,8 @@ def _nearest_via_coarse(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray
     found = _via_coarse(x, centroids, coarse, am)
     missing = found < 0
     if missing.any():
-        found[missing] = nearest_rows(x[missing], centroids, _assign_name(am))[1][:, 0]
+        found[missing] = _nearest_block(x[missing], centroids, am)
     return found
-
-
-def _nearest(x: np.ndarray, centroids: np.ndarray, met: Any) -> np.ndarray:
-    return nearest_rows(x, centroids, _assign_name(met.assign_faiss))[1][:, 0]
 
 
 class _Layout:
@@ -458,4 +457,4 @@ class _BlockSearch:
         return self.out_d, self.out_i
 
 
-__all__ = ['FIT_ROWS_PER_BLOCK', 'block_plan', 'block_plan_parts', 'assign_blocks', 'probe_lists', 'probe_lists_other_label', 'block_purity', 'block_label_range', 'purity_of_range', 'run_blocks', 'blocked_knn']
+__all__ = ['TWO_LEVEL_FROM', 'FIT_ROWS_PER_BLOCK', 'block_plan', 'block_plan_parts', 'assign_blocks', 'probe_lists', 'probe_lists_other_label', 'block_purity', 'block_label_range', 'purity_of_range', 'run_blocks', 'blocked_knn']

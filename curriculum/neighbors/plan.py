@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._util import checks as C
-from .blocked import assign_blocks, block_plan_parts, block_purity
+from .blocked import TWO_LEVEL_FROM, assign_blocks, block_plan_parts, block_purity
 from .kernels import exact_topk
 from .metric import get_metric
 
@@ -174,7 +174,8 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
     of the same rows, ``k``, metric, ``exclude_self`` and seed whose sampled truth is taken
     instead of searched again (a coarser plan made first, see
     :func:`curriculum.store.graph.knn_plan`). Blocks of more than 256 rows (that screen) are
-    planned in two levels from :data:`COARSE_TWO_LEVEL_FROM` blocks, finer ones from 1,024.
+    planned in two levels from :data:`COARSE_TWO_LEVEL_FROM` blocks, finer ones from
+    :data:`~curriculum.neighbors.blocked.TWO_LEVEL_FROM` (1,024).
 
     Example:
         >>> x = np.random.default_rng(0).normal(size=(3000, 8)).astype("float32")
@@ -192,7 +193,7 @@ def plan_recall(vec: np.ndarray, k: int, metric: str, target: float, floor: int 
         else:
             true_d, truth = sample_truth(vec, sample, k, metric, exclude_self, return_distances=True)
         known, partial = (sample, true_d), np.union1d(sample, truth[truth >= 0])
-    two_level = 1024 if block_rows <= 256 else COARSE_TWO_LEVEL_FROM
+    two_level = TWO_LEVEL_FROM if block_rows <= 256 else COARSE_TWO_LEVEL_FROM
     centroids, assign, coarse = block_plan_parts(vec, max(1, n // block_rows), metric, seed, two_level, rows=partial)
     if labels is not None:
         truth = exact_topk(vec[sample], vec, k, metric, labels[sample], labels)[1]
