@@ -23,7 +23,7 @@ def _assign_name(am: int) -> str:
 
 def _nearest_block(x: np.ndarray, centroids: np.ndarray, am: int) -> np.ndarray:
     """Each row's nearest centroid under the assignment metric ``am`` (``Metric.assign_faiss``)."""
-    return nearest_rows(x, centroids, _assign_name(am))[1][:, 0]
+    return nearest_rows(x, centroids, _assign_name(am), distances=False)[1][:, 0]
 
 
 TWO_LEVEL_FROM = 1024  # a block plan of this many blocks or more is built (and rows assigned) in two levels
@@ -47,11 +47,11 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     k-means clusters, then each split into blocks in proportion to its size - so that assigning
     the rows costs N x (sqrt + share) centroid distances instead of N x n_clusters (at 1M rows:
     ~0.03 instead of ~1 TFLOP); each row then goes to its nearest block among those of its 4
-    nearest coarse clusters. ``rows``: assign just these rows, the others get -1 (a recall plan
-    needs a few thousand; assigning all takes 0.15 s at 100k x 384, ~5 s at 1M x 128), and fit
-    the two-level blocks on :data:`FIT_ROWS_PER_BLOCK` sampled rows a block;
-    :func:`assign_blocks` with the coarse centroids of :func:`block_plan_parts` assigns every row
-    later as here (but for rows whose 4 coarse lists hold no block) when the blocks are used.
+    nearest coarse clusters (the nearest of all blocks where those hold none). ``rows``: assign
+    just these rows, the others get -1 (a recall plan needs a few thousand; assigning all takes
+    0.15 s at 100k x 384, ~3 s at 1M x 128), and fit the two-level blocks on
+    :data:`FIT_ROWS_PER_BLOCK` sampled rows a block; :func:`assign_blocks` with the coarse
+    centroids of :func:`block_plan_parts` assigns every row later as here when the blocks are used.
 
     Example:
         >>> import numpy as np
@@ -93,47 +93,43 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     fit = None if rows is None or n <= n_clusters * FIT_ROWS_PER_BLOCK else \
         np.sort(np.random.default_rng(seed).choice(n, n_clusters * FIT_ROWS_PER_BLOCK, replace=False))
     xs = x if fit is None else np.ascontiguousarray(x[fit])
+    # with every row assigned, its 4 nearest coarse centroids split the rows and then reassign them
+    near = nearest_rows(x, top, _assign_name(am), k=min(4, n_top), distances=False)[1] if rows is None else None
     cents: list[np.ndarray] = []
-    assign = np.full(n, -1, np.int64)
-    offset = 0
-    for t, members in enumerate(_members(_nearest_block(xs, top, am), len(top))):
-        if members.size == 0:
-            continue
-        sub = max(1, int(round(n_clusters * members.size / len(xs))))
-        xt = np.ascontiguousarray(xs[members])
-        c = _kmeans(xt, sub, metric, seed + 1 + t, 32)
-        if rows is None:
-            assign[members] = offset + _nearest_block(xt, c, am)
-        cents.append(c)
-        offset += len(c)
+    for t, members in enumerate(_members(_nearest_block(xs, top, am) if near is None else near[:, 0], len(top))):
+        if members.size:
+            sub = max(1, int(round(n_clusters * members.size / len(xs))))
+            cents.append(_kmeans(np.ascontiguousarray(xs[members]), sub, metric, seed + 1 + t, 32))
     centroids = np.ascontiguousarray(np.concatenate(cents), np.float32)
-    # a row near the edge of its coarse cluster may lie nearer a block of the next one: reassign
+    # a row near the edge of its coarse cluster may lie nearer a block of the next one: assign
     # every row to its nearest block among the blocks of its 4 nearest coarse clusters (an IVF
     # search over the block centroids) so blocks stay compact and probe lists find their neighbours
     if rows is None:
-        found = _via_coarse(np.ascontiguousarray(x, np.float32), centroids, top, am)
-        return centroids, np.where(found >= 0, found, assign), top
+        return centroids, _nearest_via_coarse(x, centroids, top, am, near), top
+    assign = np.full(n, -1, np.int64)
     assign[rows] = _nearest_via_coarse(np.ascontiguousarray(x[rows], np.float32), centroids, top, am)
     return centroids, assign, top
 
 
 def _via_coarse(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, am: int,
-                chunk: int = 65536) -> np.ndarray:
+                near: np.ndarray | None = None, chunk: int = 65536) -> np.ndarray:
     """Each row's nearest block centroid among those filed under its 4 nearest coarse centroids
     (an IVF over the block centroids: each block filed under its nearest coarse centroid); -1
-    where those hold none. Scored a coarse list at a time, ``chunk`` rows per product, by torch
-    products (:func:`~curriculum.neighbors.kernels.nearest_rows`): at 1M x 128 rows and 3,914
-    blocks 3.2-3.9 s against 5.3-7.2 s for faiss's IVF search here, the same blocks but for ties
-    (6 of 1M rows). Of equal distances the block of the earlier list, then the smaller block, wins."""
-    probes = min(4, len(coarse))
+    where those hold none. ``near``: those coarse centroids, nearest first, if known. Scored a
+    coarse list at a time, ``chunk`` rows per product, by torch products
+    (:func:`~curriculum.neighbors.kernels.nearest_rows`): at 1M x 128 rows and 3,914 blocks
+    ~3 s against 5.3-7.2 s for faiss's IVF search here, the same blocks but for float ties (6 of
+    1M rows). Of equal distances the block of the earlier list, then the smaller block, wins."""
+    name = _assign_name(am)
+    if near is None:
+        near = nearest_rows(x, coarse, name, k=min(4, len(coarse)), distances=False)[1]
     filed = _members(_nearest_block(centroids, coarse, am), len(coarse))
-    near = nearest_rows(x, coarse, _assign_name(am), k=probes)[1]
     best = np.full(len(x), np.inf, np.float32)
     found = np.full(len(x), -1, np.int64)
     for blocks, pos in zip(filed, _members(near.ravel(), len(coarse))):
         for s in range(0, len(pos) if len(blocks) else 0, chunk):
-            rows = pos[s:s + chunk] // probes
-            d, i = nearest_rows(x[rows], centroids[blocks], _assign_name(am))
+            rows = pos[s:s + chunk] // near.shape[1]
+            d, i = nearest_rows(x[rows], centroids[blocks], name, distances=False)  # a row's scores compare
             nearer = d[:, 0] < best[rows]
             best[rows[nearer]], found[rows[nearer]] = d[nearer, 0], blocks[i[nearer, 0]]
     return found
@@ -371,9 +367,10 @@ def assign_blocks(x: np.ndarray, centroids: np.ndarray, metric: str, two_level_f
     return _nearest_via_coarse(x, centroids, top, am)
 
 
-def _nearest_via_coarse(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, am: int) -> np.ndarray:
+def _nearest_via_coarse(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, am: int,
+                        near: np.ndarray | None = None) -> np.ndarray:
     """:func:`_via_coarse`, and the nearest of all blocks for the rows whose coarse lists hold none."""
-    found = _via_coarse(x, centroids, coarse, am)
+    found = _via_coarse(x, centroids, coarse, am, near)
     missing = found < 0
     if missing.any():
         found[missing] = _nearest_block(x[missing], centroids, am)
