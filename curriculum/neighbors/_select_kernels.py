@@ -10,7 +10,8 @@ sort finish.
 
 A few queries against many rows (:func:`~curriculum.neighbors.kernels.exact_topk`) keep a running
 top-k per query instead (:func:`merge_smallest`): after the first few thousand rows a query's
-``k``-th best rejects almost every score with one comparison.
+``k``-th best rejects almost every score with one comparison; so do the blocked engine's blocks
+at small ``k`` (:func:`smallest_k_running`).
 
 Also each row's ``k`` best of a few hundred candidates by distance, ties by id
 (:func:`first_k_by_distance_then_id`: the sharded store's merges of per-shard lists).
@@ -92,27 +93,47 @@ def smallest_k_under(score, bound, k, out_v, out_i):
             out_i[r, a] = bi[a] if a < cnt else -1
 
 
+@njit(cache=True, inline="always")
+def _merge_row(score, r, offset, best_v, best_i, keep_inf):
+    """Fold row ``r`` of ``score`` into row ``r`` of the running top-k (see :func:`merge_smallest`);
+    ``keep_inf``: ``inf`` entries fill slots still empty (NaN never enters)."""
+    k = best_v.shape[1]
+    bound = best_v[r, k - 1]
+    room = keep_inf and best_i[r, k - 1] < 0
+    for j in range(score.shape[1]):
+        s = score[r, j]
+        if s < bound or (room and s == s):
+            a = k - 1
+            while a > 0 and (best_v[r, a - 1] > s or best_i[r, a - 1] < 0):
+                best_v[r, a] = best_v[r, a - 1]
+                best_i[r, a] = best_i[r, a - 1]
+                a -= 1
+            best_v[r, a] = s
+            best_i[r, a] = offset + j
+            bound = best_v[r, k - 1]
+            room = keep_inf and best_i[r, k - 1] < 0
+
+
 @njit(cache=True, parallel=True)
 def merge_smallest(score, offset, best_v, best_i):
     """Fold each row of ``score`` (columns = rows ``offset``, ``offset + 1``, ... of the searched
     set) into that row's running top-k ``best_v`` / ``best_i`` (ascending; ``inf`` / ``-1`` =
     empty): an entry enters only below the current ``k``-th, so of equal scores the one seen first
     (the smaller row) stays; ``inf`` and NaN never enter. Rows in parallel."""
-    n, m = score.shape
-    k = best_v.shape[1]
-    for r in prange(n):
-        bound = best_v[r, k - 1]
-        for j in range(m):
-            s = score[r, j]
-            if s < bound:
-                a = k - 1
-                while a > 0 and best_v[r, a - 1] > s:
-                    best_v[r, a] = best_v[r, a - 1]
-                    best_i[r, a] = best_i[r, a - 1]
-                    a -= 1
-                best_v[r, a] = s
-                best_i[r, a] = offset + j
-                bound = best_v[r, k - 1]
+    for r in prange(score.shape[0]):
+        _merge_row(score, r, offset, best_v, best_i, False)
+
+
+@njit(cache=True, nogil=True)
+def smallest_k_running(score, out_v, out_i):
+    """``out_v[r]``, ``out_i[r]``: the ``k = out_v.shape[1]`` smallest entries of ``score[r]`` and
+    their columns, ascending (of equal scores the earlier column first; ``inf`` entries count,
+    NaN never enters), by one running top-k pass per row (:func:`merge_smallest`'s, serial: the
+    blocked engine calls it from its own threads)."""
+    out_v[:] = np.inf
+    out_i[:] = -1
+    for r in range(score.shape[0]):
+        _merge_row(score, r, 0, out_v, out_i, True)
 
 
 @njit(cache=True, inline="always")

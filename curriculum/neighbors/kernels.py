@@ -13,7 +13,7 @@ from .._util import checks as C
 from .metric import get_metric
 
 
-PARTITION_FROM_K = 20  # smallest_k partitions in numpy from this k (torch.topk below)
+PARTITION_FROM_K = 20  # smallest_k partitions in numpy from this k (a running top-k below)
 SCORE_BLOCK = 1 << 22  # exact_topk's score block (queries x rows of a chunk), ~16 MB: in cache
 QUERY_GROUP = SCORE_BLOCK // 4096  # ... so it takes at most this many queries at a time
 BELOW_MAX_K = 64  # smallest_k bounds rows by a head up to this k (beyond, its insertion sort costs more)
@@ -183,7 +183,9 @@ def smallest_k(score: Any, k: int, head: int | None = None,
     """The ``k`` smallest entries of each row of a 2-D torch tensor, ascending: ``(values,
     columns)`` as numpy. From k = 20 numpy's introselect partition and a sort of the k (1.5-2.5x
     faster than ``torch.topk`` on the 256 x 1-5k score blocks of the blocked engine at k = 20-100);
-    below, ``torch.topk`` (faster there). ``head``: the first ``head`` columns are likely to hold
+    below, one compiled running top-k pass per row
+    (:func:`~curriculum.neighbors._select_kernels.smallest_k_running`; of equal entries the earlier
+    column first): on those blocks at k = 11, 2x ``torch.topk`` at 1k columns, 4x at 4k. ``head``: the first ``head`` columns are likely to hold
     most of each row's ``k`` smallest (the blocked engine's own block): the ``k``-th smallest of
     the first ``max(head, k,`` :data:`HEAD_COLUMNS` ``)`` bounds the row's, and one compiled pass
     keeps what falls under it (up to k = :data:`BELOW_MAX_K`). ``under`` (one score per row,
@@ -213,8 +215,11 @@ def smallest_k(score: Any, k: int, head: int | None = None,
         smallest_k_under(sn, np.asarray(under, sn.dtype), k, vals, cols)
         return vals, cols
     if k < PARTITION_FROM_K or k == score.shape[1]:
-        vals, pos = torch.topk(score, k, dim=1, largest=False, sorted=True)
-        return vals.numpy(), pos.numpy()
+        from ._select_kernels import smallest_k_running
+
+        vals, cols = np.empty((len(sn), k), sn.dtype), np.empty((len(sn), k), np.int64)
+        smallest_k_running(sn, vals, cols)
+        return vals, cols
     part = np.argpartition(sn, k - 1, axis=1)[:, :k]
     vals = np.take_along_axis(sn, part, 1)
     order = np.argsort(vals, axis=1, kind="stable")
