@@ -53,9 +53,11 @@ def nearest_rows(x: np.ndarray, centroids: np.ndarray, metric: str = "l2", k: in
                  chunk: int | None = None, distances: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(distances, indices)``, each ``(len(x), k)``, of each row's ``k`` nearest centroids,
     nearest first - the search that assigns rows to k-means centroids - by chunked torch products
-    and a row minimum (``k = 1``; of equal scores the first centroid) or ``torch.topk``. Here 2-3x
+    and a row minimum (``k = 1``) or a compiled running top-k (of equal scores the first centroid
+    either way; :func:`~curriculum.neighbors._select_kernels.merge_smallest`). Here 2-6x
     faiss's search of the same (1M x 128 rows to 976 centroids, k = 1: 1.8-2.1 s vs 4.8 s; 250k
-    rows to 2,000 centroids, k = 3: 2.2-2.5 s vs 4.6-4.8 s), whose result it equals up to ties.
+    rows to 2,000 centroids, k = 3: 0.75-0.9 s, 2.2-2.5 s with ``torch.topk``, vs 4.6-4.8 s),
+    whose result it equals up to ties.
     ``chunk``: rows a product covers (default: a score block of :data:`SCORE_BLOCK` entries).
     ``distances=False``: the first array holds the rank scores instead (:meth:`Metric.score`: the
     same order within a row, without the row's own norm), all that an assignment needs.
@@ -78,8 +80,14 @@ def nearest_rows(x: np.ndarray, centroids: np.ndarray, metric: str = "l2", k: in
     idx = np.empty((len(x), k), np.int64)
     for s in range(0, len(x), chunk):
         sc = m.score(torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], np.float32)), c, c_sq)
-        v, i = sc.min(1, keepdim=True) if k == 1 else torch.topk(sc, k, dim=1, largest=False, sorted=True)
-        score[s:s + chunk], idx[s:s + chunk] = v.numpy(), i.numpy()
+        if k == 1:
+            v, i = sc.min(1, keepdim=True)
+            score[s:s + chunk], idx[s:s + chunk] = v.numpy(), i.numpy()
+        else:  # a running top-k: 2.5-4.5x torch.topk here
+            from ._select_kernels import merge_smallest
+
+            score[s:s + chunk], idx[s:s + chunk] = np.inf, -1
+            merge_smallest(sc.numpy(), 0, score[s:s + chunk], idx[s:s + chunk])
     if not distances:
         return score, idx
     q_sq = np.einsum("ij,ij->i", x, x) if m.squared_norms else None
@@ -185,8 +193,8 @@ def smallest_k(score: Any, k: int, head: int | None = None,
     faster than ``torch.topk`` on the 256 x 1-5k score blocks of the blocked engine at k = 20-100);
     below, one compiled running top-k pass per row
     (:func:`~curriculum.neighbors._select_kernels.smallest_k_running`; of equal entries the earlier
-    column first): on those blocks at k = 11, 2x ``torch.topk`` at 1k columns, 4x at 4k. ``head``: the first ``head`` columns are likely to hold
-    most of each row's ``k`` smallest (the blocked engine's own block): the ``k``-th smallest of
+    column first): on those blocks at k = 11, 2x ``torch.topk`` at 1k columns, 4x at 4k.
+    ``head``: the first ``head`` columns are likely to hold most of each row's ``k`` smallest (the blocked engine's own block): the ``k``-th smallest of
     the first ``max(head, k,`` :data:`HEAD_COLUMNS` ``)`` bounds the row's, and one compiled pass
     keeps what falls under it (up to k = :data:`BELOW_MAX_K`). ``under`` (one score per row,
     ``inf`` = none): only entries <= it are wanted - a row's entries past it come back as ``inf``
