@@ -194,8 +194,9 @@ def smallest_k(score: Any, k: int, head: int | None = None,
     below, one compiled running top-k pass per row
     (:func:`~curriculum.neighbors._select_kernels.smallest_k_running`; of equal entries the earlier
     column first): on those blocks at k = 11, 2x ``torch.topk`` at 1k columns, 4x at 4k.
-    ``head``: the first ``head`` columns are likely to hold most of each row's ``k`` smallest (the blocked engine's own block): the ``k``-th smallest of
-    the first ``max(head, k,`` :data:`HEAD_COLUMNS` ``)`` bounds the row's, and one compiled pass
+    ``head``: the first ``head`` columns are likely to hold most of each row's ``k`` smallest (the
+    blocked engine's own block): the ``k``-th smallest of the first ``max(head, k,``
+    :data:`HEAD_COLUMNS` ``)`` bounds the row's, and one compiled pass
     keeps what falls under it (up to k = :data:`BELOW_MAX_K`). ``under`` (one score per row,
     ``inf`` = none): only entries <= it are wanted - a row's entries past it come back as ``inf``
     / ``-1`` (rows that already hold good neighbours keep few). Both through
@@ -209,24 +210,20 @@ def smallest_k(score: Any, k: int, head: int | None = None,
         >>> smallest_k(torch.tensor([[3., 1., 2.], [0., 5., 4.]]), 2, under=np.array([1.5, np.inf]))[1].tolist()
         [[1, -1], [0, 2]]
     """
-    import torch
+    from ._select_kernels import smallest_k_running, smallest_k_under
 
     k = min(int(k), score.shape[1])
     sn = score.numpy()
     width = None if head is None else max(head, k, HEAD_COLUMNS)
     if under is None and width is not None and PARTITION_FROM_K <= k <= BELOW_MAX_K and sn.shape[1] > 2 * width:
         under = np.partition(sn[:, :width], k - 1, axis=1)[:, k - 1]  # >= k entries fall under it
-    if under is not None and np.isfinite(under).any():
-        from ._select_kernels import smallest_k_under
-
+    bounded = under is not None and np.isfinite(under).any()
+    if bounded or k < PARTITION_FROM_K or k == sn.shape[1]:
         vals, cols = np.empty((len(sn), k), sn.dtype), np.empty((len(sn), k), np.int64)
-        smallest_k_under(sn, np.asarray(under, sn.dtype), k, vals, cols)
-        return vals, cols
-    if k < PARTITION_FROM_K or k == score.shape[1]:
-        from ._select_kernels import smallest_k_running
-
-        vals, cols = np.empty((len(sn), k), sn.dtype), np.empty((len(sn), k), np.int64)
-        smallest_k_running(sn, vals, cols)
+        if bounded:
+            smallest_k_under(sn, np.asarray(under, sn.dtype), k, vals, cols)
+        else:
+            smallest_k_running(sn, vals, cols)
         return vals, cols
     part = np.argpartition(sn, k - 1, axis=1)[:, :k]
     vals = np.take_along_axis(sn, part, 1)
