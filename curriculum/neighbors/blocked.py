@@ -456,13 +456,21 @@ class _BlockSearch:
             score.masked_fill_(same_label, torch.inf)
         own = self.probe[c][0]  # the query block's own rows come first: they bound its k-th smallest
         head = self.b_blocks.rows(own).size if own >= 0 else None
-        vals, pos = smallest_k(score, min(self.kk, cand.size), head=head,
+        diagonal = self.exclude_self and own == c  # query i is candidate i: mask it, select k, not k + 1
+        if diagonal:
+            at = torch.arange(q_rows.size)
+            score[at, at] = torch.inf
+        vals, pos = smallest_k(score, min(self.k if diagonal else self.kk, cand.size), head=head,
                                under=None if self.under is None else self.under[q_rows])
-        v = self.met.from_score(vals, None if self.sq_q is None else self.sq_q[q_rows])
+        v = self.met.from_score(vals, None if self.sq_q is None else self.sq_q[q_rows]).astype(np.float32)
         ids = cand[pos]
-        valid = ids != q_rows[:, None] if self.exclude_self else np.ones(ids.shape, bool)
-        valid &= np.isfinite(v)
-        self.out_d[q_rows], self.out_i[q_rows] = first_k_valid(v.astype(np.float32), ids, valid, self.k)
+        valid = np.isfinite(v) if diagonal or not self.exclude_self else np.isfinite(v) & (ids != q_rows[:, None])
+        if diagonal:  # ascending: the invalid (inf) entries are already last
+            width = min(v.shape[1], self.k)
+            self.out_d[q_rows, :width] = np.where(valid, v, np.inf)[:, :width]
+            self.out_i[q_rows, :width] = np.where(valid, ids, -1)[:, :width]
+        else:
+            self.out_d[q_rows], self.out_i[q_rows] = first_k_valid(v, ids, valid, self.k)
         self.scored[c] = q_rows.size * cand.size
         return int(q_rows.size)
 
