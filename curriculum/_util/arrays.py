@@ -37,4 +37,17 @@ def _distinct(s: np.ndarray) -> np.ndarray:
     return s if len(s) < 2 else s[np.concatenate([[True], s[1:] != s[:-1]])]
 
 
-__all__ = ["sorted_unique", "duplicated_values"]
+def label_groups(labels: np.ndarray, k: int) -> list[np.ndarray]:
+    """Positions holding each label ``0..k-1`` (a list of ``k`` arrays, each ascending) - one stable
+    sort, not ``k`` scans.
+
+    Example:
+        >>> [g.tolist() for g in label_groups(np.array([2, 0, 2, 1]), 4)]
+        [[1], [3], [0, 2], []]
+    """
+    labels = np.ravel(labels)
+    order = np.argsort(labels, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(labels, minlength=k))[:-1])
+
+
+__all__ = ["sorted_unique", "duplicated_values", "label_groups"]

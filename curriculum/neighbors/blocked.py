@@ -12,6 +12,7 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
+from .._util.arrays import label_groups
 from .kernels import first_k_valid, nearest_rows, smallest_k
 from .metric import get_metric
 
@@ -26,6 +27,7 @@ def _nearest_block(x: np.ndarray, centroids: np.ndarray, am: int) -> np.ndarray:
     return nearest_rows(x, centroids, _assign_name(am), distances=False)[1][:, 0]
 
 
+COARSE_PROBES = 4  # a two-level plan assigns a row among the blocks of its this many nearest coarse clusters
 TWO_LEVEL_FROM = 1024  # a block plan of this many blocks or more is built (and rows assigned) in two levels
 FIT_ROWS_PER_BLOCK = 64  # a partial two-level plan splits this many sampled rows a block over its coarse clusters
 
@@ -64,8 +66,8 @@ def block_plan(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     return centroids, assign
 
 
-def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0, two_level_from: int = TWO_LEVEL_FROM,
-                     rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
+                     two_level_from: int = TWO_LEVEL_FROM, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """:func:`block_plan`, and the coarse centroids of a two-level plan (None at one level), which
     :func:`assign_blocks` needs to assign rows as the plan does.
 
@@ -93,10 +95,11 @@ def block_plan_parts(x: np.ndarray, n_clusters: int, metric: str, seed: int = 0,
     fit = None if rows is None or n <= n_clusters * FIT_ROWS_PER_BLOCK else \
         np.sort(np.random.default_rng(seed).choice(n, n_clusters * FIT_ROWS_PER_BLOCK, replace=False))
     xs = x if fit is None else np.ascontiguousarray(x[fit])
-    # with every row assigned, its 4 nearest coarse centroids split the rows and then reassign them
-    near = nearest_rows(x, top, _assign_name(am), k=min(4, n_top), distances=False)[1] if rows is None else None
+    # with every row assigned, its COARSE_PROBES nearest coarse centroids split the rows and then reassign them
+    near = nearest_rows(x, top, _assign_name(am), k=min(COARSE_PROBES, n_top), distances=False)[1] \
+        if rows is None else None
     cents: list[np.ndarray] = []
-    for t, members in enumerate(_members(_nearest_block(xs, top, am) if near is None else near[:, 0], len(top))):
+    for t, members in enumerate(label_groups(_nearest_block(xs, top, am) if near is None else near[:, 0], len(top))):
         if members.size:
             sub = max(1, int(round(n_clusters * members.size / len(xs))))
             cents.append(_kmeans(np.ascontiguousarray(xs[members]), sub, metric, seed + 1 + t, 32))
@@ -122,23 +125,17 @@ def _via_coarse(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, am: in
     1M rows). Of equal distances the block of the earlier list, then the smaller block, wins."""
     name = _assign_name(am)
     if near is None:
-        near = nearest_rows(x, coarse, name, k=min(4, len(coarse)), distances=False)[1]
-    filed = _members(_nearest_block(centroids, coarse, am), len(coarse))
+        near = nearest_rows(x, coarse, name, k=min(COARSE_PROBES, len(coarse)), distances=False)[1]
+    filed = label_groups(_nearest_block(centroids, coarse, am), len(coarse))
     best = np.full(len(x), np.inf, np.float32)
     found = np.full(len(x), -1, np.int64)
-    for blocks, pos in zip(filed, _members(near.ravel(), len(coarse))):
+    for blocks, pos in zip(filed, label_groups(near.ravel(), len(coarse))):
         for s in range(0, len(pos) if len(blocks) else 0, chunk):
             rows = pos[s:s + chunk] // near.shape[1]
             d, i = nearest_rows(x[rows], centroids[blocks], name, distances=False)  # a row's scores compare
             nearer = d[:, 0] < best[rows]
             best[rows[nearer]], found[rows[nearer]] = d[nearer, 0], blocks[i[nearer, 0]]
     return found
-
-
-def _members(labels: np.ndarray, k: int) -> list[np.ndarray]:
-    """Positions holding each label 0..k-1, ascending (one stable sort)."""
-    order = np.argsort(labels, kind="stable")
-    return np.split(order, np.searchsorted(labels[order], np.arange(1, k)))
 
 
 def probe_lists(centroids: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
@@ -464,12 +461,13 @@ class _BlockSearch:
                                under=None if self.under is None else self.under[q_rows])
         v = self.met.from_score(vals, None if self.sq_q is None else self.sq_q[q_rows]).astype(np.float32)
         ids = cand[pos]
-        valid = np.isfinite(v) if diagonal or not self.exclude_self else np.isfinite(v) & (ids != q_rows[:, None])
-        if diagonal:  # ascending: the invalid (inf) entries are already last
-            width = min(v.shape[1], self.k)
-            self.out_d[q_rows, :width] = np.where(valid, v, np.inf)[:, :width]
-            self.out_i[q_rows, :width] = np.where(valid, ids, -1)[:, :width]
+        valid = np.isfinite(v)
+        if diagonal:  # at most k columns, ascending: the invalid (inf) entries are already last
+            self.out_d[q_rows, :v.shape[1]] = np.where(valid, v, np.inf)
+            self.out_i[q_rows, :v.shape[1]] = np.where(valid, ids, -1)
         else:
+            if self.exclude_self:
+                valid &= ids != q_rows[:, None]
             self.out_d[q_rows], self.out_i[q_rows] = first_k_valid(v, ids, valid, self.k)
         self.scored[c] = q_rows.size * cand.size
         return int(q_rows.size)

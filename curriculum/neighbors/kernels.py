@@ -70,6 +70,8 @@ def nearest_rows(x: np.ndarray, centroids: np.ndarray, metric: str = "l2", k: in
     """
     import torch
 
+    from ._select_kernels import merge_smallest
+
     m = get_metric(metric)
     c = torch.from_numpy(np.ascontiguousarray(centroids, np.float32))
     if not 1 <= int(k) <= len(c):
@@ -84,8 +86,6 @@ def nearest_rows(x: np.ndarray, centroids: np.ndarray, metric: str = "l2", k: in
             v, i = sc.min(1, keepdim=True)
             score[s:s + chunk], idx[s:s + chunk] = v.numpy(), i.numpy()
         else:  # a running top-k: 2.5-4.5x torch.topk here
-            from ._select_kernels import merge_smallest
-
             score[s:s + chunk], idx[s:s + chunk] = np.inf, -1
             merge_smallest(sc.numpy(), 0, score[s:s + chunk], idx[s:s + chunk])
     if not distances:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._util import checks as C
-from .._util.arrays import sorted_unique
+from .._util.arrays import label_groups, sorted_unique
 from .._util.progress import progress_bar, want
 from ..neighbors import brute_knn, nearest_rows, normalize, pca_projection
 from ..neighbors import kmeans as KM
@@ -509,7 +509,7 @@ def balanced_select(h: Hierarchy, target: int, seed: int = 0, keep: np.ndarray |
     target = C.positive_int(target, "target")
     if target > int(keep.sum()):
         raise ValueError(f"target: expected at most the pool size {int(keep.sum())}, got {target}")
-    rows_of_leaf = [r[keep[r]] for r in _groups(h.assignments[0], len(h.centroids[0]))]
+    rows_of_leaf = [r[keep[r]] for r in label_groups(h.assignments[0], len(h.centroids[0]))]
     quota = leaf_quotas(h, np.array([len(r) for r in rows_of_leaf]), target)
     if priority is None:
         out = [rng.choice(rows_of_leaf[c], int(q), replace=False) for c, q in enumerate(quota) if q]
@@ -531,7 +531,7 @@ def leaf_quotas(h: Hierarchy, leaf_sizes: np.ndarray, target: int) -> np.ndarray
     sizes = [np.asarray(leaf_sizes, np.int64)]
     children = []
     for lvl in range(1, len(h.assignments)):
-        kids = _groups(h.assignments[lvl], len(h.centroids[lvl]))
+        kids = label_groups(h.assignments[lvl], len(h.centroids[lvl]))
         children.append(kids)
         sizes.append(np.array([sizes[-1][kk].sum() for kk in kids]))
     quota = _water_fill(sizes[-1], target)
@@ -542,12 +542,6 @@ def leaf_quotas(h: Hierarchy, leaf_sizes: np.ndarray, target: int) -> np.ndarray
                 nxt[kids] = _water_fill(sizes[lvl - 1][kids], int(quota[c]))
         quota = nxt
     return quota
-
-
-def _groups(labels: np.ndarray, k: int) -> list[np.ndarray]:
-    """Positions of each label 0..k-1 (one sort, not k scans)."""
-    order = np.argsort(labels, kind="stable")
-    return np.split(order, np.cumsum(np.bincount(labels, minlength=k))[:-1])
 
 
 def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | None = None, seed: int = 0,
