@@ -810,7 +810,7 @@ class ShardedStore:
         x = normalize(x) if sph and self.metric != "cosine" else x
         init = self.fit_on_root(k * SAMPLE_PER_CLUSTER, seed, x, lambda s: KM.kmeans_pp_init(s, k, seed=seed))
         cent = KM.kmeans(x, k, spherical=sph, seed=seed, niter=niter, init=init, points_per_centroid=0,
-                         reduce=self.comm.all_reduce)
+                         reduce=self.comm.all_reduce, tol=0.0)
         d, a = brute_knn(x, cent, 1, "cosine" if sph else self.metric)
         return KMeansResult(cent, a[:, 0].astype(np.int64), d[:, 0])
 
