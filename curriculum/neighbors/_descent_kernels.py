@@ -232,6 +232,58 @@ def _split_level(perm, seg, n_seg, side, node, leaf_size, bounds, n_leaves):
     return c, n_leaves
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _dist2x2(x, a0, a1, b0, b1, kind):
+    """:func:`_dist` of the four pairs ``(a0, b0), (a0, b1), (a1, b0), (a1, b1)`` in one pass:
+    each loaded element serves two pairs (1.5-1.7x four :func:`_dist` calls on rows in cache)."""
+    s00 = s01 = s10 = s11 = np.float32(0.0)
+    if kind == 0:
+        for t in range(x.shape[1]):
+            u0, u1, v0, v1 = x[a0, t], x[a1, t], x[b0, t], x[b1, t]
+            s00 += u0 * v0
+            s01 += u0 * v1
+            s10 += u1 * v0
+            s11 += u1 * v1
+        return -s00, -s01, -s10, -s11
+    for t in range(x.shape[1]):
+        u0, u1, v0, v1 = x[a0, t], x[a1, t], x[b0, t], x[b1, t]
+        s00 += (u0 - v0) * (u0 - v0)
+        s01 += (u0 - v1) * (u0 - v1)
+        s10 += (u1 - v0) * (u1 - v0)
+        s11 += (u1 - v1) * (u1 - v1)
+    return s00, s01, s10, s11
+
+
+@njit(cache=True, inline="always")
+def _push_pair(dist, idx, flag, a, b, d):
+    _push(dist, idx, flag, a, d, b, 1)
+    _push(dist, idx, flag, b, d, a, 1)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _join_leaf(x, kind, perm, s, e, dist, idx, flag):
+    """Every pair of rows ``perm[s:e]`` into both rows' heaps, the rows taken two by two against
+    two by two (:func:`_dist2x2`)."""
+    u = s
+    while u + 1 < e:
+        a0, a1 = perm[u], perm[u + 1]
+        _push_pair(dist, idx, flag, a0, a1, _dist(x, a0, a1, kind))
+        v = u + 2
+        while v + 1 < e:
+            b0, b1 = perm[v], perm[v + 1]
+            d00, d01, d10, d11 = _dist2x2(x, a0, a1, b0, b1, kind)
+            _push_pair(dist, idx, flag, a0, b0, d00)
+            _push_pair(dist, idx, flag, a0, b1, d01)
+            _push_pair(dist, idx, flag, a1, b0, d10)
+            _push_pair(dist, idx, flag, a1, b1, d11)
+            v += 2
+        if v < e:
+            b0 = perm[v]
+            _push_pair(dist, idx, flag, a0, b0, _dist(x, a0, b0, kind))
+            _push_pair(dist, idx, flag, a1, b0, _dist(x, a1, b0, kind))
+        u += 2
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def join_leaves(x, kind, perm, bounds, n_leaves, dist, idx, flag):
     """Score every pair inside each leaf of one tree into both rows' heaps (leaves are disjoint,
@@ -239,13 +291,7 @@ def join_leaves(x, kind, perm, bounds, n_leaves, dist, idx, flag):
     scored = np.zeros(n_leaves, np.int64)
     for leaf in prange(n_leaves):
         s, e = bounds[leaf], bounds[leaf + 1]
-        for u in range(s, e):
-            a = perm[u]
-            for v in range(u + 1, e):
-                b = perm[v]
-                d = _dist(x, a, b, kind)
-                _push(dist, idx, flag, a, d, b, 1)
-                _push(dist, idx, flag, b, d, a, 1)
+        _join_leaf(x, kind, perm, s, e, dist, idx, flag)
         scored[leaf] = (e - s) * (e - s - 1) // 2
     return scored.sum()
 
@@ -370,15 +416,14 @@ def _listed(idx, i, j):
 
 
 @njit(cache=True, inline="always")
-def _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud):
-    """Score pair (a, b) and record it if it improves an end that does not list the other yet
-    (the lists are read only for pairs that beat an end's worst); the sign of the stored row
+def _record(dist, idx, a, b, d, base, c, ua, ub, ud):
+    """Record pair (a, b) at distance ``d`` if it improves an end that does not list the other
+    yet (the lists are read only for pairs that beat an end's worst); the sign of the stored row
     says which: ``ub = b`` improves ``b``'s list, ``-1 - b`` does not (likewise ``ua``).
     Returns the new count."""
-    d = _dist(x, a, b, kind)
     to_a = d < dist[a, 0]
     to_b = d < dist[b, 0]
-    if not (to_a or to_b):  # most pairs: no list to check
+    if not (to_a or to_b) or a == b:  # most pairs: no list to check
         return c
     to_a = to_a and not _listed(idx, a, b)
     to_b = to_b and not _listed(idx, b, a)
@@ -390,26 +435,54 @@ def _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud):
     return c + 1
 
 
+@njit(cache=True, inline="always")
+def _valid_candidates(new_i, old_i, i, comb):
+    """Row ``i``'s new candidates then its old ones (``-1`` slots left out) into ``comb``;
+    returns ``(new, all)`` counts."""
+    m = 0
+    for p in range(new_i.shape[1]):
+        if new_i[i, p] >= 0:
+            comb[m] = new_i[i, p]
+            m += 1
+    total = m
+    for q in range(old_i.shape[1]):
+        if old_i[i, q] >= 0:
+            comb[total] = old_i[i, q]
+            total += 1
+    return m, total
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt):
     """Local join of nodes ``lo..hi``: candidate pairs (new x new, new x old) closer than either
-    end's current worst, written to node-owned slots of ``ua / ub / ud``."""
-    nc, no = new_i.shape[1], old_i.shape[1]
+    end's current worst, written to node-owned slots of ``ua / ub / ud``. Each node's new
+    candidates go two at a time against the candidates after them (:func:`_dist2x2`)."""
     for i in prange(lo, hi):
+        comb = np.empty(new_i.shape[1] + old_i.shape[1], np.int32)
+        m, total = _valid_candidates(new_i, old_i, i, comb)
         base = (i - lo) * slot
         c = 0
-        for p in range(nc):
-            a = new_i[i, p]
-            if a < 0:
-                continue
-            for q in range(p + 1, nc):
-                b = new_i[i, q]
-                if b >= 0:
-                    c = _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud)
-            for q in range(no):
-                b = old_i[i, q]
-                if b >= 0 and b != a:
-                    c = _record(x, kind, dist, idx, a, b, base, c, ua, ub, ud)
+        p = 0
+        while p < m:
+            a0 = comb[p]
+            if p + 1 == m:  # the last new candidate: against the old ones
+                for q in range(m, total):
+                    c = _record(dist, idx, a0, comb[q], _dist(x, a0, comb[q], kind), base, c, ua, ub, ud)
+                break
+            a1 = comb[p + 1]
+            c = _record(dist, idx, a0, a1, _dist(x, a0, a1, kind), base, c, ua, ub, ud)
+            q = p + 2
+            while q < total:
+                b0 = comb[q]
+                b1 = comb[q + 1] if q + 1 < total else b0
+                d00, d01, d10, d11 = _dist2x2(x, a0, a1, b0, b1, kind)
+                c = _record(dist, idx, a0, b0, d00, base, c, ua, ub, ud)
+                c = _record(dist, idx, a1, b0, d10, base, c, ua, ub, ud)
+                if q + 1 < total:
+                    c = _record(dist, idx, a0, b1, d01, base, c, ua, ub, ud)
+                    c = _record(dist, idx, a1, b1, d11, base, c, ua, ub, ud)
+                q += 2
+            p += 2
         cnt[i - lo] = c
 
 
