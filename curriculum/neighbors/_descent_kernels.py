@@ -144,16 +144,28 @@ def _split_down(x, leaf_size, seed, tree, angular, perm, stack, top, bounds, n_l
 @njit(cache=True, parallel=True, fastmath=True)
 def _sides(x, seed, node, normals, offs, side):
     """Every row's side of its segment's hyperplane in every tree, in one pass over the rows in
-    memory order (``node[t, r]``: the row's active segment in tree ``t``, -1 when in a leaf)."""
+    memory order (``node[t, r]``: the row's active segment in tree ``t``, -1 when in a leaf).
+    Four trees at a time: each element of the row serves four hyperplanes."""
     n_trees, n = node.shape
     for r in prange(n):
-        for t in range(n_trees):
-            j = node[t, r]
-            if j >= 0:
-                v = offs[t, j]
-                for q in range(x.shape[1]):
-                    v += normals[t, j, q] * x[r, q]
-                side[t, r] = _side(v, seed, t, r)
+        for t0 in range(0, n_trees, 4):
+            j0 = max(node[t0, r], 0)
+            j1 = max(node[min(t0 + 1, n_trees - 1), r], 0)
+            j2 = max(node[min(t0 + 2, n_trees - 1), r], 0)
+            j3 = max(node[min(t0 + 3, n_trees - 1), r], 0)
+            t1, t2, t3 = min(t0 + 1, n_trees - 1), min(t0 + 2, n_trees - 1), min(t0 + 3, n_trees - 1)
+            v0, v1, v2, v3 = offs[t0, j0], offs[t1, j1], offs[t2, j2], offs[t3, j3]
+            for q in range(x.shape[1]):
+                e = x[r, q]
+                v0 += normals[t0, j0, q] * e
+                v1 += normals[t1, j1, q] * e
+                v2 += normals[t2, j2, q] * e
+                v3 += normals[t3, j3, q] * e
+            vals = (v0, v1, v2, v3)
+            for a in range(4):
+                t = t0 + a
+                if t < n_trees and node[t, r] >= 0:
+                    side[t, r] = _side(vals[a], seed, t, r)
 
 
 @njit(cache=True, parallel=True, fastmath=True)
