@@ -20,11 +20,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[demo,test,integrations]"
 	touch $(STAMP)
 
-# Fashion-MNIST from the Debian package (needs root); otherwise say how to get it.
+# Fashion-MNIST from the Debian package (needs root); otherwise say how to get it. The package
+# lists are fetched with their English long descriptions (Translation-en), which the bench's text
+# set (curriculum/cli/real_embeddings.py) embeds.
 data:
 	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST: $(FMNIST)"; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-		(apt-get update -q && apt-get install -y -q dataset-fashion-mnist) >/dev/null && echo "Fashion-MNIST installed"; \
+		(apt-get update -q -o Acquire::Languages=en && apt-get install -y -q dataset-fashion-mnist) >/dev/null && echo "Fashion-MNIST installed"; \
 	else echo "Fashion-MNIST not found: as root run 'apt-get install dataset-fashion-mnist', or pass --data PATH / set CURRICULUM_FMNIST to a folder holding the four IDX files"; fi
 
 # headless Chromium for the report's browser test (tests/test_inspect.py, marker "browser"); without
