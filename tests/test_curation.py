@@ -53,6 +53,43 @@ def test_kmeans_seeds_the_tail_and_recovers_separated_blobs():
     np.testing.assert_array_equal(KM.kmeans(x, 8, seed=3), KM.kmeans(x, 8, seed=3))  # deterministic
 
 
+def test_kmeans_stops_once_few_rows_move_and_split_runs_stop_together():
+    import threading
+
+    x = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)  # no clusters: slow to settle
+    init = np.ascontiguousarray(x[:40])
+    once = KM.kmeans(x, 40, niter=1, init=init, points_per_centroid=0, tol=0.0)
+    # the first step moves every row (tol 1 stops after it); tol 0 runs all 30 steps
+    np.testing.assert_array_equal(KM.kmeans(x, 40, niter=30, init=init, points_per_centroid=0, tol=1.0), once)
+    full = KM.kmeans(x, 40, niter=30, init=init, points_per_centroid=0, tol=0.0)
+    early = KM.kmeans(x, 40, niter=30, init=init, points_per_centroid=0, tol=0.02)
+    assert not np.allclose(early, full) and not np.allclose(early, once)
+    sums, barrier = {}, threading.Barrier(2)
+
+    def summed(a, rank):  # an all-reduce between two "processes" holding alternate rows
+        sums[rank] = a
+        barrier.wait()
+        total = sums[0] + sums[1]
+        barrier.wait()
+        return total
+
+    got = [None, None]
+
+    def run(rank):
+        got[rank] = KM.kmeans(x[rank::2], 40, niter=30, init=init, points_per_centroid=0, tol=0.02,
+                              reduce=lambda a: summed(a, rank))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_allclose(got[0], early, rtol=1e-5, atol=1e-5)  # stopped at the same step
+    with pytest.raises(ValueError, match="tol"):
+        KM.kmeans(x, 4, tol=1.5)
+
+
 @settings(max_examples=8, deadline=None)
 @given(st.integers(2, 40), st.sampled_from([4, 16, 64]), st.integers(0, 9))
 def test_mode_cut_finds_the_number_of_modes(modes, dim, seed):

@@ -452,7 +452,7 @@ def test_kmeans_is_one_process_lloyd_from_the_same_seeding(sharded):
     x = one.vectors()
     sample = x[np.argsort(id_priority(one.ids, 3))][:6 * 256]
     cent = KM.kmeans(x, 6, spherical=metric == "cosine", seed=3, niter=5,
-                     init=KM.kmeans_pp_init(sample, 6, seed=3), points_per_centroid=0)
+                     init=KM.kmeans_pp_init(sample, 6, seed=3), points_per_centroid=0, tol=0.0)
     for got in res:
         np.testing.assert_allclose(got["km_centroids"], cent, rtol=1e-4, atol=1e-4)
     km = alone.kmeans(6, seed=3, niter=5)
