@@ -192,6 +192,19 @@ def test_reference_drops_planted_junk_but_keeps_rare_modes():
     assert (np.median(kept, 0) >= [32, 80]).all() and (np.min(kept, 0) >= [20, 80]).all(), kept  # rare modes (near) whole
 
 
+def test_within_picks_each_leafs_rows_by_distance_to_its_centroid_with_the_same_balance():
+    x, y = blobs([4000, 800])
+    store = cl.EmbeddingStore(8, metric="l2")
+    store.add(x)
+    centre = np.stack([x[y == b].mean(0) for b in range(2)])
+    dist = np.linalg.norm(x - centre[y], axis=1)
+    picked = {w: store.rows_of(cl.curate(store, 480, within=w)) for w in ("far", "random", "near")}
+    assert [np.bincount(y[r]).tolist() for r in picked.values()] == [np.bincount(y[picked["random"]]).tolist()] * 3
+    means = [dist[r].mean() for r in picked.values()]
+    assert means[0] > 1.1 * means[1] > 1.2 * means[2], means  # the outer rows of every leaf, then the core
+    np.testing.assert_array_equal(store.rows_of(cl.curate(store, 480, within="far")), picked["far"])
+
+
 def test_stray_rows_are_left_out_unless_asked():
     x, _ = blobs([2000, 500])
     x = np.concatenate([x, np.full((1, 8), 500.0, np.float32)])  # one far stray row
@@ -214,6 +227,8 @@ def test_bad_inputs_name_the_argument_and_change_nothing():
         CU.auto_hierarchy(x, "l2", n_leaves=10_000)
     with pytest.raises(TypeError, match="store"):
         cl.curate(x, 10)
+    with pytest.raises(ValueError, match=r"within: expected one of \['random', 'far', 'near'\], got 'outer'"):
+        cl.curate(store, 50, within="outer")
     np.testing.assert_array_equal(store.vectors(), before)
 
 

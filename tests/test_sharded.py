@@ -95,6 +95,11 @@ def _worker(rank, world, out, initfile, metric, save_to):
     km = s.kmeans(6, seed=3, niter=5)
     res["km_centroids"], res["km_assign"] = km.centroids, km.assignments
     res["curated"] = cl.curate(s, 150, seed=1)
+    res["curated_far"], res["curated_near"] = (cl.curate(s, 150, seed=1, within=w) for w in ("far", "near"))
+    try:
+        cl.curate(s, 150, within="farthest")
+    except ValueError as exc:
+        res["curated_bad_within"] = np.array([str(exc)])
     part = pool(metric)[1][::2][rank::world]  # each rank passes its part of the pool's ids
     res["curated_pool"] = cl.curate(s, 120, seed=1, ids=part, dedup_threshold=0.98)
     res["curated_ref"] = cl.curate(s, 150, seed=1, reference=pool(metric)[1][:40][rank::world])
@@ -468,6 +473,15 @@ def test_curation_selects_the_ids_one_process_selects(sharded):
     np.testing.assert_array_equal(got, ref)
     for r, part in enumerate(res):
         assert (part["curated"] % world == r).all()
+
+
+def test_curation_picking_by_distance_to_the_leaf_selects_the_ids_one_process_selects(sharded):
+    world, metric, res, _ = sharded
+    for within in ("far", "near"):
+        ref = cl.curate(one_process(metric), 150, seed=1, within=within)
+        np.testing.assert_array_equal(np.sort(_by_rank(res, f"curated_{within}")), ref)
+    assert not np.array_equal(np.sort(_by_rank(res, "curated_far")), np.sort(_by_rank(res, "curated_near")))
+    assert all("within: expected one of" in str(r["curated_bad_within"][0]) for r in res)
 
 
 def test_curation_of_a_part_of_the_pool_and_with_a_reference_selects_what_one_process_selects(sharded):

@@ -7,7 +7,8 @@
   assigned locally; leaf sizes all-reduced, the rows between leaves (``leaf_links``) gathered;
 - upper levels: computed from the leaf centroids and sizes, identical on every rank;
 - balanced selection: the quotas per leaf from the all-reduced sizes; inside a leaf the rows of
-  smallest ``id_priority`` are taken - the quota-th smallest priority of each leaf found by a
+  smallest priority are taken (``pick_priority``: the id's, or the distance to the leaf's
+  centroid with the id's breaking ties) - the quota-th smallest priority of each leaf found by a
   bisection whose counts are all-reduced (64 rounds of one vector of leaf counts).
 
 Bytes moved: the sample (``64 x leaves x dims`` floats, at most 131k rows) to rank 0 once, the
@@ -25,10 +26,9 @@ from .._util import checks as C
 from .._util.arrays import sorted_unique
 from ..neighbors import normalize, pca_basis, project
 from ..store import ShardedStore
-from ..store.sharded import id_priority
-from .curation import (MIN_MODE_ROWS, PICK_SEED, REDUCE_TO, SAMPLE_PER_LEAF, Hierarchy, _junk_leaves, checked_levels,
-                       deduplicate, fit_leaves, leaf_count, leaf_links, leaf_quotas, nearest_leaves, upper_levels,
-                       ward_levels)
+from .curation import (MIN_MODE_ROWS, REDUCE_TO, SAMPLE_PER_LEAF, WITHIN, Hierarchy, _junk_leaves, checked_levels,
+                       deduplicate, fit_leaves, leaf_count, leaf_links, leaf_quotas, nearest_leaves, pick_priority,
+                       upper_levels, ward_levels)
 
 TOP = np.iinfo(np.int64).max
 
@@ -36,7 +36,7 @@ TOP = np.iinfo(np.int64).max
 def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resample_iters: int = 3,
                    drop_stray: bool = True, progress: bool | None = None, ids: np.ndarray | None = None,
                    dedup_threshold: float | None = None, reference: np.ndarray | None = None,
-                   levels: tuple[int, ...] | None = None) -> np.ndarray:
+                   levels: tuple[int, ...] | None = None, within: str = "random") -> np.ndarray:
     """This shard's ids of a ``target_size`` subset balanced over the hierarchy of all shards
     (see :func:`curriculum.curate`; every rank calls it). ``ids``: the pool is the union of the
     ids every rank passes (a rank may pass its part, or all of them); ``dedup_threshold``:
@@ -44,7 +44,9 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     shards); ``reference``: trusted in-distribution ids (the union over the ranks), leaves they
     do not cover left out (:func:`~curriculum.selection.curation.out_of_reference` from the
     all-reduced counts); ``levels``: given cluster counts, finest first (the leaves fitted as
-    the automatic ones are, Ward groups of their centroids above). Collective.
+    the automatic ones are, Ward groups of their centroids above); ``within``: how a leaf's rows
+    are picked (:func:`~curriculum.selection.curation.pick_priority`, computed per row, so the
+    same ids as one process). Collective.
 
     Example:
         >>> import numpy as np
@@ -57,6 +59,7 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
         (100, 50)
     """
     comm = store.comm
+    store.checked(lambda: C.choice(within, "within", WITHIN))
     options = {"ids": ids, "dedup_threshold": dedup_threshold, "reference": reference, "levels": levels}
     given = comm.all_reduce(np.array([v is not None for v in options.values()], np.int64))
     for name, count in zip(options, given.tolist()):
@@ -91,7 +94,7 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
         raise ValueError(f"target_size: expected at most {int(kept.sum())} (the rows left after dropping "
                          f"{n - int(kept.sum())} stray or out-of-reference rows), got {target}")
     quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target)
-    pri = id_priority(pool_ids, seed + PICK_SEED)
+    pri = pick_priority(pool_ids, x, leaf, cent, within, seed)
     return np.sort(pool_ids[_pick(comm, leaf, keep, pri, quota, kept)])
 
 
