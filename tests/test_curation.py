@@ -238,6 +238,6 @@ def test_bench_section_reports_balance_beside_random(monkeypatch):
                         lambda quick, data: {"toy": (*mode_pool(8, 8, 4000, seed=1), "l2", "modes")})
     rows = curation_section(quick=True)
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"random (median of 5)", "curate()", "anchor (ssl-data-curation)"}
-    assert by["curate()"]["max_min"] < by["random (median of 5)"]["max_min"]
+    assert set(by) == {"random (median of 30)", "curate()", "anchor (ssl-data-curation)"}
+    assert by["curate()"]["max_min"] < by["random (median of 30)"]["max_min"]
     assert "CURRICULUM_ANCHOR_CURATION" in by["anchor (ssl-data-curation)"]["note"]

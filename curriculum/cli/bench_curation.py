@@ -9,7 +9,7 @@ a fixed 100 modes (cost against N), and real labelled long-tailed sets: Fashion-
 Every pool is curated to 10% with default arguments. Balance: max/min of the per-mode counts
 over the modes larger than their fair share (smaller ones should be taken whole: the share that
 was), the effective number of modes or classes (exp of the entropy), and the share of the rarest
-10% of the classes, each beside the median of 5 random subsets. On the labelled sets - where a
+10% of the classes, each beside the median of :data:`RANDOM_DRAWS` random subsets. On the labelled sets - where a
 few hundred rows make up the rarest classes, so one draw moves their share by a third - ``curate``
 runs with :data:`LABELLED_SEEDS` seeds and the row gives the medians, with the rarest classes'
 share over the seeds as ``rare_share_range`` and over 30 random subsets as ``rare_share_random_sd``.
@@ -35,6 +35,8 @@ ANCHOR_ENV = "CURRICULUM_ANCHOR_CURATION"
 ANCHOR_MAX_ROWS = 25_000
 SHARE = 0.1
 LABELLED_SEEDS = 3  # curate() seeds on the labelled sets (medians reported)
+RANDOM_DRAWS = 30  # random subsets per pool: their median is the baseline (5 let it move by ~10% between runs)
+RANDOM = f"random (median of {RANDOM_DRAWS})"
 
 
 def mode_pool(modes: int, dim: int, rows: int, rho: float = 100.0, seed: int = 0,
@@ -160,12 +162,11 @@ def curation_section(quick: bool = False, data: str | None = None) -> list[dict[
         target = int(len(x) * SHARE)
         store = cl.EmbeddingStore(x.shape[1], metric=metric)
         store.add(x)
-        rand = [balance(y, np.random.default_rng(s).choice(len(x), target, replace=False))
-                for s in range(30 if kind == "classes" else 5)]
-        base = {k: float(np.median([r[k] for r in rand[:5]])) for k in rand[0]}
+        rand = [balance(y, np.random.default_rng(s).choice(len(x), target, replace=False)) for s in range(RANDOM_DRAWS)]
+        base = {k: float(np.median([r[k] for r in rand])) for k in rand[0]}
         common = {"section": "curation", "set": name, "n": len(x), "dim": x.shape[1], "groups": int(y.max()) + 1,
                   "kind": kind}
-        rows.append({**common, "method": "random (median of 5)", **_rounded(base)})
+        rows.append({**common, "method": RANDOM, **_rounded(base)})
         rows.append({**common, "method": "curate()", **_curated(store, y, target, base, kind == "classes")})
         if kind == "classes":
             rows[-1]["rare_share_random_sd"] = round(float(np.std([r["rare_share"] for r in rand])), 4)
@@ -241,13 +242,13 @@ def plot_curation(rows: list[dict[str, Any]], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = ["random (median of 5)", "curate()", "anchor (ssl-data-curation)"]
+    methods = [RANDOM, "curate()", "anchor (ssl-data-curation)"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     for ax, kind, key, label in ((axes[0], "modes", "max_min", "max/min rows per planted mode (log)"),
                                  (axes[1], "classes", "rare_share", "share of the rarest 10% of classes")):
         sets = list(dict.fromkeys(r["set"] for r in rows if r["kind"] == kind))
         for j, m in enumerate(methods):
-            vals = [next((r.get(key, np.nan) for r in rows if r["set"] == s and r["method"] == m), np.nan) for s in sets]
+            vals = [next((r.get(key, np.nan) for r in rows if r["set"] == s and _method(r) == m), np.nan) for s in sets]
             ax.bar(np.arange(len(sets)) + (j - 1) * 0.27, vals, 0.27, label=m)
         ax.set_xticks(np.arange(len(sets)), [s.replace(", ", "\n", 2) for s in sets], fontsize=7)
         ax.set_ylabel(label)
@@ -260,6 +261,11 @@ def plot_curation(rows: list[dict[str, Any]], path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _method(row: dict[str, Any]) -> str:
+    """A row's method, random baselines of any draw count (older runs: 5) as :data:`RANDOM`."""
+    return RANDOM if row["method"].startswith("random") else row["method"]
 
 
 def _rounded(b: dict[str, float]) -> dict[str, float]:
