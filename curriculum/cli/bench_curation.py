@@ -9,7 +9,8 @@ a fixed 100 modes (cost against N), and real labelled long-tailed sets: Fashion-
 Every pool is curated to 10% with default arguments. Balance: max/min of the per-mode counts
 over the modes larger than their fair share (smaller ones should be taken whole: the share that
 was), the effective number of modes or classes (exp of the entropy), and the share of the rarest
-10% of the classes, each beside the median of :data:`RANDOM_DRAWS` random subsets. On the labelled sets - where a
+10% of the classes, each beside the median of :data:`RANDOM_DRAWS` random subsets (the rarest classes'
+share beside the pool's own, which is a random subset's expectation). On the labelled sets - where a
 few hundred rows make up the rarest classes, so one draw moves their share by a third - ``curate``
 runs with :data:`LABELLED_SEEDS` seeds and the row gives the medians, with the rarest classes'
 share over the seeds as ``rare_share_range`` and over 30 random subsets as ``rare_share_random_sd``.
@@ -164,6 +165,7 @@ def curation_section(quick: bool = False, data: str | None = None) -> list[dict[
         store.add(x)
         rand = [balance(y, np.random.default_rng(s).choice(len(x), target, replace=False)) for s in range(RANDOM_DRAWS)]
         base = {k: float(np.median([r[k] for r in rand])) for k in rand[0]}
+        base["rare_share"] = balance(y, np.arange(len(y)))["rare_share"]  # a random subset's expectation: exact
         common = {"section": "curation", "set": name, "n": len(x), "dim": x.shape[1], "groups": int(y.max()) + 1,
                   "kind": kind}
         rows.append({**common, "method": RANDOM, **_rounded(base)})

@@ -596,7 +596,7 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     ``within`` picks the rows inside a leaf that gets fewer than all of its rows: ``"random"``
     (seeded, as Vo et al.), ``"far"`` (farthest from the leaf's centroid first: the least
     prototypical rows; on the Debian text set it spread the sections more evenly - 32.1-32.6
-    effective sections against 29.9-30.1 picking at random and 30.6 for random subsets - but it
+    effective sections against 29.9-30.1 picking at random and 30.9 for random subsets - but it
     prefers a leaf's outliers, junk included) or
     ``"near"`` (the most prototypical first); see :func:`pick_priority`.
 
