@@ -148,12 +148,9 @@ def _sides(x, seed, node, normals, offs, side):
     Four trees at a time: each element of the row serves four hyperplanes."""
     n_trees, n = node.shape
     for r in prange(n):
-        for t0 in range(0, n_trees, 4):
-            j0 = max(node[t0, r], 0)
-            j1 = max(node[min(t0 + 1, n_trees - 1), r], 0)
-            j2 = max(node[min(t0 + 2, n_trees - 1), r], 0)
-            j3 = max(node[min(t0 + 3, n_trees - 1), r], 0)
+        for t0 in range(0, n_trees, 4):  # past the last tree, the last tree's plane again (unused)
             t1, t2, t3 = min(t0 + 1, n_trees - 1), min(t0 + 2, n_trees - 1), min(t0 + 3, n_trees - 1)
+            j0, j1, j2, j3 = max(node[t0, r], 0), max(node[t1, r], 0), max(node[t2, r], 0), max(node[t3, r], 0)
             v0, v1, v2, v3 = offs[t0, j0], offs[t1, j1], offs[t2, j2], offs[t3, j3]
             for q in range(x.shape[1]):
                 e = x[r, q]
@@ -465,12 +462,13 @@ def _valid_candidates(new_i, old_i, i, comb):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt):
+def _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt, combs):
     """Local join of nodes ``lo..hi``: candidate pairs (new x new, new x old) closer than either
     end's current worst, written to node-owned slots of ``ua / ub / ud``. Each node's new
-    candidates go two at a time against the candidates after them (:func:`_dist2x2`)."""
+    candidates go two at a time against the candidates after them (:func:`_dist2x2`); ``combs``
+    holds each node's valid candidates (one row per node of the chunk)."""
     for i in prange(lo, hi):
-        comb = np.empty(new_i.shape[1] + old_i.shape[1], np.int32)
+        comb = combs[i - lo]
         m, total = _valid_candidates(new_i, old_i, i, comb)
         base = (i - lo) * slot
         c = 0
@@ -527,12 +525,13 @@ def local_join(x, kind, new_i, old_i, dist, idx, flag, chunk, n_threads):
     ub = np.empty(chunk * slot, np.int32)
     ud = np.empty(chunk * slot, np.float32)
     cnt = np.zeros(chunk, np.int64)
+    combs = np.empty((chunk, nc + old_i.shape[1]), np.int32)
     changed = 0
     scored = 0
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         cnt[:] = 0
-        _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt)
+        _join_chunk(x, kind, new_i, old_i, dist, idx, lo, hi, slot, ua, ub, ud, cnt, combs)
         changed += _apply(ua, ub, ud, cnt[:hi - lo], slot, dist, idx, flag, n_threads)
         for i in range(lo, hi):
             m = 0
