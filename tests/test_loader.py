@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
+import os
 
 import numpy as np
 import pytest
@@ -256,3 +259,38 @@ def test_wrap_cleaning_mode_never_yields_excluded_items():
         w = cl.wrap(orig, difficulty=SCORES, pacing=P.Linear(0.5, 20), exclude=flagged)
     seen = torch.cat([x[:, 0] for x, _ in w]).long().numpy()
     assert len(seen) == 200 - len(flagged) and not np.isin(seen, flagged).any()
+
+
+def _note_pid(folder: str, worker_id: int) -> None:
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_wrapped_loader_dropped_mid_epoch_ends_its_workers_at_once(tmp_path):
+    # no reference cycle keeps it: the DataLoader iterator shuts its workers down in order when
+    # the last reference goes, not when the garbage collector runs (whose weakref pass closed
+    # the workers' queues first: a 5 s join timeout per worker)
+    base = DataLoader(torch.utils.data.TensorDataset(torch.arange(512.0)), batch_size=8, num_workers=2,
+                      persistent_workers=True, worker_init_fn=functools.partial(_note_pid, str(tmp_path)))
+    loader = cl.wrap(base, difficulty=np.linspace(0, 1, 512), seed=0)
+    gc.disable()
+    try:
+        for i, _ in enumerate(loader):
+            if i == 3:
+                break
+        for i, _ in enumerate(loader):  # a second epoch, left unfinished as well
+            if i == 2:
+                break
+        pids = [int(p) for p in os.listdir(tmp_path)]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)  # persistent: the same two workers
+        del loader, base
+        assert not any(_alive(p) for p in pids)
+    finally:
+        gc.enable()

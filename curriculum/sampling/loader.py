@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any, Callable, Iterator
+import weakref
+from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -117,7 +118,11 @@ class CurriculumLoader:
         self._lock = threading.Lock()
         self._changed = False
         self.rescores_applied = 0
-        self._epoch_iter: Iterator[Any] | None = None  # the batches of the latest iteration
+        # the batches of the latest iteration, held weakly: a strong reference (the generator's
+        # frame holds self) would make a cycle, and a wrapped loader dropped mid-epoch would then
+        # wait for the garbage collector, whose weakref pass closes the DataLoader iterator's
+        # queues before its workers are told to stop (each then costs a 5 s join timeout)
+        self._epoch_iter: weakref.ref[Generator[Any, None, None]] | None = None
 
     # ------------------------------------------------------------------ iteration
     def __len__(self) -> int:
@@ -176,10 +181,12 @@ class CurriculumLoader:
         # batch without exhausting it): its DataLoader iterator goes, and its worker processes and
         # their queue threads end now - not when collected, after the next epoch has forked new
         # workers beside those threads (a fork beside a thread in a lock can hang the child).
-        if self._epoch_iter is not None:
-            self._epoch_iter.close()
-        self._epoch_iter = self._batches()
-        return self._epoch_iter
+        last = self._epoch_iter() if self._epoch_iter is not None else None
+        if last is not None:
+            last.close()
+        batches = self._batches()
+        self._epoch_iter = weakref.ref(batches)
+        return batches
 
     def _batches(self) -> Iterator[Any]:
         s = self.batch_sampler.sampler
