@@ -12,13 +12,15 @@ was), the effective number of modes or classes (exp of the entropy), and the sha
 10% of the classes, each beside the median of :data:`RANDOM_DRAWS` random subsets (the rarest classes'
 share beside the pool's own, which is a random subset's expectation). On the labelled sets - where a
 few hundred rows make up the rarest classes, so one draw moves their share by a third - ``curate``
-runs with :data:`LABELLED_SEEDS` seeds and the row gives the medians, with the rarest classes'
-share over the seeds as ``rare_share_range`` and over 30 random subsets as ``rare_share_random_sd``.
+and the anchor run with :data:`LABELLED_SEEDS` seeds and each row gives the medians, with the
+rarest classes' share and the effective classes over the seeds as ``rare_share_range`` and
+``effective_range``, and the rarest classes' share over 30 random subsets as ``rare_share_random_sd``.
 
 The anchor (Vo et al. 2024, facebookresearch/ssl-data-curation) is not on PyPI; point
 ``CURRICULUM_ANCHOR_CURATION`` at a checkout to run it on the pools up to 25k rows, configured
 as its README's example scaled to N: two levels of N/30 and N/100 clusters, 15 and 2 points
-sampled per cluster, 10 resampling steps, random hierarchical sampling.
+sampled per cluster, 10 resampling steps, random hierarchical sampling; seed ``s`` seeds torch's
+and NumPy's global random state, which it draws from.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 ANCHOR_ENV = "CURRICULUM_ANCHOR_CURATION"
 ANCHOR_MAX_ROWS = 25_000
 SHARE = 0.1
-LABELLED_SEEDS = 3  # curate() seeds on the labelled sets (medians reported)
+LABELLED_SEEDS = 3  # curate() and anchor seeds on the labelled sets (medians reported)
 RANDOM_DRAWS = 30  # random subsets per pool: their median is the baseline (5 let it move by ~10% between runs)
 RANDOM = f"random (median of {RANDOM_DRAWS})"
 
@@ -128,8 +130,9 @@ def _real_sets(quick: bool, data: str | None) -> dict[str, tuple[np.ndarray, np.
     return out
 
 
-def _anchor(x: np.ndarray, target: int) -> tuple[np.ndarray, float] | str:
-    """The anchor's pipeline on ``x`` (see the module), or why it did not run."""
+def _anchor(x: np.ndarray, target: int, seed: int = 0) -> tuple[np.ndarray, float] | str:
+    """The anchor's pipeline on ``x`` (see the module) with torch's and NumPy's global random
+    state seeded by ``seed`` (it draws from both), or why it did not run."""
     path = os.environ.get(ANCHOR_ENV)
     if not path:
         return f"set {ANCHOR_ENV} to a checkout of facebookresearch/ssl-data-curation"
@@ -146,6 +149,8 @@ def _anchor(x: np.ndarray, target: int) -> tuple[np.ndarray, float] | str:
     finally:
         sys.path.remove(path)
     levels = [max(2, len(x) // 30), max(1, len(x) // 100)]
+    torch.manual_seed(seed)
+    np.random.seed(seed)
     t = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         res = hk.hierarchical_kmeans_with_resampling(torch.from_numpy(np.ascontiguousarray(x, np.float32)), levels, 2,
@@ -172,13 +177,9 @@ def curation_section(quick: bool = False, data: str | None = None) -> list[dict[
         rows.append({**common, "method": "curate()", **_curated(store, y, target, base, kind == "classes")})
         if kind == "classes":
             rows[-1]["rare_share_random_sd"] = round(float(np.std([r["rare_share"] for r in rand])), 4)
-        got = _anchor(x if metric == "l2" else x / np.linalg.norm(x, axis=1, keepdims=True), target)
-        if isinstance(got, str):
-            rows.append({**common, "method": "anchor (ssl-data-curation)", "note": got})
-        else:
-            b = balance(y, got[0])
-            rows.append({**common, "method": "anchor (ssl-data-curation)", "seconds": round(got[1], 2), **_rounded(b),
-                         "rare_x_random": _ratio(b, base)})
+        rows.append({**common, "method": "anchor (ssl-data-curation)",
+                     **_anchored(x if metric == "l2" else x / np.linalg.norm(x, axis=1, keepdims=True), y, target,
+                                 base, kind == "classes")})
         ours = next(r for r in rows[::-1] if r["method"] == "curate()")
         print(f"  {name}: curate {ours['seconds']:.1f} s, max/min {ours['max_min']}, rare x random "
               f"{ours['rare_x_random']}", flush=True)
@@ -199,13 +200,30 @@ def _curated(store: Any, y: np.ndarray, target: int, base: dict[str, float], see
             sel = cl.curate(store, target, seed=seed)
             secs = time.perf_counter() - t
         runs.append({**balance(y, store.rows_of(sel)), "seconds": secs, "peak_mb": mem.mb})
-    med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-    out = {"seconds": round(med.pop("seconds"), 2), "peak_mb": max(r["peak_mb"] for r in runs)}
-    del med["peak_mb"]
-    out.update({**_rounded(med), "rare_x_random": _ratio(med, base)})
+    return {**_summary(runs, base, seeds), "peak_mb": max(r["peak_mb"] for r in runs)}
+
+
+def _anchored(x: np.ndarray, y: np.ndarray, target: int, base: dict[str, float], seeds: bool) -> dict[str, Any]:
+    """The anchor's row, summarised as :func:`_curated` summarises ours (the same seeds on the
+    labelled sets), or a ``note`` saying why it did not run."""
+    runs = []
+    for seed in range(LABELLED_SEEDS if seeds else 1):
+        got = _anchor(x, target, seed)
+        if isinstance(got, str):
+            return {"note": got}
+        runs.append({**balance(y, got[0]), "seconds": got[1]})
+    return _summary(runs, base, seeds)
+
+
+def _summary(runs: list[dict[str, float]], base: dict[str, float], seeds: bool) -> dict[str, Any]:
+    """Medians over the seeds' ``runs`` (balance and seconds), the rarest classes' share beside
+    random's and, with ``seeds``, its range."""
+    med = {k: float(np.median([r[k] for r in runs])) for k in runs[0] if k != "peak_mb"}
+    out: dict[str, Any] = {"seconds": round(med.pop("seconds"), 2), **_rounded(med), "rare_x_random": _ratio(med, base)}
     if seeds:
         out["seeds"] = len(runs)
         out["rare_share_range"] = [round(min(r["rare_share"] for r in runs), 4), round(max(r["rare_share"] for r in runs), 4)]
+        out["effective_range"] = [round(min(r["effective"] for r in runs), 2), round(max(r["effective"] for r in runs), 2)]
     return out
 
 
