@@ -11,7 +11,7 @@ over the children as ``min(x, |C_j|)`` with ``x`` chosen so that the total meets
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -60,6 +60,8 @@ REFERENCE_EXPECTED = 5.0   # ... judged over the nearest leaves expected to hold
 MIN_MODE_ROWS = 3     # a leaf with fewer rows is a stray point, not (part of) a mode
 PICK_SEED = 1_000_003  # rows inside a leaf are picked by id_priority(ids, seed + PICK_SEED)
 WITHIN = ("random", "far", "near")  # how the rows inside a leaf are picked (curate's ``within``)
+TRIM_SD = 2.0         # "far": a row farther from its leaf's centroid than the leaf's mean + 2 sd comes last
+TRIM_LEVELS = 4095    # ... judged on distances quantised to this many steps of the largest (exact sums)
 
 
 def clustering_space(vectors: np.ndarray, metric: str, seed: int = 0) -> np.ndarray:
@@ -546,15 +548,17 @@ def leaf_quotas(h: Hierarchy, leaf_sizes: np.ndarray, target: int) -> np.ndarray
 
 
 def pick_priority(ids: np.ndarray, x: np.ndarray, leaf: np.ndarray, centroids: np.ndarray, within: str,
-                  seed: int) -> np.ndarray:
+                  seed: int, all_reduce: Callable[[np.ndarray, str], np.ndarray] | None = None) -> np.ndarray:
     """The order in which :func:`balanced_select` takes the rows of a leaf (smallest first, int64,
     never tied): ``"random"`` - :func:`~curriculum.store.sharded.id_priority` (seeded); ``"far"`` -
     farthest from the leaf's centroid first (the least prototypical rows, Sorscher et al. 2022's
-    "hard" end of self-supervised prototype pruning); ``"near"`` - nearest first (the most
-    prototypical). Distances are per row (``x``: rows in clustering space, ``leaf``: each row's
-    leaf), so every shard computes the same keys; they are compared to 11 mantissa bits (0.05%),
-    the id priority's top 43 bits ordering closer ones (a tie needs both to match: for a leaf of
-    1,000 identical rows, a chance of ~6e-8).
+    "hard" end of self-supervised prototype pruning), except the leaf's outliers
+    (:func:`leaf_outliers`), which come last, in random order; ``"near"`` - nearest first (the
+    most prototypical). Distances are per row (``x``: rows in clustering space, ``leaf``: each
+    row's leaf), so every shard computes the same keys (``all_reduce(array, op)`` sums the
+    outlier test's per-leaf statistics over the shards); they are compared to 11 mantissa bits
+    (0.05%), the id priority's top 42 bits ordering closer ones (a tie needs both to match: for a
+    leaf of 1,000 identical rows, a chance of ~1e-7).
 
     Example:
         >>> import numpy as np
@@ -569,14 +573,46 @@ def pick_priority(ids: np.ndarray, x: np.ndarray, leaf: np.ndarray, centroids: n
     diff = np.asarray(x, np.float32) - np.asarray(centroids, np.float32)[leaf]
     d = np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)  # >= 0: its bits order as the values
     bits = d.view(np.int32).astype(np.int64) >> np.int64(11)  # 20 bits: exponent and 11 of the mantissa
-    key = ((np.int64(1) << np.int64(20)) - 1 - bits) if within == "far" else bits
-    return (key << np.int64(43)) | (pri >> np.int64(20))
+    if within == "near":
+        key = bits
+    else:
+        key = (np.int64(1) << np.int64(20)) - 1 - bits
+        key[leaf_outliers(d, leaf, len(centroids), all_reduce)] = np.int64(1) << np.int64(20)  # after every other row
+    return (key << np.int64(42)) | (pri >> np.int64(21))
+
+
+def leaf_outliers(d: np.ndarray, leaf: np.ndarray, k: int,
+                  all_reduce: Callable[[np.ndarray, str], np.ndarray] | None = None) -> np.ndarray:
+    """Rows farther from their leaf's centroid (``d``) than the leaf's mean distance plus
+    :data:`TRIM_SD` standard deviations (a boolean mask). Rows that sit apart from every cluster
+    - scattered junk - are the farthest rows of whatever leaf they fall in; ``"far"`` would take
+    them first. On Fashion-MNIST-LT's CNN features with 2% of noisy rows planted, ``"far"``
+    without this test took 189 of them into a 1,518-row subset, random picks 28, with it 8-15.
+    The statistics are exact integer sums of the distances quantised to :data:`TRIM_LEVELS`
+    steps of the largest, so ``all_reduce(array, op)`` (``"sum"`` / ``"max"`` over the shards)
+    gives every shard the one-process answer.
+
+    Example:
+        >>> import numpy as np
+        >>> d = np.r_[np.ones(20), 1.1, 9.0].astype(np.float32)
+        >>> np.flatnonzero(leaf_outliers(d, np.zeros(22, np.int64), 1)).tolist()
+        [21]
+    """
+    reduce = all_reduce or (lambda a, op: a)
+    top = float(reduce(np.array([d.max() if len(d) else 0.0], np.float64), "max")[0])
+    q = np.floor(d.astype(np.float64) * (TRIM_LEVELS / top)) if top > 0 else np.zeros(len(d))
+    sums = np.stack([np.bincount(leaf, minlength=k), np.bincount(leaf, weights=q, minlength=k),
+                     np.bincount(leaf, weights=q * q, minlength=k)]).round().astype(np.int64)  # exact: < 2**53
+    n, s1, s2 = reduce(sums, "sum").astype(np.float64)
+    mean = s1 / np.maximum(n, 1)
+    bound = mean + TRIM_SD * np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean * mean, 0.0))
+    return q > bound[leaf]
 
 
 def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | None = None, seed: int = 0,
            dedup_threshold: float | None = None, resample_iters: int = 3, ids: np.ndarray | None = None,
            reference: np.ndarray | None = None, drop_stray: bool = True, progress: bool | None = None,
-           within: str = "random") -> np.ndarray:
+           within: str = "far") -> np.ndarray:
     """Select ``target_size`` ids from the store, balanced over a hierarchical clustering of it.
 
     By default the hierarchy is found in the data (:func:`auto_hierarchy`): resampled k-means
@@ -593,12 +629,14 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     hundred hand-checked), every cluster that holds too few of them (:func:`out_of_reference`). With
     ``dedup_threshold`` (cosine), near-duplicates are removed first (one id kept per group).
     ``ids`` restricts the pool to those stored ids. ``progress``: bars (default: on from 50,000 rows).
-    ``within`` picks the rows inside a leaf that gets fewer than all of its rows: ``"random"``
-    (seeded, as Vo et al.), ``"far"`` (farthest from the leaf's centroid first: the least
-    prototypical rows; on the Debian text set it spread the sections more evenly - 32.1-32.6
-    effective sections against 29.9-30.1 picking at random and 30.9 for random subsets - but it
-    prefers a leaf's outliers, junk included) or
-    ``"near"`` (the most prototypical first); see :func:`pick_priority`.
+    ``within`` picks the rows inside a leaf that gets fewer than all of its rows: ``"far"`` (the
+    default: farthest from the leaf's centroid first - the least prototypical rows, which spread a
+    leaf's subset over its extent - but the leaf's outliers, beyond its mean distance plus two
+    standard deviations, last: :func:`leaf_outliers`), ``"random"`` (seeded, as Vo et al.) or
+    ``"near"`` (the most prototypical first); see :func:`pick_priority`. On the Debian text set
+    ``"far"`` gave 31.9-32.6 effective sections against 29.5-30.8 picking at random and 30.9 for
+    random subsets; with 2% of scattered noisy rows planted in Fashion-MNIST-LT it took fewer of
+    them than random picks (8-15 against 28 of a 1,518-row subset).
 
     The leaves are fitted on the rows of smallest :func:`~curriculum.store.sharded.id_priority`
     and the rows inside a leaf picked the same way, so a :class:`~curriculum.store.ShardedStore`
@@ -747,4 +785,4 @@ def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resamp
 
 __all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'checked_levels', 'ward_levels', 'ward_gap',
            'WARD_GAP', 'auto_hierarchy', 'mode_cut', 'nearest_leaves', 'leaf_links', 'clustering_space',
-           'leaf_count', 'fit_leaves', 'balanced_select', 'pick_priority', 'curate', 'deduplicate', 'cluster_groups']
+           'leaf_count', 'fit_leaves', 'balanced_select', 'pick_priority', 'leaf_outliers', 'curate', 'deduplicate', 'cluster_groups']

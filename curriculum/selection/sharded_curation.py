@@ -8,7 +8,8 @@
 - upper levels: computed from the leaf centroids and sizes, identical on every rank;
 - balanced selection: the quotas per leaf from the all-reduced sizes; inside a leaf the rows of
   smallest priority are taken (``pick_priority``: the id's, or the distance to the leaf's
-  centroid with the id's breaking ties) - the quota-th smallest priority of each leaf found by a
+  centroid with the id's breaking ties, a leaf's outliers - by the all-reduced integer sums of
+  its quantised distances - last) - the quota-th smallest priority of each leaf found by a
   bisection whose counts are all-reduced (64 rounds of one vector of leaf counts).
 
 Bytes moved: the sample (``64 x leaves x dims`` floats, at most 131k rows) to rank 0 once, the
@@ -36,7 +37,7 @@ TOP = np.iinfo(np.int64).max
 def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resample_iters: int = 3,
                    drop_stray: bool = True, progress: bool | None = None, ids: np.ndarray | None = None,
                    dedup_threshold: float | None = None, reference: np.ndarray | None = None,
-                   levels: tuple[int, ...] | None = None, within: str = "random") -> np.ndarray:
+                   levels: tuple[int, ...] | None = None, within: str = "far") -> np.ndarray:
     """This shard's ids of a ``target_size`` subset balanced over the hierarchy of all shards
     (see :func:`curriculum.curate`; every rank calls it). ``ids``: the pool is the union of the
     ids every rank passes (a rank may pass its part, or all of them); ``dedup_threshold``:
@@ -94,7 +95,7 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
         raise ValueError(f"target_size: expected at most {int(kept.sum())} (the rows left after dropping "
                          f"{n - int(kept.sum())} stray or out-of-reference rows), got {target}")
     quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target)
-    pri = pick_priority(pool_ids, x, leaf, cent, within, seed)
+    pri = pick_priority(pool_ids, x, leaf, cent, within, seed, comm.all_reduce)
     return np.sort(pool_ids[_pick(comm, leaf, keep, pri, quota, kept)])
 
 
