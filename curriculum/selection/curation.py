@@ -62,6 +62,7 @@ PICK_SEED = 1_000_003  # rows inside a leaf are picked by id_priority(ids, seed 
 WITHIN = ("random", "far", "near")  # how the rows inside a leaf are picked (curate's ``within``)
 TRIM_SD = 2.0         # "far": a row farther from its leaf's centroid than the leaf's mean + 2 sd comes last
 TRIM_LEVELS = 4095    # ... judged on distances quantised to this many steps of the largest (exact sums)
+PICK_CHUNK = 65_536   # rows whose distances to their leaf's centroid are computed at once
 
 
 def clustering_space(vectors: np.ndarray, metric: str, seed: int = 0) -> np.ndarray:
@@ -570,8 +571,11 @@ def pick_priority(ids: np.ndarray, x: np.ndarray, leaf: np.ndarray, centroids: n
     pri = id_priority(ids, seed + PICK_SEED)
     if within == "random":
         return pri
-    diff = np.asarray(x, np.float32) - np.asarray(centroids, np.float32)[leaf]
-    d = np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)  # >= 0: its bits order as the values
+    x, centroids = np.asarray(x, np.float32), np.asarray(centroids, np.float32)
+    d = np.empty(len(x), np.float32)  # >= 0: its bits order as the values
+    for s in range(0, len(x), PICK_CHUNK):  # in chunks: two copies of all rows were 1 GB at 1M x 128
+        diff = x[s:s + PICK_CHUNK] - centroids[leaf[s:s + PICK_CHUNK]]
+        d[s:s + PICK_CHUNK] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     bits = d.view(np.int32).astype(np.int64) >> np.int64(11)  # 20 bits: exponent and 11 of the mantissa
     if within == "near":
         key = bits
