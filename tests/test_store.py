@@ -130,6 +130,47 @@ def test_approximate_index_reaches_documented_recall(spec, params, want):
     assert s.active_index == spec
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_ivf_rows_sit_in_the_list_their_own_search_probes(metric):
+    # the store fits the IVF centroids and assigns the rows of large adds itself (torch products):
+    # with nprobe 1 every row, searched, must find itself - after the build (6,000 rows), a large
+    # add (5,000: assigned by the store) and a small one (100: assigned by faiss)
+    x, _ = clustered(11_100, 16, 40, seed=1)
+    if metric == "ip":  # unit rows: a row's largest inner product is with itself
+        x = normalize(x)
+    s = cl.EmbeddingStore(16, metric=metric, index="IVF32,Flat", index_params={"nprobe": 1})
+    s.add(x[:6000])
+    s.build()
+    s.add(x[6000:11_000])
+    s.add(x[11_000:])
+    _, i = s.search(x, 1)
+    np.testing.assert_array_equal(i[:, 0], np.arange(len(x)))
+
+
+def test_ivf_index_probing_every_list_is_exact_and_builds_the_same_twice():
+    x, _ = clustered(9000, 16, 30, seed=2)
+    q = x[::45] + 0.05
+
+    def searched(nprobe):
+        s = cl.EmbeddingStore(16, metric="l2", index="IVF64,Flat", index_params={"nprobe": nprobe})
+        s.add(x)
+        return s.search(q, 10)
+
+    _, e = brute(q, x, np.arange(len(x)), 10, "l2")
+    np.testing.assert_array_equal(searched(64)[1], e)
+    (d1, i1), (d2, i2) = searched(4), searched(4)   # a partial probe: the same lists both times
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+
+
+def test_ivf_pq_index_trains_its_codes_on_the_store_centroids():
+    x, _ = clustered(8000, 32, 20, seed=4)
+    s = cl.EmbeddingStore(32, metric="l2", index="IVF16,PQ8", index_params={"nprobe": 16})
+    s.add(x)
+    _, i = s.search(x[:300], 1)
+    assert np.mean(i[:, 0] == np.arange(300)) > 0.9
+
+
 def test_auto_switches_to_ivf_past_threshold():
     x, _ = clustered(3000, 16, 20)
     s = cl.EmbeddingStore(16, metric="l2", exact_threshold=1000)

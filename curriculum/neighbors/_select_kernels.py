@@ -14,7 +14,9 @@ top-k per query instead (:func:`merge_smallest`): after the first few thousand r
 at small ``k`` (:func:`smallest_k_running`).
 
 Also each row's ``k`` best of a few hundred candidates by distance, ties by id
-(:func:`first_k_by_distance_then_id`: the sharded store's merges of per-shard lists).
+(:func:`first_k_by_distance_then_id`: the sharded store's merges of per-shard lists), and the
+column of each row's smallest score once its value is known (:func:`first_at`: a row minimum by
+``torch.amin`` reads the scores ~10x faster than ``torch.min`` with indices here).
 """
 
 from __future__ import annotations
@@ -179,3 +181,28 @@ def first_k_by_distance_then_id(d, ids, k, out_d, out_i):
         for j in range(k):
             out_d[r, j] = d[r, o[j]]
             out_i[r, j] = ids[r, o[j]]
+
+
+@njit(cache=True, parallel=True)
+def first_at(score, value, out_i):
+    """``out_i[r]``: the first column of row ``r`` holding ``value[r]`` (the row's minimum from a
+    vectorised reduction: torch's ``min`` returns the first of equal minima too). Rows are scanned
+    64 columns at a time with a branch-free test, then inside the block that holds it; a row
+    without it (a NaN minimum) gets its first NaN."""
+    n, k = score.shape
+    for r in prange(n):
+        target = value[r]
+        found = -1
+        j = 0
+        while j < k and found < 0:
+            e = min(k, j + 64)
+            hit = False
+            for t in range(j, e):
+                hit |= (score[r, t] == target) | (score[r, t] != score[r, t])
+            if hit:
+                for t in range(j, e):
+                    if score[r, t] == target or score[r, t] != score[r, t]:
+                        found = t
+                        break
+            j = e
+        out_i[r] = found

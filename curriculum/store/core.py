@@ -586,7 +586,8 @@ class EmbeddingStore:
 
     def kmeans(self, n_clusters: int, seed: int = 0, niter: int = 20, nredo: int = 1,
                spherical: bool | None = None, progress: bool | None = None) -> G.KMeansResult:
-        """faiss k-means over the stored vectors (spherical under the cosine metric).
+        """k-means over the stored vectors (spherical under the cosine metric): k-means++ seeding, then
+        Lloyd steps by torch products on a sample of up to 256 rows a centroid; every row assigned.
 
         ``nredo`` runs k-means that many times from different seeds and keeps the best objective.
         ``spherical=True`` clusters the L2-normalised vectors and assigns by cosine (distances are

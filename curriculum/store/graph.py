@@ -9,15 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import faiss
 import numpy as np
 
 from .._util.progress import progress_bar
-from ..neighbors import (blocked_knn, brute_knn, descent_knn, exact_knn_graph, first_k_valid, get_metric, plan_recall,
-                         sampled_recall)
+from ..neighbors import (blocked_knn, brute_knn, descent_knn, exact_knn_graph, first_k_valid, get_metric,
+                         nearest_rows, plan_recall, sampled_recall)
 from .rows import Snapshot
 
-EXACT_GRAPH_MIN_ROWS = 50_000  # from here the exact graph runs in blocks (exact engine), below via faiss flat
+EXACT_GRAPH_MIN_ROWS = 50_000  # from here the exact graph runs in blocks (exact engine), below by brute_knn
 DEFAULT_NPROBE = 16  # blocked all-points kNN: clusters probed per cluster (the recall knob)
 EXACT_PAIR_SHARE = 0.4  # a blocked plan scoring this share of all pairs runs exact instead
 AUTO_PLAN_MIN_ROWS = 5_000  # knn(auto) plans from here (below, an exact graph takes a few milliseconds)
@@ -26,6 +25,7 @@ DESCENT_PAIRS_PER_ROW = 2500  # knn(auto) runs NN-descent where the blocked plan
 DESCENT_NEAR = 0.05  # NN-descent this close below the target runs again with lists 1.25x as long (else 2x)
 DESCENT_PAIRS_PER_LIST_SLOT = 12  # ... and more than this x (k + 8)^2: NN-descent's cost grows with its lists squared
 SCREEN_BLOCK_ROWS = 1024  # knn(auto) first plans on blocks of this many rows (a tenth of the fine plan's cost) ...
+KMEANS_POINTS_PER_CENTROID = 256  # store.kmeans fits on a sample of this many rows a centroid (faiss's default)
 SCREEN_MARGIN = 2.0  # ... and runs NN-descent at once where they need this x the pairs per row that choose it
 
 
@@ -153,7 +153,7 @@ def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, 
         report["pairs_scored"] = st["pairs_scored"]
         return d, rows, report
     if len(vec) < EXACT_GRAPH_MIN_ROWS:
-        return None, None, report  # the caller's faiss search in query chunks
+        return None, None, report  # the caller's brute-force search in query chunks
     d, rows, st = exact_knn_graph(vec, k, metric, exclude_self=exclude_self, progress=progress, return_stats=True,
                                   centroids=plan.centroids, assign=plan.assignments(vec, metric))
     report["pairs_scored"] = report.get("pairs_scored", 0) + st["pairs_scored"]
@@ -163,7 +163,7 @@ def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, 
 def _chunked(snap: Snapshot, k: int, metric: str, exclude_self: bool, progress: bool, batch_size: int,
              candidates: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None
              ) -> tuple[np.ndarray, np.ndarray]:
-    """The graph by query chunks: faiss brute force over the snapshot, or the index's candidates."""
+    """The graph by query chunks: brute force over the snapshot, or the index's candidates."""
     n, vec, ids = len(snap), snap.vec, snap.ids
     out_d = np.empty((n, k), np.float32)
     out_i = np.empty((n, k), np.int64)
@@ -186,19 +186,30 @@ def _chunked(snap: Snapshot, k: int, metric: str, exclude_self: bool, progress: 
 
 def kmeans(vec: np.ndarray, metric: str, n_clusters: int, seed: int, niter: int, nredo: int,
            spherical: bool, progress: bool) -> KMeansResult:
-    """faiss k-means of ``vec`` (spherical: on unit rows, assigned by cosine); assignment by the metric."""
+    """k-means of ``vec`` (:func:`curriculum.neighbors.kmeans.kmeans`: k-means++ seeding, Lloyd
+    steps by torch products on up to :data:`KMEANS_POINTS_PER_CENTROID` rows a centroid, as faiss
+    samples; spherical: on unit rows, assigned by cosine), the best of ``nredo`` seeds by the sum
+    of squared distances; every row assigned by the metric ("ip": largest inner product).
+    faiss's k-means ran its bundled BLAS at ~30 GFLOP/s here (1,000 clusters of 250k x 128 rows:
+    see ``prototype_distance`` in the README)."""
+    from ..neighbors import kmeans as KM
+
     met = "cosine" if spherical else metric
     if spherical and metric != "cosine":
         vec = get_metric("cosine").prepare(vec)
-    km = faiss.Kmeans(vec.shape[1], n_clusters, niter=niter, seed=int(seed), nredo=nredo,
-                      spherical=spherical, verbose=False, min_points_per_centroid=1)
-    with progress_bar(total=1, desc=f"k-means k={n_clusters}", disable=not progress) as bar:
-        km.train(vec)
-        bar.update(1)
-    cent = np.ascontiguousarray(km.centroids, np.float32)
-    d, a = brute_knn(vec, cent, 1, met)  # "ip" assigns by largest inner product
+    best: tuple[float, np.ndarray] | None = None
+    with progress_bar(total=nredo, desc=f"k-means k={n_clusters}", disable=not progress) as bar:
+        for redo in range(nredo):
+            cent = KM.kmeans(vec, n_clusters, spherical=spherical, seed=seed + redo, niter=niter,
+                             points_per_centroid=KMEANS_POINTS_PER_CENTROID)
+            objective = float(KM.assign(vec, cent)[1].sum()) if nredo > 1 else 0.0
+            if best is None or objective < best[0]:
+                best = (objective, cent)
+            bar.update(1)
+    cent = np.ascontiguousarray(best[1], np.float32)
+    d, a = nearest_rows(vec, cent, met)
     return KMeansResult(cent, a[:, 0].astype(np.int64), d[:, 0])
 
 
 __all__ = ['EXACT_GRAPH_MIN_ROWS', 'DEFAULT_NPROBE', 'EXACT_PAIR_SHARE', 'AUTO_PLAN_MIN_ROWS', 'DESCENT_MIN_ROWS',
-           'SCREEN_BLOCK_ROWS', 'SCREEN_MARGIN', 'KMeansResult', 'knn_plan', 'graph', 'kmeans']
+           'SCREEN_BLOCK_ROWS', 'SCREEN_MARGIN', 'KMEANS_POINTS_PER_CENTROID', 'KMeansResult', 'knn_plan', 'graph', 'kmeans']
