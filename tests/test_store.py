@@ -163,12 +163,18 @@ def test_ivf_index_probing_every_list_is_exact_and_builds_the_same_twice():
     np.testing.assert_array_equal(d1, d2)
 
 
-def test_ivf_pq_index_trains_its_codes_on_the_store_centroids():
-    x, _ = clustered(8000, 32, 20, seed=4)
-    s = cl.EmbeddingStore(32, metric="l2", index="IVF16,PQ8", index_params={"nprobe": 16})
-    s.add(x)
-    _, i = s.search(x[:300], 1)
-    assert np.mean(i[:, 0] == np.arange(300)) > 0.9
+@pytest.mark.parametrize("spec", ["IVF16,PQ8", "IVF16,PQ16x4fs", "IVF16,SQ8", "PCA16,IVF16,Flat",
+                                  "IVF16,Flat,Refine(Flat)", "IVF16_HNSW8,Flat"])
+def test_ivf_indexes_around_the_store_centroids_find_their_rows(spec):
+    # codes (PQ, SQ, fast-scan) trained on the store's centroids; a transform or refinement around
+    # the IVF (faiss trains and files those itself); a graph quantizer (faiss's own k-means)
+    x, _ = clustered(9000, 32, 20, seed=4)
+    s = cl.EmbeddingStore(32, metric="l2", index=spec, index_params={"nprobe": 16})
+    s.add(x[:5000])
+    s.build()
+    s.add(x[5000:])
+    _, i = s.search(x[::30], 1)
+    assert np.mean(i[:, 0] == np.arange(0, 9000, 30)) > 0.9
 
 
 def test_auto_switches_to_ivf_past_threshold():
@@ -367,6 +373,11 @@ def test_constructor_validation():
         cl.EmbeddingStore(4, index="NotAnIndex")
     with pytest.raises(ValueError, match="dim"):
         cl.EmbeddingStore(0)
+    with pytest.raises(ValueError, match="index_params: expected search parameters of 'HNSW16'.*'nprobe' = 4"):
+        cl.EmbeddingStore(4, index="HNSW16", index_params={"nprobe": 4})
+    with pytest.raises(ValueError, match="index_params: .*'nprobe' = 'many'"):
+        cl.EmbeddingStore(4, index_params={"nprobe": "many"})
+    cl.EmbeddingStore(4, index="IVF8,Flat,Refine(Flat)", index_params={"nprobe": 4, "k_factor_rf": 2})
     with pytest.raises(ValueError, match="zero"):
         cl.EmbeddingStore(3, metric="cosine").add(np.zeros((1, 3)))
 

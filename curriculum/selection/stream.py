@@ -27,6 +27,8 @@ from .._util import checks as C
 from .._util.dist import dist_info
 from .._util.linalg import matmul
 from ..neighbors import METRICS, get_metric
+from ..neighbors.kmeans import kmeans
+from ..store.index import add_rows
 from ..pacing import Pacing, as_pacing
 from .stream_device import TorchWindowStore, as_device
 
@@ -132,10 +134,9 @@ class SlidingWindowStore:
         nlist = int(max(1, min(len(x) // LIST_ROWS, len(sample) // 39, 4096)))
         # unit rows (cosine) are filed by l2, which orders them as cosine does and quantizes them better
         metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
-        quantizer = faiss.IndexFlat(self.dim, metric)
-        km = faiss.Kmeans(self.dim, nlist, niter=10, seed=int(self.added) % (1 << 30), spherical=self.metric == "cosine")
-        km.train(sample)
-        quantizer.add(km.centroids)
+        quantizer = faiss.IndexFlat(self.dim, metric)  # centroids by torch products (see store.index)
+        quantizer.add(kmeans(sample, nlist, spherical=self.metric == "cosine", seed=int(self.added) % (1 << 30),
+                             niter=10))
         pref = (self.dim // 2, self.dim // 4) if self.dim <= 64 else (self.dim // 4, self.dim // 2)  # sub-vectors of 2-4 dims
         m = next((m for m in pref if self.dim % m == 0 and m % 2 == 0), 0) if len(sample) >= 1024 and self.dim >= 32 else 0
         if m:  # 4-bit PQ codes scanned with SIMD lookups (below 32 dims plain lists scan as fast and exactly)
@@ -146,7 +147,7 @@ class SlidingWindowStore:
             ivf.is_trained = True
         ivf.own_fields = True
         quantizer.this.disown()
-        ivf.add_with_ids(x, ids)
+        add_rows(ivf, x, ids)
         ivf.nprobe = min(self.nprobe, nlist)
         self._ivf, self._built_at, self._built_added = ivf, len(x), self.added
 

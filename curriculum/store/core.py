@@ -48,7 +48,7 @@ from ..neighbors import METRICS, checked_device, device_knn, first_k_valid, get_
 from . import graph as G
 from . import persistence
 from .embed import embed_dataset
-from .index import IndexManager, ivf_of
+from .index import IndexManager, check_params, ivf_of
 from .rows import MISSING, Rows, Snapshot
 from .search import Search
 
@@ -93,6 +93,7 @@ class EmbeddingStore:
         self.index_spec = index
         self.exact_threshold = C.positive_int(exact_threshold, "exact_threshold", 0)
         self.rebuild_threshold = C.finite_float(rebuild_threshold, "rebuild_threshold", 0.0, 1.0, low_open=True)
+        check_params(self.dim, index, self._metric.faiss, dict(index_params or {}))
         self.index_params = dict(index_params or {})
         self._lock = threading.RLock()
         self._rows = Rows(self.dim)

@@ -40,32 +40,61 @@ def ivf_of(index: Any) -> Any:
     return faiss.try_extract_index_ivf(index) if index is not None else None
 
 
-def _flat_quantizer(ivf: Any) -> Any:
-    """The IVF index's coarse quantizer when it is a flat (exhaustive) index, else ``None``."""
-    if ivf is None:
+def check_params(dim: int, spec: str, faiss_metric: int, params: dict[str, Any]) -> None:
+    """Raise a ``ValueError`` naming the first of ``params`` that faiss cannot set on an index of
+    ``spec`` (``"auto"``: an IVF index; ``"flat"`` takes none and ignores them), at construction
+    instead of at the first search.
+
+    Example:
+        >>> import faiss
+        >>> check_params(8, "HNSW16", faiss.METRIC_L2, {"efSearch": 64})
+        >>> check_params(8, "HNSW16", faiss.METRIC_L2, {"nprobe": 4})
+        Traceback (most recent call last):
+        ...
+        ValueError: index_params: expected search parameters of 'HNSW16' (as faiss's ParameterSpace sets them), got 'nprobe' = 4
+    """
+    if spec == "flat" or not params:
+        return
+    probe = faiss.index_factory(dim, "IVF16,Flat" if spec == "auto" else spec, faiss_metric)
+    space = faiss.ParameterSpace()
+    for key, value in params.items():
+        try:
+            space.set_index_parameter(probe, str(key), float(value))
+        except Exception:
+            raise ValueError(f"index_params: expected search parameters of {spec!r} (as faiss's ParameterSpace "
+                             f"sets them), got {key!r} = {value!r}") from None
+
+
+def _flat_quantizer(index: Any) -> Any:
+    """The coarse quantizer of ``index`` when ``index`` itself is an IVF index (no transform or
+    refinement around it) over a flat (exhaustive) quantizer, else ``None``. Fast-scan IVF indexes
+    are left to faiss: their lists hold packed blocks that ``add_core`` corrupts."""
+    ivf = None if index is None else faiss.downcast_index(index)
+    if not isinstance(ivf, faiss.IndexIVF) or isinstance(ivf, faiss.IndexIVFFastScan):
         return None
     quantizer = faiss.downcast_index(ivf.quantizer)
     return quantizer if isinstance(quantizer, faiss.IndexFlat) else None
 
 
-def train_quantizer(ivf: Any, sample: np.ndarray, metric: str) -> bool:
-    """Give an untrained IVF index over a flat quantizer ``ivf.nlist`` centroids of ``sample``
-    (seeded k-means, :data:`COARSE_NITER` steps; unit-norm unless ``metric`` is l2, as faiss's
-    IVF training does for inner products); ``ivf.train`` then keeps them. False (nothing done)
-    for other indexes.
+def train_quantizer(index: Any, sample: np.ndarray, metric: str) -> bool:
+    """Give an untrained IVF index over a flat quantizer ``nlist`` centroids of ``sample`` (seeded
+    k-means, :data:`COARSE_NITER` steps; unit-norm unless ``metric`` is l2, as faiss's IVF
+    training does for inner products); ``index.train`` then keeps them and trains only its codes.
+    False (nothing done) for other indexes (:func:`_flat_quantizer`).
 
     Example:
         >>> import faiss, numpy as np
         >>> index = faiss.index_factory(8, "IVF16,Flat")
-        >>> train_quantizer(faiss.extract_index_ivf(index), np.random.default_rng(0).normal(size=(800, 8)).astype("float32"), "l2")
+        >>> train_quantizer(index, np.random.default_rng(0).normal(size=(800, 8)).astype("float32"), "l2")
         True
         >>> index.quantizer.ntotal
         16
     """
-    quantizer = _flat_quantizer(ivf)
+    quantizer = _flat_quantizer(index)
     if quantizer is None or quantizer.ntotal:
         return False
-    centroids = kmeans(sample, ivf.nlist, spherical=metric != "l2", seed=0, niter=COARSE_NITER)
+    nlist = faiss.downcast_index(index).nlist
+    centroids = kmeans(sample, nlist, spherical=metric != "l2", seed=0, niter=COARSE_NITER)
     quantizer.add(np.ascontiguousarray(centroids, np.float32))
     return True
 
@@ -84,15 +113,14 @@ def add_rows(index: Any, vec: np.ndarray, ids: np.ndarray) -> None:
     """
     vec = np.ascontiguousarray(vec, np.float32)
     ids = np.ascontiguousarray(ids, np.int64)
-    ivf = faiss.downcast_index(index)
-    quantizer = _flat_quantizer(ivf) if isinstance(ivf, faiss.IndexIVF) else None
+    quantizer = _flat_quantizer(index)
     if quantizer is None or len(vec) < PREASSIGN_FROM:
         index.add_with_ids(vec, ids)
         return
     centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
     metric = "l2" if quantizer.metric_type == faiss.METRIC_L2 else "ip"
     lists = np.ascontiguousarray(nearest_rows(vec, centroids, metric, distances=False)[1][:, 0], np.int64)
-    ivf.add_core(len(vec), faiss.swig_ptr(vec), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+    faiss.downcast_index(index).add_core(len(vec), faiss.swig_ptr(vec), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
 
 
 class IndexManager:
@@ -149,15 +177,15 @@ class IndexManager:
                 n_train = min(vec.shape[0], max(64 * (ivf.nlist if ivf is not None else 256), 50_000))
                 pick = np.random.default_rng(0).choice(vec.shape[0], n_train, replace=False)
                 sample = np.ascontiguousarray(vec if n_train >= vec.shape[0] else vec[np.sort(pick)])
-                train_quantizer(ivf, sample, self.metric)
+                train_quantizer(index, sample, self.metric)
                 index.train(sample)  # what else the index codes (PQ, SQ); a quantizer set above is kept
             bar.update(1)
             ps = faiss.ParameterSpace()
             for key, val in params.items():
                 ps.set_index_parameter(index, key, val)
             bar.update(1)
-            if ivf is None:
-                index = faiss.IndexIDMap(index)
+            if ivf is None or isinstance(faiss.downcast_index(index), faiss.IndexRefine):
+                index = faiss.IndexIDMap(index)  # indexes that keep no ids of their own
             add_rows(index, vec, ids)
             bar.update(1)
         return index
@@ -190,4 +218,4 @@ class IndexManager:
             self.stale += count
 
 
-__all__ = ['auto_nlist', 'ivf_of', 'train_quantizer', 'add_rows', 'IndexManager']
+__all__ = ['auto_nlist', 'ivf_of', 'check_params', 'train_quantizer', 'add_rows', 'IndexManager']
