@@ -17,6 +17,9 @@ def test_bench_quick_writes_json_and_png(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(tmp_path / "bench.json"))
     assert res["sgemm_gflops"] > 0
+    from curriculum._util.blas import faiss_blas_core, faiss_blas_env  # the peers ran with faiss's right kernels
+    fixed = faiss_blas_env()
+    assert res["faiss_blas_core"] == (fixed["OPENBLAS_CORETYPE"] if fixed else faiss_blas_core())
     data = {row["data"] for row in res["rows"]}
     assert {"clustered low-rank", "isotropic Gaussian"} <= data and any("Fashion-MNIST" in d for d in data)
     methods = {row["method"] for row in res["rows"]}

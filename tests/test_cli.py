@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -34,8 +35,30 @@ def test_score_report_on_real_data(tmp_path, capsys):
 
 
 def test_info_runs(capsys):
+    from curriculum._util.blas import faiss_blas_core
+
     assert main(["info"]) == 0
-    assert "faiss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    core = faiss_blas_core()
+    assert "faiss BLAS: " + (f"OpenBLAS kernels {core}" if core else "not a bundled OpenBLAS") in out
+
+
+def test_faiss_blas_env_names_this_cpus_kernels_only_where_faiss_fell_back(monkeypatch):
+    import torch
+
+    from curriculum._util import blas
+
+    monkeypatch.setattr(blas, "faiss_blas_core", lambda: "Prescott")
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    for capability, want in (("AVX512", "SkylakeX"), ("AVX2", "Haswell"), ("DEFAULT", None)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        env = blas.faiss_blas_env()
+        assert (env and env["OPENBLAS_CORETYPE"]) == want and (env is None or env["PATH"] == os.environ["PATH"])
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # the user's choice stands
+    assert blas.faiss_blas_env() is None
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    monkeypatch.setattr(blas, "faiss_blas_core", lambda: "SapphireRapids")  # kernels of its own: nothing to fix
+    assert blas.faiss_blas_env() is None
 
 
 def test_version(capsys):

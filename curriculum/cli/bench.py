@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._util.blas import faiss_blas_core
 from .bench_curation import curation_section, plot_curation
 from .bench_distributed import NODE_CORES, distributed_section, projection
 from .bench_noise import REPS, noise_section
@@ -169,6 +170,15 @@ def _peers(x: np.ndarray, k: int, sample: np.ndarray) -> list[tuple[str, Callabl
 SECTIONS = ("knn", "scores", "mining", "inbatch", "sampler", "loader", "noise", "curation", "stream", "distributed")
 
 
+def check_bench_args(sizes: list[int], sections: tuple[str, ...]) -> None:
+    """Raise a ``ValueError`` naming a section that does not exist or an N under 100."""
+    bad = [x for x in sections if x not in SECTIONS]
+    if bad or not sections:
+        raise ValueError(f"sections: expected some of {', '.join(SECTIONS)}, got {', '.join(bad) or 'none'}")
+    if not sizes or any(int(n) < 100 for n in sizes):
+        raise ValueError(f"sizes: expected N values of at least 100, got {list(sizes)}")
+
+
 def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-results", queries: int = 1000,
               data: str | None = None, quick: bool = False, sections: tuple[str, ...] = SECTIONS,
               scores_n: list[int] | None = None, max_method_s: float = 600.0, peers: bool = True,
@@ -177,15 +187,12 @@ def run_bench(sizes: list[int], dim: int = 128, k: int = 10, out: str = "bench-r
     long run keeps what it measured) and the PNG; return the results."""
     from . import bench_sections as bs
 
-    bad = [x for x in sections if x not in SECTIONS]
-    if bad or not sections:
-        raise ValueError(f"sections: expected some of {', '.join(SECTIONS)}, got {', '.join(bad) or 'none'}")
-    if not sizes or any(int(n) < 100 for n in sizes):
-        raise ValueError(f"sizes: expected N values of at least 100, got {list(sizes)}")
+    check_bench_args(sizes, sections)
     gf = sgemm_gflops()
-    print(f"SGEMM: {gf:.1f} GFLOP/s on {os.cpu_count()} cores")
+    print(f"SGEMM: {gf:.1f} GFLOP/s on {os.cpu_count()} cores; faiss BLAS kernels: {faiss_blas_core()}")
     os.makedirs(out, exist_ok=True)
-    res: dict[str, Any] = {"sgemm_gflops": gf, "cpus": os.cpu_count(), "k": k, "dim": dim, "rows": [],
+    res: dict[str, Any] = {"sgemm_gflops": gf, "cpus": os.cpu_count(), "faiss_blas_core": faiss_blas_core(),
+                           "k": k, "dim": dim, "rows": [],
                            "sections": {}}
 
     def save() -> None:
@@ -440,4 +447,4 @@ def _plot(rows: list[dict[str, Any]], out: str) -> str:
     return save_figure(fig, out, "recall_vs_time.png")
 
 
-__all__ = ['sgemm_gflops', 'datasets', 'SECTIONS', 'run_bench']
+__all__ = ['sgemm_gflops', 'datasets', 'SECTIONS', 'check_bench_args', 'run_bench']

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -28,11 +28,23 @@ def _info(_: argparse.Namespace) -> int:
     print(f"torch {torch.__version__}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
           f"numpy {numpy.__version__}")
     print(f"CUDA available: {torch.cuda.is_available()}; faiss GPUs: {getattr(faiss, 'get_num_gpus', lambda: 0)()}")
+    print(_faiss_blas_line())
     try:
         print(f"data: {load_fashion_mnist().source}")
     except FileNotFoundError as exc:
         print(f"data: {exc}")
     return 0
+
+
+def _faiss_blas_line() -> str:
+    from curriculum._util.blas import faiss_blas_core, faiss_blas_env
+
+    core, env = faiss_blas_core(), faiss_blas_env()
+    line = f"faiss BLAS: {'OpenBLAS kernels ' + core if core else 'not a bundled OpenBLAS'}"
+    if env:
+        line += (f" (generic: OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} set before faiss loads gives it this "
+                 f"CPU's kernels; curriculum's own heavy paths run on torch)")
+    return line
 
 
 def _score(a: argparse.Namespace) -> int:
@@ -53,10 +65,19 @@ def _inspect(a: argparse.Namespace) -> int:
 
 
 def _bench(a: argparse.Namespace) -> int:
-    from curriculum.cli.bench import run_bench
+    import subprocess
+
+    from curriculum._util.blas import faiss_blas_env
+    from curriculum.cli.bench import check_bench_args, run_bench
 
     sizes = a.sizes or ([20_000] if a.quick else [100_000, 1_000_000])
     sections = tuple(x.strip() for x in a.sections.split(",") if x.strip())
+    check_bench_args(sizes, sections)
+    env = faiss_blas_env()
+    if env is not None:  # faiss's peers at their best: its OpenBLAS reads the variable when it loads
+        print(f"faiss's OpenBLAS runs generic kernels here: running the bench with "
+              f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}", flush=True)
+        return subprocess.run([sys.executable, "-m", "curriculum.cli", *a.argv], env=env).returncode
     run_bench(sizes, dim=a.dim, out=a.out, data=a.data, quick=a.quick, sections=sections, scores_n=a.scores_n,
               max_method_s=a.max_method_s, peers=not a.no_peers, only=a.datasets, world=a.world)
     return 0
@@ -75,6 +96,31 @@ def _demo(a: argparse.Namespace) -> int:
 
     run_demo(data=a.data, out=a.out, quick=a.quick, seeds=a.seeds, device=a.device)
     return 0
+
+
+def _add_bench_parser(sub: Any) -> None:
+    b = sub.add_parser("bench", help="mining speed: all-points kNN graph vs faiss flat/IVF/HNSW and the installed "
+                                     "peers on real, clustered and isotropic data; geometry scores, global and "
+                                     "in-batch mining (vs pytorch-metric-learning), sampler, loader; table, JSON, PNG")
+    b.add_argument("--quick", action="store_true",
+                   help="N = 20,000 and fewer settings (every section in about 3 minutes)")
+    b.add_argument("--sizes", type=int, nargs="+", default=None, help="N values (default 100000 1000000)")
+    b.add_argument("--dim", type=int, default=128, help="embedding dimension of the synthetic sets (default 128)")
+    b.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: search)")
+    b.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
+    b.add_argument("--sections", default="knn,scores,mining,inbatch,sampler,loader,noise,curation,stream,distributed",
+                   help="comma-separated subset of knn,scores,mining,inbatch,sampler,loader,noise,curation,stream,"
+                        "distributed (default: all)")
+    b.add_argument("--world", type=int, default=4,
+                   help="distributed section: gloo ranks spawned on this machine (default 4; N = the largest size)")
+    b.add_argument("--scores-n", type=int, nargs="+", default=None,
+                   help="N values for the scores section (default: the smallest size)")
+    b.add_argument("--max-method-s", type=float, default=600.0,
+                   help="skip a peer whose run at the previous N predicts more seconds than this (default 600)")
+    b.add_argument("--no-peers", action="store_true", help="knn section: ours and exact faiss only")
+    b.add_argument("--datasets", default=None, metavar="TEXT",
+                   help="knn section: only the data sets whose name contains TEXT (e.g. CNN, text, clustered)")
+    b.set_defaults(func=_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,28 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--k", type=int, default=10, help="neighbours per sample (default 10)")
     n.set_defaults(func=_inspect)
 
-    b = sub.add_parser("bench", help="mining speed: all-points kNN graph vs faiss flat/IVF/HNSW and the installed "
-                                     "peers on real, clustered and isotropic data; geometry scores, global and "
-                                     "in-batch mining (vs pytorch-metric-learning), sampler, loader; table, JSON, PNG")
-    b.add_argument("--quick", action="store_true",
-                   help="N = 20,000 and fewer settings (every section in about 3 minutes)")
-    b.add_argument("--sizes", type=int, nargs="+", default=None, help="N values (default 100000 1000000)")
-    b.add_argument("--dim", type=int, default=128, help="embedding dimension of the synthetic sets (default 128)")
-    b.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: search)")
-    b.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
-    b.add_argument("--sections", default="knn,scores,mining,inbatch,sampler,loader,noise,curation,stream,distributed",
-                   help="comma-separated subset of knn,scores,mining,inbatch,sampler,loader,noise,curation,stream,"
-                        "distributed (default: all)")
-    b.add_argument("--world", type=int, default=4,
-                   help="distributed section: gloo ranks spawned on this machine (default 4; N = the largest size)")
-    b.add_argument("--scores-n", type=int, nargs="+", default=None,
-                   help="N values for the scores section (default: the smallest size)")
-    b.add_argument("--max-method-s", type=float, default=600.0,
-                   help="skip a peer whose run at the previous N predicts more seconds than this (default 600)")
-    b.add_argument("--no-peers", action="store_true", help="knn section: ours and exact faiss only")
-    b.add_argument("--datasets", default=None, metavar="TEXT",
-                   help="knn section: only the data sets whose name contains TEXT (e.g. CNN, text, clustered)")
-    b.set_defaults(func=_bench)
+    _add_bench_parser(sub)
 
     r = sub.add_parser("report", help="redraw the figures of a finished demo run from its results.json")
     r.add_argument("run_dir", help="the demo's --out folder")
@@ -152,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (``CURRICULUM_DEBUG=1`` shows the traceback instead)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, NotADirectoryError, ValueError, TypeError) as exc:
