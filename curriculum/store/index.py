@@ -7,9 +7,11 @@ re-rank. Past ``rebuild_threshold`` stale entries, the store rebuilds from a sna
 :meth:`IndexManager.install` (under the store's lock, replaying rows written meanwhile).
 
 An IVF index over a flat quantizer gets its centroids from :func:`~curriculum.neighbors.kmeans`
-and its rows' lists from :func:`~curriculum.neighbors.nearest_rows` (torch products): faiss-cpu's
-own k-means and assignment run its bundled BLAS at ~30 GFLOP/s on this machine, against ~150-200
-for torch's; the IVF4096 index of 1M x 128 rows took 99 s, most of it that k-means.
+and its rows' lists from :func:`~curriculum.neighbors.nearest_rows` (torch products): faiss's
+k-means and assignment run the OpenBLAS bundled with its wheel, which on a CPU it does not know
+falls back to generic kernels (faiss-cpu 1.15.1 on the project's machine: ~33 GFLOP/s against
+torch's 200; :mod:`curriculum._util.blas`) - the IVF4096 index of 1M x 128 rows took 99 s there,
+30 s now.
 """
 
 from __future__ import annotations
