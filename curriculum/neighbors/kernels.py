@@ -30,8 +30,9 @@ def brute_knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str) -> tup
 
     Rows are padded with ``inf`` / ``-1`` where ``base`` has fewer than ``k`` rows; of equal
     distances the smaller row first. Up to :data:`TORCH_MAX_K` neighbours by :func:`exact_topk`
-    (torch products: 3-5x faiss's flat search here, whose bundled BLAS runs at ~30 GFLOP/s:
-    4,096 queries against 100k x 128 rows, k = 10, 0.8 s instead of 3.3 s), beyond through
+    (torch products: 3-5x faiss's flat search where faiss's bundled OpenBLAS runs generic kernels,
+    as on the project's machine - 4,096 queries against 100k x 128 rows, k = 10, 0.8 s instead of
+    3.3 s - and 0.95-1.3x it on its right kernels; :mod:`curriculum._util.blas`), beyond through
     faiss's search (a running top-k of hundreds costs more than it saves); memory stays
     O(queries x k) whatever the base size.
 

@@ -212,4 +212,5 @@ def kmeans(vec: np.ndarray, metric: str, n_clusters: int, seed: int, niter: int,
 
 
 __all__ = ['EXACT_GRAPH_MIN_ROWS', 'DEFAULT_NPROBE', 'EXACT_PAIR_SHARE', 'AUTO_PLAN_MIN_ROWS', 'DESCENT_MIN_ROWS',
-           'SCREEN_BLOCK_ROWS', 'SCREEN_MARGIN', 'KMEANS_POINTS_PER_CENTROID', 'KMeansResult', 'knn_plan', 'graph', 'kmeans']
+           'SCREEN_BLOCK_ROWS', 'SCREEN_MARGIN', 'KMEANS_POINTS_PER_CENTROID', 'KMeansResult', 'knn_plan', 'graph',
+           'kmeans']
