@@ -27,9 +27,8 @@ from .._util import checks as C
 from .._util.dist import dist_info
 from .._util.linalg import matmul
 from ..neighbors import METRICS, get_metric
-from ..neighbors.kmeans import kmeans
-from ..store.index import add_rows
 from ..pacing import Pacing, as_pacing
+from ..store.index import add_rows, train_quantizer
 from .stream_device import TorchWindowStore, as_device
 
 
@@ -134,17 +133,15 @@ class SlidingWindowStore:
         nlist = int(max(1, min(len(x) // LIST_ROWS, len(sample) // 39, 4096)))
         # unit rows (cosine) are filed by l2, which orders them as cosine does and quantizes them better
         metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
-        quantizer = faiss.IndexFlat(self.dim, metric)  # centroids by torch products (see store.index)
-        quantizer.add(kmeans(sample, nlist, spherical=self.metric == "cosine", seed=int(self.added) % (1 << 30),
-                             niter=10))
+        quantizer = faiss.IndexFlat(self.dim, metric)
         pref = (self.dim // 2, self.dim // 4) if self.dim <= 64 else (self.dim // 4, self.dim // 2)  # sub-vectors of 2-4 dims
         m = next((m for m in pref if self.dim % m == 0 and m % 2 == 0), 0) if len(sample) >= 1024 and self.dim >= 32 else 0
         if m:  # 4-bit PQ codes scanned with SIMD lookups (below 32 dims plain lists scan as fast and exactly)
             ivf = faiss.IndexIVFPQFastScan(quantizer, self.dim, nlist, m, 4, metric)
-            ivf.train(sample)
         else:
             ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, metric)
-            ivf.is_trained = True
+        train_quantizer(ivf, sample, self.metric, seed=int(self.added) % (1 << 30))  # as the store's IVF index
+        ivf.train(sample)  # the codes, on those centroids
         ivf.own_fields = True
         quantizer.this.disown()
         add_rows(ivf, x, ids)

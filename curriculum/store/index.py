@@ -69,19 +69,18 @@ def check_params(dim: int, spec: str, faiss_metric: int, params: dict[str, Any])
 
 def _flat_quantizer(index: Any) -> Any:
     """The coarse quantizer of ``index`` when ``index`` itself is an IVF index (no transform or
-    refinement around it) over a flat (exhaustive) quantizer, else ``None``. Fast-scan IVF indexes
-    are left to faiss: their lists hold packed blocks that ``add_core`` corrupts."""
+    refinement around it) over a flat (exhaustive) quantizer, else ``None``."""
     ivf = None if index is None else faiss.downcast_index(index)
-    if not isinstance(ivf, faiss.IndexIVF) or isinstance(ivf, faiss.IndexIVFFastScan):
+    if not isinstance(ivf, faiss.IndexIVF):
         return None
     quantizer = faiss.downcast_index(ivf.quantizer)
     return quantizer if isinstance(quantizer, faiss.IndexFlat) else None
 
 
-def train_quantizer(index: Any, sample: np.ndarray, metric: str) -> bool:
-    """Give an untrained IVF index over a flat quantizer ``nlist`` centroids of ``sample`` (seeded
-    k-means, :data:`COARSE_NITER` steps; unit-norm unless ``metric`` is l2, as faiss's IVF
-    training does for inner products); ``index.train`` then keeps them and trains only its codes.
+def train_quantizer(index: Any, sample: np.ndarray, metric: str, seed: int = 0) -> bool:
+    """Give an untrained IVF index over a flat quantizer ``nlist`` centroids of ``sample`` (k-means
+    seeded by ``seed``, :data:`COARSE_NITER` steps; unit-norm unless ``metric`` is l2, as faiss's
+    IVF training does for inner products); ``index.train`` then keeps them and trains only its codes.
     False (nothing done) for other indexes (:func:`_flat_quantizer`).
 
     Example:
@@ -96,7 +95,7 @@ def train_quantizer(index: Any, sample: np.ndarray, metric: str) -> bool:
     if quantizer is None or quantizer.ntotal:
         return False
     nlist = faiss.downcast_index(index).nlist
-    centroids = kmeans(sample, nlist, spherical=metric != "l2", seed=0, niter=COARSE_NITER)
+    centroids = kmeans(sample, nlist, spherical=metric != "l2", seed=seed, niter=COARSE_NITER)
     quantizer.add(np.ascontiguousarray(centroids, np.float32))
     return True
 
@@ -104,7 +103,7 @@ def train_quantizer(index: Any, sample: np.ndarray, metric: str) -> bool:
 def add_rows(index: Any, vec: np.ndarray, ids: np.ndarray) -> None:
     """``index.add_with_ids(vec, ids)``; into an IVF index over a flat quantizer, from
     :data:`PREASSIGN_FROM` rows, with each row's list (its nearest centroid by the quantizer's
-    metric) found by torch products and handed to faiss (``add_core``).
+    metric) found by torch products and handed to faiss (``add_core``; not into fast-scan lists).
 
     Example:
         >>> import faiss, numpy as np
@@ -116,7 +115,9 @@ def add_rows(index: Any, vec: np.ndarray, ids: np.ndarray) -> None:
     vec = np.ascontiguousarray(vec, np.float32)
     ids = np.ascontiguousarray(ids, np.int64)
     quantizer = _flat_quantizer(index)
-    if quantizer is None or len(vec) < PREASSIGN_FROM:
+    # fast-scan lists hold packed blocks that add_core corrupts: faiss fills them itself
+    if quantizer is None or len(vec) < PREASSIGN_FROM or isinstance(faiss.downcast_index(index),
+                                                                    faiss.IndexIVFFastScan):
         index.add_with_ids(vec, ids)
         return
     centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
