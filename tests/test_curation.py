@@ -165,6 +165,34 @@ def test_curate_defaults_balance_an_unknown_number_of_modes(metric, modes, dim, 
     np.testing.assert_array_equal(sel, cl.curate(store, target))  # same seed, same subset
 
 
+@settings(max_examples=15, deadline=None)
+@given(st.integers(2, 64), st.integers(3, 40), st.integers(3, 40), st.integers(0, 99))
+def test_split_joined_splits_a_leaf_over_two_groups_and_nothing_else(dim, n_a, n_b, seed):
+    x, y = blobs([n_a, n_b], dim=dim, sep=40.0, seed=seed)
+    x = x + 1000.0  # one cluster over both groups, far from the origin
+    apart = np.linalg.norm(x[y == 0].mean(0) - x[y == 1].mean(0)) > 3.5 * np.sqrt(dim)
+    got = CU.split_joined(x, x.mean(0, keepdims=True))
+    if apart:  # the halves are the two groups: their means, in either order
+        assert len(got) == 2
+        means = sorted([x[y == 0].mean(0), x[y == 1].mean(0)], key=lambda m: np.linalg.norm(m - got[0]))
+        np.testing.assert_allclose(got, np.stack(means), rtol=1e-4, atol=1e-3)
+    one = blobs([n_a + n_b], dim=dim, seed=seed)[0]
+    np.testing.assert_array_equal(CU.split_joined(one, one.mean(0, keepdims=True)), one.mean(0, keepdims=True))
+    small = np.concatenate([one, one[:2] + 500.0])  # two far rows: fewer than MIN_MODE_ROWS, not a group
+    assert len(CU.split_joined(small, small.mean(0, keepdims=True))) == 1
+    for bad, name in (({"gap": 0.0}, "gap"), ({"gap": float("nan")}, "gap"), ({"min_rows": 0}, "min_rows")):
+        with pytest.raises(ValueError, match=name):
+            CU.split_joined(x, x.mean(0, keepdims=True), **bad)
+
+
+def test_auto_hierarchy_splits_leaves_that_join_separated_modes():
+    x, y = blobs([400, 30, 20], dim=16)
+    h = CU.auto_hierarchy(x, "l2", n_leaves=2)  # two k-means centroids for three modes
+    assert len(h.centroids[0]) == 3  # one leaf was split: a leaf per mode, each pure
+    assert sorted(len(np.unique(y[h.assignments[0] == c])) for c in range(3)) == [1, 1, 1]
+    assert sorted(np.bincount(h.assignments[0]).tolist()) == [20, 30, 400]
+
+
 def test_balanced_select_leaves_out_what_keep_excludes():
     h = CU.Hierarchy([np.repeat([0, 1, 2], [50, 50, 50])], [np.zeros((3, 1), np.float32)])
     keep = np.ones(150, bool)

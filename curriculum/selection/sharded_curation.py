@@ -78,6 +78,7 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     full, k = _space(store, seed, mask), leaf_count(n) if ks is None else ks[0]
     cent = store.fit_on_root(k * SAMPLE_PER_LEAF, seed, full,
                              lambda sample: fit_leaves(sample, k, resample_iters, seed, sample=sample), mask=mask)
+    k = len(cent)  # split_joined may add leaves
     x, pool_ids = full[mask], store.ids[mask]
     nearest = nearest_leaves(x, cent) if len(x) else np.zeros((0, min(3, k)), np.int64)
     leaf = nearest[:, 0].copy()
