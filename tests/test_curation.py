@@ -170,13 +170,15 @@ def test_curate_defaults_balance_an_unknown_number_of_modes(metric, modes, dim, 
 def test_split_joined_splits_a_leaf_over_two_groups_and_nothing_else(dim, n_a, n_b, seed):
     x, y = blobs([n_a, n_b], dim=dim, sep=40.0, seed=seed)
     x = x + 1000.0  # one cluster over both groups, far from the origin
-    apart = np.linalg.norm(x[y == 0].mean(0) - x[y == 1].mean(0)) > 3.5 * np.sqrt(dim)
+    means = [x[y == g].mean(0) for g in (0, 1)]
+    radius = np.sqrt(np.mean([((x[y == g] - means[g]) ** 2).sum(1).mean() for g in (0, 1)]))
     got = CU.split_joined(x, x.mean(0, keepdims=True))
-    if apart:  # the halves are the two groups: their means, in either order
+    if np.linalg.norm(means[0] - means[1]) > 6 * radius:  # the halves are the two groups, in either order
         assert len(got) == 2
-        means = sorted([x[y == 0].mean(0), x[y == 1].mean(0)], key=lambda m: np.linalg.norm(m - got[0]))
+        means.sort(key=lambda m: np.linalg.norm(m - got[0]))
         np.testing.assert_allclose(got, np.stack(means), rtol=1e-4, atol=1e-3)
-    one = blobs([n_a + n_b], dim=dim, seed=seed)[0]
+    # one Gaussian is not split from 8 dimensions (below, a leaf of under 20 rows can be: see split_joined)
+    one = blobs([n_a + n_b], dim=max(dim, 8), seed=seed)[0]
     np.testing.assert_array_equal(CU.split_joined(one, one.mean(0, keepdims=True)), one.mean(0, keepdims=True))
     small = np.concatenate([one, one[:2] + 500.0])  # two far rows: fewer than MIN_MODE_ROWS, not a group
     assert len(CU.split_joined(small, small.mean(0, keepdims=True))) == 1
