@@ -264,3 +264,25 @@ def test_smallest_k_with_a_head_bound_equals_a_sort(n, m, k, head, kind, seed):
     np.testing.assert_array_equal(vals, np.sort(s, axis=1)[:, :k])
     np.testing.assert_array_equal(np.take_along_axis(s, cols, 1), vals)
     assert all(len(set(row)) == k for row in cols.tolist())
+
+
+@settings(max_examples=15, deadline=None)
+@given(scale=st.sampled_from([1.0, 100.0, 1e4]), dim=st.integers(2, 64), seed=st.integers(0, 99),
+       k=st.sampled_from([3, 150]))
+def test_l2_duplicates_are_at_distance_zero_on_every_path(scale, dim, seed, k):
+    # the expanded product ||x||^2 - 2 q.x + ||q||^2 rounds ~eps ||x||^2 away: before, a duplicate came back at
+    # ~3e-4 ||x|| (0.5 at norm 1e3) from search, the exact graph under 50k rows and the blocked engine
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(300, dim)) * scale).astype(np.float32)
+    x = np.concatenate([x, x[:40]])  # rows 300..339 repeat rows 0..39
+    store = cl.EmbeddingStore(dim, metric="l2", index="flat")
+    ids = store.add(x)
+    d, got = store.search(x[:40], k)
+    assert (d[:, :2] == 0).all() and set(got[:, :2].ravel()) == set(ids[:40]) | set(ids[300:])
+    x64 = x.astype(np.float64)
+    true = np.sqrt(((x64[:40, None] - x64[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(d, np.sort(true, 1)[:, :k], rtol=1e-4)
+    for method in ("exact", "blocked"):
+        gd, gi = store.knn(min(k, 20), method=method, nprobe=10_000, progress=False)
+        assert (gd[:40, 0] == 0).all() and (gi[:40, 0] == ids[300:]).all() and (gi[300:, 0] == ids[:40]).all()
+        assert (np.diff(gd, axis=1) >= 0).all()

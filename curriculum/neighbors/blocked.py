@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from .._util.arrays import label_groups
-from .kernels import first_k_valid, nearest_rows, smallest_k
+from .kernels import exact_near_l2, first_k_valid, nearest_rows, smallest_k
 from .metric import get_metric
 
 
@@ -460,6 +460,8 @@ class _BlockSearch:
         vals, pos = smallest_k(score, min(self.k if diagonal else self.kk, cand.size), head=head,
                                under=None if self.under is None else self.under[q_rows])
         v = self.met.from_score(vals, None if self.sq_q is None else self.sq_q[q_rows]).astype(np.float32)
+        if self.met.squared_norms:  # l2: a duplicate at 0, not at the expanded product's rounding
+            v, pos = exact_near_l2(v, pos, xq.numpy(), xc.numpy())
         ids = cand[pos]
         valid = np.isfinite(v)
         if diagonal:  # at most k columns, ascending: the invalid (inf) entries are already last

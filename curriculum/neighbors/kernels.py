@@ -18,6 +18,7 @@ SCORE_BLOCK = 1 << 22  # exact_topk's score block (queries x rows of a chunk), ~
 QUERY_GROUP = SCORE_BLOCK // 4096  # ... so it takes at most this many queries at a time
 TORCH_MAX_K = 128  # brute_knn runs exact_topk up to this k (4,096 x 50k x 64: 0.55 s vs faiss's 1.1 s at
                    # k = 128, on par at 256)
+NEAR_SHARE = 1e-2  # exact_near_l2 recomputes squared l2 distances below this share of the query's squared norm
 BELOW_MAX_K = 64  # smallest_k bounds rows by a head up to this k (beyond, its insertion sort costs more)
 HEAD_COLUMNS = 512  # ... the k-th smallest of at least this many leading columns (the head and the next:
                     # a sharded ring's blocks hold ~64 rows a shard, and one block's k-th of 64 bounds
@@ -57,7 +58,7 @@ def brute_knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str) -> tup
     dist[:, :kk] = m.to_distance(d)
     rows[:, :kk] = i
     dist[rows < 0] = np.inf
-    return dist, rows
+    return exact_near_l2(dist, rows, queries, base) if m.squared_norms else (dist, rows)
 
 
 def nearest_rows(x: np.ndarray, centroids: np.ndarray, metric: str = "l2", k: int = 1,
@@ -195,7 +196,37 @@ def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.n
         merge_smallest(score.numpy(), s, best_v, best_i)
     ok = best_i >= 0
     dist = m.from_score(best_v, (q * q).sum(1) if m.squared_norms else None).astype(np.float32)
-    return np.where(ok, dist, np.inf).astype(np.float32), best_i
+    dist = np.where(ok, dist, np.inf).astype(np.float32)
+    return exact_near_l2(dist, best_i, q, x) if m.squared_norms else (dist, best_i)
+
+
+def exact_near_l2(dist: np.ndarray, rows: np.ndarray, q: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """l2 distances ``dist`` (ascending per query, of rows ``rows`` of ``x``, ``-1`` none) taken
+    from the expanded product ``||x||^2 - 2 q.x + ||q||^2``, with those of pairs closer than
+    ``sqrt(NEAR_SHARE) ||q||`` recomputed as ``||q - x||`` and their queries re-sorted (of equal
+    distances the smaller row first). The expanded form rounds away ~``eps (||q||^2 + ||x||^2)``,
+    which the square root turns into ~``3e-4 ||q||`` for a duplicate - 0 here, as on the exact
+    graph engine and the GPU path; beyond that radius its error is below ~1e-4 of the distance.
+    Changes ``dist`` and ``rows`` in place and returns them.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[1000.5, -3.25], [7.0, 7.0]], np.float32)
+        >>> exact_near_l2(np.array([[0.02, 1000.]], np.float32), np.array([[0, 1]]), x[:1].copy(), x)[0].tolist()
+        [[0.0, 1000.0]]
+    """
+    q_sq = np.einsum("ij,ij->i", q, q)
+    near = (rows >= 0) & (dist.astype(np.float64) ** 2 <= NEAR_SHARE * q_sq[:, None])
+    if not near.any():
+        return dist, rows
+    a, b = np.nonzero(near)
+    diff = q[a] - x[rows[a, b]]
+    dist[a, b] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    fix = np.unique(a)
+    order = np.lexsort((rows[fix], dist[fix]), axis=1)
+    dist[fix] = np.take_along_axis(dist[fix], order, 1)
+    rows[fix] = np.take_along_axis(rows[fix], order, 1)
+    return dist, rows
 
 
 def smallest_k(score: Any, k: int, head: int | None = None,
@@ -243,6 +274,6 @@ def smallest_k(score: Any, k: int, head: int | None = None,
     return np.take_along_axis(vals, order, 1), np.take_along_axis(part, order, 1)
 
 
-__all__ = ['brute_knn', 'TORCH_MAX_K', 'nearest_rows', 'first_k_valid', 'sort_dedupe', 'exact_topk', 'smallest_k',
+__all__ = ['brute_knn', 'TORCH_MAX_K', 'NEAR_SHARE', 'exact_near_l2', 'nearest_rows', 'first_k_valid', 'sort_dedupe', 'exact_topk', 'smallest_k',
            'PARTITION_FROM_K', 'HEAD_COLUMNS',
            'BELOW_MAX_K']
