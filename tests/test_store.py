@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from hypothesis import strategies as st
 
 import curriculum as cl
@@ -615,3 +617,81 @@ def test_a_snapshot_costs_a_copy_only_while_something_still_reads_it():
         assert part[3, 0] != 0 and part[0, 0] == 1  # the slice still shows the rows it was taken at
     finally:
         tracemalloc.stop()
+
+
+class StoreAgainstADict(RuleBasedStateMachine):
+    """Any sequence of add / update / remove / rebuild / save-load keeps the store's answers equal
+    to brute force over a plain dict of its rows (exact searches: distances to 1e-5, labels honoured)."""
+
+    @initialize(metric=st.sampled_from(["l2", "cosine", "ip"]), labelled=st.booleans(),
+                index=st.sampled_from(["auto", "flat"]))
+    def start(self, metric: str, labelled: bool, index: str) -> None:
+        self.metric, self.labelled = metric, labelled
+        self.store = cl.EmbeddingStore(5, metric=metric, index=index)  # auto: exact products below 100k rows
+        self.rows: dict[int, tuple[np.ndarray, int]] = {}
+
+    @staticmethod
+    def vectors(n: int, seed: int) -> np.ndarray:
+        v = np.round(np.random.default_rng(seed).normal(size=(n, 5)), 1)  # ties and repeats
+        v[np.abs(v).sum(1) == 0, 0] = 1.0
+        return (v * 73.1).astype(np.float32)  # norms ~150: the expanded l2 form put a duplicate at 0.02-0.04
+
+    @rule(n=st.integers(1, 25), seed=st.integers(0, 10**6))
+    def add(self, n: int, seed: int) -> None:
+        v = self.vectors(n, seed)
+        labels = np.random.default_rng(seed).integers(0, 3, n)
+        ids = self.store.add(v, labels=labels if self.labelled else None)
+        self.rows.update({int(i): (v[j], int(labels[j])) for j, i in enumerate(ids)})
+
+    @precondition(lambda self: bool(self.rows))
+    @rule(data=st.data(), seed=st.integers(0, 10**6))
+    def update(self, data: st.DataObject, seed: int) -> None:
+        some = data.draw(st.lists(st.sampled_from(sorted(self.rows)), min_size=1, max_size=5, unique=True))
+        v = self.vectors(len(some), seed)
+        self.store.update(np.array(some), v)
+        self.rows.update({i: (v[j], self.rows[i][1]) for j, i in enumerate(some)})
+
+    @precondition(lambda self: bool(self.rows))
+    @rule(data=st.data())
+    def remove(self, data: st.DataObject) -> None:
+        some = data.draw(st.lists(st.sampled_from(sorted(self.rows)), min_size=1, max_size=5, unique=True))
+        self.store.remove(np.array(some))
+        for i in some:
+            del self.rows[i]
+
+    @rule()
+    def rebuild_in_the_background(self) -> None:
+        self.store.rebuild(background=True)
+        self.store.wait_rebuild(timeout=60)
+
+    @rule()
+    def save_and_load(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            self.store.save(os.path.join(d, "s"))
+            self.store = cl.EmbeddingStore.load(os.path.join(d, "s"))
+
+    @precondition(lambda self: bool(self.rows))
+    @rule(seed=st.integers(0, 10**6), k=st.integers(1, 8), by_label=st.booleans(), stored=st.booleans())
+    def search(self, seed: int, k: int, by_label: bool, stored: bool) -> None:
+        ids = np.array(sorted(self.rows))
+        q = np.stack([self.rows[i][0] for i in np.resize(ids, 3)]) if stored else self.vectors(3, seed)
+        base = np.stack([self.rows[i][0] for i in ids])
+        q_labels = np.array([0, 1, 2])
+        by_label = by_label and self.labelled
+        d, got = self.store.search(q, k, exclude_labels=q_labels if by_label else None)
+        for r in range(3):
+            keep = np.array([self.rows[i][1] != q_labels[r] for i in ids]) if by_label else np.ones(len(ids), bool)
+            ref_d, _ = brute(q[r:r + 1], base[keep], ids[keep], k, self.metric)
+            np.testing.assert_allclose(d[r], ref_d[0], rtol=1e-5, atol=1e-5)
+            found = got[r][got[r] >= 0]
+            assert len(found) == min(k, keep.sum()) and all(int(i) in self.rows for i in found)
+            if by_label:
+                assert all(self.rows[int(i)][1] != q_labels[r] for i in found)
+
+    @invariant()
+    def size(self) -> None:
+        assert len(self.store) == len(self.rows)
+
+
+StoreAgainstADict.TestCase.settings = settings(max_examples=40, stateful_step_count=20, deadline=None)
+test_store_against_a_dict = StoreAgainstADict.TestCase
