@@ -288,6 +288,23 @@ def test_stray_rows_are_left_out_unless_asked():
     assert 2500 in cl.curate(store, 2501, drop_stray=False).tolist()
 
 
+def test_dedup_inside_a_pool_keeps_one_id_of_each_group_even_when_its_smallest_is_outside():
+    # 300 groups of 3 near-identical rows (ids g, g + 300, g + 600); the pool leaves out every group's smallest id
+    # (before, de-duplication kept only each group's smallest id of the whole store, so this pool lost every row)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8))
+    store = cl.EmbeddingStore(8, metric="cosine")
+    store.add(np.concatenate([x, x + 1e-4 * rng.normal(size=x.shape), x + 1e-4 * rng.normal(size=x.shape)]).astype(np.float32))
+    pool = np.arange(300, 900)
+    kept = CU.deduplicate(store, 0.999, ids=pool)
+    np.testing.assert_array_equal(kept, np.arange(300, 600))
+    np.testing.assert_array_equal(CU.deduplicate(store, 0.999), np.arange(300))
+    got = cl.curate(store, 150, ids=pool, dedup_threshold=0.999)
+    assert len(got) == 150 and set(got.tolist()) <= set(range(300, 600))
+    with pytest.raises(KeyError, match="ids"):
+        CU.deduplicate(store, 0.999, ids=[5, 10_000])
+
+
 def test_bad_inputs_name_the_argument_and_change_nothing():
     x, _ = blobs([300, 30])
     store = cl.EmbeddingStore(8, metric="l2")

@@ -737,7 +737,7 @@ def _pool(store: EmbeddingStore, ids: np.ndarray | None, dedup_threshold: float 
         rows = store.rows_of(C.as_ids(ids, "ids"))
         pool_ids, vec = pool_ids[rows], vec[rows]
     if dedup_threshold is not None:
-        kept = np.isin(pool_ids, deduplicate(store, dedup_threshold, seed=seed))
+        kept = np.isin(pool_ids, deduplicate(store, dedup_threshold, seed=seed, ids=pool_ids))
         pool_ids, vec = pool_ids[kept], vec[kept]
     return pool_ids, vec
 
@@ -789,20 +789,26 @@ def _junk_leaves(cent: np.ndarray, size: np.ndarray, held: np.ndarray, alpha: fl
 
 
 def deduplicate(store: EmbeddingStore, threshold: float = 0.95, n_clusters: int | None = None,
-                seed: int = 0) -> np.ndarray:
-    """Ids kept after SemDeDup-style removal: one id (the smallest) per near-duplicate group.
+                seed: int = 0, ids: np.ndarray | None = None) -> np.ndarray:
+    """Ids kept after SemDeDup-style removal: one id (the smallest) per near-duplicate group of
+    the store (:func:`~curriculum.difficulty.near_duplicates`). ``ids`` (a pool of stored ids)
+    keeps the smallest of *those* in each group, so a group whose smallest id lies outside the
+    pool still leaves one of its pool ids (on a sharded store: the whole pool, every rank's).
 
     Example:
         >>> import numpy as np
-        >>> store = EmbeddingStore(2, metric="cosine"); _ = store.add(np.array([[1., 0], [1, 1e-3], [0, 1]]))
-        >>> deduplicate(store, threshold=0.99).tolist()
-        [0, 2]
+        >>> store = EmbeddingStore(2, metric="cosine"); _ = store.add(np.array([[1., 0], [1, 1e-3], [0, 1], [1, 2e-3]]))
+        >>> deduplicate(store, threshold=0.99).tolist(), deduplicate(store, threshold=0.99, ids=[1, 2, 3]).tolist()
+        ([0, 2], [1, 2])
     """
     from ..difficulty.geometry import near_duplicates
 
+    pool = store.ids if ids is None else C.as_ids(ids, "ids", unique=False)
+    if ids is not None and isinstance(store, EmbeddingStore):
+        store.rows_of(pool)  # an id not stored is an error (a sharded store's pool spans the ranks)
     groups = near_duplicates(store, threshold, n_clusters=n_clusters, seed=seed)
-    drop = np.concatenate([g[1:] for g in groups]) if groups else np.zeros(0, np.int64)
-    return np.setdiff1d(store.ids, drop)
+    drop = [g[np.isin(g, pool)][1:] for g in groups]  # groups are sorted: the pool's smallest stays
+    return np.setdiff1d(pool, np.concatenate(drop) if drop else np.zeros(0, np.int64))
 
 
 def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resample_iters: int = 3) -> np.ndarray:

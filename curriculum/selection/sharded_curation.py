@@ -118,7 +118,8 @@ def _pool_mask(store: ShardedStore, ids: np.ndarray | None, dedup_threshold: flo
         mask = _members(store, ids, "ids", store.ids)
     if dedup_threshold is not None:
         thr = store.checked(lambda: C.finite_float(dedup_threshold, "dedup_threshold", -1.0, 1.0))
-        mask &= np.isin(store.ids, deduplicate(store, thr, seed=seed))
+        pool = None if ids is None else sorted_unique(np.concatenate(store.comm.all_gather(store.ids[mask])))
+        mask &= np.isin(store.ids, deduplicate(store, thr, seed=seed, ids=pool))
     return mask
 
 
