@@ -461,7 +461,7 @@ class _BlockSearch:
                                under=None if self.under is None else self.under[q_rows])
         v = self.met.from_score(vals, None if self.sq_q is None else self.sq_q[q_rows]).astype(np.float32)
         if self.met.squared_norms:  # l2: a duplicate at 0, not at the expanded product's rounding
-            v, pos = exact_near_l2(v, pos, xq.numpy(), xc.numpy())
+            v, pos = exact_near_l2(v, pos, xq.numpy(), xc.numpy(), self.sq_q[q_rows])
         ids = cand[pos]
         valid = np.isfinite(v)
         if diagonal:  # at most k columns, ascending: the invalid (inf) entries are already last
