@@ -121,6 +121,33 @@ def test_resume_equals_uninterrupted_through_the_wrapper(tmp_path, stop):
         assert torch.equal(v, b.recorder.state_dict()["tensors"][k]), k
 
 
+@pytest.mark.parametrize("stop", [22, 23, 24])
+def test_a_loop_that_sets_each_epoch_resumes_at_an_epochs_last_batch(tmp_path, stop):
+    # `for epoch in range(start, E): loader.set_epoch(epoch); for batch in loader: ...` with a checkpoint taken at
+    # batch `stop` (23 batches an epoch: 23 is the first epoch's last). Before, a resume at an epoch's last batch
+    # drew the next epoch inside set_epoch(saved epoch) and again after set_epoch(saved epoch + 1)
+    def loop(w, log, start_epoch=0, stop_at=None):
+        for epoch in range(start_epoch, 3):
+            w.set_epoch(epoch)
+            for x, _ in w:
+                log.append(x[:, 0].long().tolist())
+                if len(log) == stop_at:
+                    return epoch
+        return None
+
+    ref_log: list[list[int]] = []
+    loop(make_wrapped(), ref_log)
+    log: list[list[int]] = []
+    a = make_wrapped()
+    epoch = loop(a, log, stop_at=stop)
+    torch.save({"loader": a.state_dict(), "epoch": epoch}, tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    b = make_wrapped()
+    b.load_state_dict(ckpt["loader"])
+    loop(b, log, start_epoch=ckpt["epoch"])
+    assert log == ref_log and len(log) == 3 * 23
+
+
 def test_a_new_iteration_ends_the_workers_of_one_left_unfinished():
     # Lightning stops after an epoch's last batch without exhausting the iterator: its workers
     # (and their queue threads) must end before the next epoch forks new ones beside them

@@ -109,6 +109,7 @@ class CurriculumLoader:
                                  **{**_loader_settings(loader), "collate_fn": _IndexCollate(loader.collate_fn)})
         self._epoch = batch_sampler.sampler.epoch
         self._sampler_epoch = self._epoch  # the sampler's epoch as this loader last left it
+        self._rest_empty = False  # set_epoch named the current epoch after its last batch: nothing is left of it
         self._delivered = 0          # batches handed to the training loop this epoch
         self._trained: int | None = None  # batches the loop reported finished (mark_trained)
         self._recent: dict[int, torch.Tensor] = {}  # batch number in the epoch -> its indices
@@ -155,13 +156,18 @@ class CurriculumLoader:
         return self._last_indices
 
     def set_epoch(self, epoch: int) -> None:
-        """Like ``DistributedSampler.set_epoch``; setting the current epoch again keeps the position."""
+        """Like ``DistributedSampler.set_epoch``; setting the current epoch again keeps the position
+        (resume): after its last batch (a checkpoint taken there), the next iteration is empty and
+        the one after draws the next epoch, as an uninterrupted loop sees them."""
         epoch = C.positive_int(epoch, "epoch", 0)
         if epoch != self._epoch:
             self._epoch, self._delivered, self._trained = epoch, 0, None
             self._recent.clear()
             self.batch_sampler.sampler.seek(epoch, 0)
             self._sampler_epoch = epoch
+            self._rest_empty = False
+        else:
+            self._rest_empty = self._delivered >= len(self.batch_sampler) > 0
 
     def mark_trained(self, batch: int) -> None:
         """The training loop finished batch number ``batch`` (0-based, this epoch): ``state_dict``
@@ -192,6 +198,9 @@ class CurriculumLoader:
         s = self.batch_sampler.sampler
         if self._delivered >= len(self.batch_sampler) > 0:
             self._next_epoch()  # the last iterator stopped after the epoch's last batch (Lightning's does)
+            if self._rest_empty:  # ... but the loop named that epoch: its rest is empty
+                self._rest_empty = False
+                return
         if s.epoch != self._sampler_epoch and s.position == 0:
             self.set_epoch(s.epoch)  # a framework set the epoch on the sampler itself (Lightning does)
         while True:
@@ -345,6 +354,7 @@ class CurriculumLoader:
         self._epoch, self._delivered = int(state["epoch"]), int(state["delivered"])
         self._sampler_epoch = self.batch_sampler.sampler.epoch
         self._trained = None
+        self._rest_empty = False
         self._recent.clear()
         self.rescores_applied = int(state.get("rescores_applied", 0))
 
