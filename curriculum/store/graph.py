@@ -93,7 +93,17 @@ def graph(snap: Snapshot, k: int, metric: str, method: str, nprobe: int, exclude
           ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``(distances, ids, report)`` of the kNN graph of ``snap`` by ``method`` (already resolved
     from "auto" to "exact" / "blocked" / "descent" / "index"; ``target`` set with "blocked" = the
-    auto route of :func:`knn_plan`)."""
+    auto route of :func:`knn_plan`). With ``exclude_self=False`` each row's list is the graph of
+    the others with the row itself merged in at its own distance (:func:`_with_self`)."""
+    if not exclude_self:
+        others = min(k, len(snap.ids) - 1)
+        if others < 1:
+            d, ids, report = np.zeros((len(snap.ids), 0), np.float32), np.zeros((len(snap.ids), 0), np.int64), \
+                {"method": method, "pairs_scored": 0}
+        else:
+            d, ids, report = graph(snap, others, metric, method, nprobe, True, progress, target, batch_size,
+                                   index_candidates)
+        return (*_with_self(snap, d, ids, metric, k), report)
     vec, report, rows = snap.vec, {"method": method}, None
     if method == "blocked" and target is not None:
         d, rows, report = _auto(vec, k, metric, nprobe, exclude_self, target, progress)
@@ -158,6 +168,19 @@ def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, 
                                   centroids=plan.centroids, assign=plan.assignments(vec, metric))
     report["pairs_scored"] = report.get("pairs_scored", 0) + st["pairs_scored"]
     return d, rows, report
+
+
+def _with_self(snap: Snapshot, d: np.ndarray, ids: np.ndarray, metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of each row's list of others ``(d, ids)`` and the row itself, at its own
+    distance (0 under l2 and cosine) and first among equal distances. Searching with the row
+    among the candidates instead lets the expanded l2 product rank a near-duplicate (within
+    float32 rounding of 0) ahead of the row and drop the row from its own list."""
+    own = np.zeros(len(snap.ids), np.float32) if metric != "ip" else \
+        -np.einsum("ij,ij->i", snap.vec, snap.vec).astype(np.float32)
+    d = np.concatenate([own[:, None], d], 1)
+    ids = np.concatenate([snap.ids[:, None], ids], 1)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, 1), np.take_along_axis(ids, order, 1)
 
 
 def _chunked(snap: Snapshot, k: int, metric: str, exclude_self: bool, progress: bool, batch_size: int,
