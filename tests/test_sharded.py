@@ -85,6 +85,7 @@ def _worker(rank, world, out, initfile, metric, save_to):
     qlab = (np.arange(len(pool()[3])) % 6)[rank::world]
     res["neg_search_i"] = s.search(q, K, exclude_labels=qlab)[1]
     res["knn_d"], res["knn_i"] = s.knn(K, method="exact")
+    res["self_d"], res["self_i"] = s.knn(K, method="exact", exclude_self=False)  # each row first in its own list
     res["dev_d"], res["dev_i"] = s.knn(K, method="exact", device="cpu")  # the exact ring scored by torch on a device
     res["dev_report"] = np.array([s.last_knn_report["method"], s.last_knn_report.get("device", "")])
     res["table_i"] = s.knn(K, method="exact", exclude_same_label=True)[1]
@@ -358,10 +359,13 @@ def test_exact_graph_and_negatives_table_equal_one_process(sharded):
     world, metric, res, _ = sharded
     one = one_process(metric)
     d, i = one.knn(K, method="exact")
+    sd, si = one.knn(K, method="exact", exclude_self=False)
     vec, lab = one.vectors(), one.labels
     for got in res:
         rows = one.rows_of(got["local_ids"])
         np.testing.assert_array_equal(got["knn_i"], i[rows])
+        np.testing.assert_array_equal(got["self_i"], si[rows])
+        assert (got["self_i"][:, 0] == got["local_ids"]).all() and (got["self_d"][:, 0] == 0).all()
         np.testing.assert_allclose(got["knn_d"], d[rows], rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(got["dev_i"], i[rows])  # on a torch device: the same graph
         np.testing.assert_allclose(got["dev_d"], d[rows], rtol=1e-4, atol=1e-4)

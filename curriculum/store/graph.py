@@ -103,7 +103,7 @@ def graph(snap: Snapshot, k: int, metric: str, method: str, nprobe: int, exclude
         else:
             d, ids, report = graph(snap, others, metric, method, nprobe, True, progress, target, batch_size,
                                    index_candidates)
-        return (*_with_self(snap, d, ids, metric, k), report)
+        return (*with_self(snap.ids, snap.vec, d, ids, metric, k), report)
     vec, report, rows = snap.vec, {"method": method}, None
     if method == "blocked" and target is not None:
         d, rows, report = _auto(vec, k, metric, nprobe, exclude_self, target, progress)
@@ -170,15 +170,23 @@ def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, 
     return d, rows, report
 
 
-def _with_self(snap: Snapshot, d: np.ndarray, ids: np.ndarray, metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest of each row's list of others ``(d, ids)`` and the row itself, at its own
-    distance (0 under l2 and cosine) and first among equal distances. Searching with the row
-    among the candidates instead lets the expanded l2 product rank a near-duplicate (within
-    float32 rounding of 0) ahead of the row and drop the row from its own list."""
-    own = np.zeros(len(snap.ids), np.float32) if metric != "ip" else \
-        -np.einsum("ij,ij->i", snap.vec, snap.vec).astype(np.float32)
+def with_self(row_ids: np.ndarray, vec: np.ndarray, d: np.ndarray, ids: np.ndarray, metric: str,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of each row's list of others ``(d, ids)`` and the row itself (``row_ids``,
+    stored vectors ``vec``), at its own distance (0 under l2 and cosine) and first among equal
+    distances: ``knn(exclude_self=False)``. Searching with the row among the candidates instead
+    lets the expanded l2 product rank a near-duplicate (within float32 rounding of 0) ahead of the
+    row and drop the row from its own list.
+
+    Example:
+        >>> import numpy as np
+        >>> with_self(np.array([7]), np.ones((1, 2), np.float32), np.array([[0.0, 1.0]]), np.array([[8, 9]]), "l2", 2)[1].tolist()
+        [[7, 8]]
+    """
+    own = np.zeros(len(row_ids), np.float32) if metric != "ip" else \
+        -np.einsum("ij,ij->i", vec, vec).astype(np.float32)
     d = np.concatenate([own[:, None], d], 1)
-    ids = np.concatenate([snap.ids[:, None], ids], 1)
+    ids = np.concatenate([np.asarray(row_ids, np.int64)[:, None], ids], 1)
     order = np.argsort(d, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(d, order, 1), np.take_along_axis(ids, order, 1)
 
