@@ -300,5 +300,8 @@ def test_each_row_heads_its_own_list_when_self_is_kept(method, metric):
     ids = store.add(x, ids=np.arange(182) * 5 + 3)
     d, got = store.knn(3, method=method, exclude_self=False, progress=False)
     assert (got[:, 0] == ids).all() and (d[:, 0] == 0).all()
+    if method in ("exact", "auto"):  # the graph on a torch device (CPU tensors here; tests/test_cuda.py on a GPU)
+        dd, dev_got = store.knn(1, method=method, exclude_self=False, device="cpu")
+        assert (dev_got[:, 0] == ids).all() and (dd[:, 0] == 0).all()
     ed, eids = store.knn(2, method="exact", progress=False)
     np.testing.assert_allclose(d[:, 1:], ed, rtol=1e-4, atol=1e-5)

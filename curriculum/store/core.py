@@ -516,8 +516,12 @@ class EmbeddingStore:
         cached = self._cached_knn(key, k)
         if cached is not None:
             return cached
-        d, rows = device_knn(snap.vec, k, self.metric, dev, exclude_self)
-        self._knn_cache = (key, k, d, snap.ids[rows])
+        others = k if exclude_self else min(k, len(snap) - 1)  # with self: the others' graph, each row merged in
+        d, rows = device_knn(snap.vec, others, self.metric, dev, True) if others else \
+            (np.zeros((len(snap), 0), np.float32), np.zeros((len(snap), 0), np.int64))
+        d, found = (d, snap.ids[rows]) if exclude_self else G.with_self(snap.ids, snap.vec, d, snap.ids[rows],
+                                                                          self.metric, k)
+        self._knn_cache = (key, k, d, found)
         self.last_knn_report = {"method": "exact", "device": str(dev), "pairs_scored": len(snap) ** 2}
         return d.copy(), self._knn_cache[3].copy()
 

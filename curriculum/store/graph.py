@@ -94,7 +94,7 @@ def graph(snap: Snapshot, k: int, metric: str, method: str, nprobe: int, exclude
     """``(distances, ids, report)`` of the kNN graph of ``snap`` by ``method`` (already resolved
     from "auto" to "exact" / "blocked" / "descent" / "index"; ``target`` set with "blocked" = the
     auto route of :func:`knn_plan`). With ``exclude_self=False`` each row's list is the graph of
-    the others with the row itself merged in at its own distance (:func:`_with_self`)."""
+    the others with the row itself merged in at its own distance (:func:`with_self`)."""
     if not exclude_self:
         others = min(k, len(snap.ids) - 1)
         if others < 1:
