@@ -53,6 +53,17 @@ def test_kmeans_seeds_the_tail_and_recovers_separated_blobs():
     np.testing.assert_array_equal(KM.kmeans(x, 8, seed=3), KM.kmeans(x, 8, seed=3))  # deterministic
 
 
+def test_spherical_kmeans_keeps_a_centroid_whose_rows_cancel_out():
+    # two antipodal rows in one cluster: their mean is 0 - normalising it raised "vectors: expected non-zero vectors"
+    store = cl.EmbeddingStore(1, metric="cosine")
+    store.add(np.array([[1.0], [-1.0]], np.float32))
+    res = store.kmeans(1, seed=0)
+    assert abs(float(res.centroids[0, 0])) == 1.0 and res.assignments.tolist() == [0, 0]
+    x = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], np.float32)
+    c = KM.kmeans(x, 2, spherical=True, seed=1)
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, rtol=1e-6)
+
+
 def test_kmeans_stops_once_few_rows_move_and_split_runs_stop_together():
     import threading
 

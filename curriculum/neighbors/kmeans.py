@@ -104,7 +104,8 @@ def reduce_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, 
 def _update(sums: np.ndarray, counts: np.ndarray, old: np.ndarray, spherical: bool,
             rng: np.random.Generator) -> np.ndarray:
     """New centroids from sums and counts; an emptied centroid takes a perturbed copy of the
-    largest cluster's centroid (as faiss does), so k clusters stay k."""
+    largest cluster's centroid (as faiss does), so k clusters stay k. Spherical: a mean that is
+    exactly zero (members that cancel out, e.g. antipodal rows) keeps its old direction."""
     cent = old.astype(np.float64).copy()
     full = counts > 0
     cent[full] = sums[full] / counts[full, None]
@@ -113,7 +114,11 @@ def _update(sums: np.ndarray, counts: np.ndarray, old: np.ndarray, spherical: bo
         cent[j] = cent[big] * (1 + 1e-3 * rng.standard_normal(cent.shape[1]))
         counts[big] //= 2
     cent = cent.astype(np.float32)
-    return normalize(cent) if spherical else cent
+    if not spherical:
+        return cent
+    zero = ~np.abs(cent).any(1)
+    cent[zero] = old[zero]
+    return normalize(cent)
 
 
 def kmeans(x: np.ndarray, k: int, spherical: bool = False, seed: int = 0, niter: int = 20,
