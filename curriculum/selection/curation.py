@@ -807,8 +807,13 @@ def deduplicate(store: EmbeddingStore, threshold: float = 0.95, n_clusters: int 
     if ids is not None and isinstance(store, EmbeddingStore):
         store.rows_of(pool)  # an id not stored is an error (a sharded store's pool spans the ranks)
     groups = near_duplicates(store, threshold, n_clusters=n_clusters, seed=seed)
-    drop = [g[np.isin(g, pool)][1:] for g in groups]  # groups are sorted: the pool's smallest stays
-    return np.setdiff1d(pool, np.concatenate(drop) if drop else np.zeros(0, np.int64))
+    members = np.concatenate(groups) if groups else np.zeros(0, np.int64)  # each group sorted ascending
+    group = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+    inside = np.isin(members, pool)  # one pass for all groups: the first pool member of each stays
+    members, group = members[inside], group[inside]
+    first = np.zeros(len(members), bool)
+    first[np.unique(group, return_index=True)[1]] = True
+    return np.setdiff1d(pool, members[~first])
 
 
 def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resample_iters: int = 3) -> np.ndarray:

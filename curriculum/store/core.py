@@ -516,11 +516,11 @@ class EmbeddingStore:
         cached = self._cached_knn(key, k)
         if cached is not None:
             return cached
-        others = k if exclude_self else min(k, len(snap) - 1)  # with self: the others' graph, each row merged in
-        d, rows = device_knn(snap.vec, others, self.metric, dev, True) if others else \
-            (np.zeros((len(snap), 0), np.float32), np.zeros((len(snap), 0), np.int64))
-        d, found = (d, snap.ids[rows]) if exclude_self else G.with_self(snap.ids, snap.vec, d, snap.ids[rows],
-                                                                          self.metric, k)
+        def others(kk: int) -> tuple[np.ndarray, np.ndarray]:
+            d, rows = device_knn(snap.vec, kk, self.metric, dev, True)
+            return d, snap.ids[rows]
+        d, found = others(k) if exclude_self else G.graph_with_self(snap.ids, snap.vec, k, len(snap), self.metric,
+                                                                    others)
         self._knn_cache = (key, k, d, found)
         self.last_knn_report = {"method": "exact", "device": str(dev), "pairs_scored": len(snap) ** 2}
         return d.copy(), self._knn_cache[3].copy()

@@ -96,14 +96,13 @@ def graph(snap: Snapshot, k: int, metric: str, method: str, nprobe: int, exclude
     auto route of :func:`knn_plan`). With ``exclude_self=False`` each row's list is the graph of
     the others with the row itself merged in at its own distance (:func:`with_self`)."""
     if not exclude_self:
-        others = min(k, len(snap.ids) - 1)
-        if others < 1:
-            d, ids, report = np.zeros((len(snap.ids), 0), np.float32), np.zeros((len(snap.ids), 0), np.int64), \
-                {"method": method, "pairs_scored": 0}
-        else:
-            d, ids, report = graph(snap, others, metric, method, nprobe, True, progress, target, batch_size,
-                                   index_candidates)
-        return (*with_self(snap.ids, snap.vec, d, ids, metric, k), report)
+        report = {"method": method, "pairs_scored": 0}
+
+        def others(kk: int) -> tuple[np.ndarray, np.ndarray]:
+            d, ids, rep = graph(snap, kk, metric, method, nprobe, True, progress, target, batch_size, index_candidates)
+            report.update(rep)
+            return d, ids
+        return (*graph_with_self(snap.ids, snap.vec, k, len(snap.ids), metric, others), report)
     vec, report, rows = snap.vec, {"method": method}, None
     if method == "blocked" and target is not None:
         d, rows, report = _auto(vec, k, metric, nprobe, exclude_self, target, progress)
@@ -168,6 +167,22 @@ def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, 
                                   centroids=plan.centroids, assign=plan.assignments(vec, metric))
     report["pairs_scored"] = report.get("pairs_scored", 0) + st["pairs_scored"]
     return d, rows, report
+
+
+def graph_with_self(row_ids: np.ndarray, vec: np.ndarray, k: int, n: int, metric: str,
+                    others: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """``knn(exclude_self=False)`` of the rows ``row_ids`` (vectors ``vec``) among ``n`` rows in
+    all: ``others(k')`` - the graph without self for ``k' = min(k, n - 1)`` - with each row merged
+    in (:func:`with_self`).
+
+    Example:
+        >>> import numpy as np
+        >>> graph_with_self(np.array([5]), np.ones((1, 2), np.float32), 3, 1, "l2", None)[1].tolist()
+        [[5]]
+    """
+    kk = min(k, n - 1)
+    d, ids = others(kk) if kk > 0 else (np.zeros((len(row_ids), 0), np.float32), np.zeros((len(row_ids), 0), np.int64))
+    return with_self(row_ids, vec, d, ids, metric, k)
 
 
 def with_self(row_ids: np.ndarray, vec: np.ndarray, d: np.ndarray, ids: np.ndarray, metric: str,

@@ -43,7 +43,7 @@ from ..neighbors.kernels import exact_topk
 from ..neighbors.blocked import assign_blocks, block_label_range, block_plan_parts, purity_of_range
 from .core import EmbeddingStore
 from .graph import (AUTO_PLAN_MIN_ROWS, DESCENT_MIN_ROWS, DESCENT_PAIRS_PER_LIST_SLOT, DESCENT_PAIRS_PER_ROW,
-                    KMeansResult, with_self)
+                    KMeansResult, graph_with_self)
 from .regions import RegionPlan, batch_table, plan_regions, region_graph
 from .rows import MISSING
 
@@ -474,11 +474,10 @@ class ShardedStore:
         route: ``copies x (4 dim + 12 k + 16)``). Collective.
         """
         k = self.checked(lambda: _knn_args(k, method, exclude_same_label, self, device))
-        if not exclude_self and not exclude_same_label:  # the others' graph, each row merged in (with_self)
-            others = min(k, len(self) - 1)
-            d, i = self.knn(others, True, method, progress, False, target_recall, device, **knn_kwargs) if others \
-                else (np.zeros((len(self.local), 0), np.float32), np.zeros((len(self.local), 0), np.int64))
-            return with_self(self.local.ids, self.local.vectors(), d, i, self.metric, k)
+        if not exclude_self and not exclude_same_label:  # the others' graph, each row merged in
+            return graph_with_self(self.local.ids, self.local.vectors(), k, len(self), self.metric,
+                                   lambda kk: self.knn(kk, True, method, progress, False, target_recall, device,
+                                                       **knn_kwargs))
         key = (self._version, bool(exclude_self), method, bool(exclude_same_label), target_recall, str(device),
                tuple(sorted(knn_kwargs.items())))
         if self._knn_cache is not None and self._knn_cache[0] == key and self._knn_cache[1] >= k:
