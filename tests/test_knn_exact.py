@@ -307,3 +307,24 @@ def test_each_row_heads_its_own_list_when_self_is_kept(method, metric):
         assert (dev_got[:, 0] == ids).all() and (dd[:, 0] == 0).all()
     ed, eids = store.knn(2, method="exact", progress=False)
     np.testing.assert_allclose(d[:, 1:], ed, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 12), k=st.sampled_from([1, 2, 3, 140]))
+@example(seed=16, n=2, k=1)
+def test_exact_l2_search_keeps_the_nearest_among_rows_within_rounding(seed, n, k):
+    # rows within ~3e-4 |x| of each other: the expanded product ranked a row 1.4e-3 away ahead of one 6.9e-4 away,
+    # and k = 1 returned the farther (exact_near_l2 fixed the value, not which rows were chosen)
+    rng = np.random.default_rng(seed)
+    centre = np.float32(rng.uniform(-5, 5))
+    x = (centre + rng.uniform(-3e-3, 3e-3, size=(n, 1))).astype(np.float32)
+    if k > 100:  # past TORCH_MAX_K: the faiss branch
+        x = np.concatenate([x, (centre + 10 + rng.normal(size=(k, 1))).astype(np.float32)])
+    q = np.array([[centre]], np.float32)
+    store = cl.EmbeddingStore(1, metric="l2", index="flat")
+    ids = store.add(x)
+    d, got = store.search(q, k)
+    true = np.abs(x[:, 0].astype(np.float64) - float(centre))
+    want = np.sort(true)[:min(k, len(x))]
+    np.testing.assert_allclose(d[0, :len(want)], want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(true[np.searchsorted(ids, got[0, :len(want)])], want, rtol=1e-5, atol=1e-7)

@@ -19,6 +19,8 @@ QUERY_GROUP = SCORE_BLOCK // 4096  # ... so it takes at most this many queries a
 TORCH_MAX_K = 128  # brute_knn runs exact_topk up to this k (4,096 x 50k x 64: 0.55 s vs faiss's 1.1 s at
                    # k = 128, on par at 256)
 NEAR_SHARE = 1e-3  # exact_near_l2 recomputes squared l2 distances below this share of the query's squared norm
+NEAR_EXTRA = 8  # exact l2 searches select this many more rows by the expanded product, keep the k nearest
+                # after exact_near_l2: within its rounding the product may rank the (k+1)-th first
 BELOW_MAX_K = 64  # smallest_k bounds rows by a head up to this k (beyond, its insertion sort costs more)
 HEAD_COLUMNS = 512  # ... the k-th smallest of at least this many leading columns (the head and the next:
                     # a sharded ring's blocks hold ~64 rows a shard, and one block's k-th of 64 bounds
@@ -54,11 +56,14 @@ def brute_knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str) -> tup
                                                 np.ascontiguousarray(base, np.float32), kk, metric)
         return dist, rows
     m = get_metric(metric)
-    d, i = faiss.knn(queries, base, kk, metric=m.faiss)
-    dist[:, :kk] = m.to_distance(d)
-    rows[:, :kk] = i
-    dist[rows < 0] = np.inf
-    return exact_near_l2(dist, rows, queries, base) if m.squared_norms else (dist, rows)
+    wide = min(kk + NEAR_EXTRA, base.shape[0]) if m.squared_norms else kk
+    d, i = faiss.knn(queries, base, wide, metric=m.faiss)
+    d = m.to_distance(d).astype(np.float32)
+    d[i < 0] = np.inf
+    if m.squared_norms:
+        d, i = exact_near_l2(d, i, queries, base)
+    dist[:, :kk], rows[:, :kk] = d[:, :kk], i[:, :kk]
+    return dist, rows
 
 
 def nearest_rows(x: np.ndarray, centroids: np.ndarray, metric: str = "l2", k: int = 1,
@@ -164,7 +169,11 @@ def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.n
     of it the products) where ``torch.topk`` of every chunk took 3.5 s. ``chunk`` (rows of ``x``
     a product covers) defaults to a score block of ~4M entries, 4,096-65,536 rows: the block then
     stays in cache (there, chunks of 32,768 rows: 4.3 s); more than :data:`QUERY_GROUP` queries
-    run in groups of that many (memory stays ~16 MB a block whatever the queries).
+    run in groups of that many (memory stays ~16 MB a block whatever the queries). For l2 the
+    product selects :data:`NEAR_EXTRA` more rows than ``k`` and the ``k`` nearest of them are kept
+    after :func:`exact_near_l2`: a near pair the product's rounding ranked past the ``k``-th is not
+    lost (more than ``k + NEAR_EXTRA`` rows within that rounding - ~3e-4 ``||q||`` - of each other
+    are chosen among by the product).
 
     Example:
         >>> import numpy as np
@@ -181,8 +190,9 @@ def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.n
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     from ._select_kernels import merge_smallest
 
-    k = C.positive_int(k, "k")
+    k_out = C.positive_int(k, "k")
     m = get_metric(metric)
+    k = k_out + NEAR_EXTRA if m.squared_norms else k_out  # see NEAR_EXTRA
     qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))
     q_lab = None if q_labels is None else torch.from_numpy(np.asarray(q_labels, np.int64))[:, None]
     best_v = np.full((len(q), k), np.inf, np.float32)
@@ -197,7 +207,9 @@ def exact_topk(q: np.ndarray, x: np.ndarray, k: int, metric: str, q_labels: np.n
     ok = best_i >= 0
     dist = m.from_score(best_v, (q * q).sum(1) if m.squared_norms else None).astype(np.float32)
     dist = np.where(ok, dist, np.inf).astype(np.float32)
-    return exact_near_l2(dist, best_i, q, x) if m.squared_norms else (dist, best_i)
+    if m.squared_norms:
+        dist, best_i = exact_near_l2(dist, best_i, q, x)
+    return np.ascontiguousarray(dist[:, :k_out]), np.ascontiguousarray(best_i[:, :k_out])
 
 
 def exact_near_l2(dist: np.ndarray, rows: np.ndarray, q: np.ndarray, x: np.ndarray,
@@ -278,6 +290,6 @@ def smallest_k(score: Any, k: int, head: int | None = None,
     return np.take_along_axis(vals, order, 1), np.take_along_axis(part, order, 1)
 
 
-__all__ = ['brute_knn', 'TORCH_MAX_K', 'NEAR_SHARE', 'exact_near_l2', 'nearest_rows', 'first_k_valid', 'sort_dedupe', 'exact_topk', 'smallest_k',
+__all__ = ['brute_knn', 'TORCH_MAX_K', 'NEAR_SHARE', 'NEAR_EXTRA', 'exact_near_l2', 'nearest_rows', 'first_k_valid', 'sort_dedupe', 'exact_topk', 'smallest_k',
            'PARTITION_FROM_K', 'HEAD_COLUMNS',
            'BELOW_MAX_K']
