@@ -34,7 +34,7 @@ data:
 browser:
 	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-		((apt-get update -q && apt-get install -y -q chromium) >/dev/null && echo "chromium installed") || \
+		((apt-get update -q -o Acquire::Languages=en && apt-get install -y -q chromium) >/dev/null && echo "chromium installed") || \
 		echo "chromium could not be installed: the report's browser test will be skipped"; \
 	else echo "chromium not found: the report's browser test will be skipped ('apt-get install chromium')"; fi
 
