@@ -19,6 +19,17 @@ def _sq(x: np.ndarray, row: int, c: np.ndarray) -> float:  # pragma: no cover
 
 
 @numba.njit(cache=True)
+def _farthest(x: np.ndarray, rows: np.ndarray, c: np.ndarray) -> int:  # pragma: no cover
+    """The row of ``rows`` farthest from ``c`` (the first of equals)."""
+    far, best = rows[0], -1.0
+    for r in rows:
+        s = _sq(x, r, c)
+        if s > best:
+            far, best = r, s
+    return far
+
+
+@numba.njit(cache=True)
 def _halves(x: np.ndarray, rows: np.ndarray, min_rows: int, a: np.ndarray,
             b: np.ndarray) -> float:  # pragma: no cover
     """2-means of ``x[rows]`` seeded by the row farthest from their mean and the row farthest from
@@ -30,16 +41,8 @@ def _halves(x: np.ndarray, rows: np.ndarray, min_rows: int, a: np.ndarray,
         for t in range(d):
             mean[t] += x[r, t]
     mean /= m
-    far = rows[0]
-    for r in rows:
-        if _sq(x, r, mean) > _sq(x, far, mean):
-            far = r
-    a[:] = x[far]
-    far = rows[0]
-    for r in rows:
-        if _sq(x, r, a) > _sq(x, far, a):
-            far = r
-    b[:] = x[far]
+    a[:] = x[_farthest(x, rows, mean)]
+    b[:] = x[_farthest(x, rows, a)]
     side = np.zeros(m, np.bool_)
     for _ in range(TWO_MEANS_STEPS):
         n_b = 0
