@@ -21,6 +21,7 @@ from ..store import EmbeddingStore
 from .base import Difficulty
 
 PROBE_KINDS = ("self_confidence", "margin")
+CL_TOLERANCE = 1e-6  # cleanlab's floating-point slack in the confident joint (thresholds, ties with the label)
 
 
 @dataclass(frozen=True)
@@ -68,22 +69,33 @@ class Probe:
 
     def issue_mask(self, share: float | None = None) -> np.ndarray:
         """Boolean per row (store order), True = flagged as a label issue. Without ``share``, the
-        off-diagonal of the confident joint (cleanlab's ``filter_by="confident_learning"``): a row
-        is flagged when some other class ``j`` reaches its threshold ``t_j`` (the mean ``p_j`` of
-        the rows labelled ``j``) and is the most probable such class. With ``share``, the ``share``
-        of rows with the largest margin."""
+        off-diagonal of the confident joint - the mask of cleanlab's
+        ``find_label_issues(labels, probs, filter_by="confident_learning")``, row for row: class
+        ``j`` is confident for a row whose ``p_j`` reaches ``t_j - 1e-6`` (``t_j``: the mean
+        ``p_j`` of the rows labelled ``j``); the row's guessed class is its one confident class,
+        or its most probable class when several are; it is flagged when that guess is not its
+        label, unless its label is (within 1e-6) its most probable class. With ``share``, the
+        ``share`` of rows with the largest margin."""
         if share is None:
-            col = np.searchsorted(self.classes, self.labels)
-            thresholds = np.array([self.probs[col == j, j].mean() if (col == j).any() else 1.0
-                                   for j in range(len(self.classes))])
-            above = np.where(self.probs >= thresholds[None, :], self.probs, -1.0)
-            confident = above.argmax(axis=1)
-            return (above.max(axis=1) >= 0) & (confident != col)
+            return self._confident_off_diagonal()
         margin = self.score("margin").scores
         share = C.finite_float(share, "share", 0.0, 1.0)
         mask = np.zeros(len(margin), bool)
         mask[np.argsort(-margin, kind="stable")[:int(round(share * len(margin)))]] = True
         return mask
+
+    def _confident_off_diagonal(self) -> np.ndarray:
+        col = np.searchsorted(self.classes, self.labels)
+        rows = np.arange(len(self.probs))
+        held = np.bincount(col, minlength=len(self.classes))
+        sums = np.array([self.probs[col == j, j].sum() for j in range(len(self.classes))])
+        thresholds = np.maximum(np.where(held > 0, sums / np.maximum(held, 1), 2.0), 2 * CL_TOLERANCE)
+        confident = self.probs >= thresholds[None, :] - CL_TOLERANCE
+        count = confident.sum(axis=1)
+        guess = np.where(count > 1, self.probs.argmax(axis=1), confident.argmax(axis=1))
+        lifted = self.probs.copy()
+        lifted[rows, col] += CL_TOLERANCE  # a label that is the most probable class is never an issue
+        return (count > 0) & (guess != col) & (lifted.argmax(axis=1) != col)
 
     def ranked_issues(self, share: float | None = None) -> np.ndarray:
         """Ids of the flagged rows (:meth:`issue_mask`), most likely mislabelled first - as
