@@ -29,6 +29,7 @@ import contextlib
 import io
 import os
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -270,7 +271,7 @@ def plot_curation(rows: list[dict[str, Any]], path: str) -> str:
         for j, m in enumerate(methods):
             vals = [next((r.get(key, np.nan) for r in rows if r["set"] == s and _method(r) == m), np.nan) for s in sets]
             ax.bar(np.arange(len(sets)) + (j - 1) * 0.27, vals, 0.27, label=m)
-        ax.set_xticks(np.arange(len(sets)), [s.replace(", ", "\n", 2) for s in sets], fontsize=7)
+        ax.set_xticks(np.arange(len(sets)), ["\n".join(textwrap.wrap(s.replace(",", ""), 9 if kind == "modes" else 16)) for s in sets], fontsize=7)
         ax.set_ylabel(label)
         if kind == "modes":
             ax.set_yscale("log")
