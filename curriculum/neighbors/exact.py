@@ -112,14 +112,15 @@ def exact_knn_graph(x: np.ndarray, k: int, metric: str, exclude_self: bool = Tru
     nprobe = max(1, min(nprobe, nb))
     # two spare neighbours per row: the final exact re-ranking then settles float32 near-ties at
     # the k-th place that the matrix-product scores (||x||^2 + ||y||^2 - 2xy) cannot
-    kk = k + 2 if nprobe < nb else k
-    d1, r1 = blocked_knn(x, kk, metric, nprobe=nprobe, exclude_self=exclude_self, progress=progress,
+    d1, r1 = blocked_knn(x, k + 2, metric, nprobe=nprobe, exclude_self=exclude_self, progress=progress,
                          centroids=centroids, assign=assign, threads=threads)
     stats = {"tiles": 0, "pairs_scored": 0, "survivors": 0}
     if nprobe < nb:
         ref = _Refinement(x, metric, centroids, assign, nprobe, d1, r1, chunk, flush)
         ref.run(k, progress, threads)
         d1, r1, stats = ref.result(k)
+    else:  # every block probed: the warm start is the whole search
+        d1, r1 = nearest_direct(x, r1, k, metric)
     stats.update(total_pairs=n * (n - 1) // 2, blocks=nb)
     return (d1, r1, stats) if return_stats else (d1, r1)
 
@@ -286,21 +287,38 @@ class _Refinement:
 
     def result(self, k: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
         """The k nearest per row in the caller's row order, distances recomputed directly from the
-        vectors (no ||x||^2 + ||y||^2 - 2xy cancellation)."""
-        n, order, xs, met = self.n, self.order, self.xs, get_metric(self.metric)
-        out_d = np.empty((n, k), np.float32)
-        out_i = np.empty((n, k), np.int64)
-        for a in range(0, n, 16384):
-            b = min(n, a + 16384)
-            nb_i = self.top.i[a:b]
-            dd = met.pair_distances(xs[a:b], xs[np.maximum(nb_i, 0)]).astype(np.float32)
-            dd[nb_i < 0] = np.inf
-            o = np.argsort(dd, axis=1, kind="stable")[:, :k]
-            out_d[order[a:b]] = np.take_along_axis(dd, o, 1)
-            nb_i = np.take_along_axis(nb_i, o, 1)
-            out_i[order[a:b]] = np.where(nb_i >= 0, order[np.maximum(nb_i, 0)], -1)
-        out_i[~np.isfinite(out_d)] = -1
+        vectors (:func:`nearest_direct`)."""
+        d, i = nearest_direct(self.xs, self.top.i, k, self.metric)
+        out_d, out_i = np.empty_like(d), np.empty_like(i)
+        out_d[self.order] = d
+        out_i[self.order] = np.where(i >= 0, self.order[np.maximum(i, 0)], -1)
         return out_d, out_i, dict(self.stats)
 
 
-__all__ = ['exact_knn_graph']
+def nearest_direct(x: np.ndarray, cand: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of each row's candidate rows ``cand`` (``-1``: none), as ``(distances,
+    rows)``, by distances recomputed directly from the vectors (no ``||x||^2 + ||y||^2 - 2xy``
+    cancellation: of candidates the matrix product ranked within its rounding of each other, the
+    nearer comes first); of equal distances the earlier candidate first, ``inf`` / ``-1`` padding.
+
+    Example:
+        >>> x = np.array([[0.0], [3.0], [1.0]], np.float32)
+        >>> nearest_direct(x, np.array([[1, 2], [0, 2], [1, 0]]), 1, "l2")[1].tolist()
+        [[2], [2], [0]]
+    """
+    met = get_metric(metric)
+    out_d = np.empty((len(x), k), np.float32)
+    out_i = np.empty((len(x), k), np.int64)
+    for a in range(0, len(x), 16384):
+        b = min(len(x), a + 16384)
+        rows = cand[a:b]
+        dd = met.pair_distances(x[a:b], x[np.maximum(rows, 0)]).astype(np.float32)
+        dd[rows < 0] = np.inf
+        o = np.argsort(dd, axis=1, kind="stable")[:, :k]
+        out_d[a:b] = np.take_along_axis(dd, o, 1)
+        out_i[a:b] = np.take_along_axis(rows, o, 1)
+    out_i[~np.isfinite(out_d)] = -1
+    return out_d, out_i
+
+
+__all__ = ['exact_knn_graph', 'nearest_direct']
