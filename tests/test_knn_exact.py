@@ -11,6 +11,7 @@ import curriculum as cl
 from curriculum.data import clustered
 from curriculum.knn import normalize
 from curriculum.knn_exact import exact_knn_graph
+from curriculum.neighbors.device import device_topk
 
 
 def brute_graph(x: np.ndarray, k: int, metric: str, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -328,6 +329,9 @@ def test_exact_l2_search_keeps_the_nearest_among_rows_within_rounding(seed, n, k
     want = np.sort(true)[:min(k, len(x))]
     np.testing.assert_allclose(d[0, :len(want)], want, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(true[np.searchsorted(ids, got[0, :len(want)])], want, rtol=1e-5, atol=1e-7)
+    dd, rows = device_topk(q, x, k, "l2", "cpu")  # the device path (CPU tensors here; tests/test_cuda.py on a GPU)
+    np.testing.assert_allclose(dd[0, :len(want)], want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(true[rows[0, :len(want)]], want, rtol=1e-5, atol=1e-7)
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._util import checks as C
+from .kernels import NEAR_EXTRA
 from .metric import get_metric
 
 SCORE_BYTES = 1 << 28  # one chunk's (rows x N) score matrix stays under this many bytes (256 MB)
@@ -69,7 +70,8 @@ def device_topk(q: Any, base: Any, k: int, metric: str, device: Any = "cuda", ch
     as :func:`on_device` gives them; numpy is moved there): ``(distances, rows)`` as numpy,
     ascending, ``-1`` padding where ``base`` has fewer than ``k`` rows; with ``skip_diagonal``
     (``q`` is ``base``) a row never lists itself. ``chunk`` query rows are scored at a time
-    (default: a 256 MB score matrix); l2 distances of the chosen pairs are computed directly.
+    (default: a 256 MB score matrix); for l2, :data:`~curriculum.neighbors.kernels.NEAR_EXTRA`
+    more pairs than ``k`` are chosen by the product and the ``k`` nearest kept by direct distances.
 
     Example:
         >>> import numpy as np
@@ -92,9 +94,10 @@ def device_topk(q: Any, base: Any, k: int, metric: str, device: Any = "cuda", ch
         score = met.score(qt[s:e], bt, sq)
         if skip_diagonal:
             score[torch.arange(e - s, device=dev), torch.arange(s, e, device=dev)] = torch.inf
-        v, i = torch.topk(score, min(k, n), dim=1, largest=False, sorted=True)
-        if met.squared_norms:  # l2: the expanded form rounds small distances away; the k pairs rescored directly
-            v, i = _rescored_l2(qt[s:e], bt, v, i)
+        wide = min(k + NEAR_EXTRA, n) if met.squared_norms else min(k, n)
+        v, i = torch.topk(score, wide, dim=1, largest=False, sorted=True)
+        if met.squared_norms:  # l2: the expanded form rounds small distances away: k + NEAR_EXTRA pairs rescored
+            v, i = (t[:, :min(k, n)] for t in _rescored_l2(qt[s:e], bt, v, i))
         out_v.append(v.cpu())
         out_i.append(i.cpu())
     raw = torch.cat(out_v).numpy()
