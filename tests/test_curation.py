@@ -246,16 +246,82 @@ def test_within_picks_each_leafs_rows_by_distance_to_its_centroid_with_the_same_
     np.testing.assert_array_equal(store.rows_of(cl.curate(store, 480, within="far")), picked["far"])
 
 
-def test_far_takes_a_leafs_outliers_last():
+def test_unique_takes_rows_without_a_near_twin_first_with_the_same_balance_over_modes():
+    x, y = blobs([4000, 800])
+    rng = np.random.default_rng(5)
+    twin = rng.choice(4000, 1000, replace=False)  # a quarter of the head mode's rows get a near twin
+    store = cl.EmbeddingStore(8, metric="l2")
+    store.add(np.concatenate([x, x[twin] + 1e-3 * rng.normal(size=(1000, 8)).astype(np.float32)]))
+    labels = np.r_[y, np.zeros(1000, np.int64)]
+    has_twin = np.zeros(len(labels), bool)
+    has_twin[twin], has_twin[len(x):] = True, True
+    picked = {w: store.rows_of(cl.curate(store, 480, within=w)) for w in ("far", "random", "unique")}
+    counts = {w: np.bincount(labels[r], minlength=2).tolist() for w, r in picked.items()}
+    assert counts["unique"] == counts["far"] == counts["random"], counts  # the modes' shares are the top level's
+    twins = {w: int(has_twin[r].sum()) for w, r in picked.items()}
+    # random: ~1/3 of the head's 240 (2,000 of its 5,000 rows have a twin); the twins "unique" takes are
+    # those of leaves whose other rows are fewer than their quota or among the leaf's outliers
+    assert twins["random"] >= 50 and 6 * twins["unique"] <= min(twins["random"], twins["far"]), twins
+    np.testing.assert_array_equal(store.rows_of(cl.curate(store, 480, within="unique")), picked["unique"])
+    # a pool without the copies: their originals stand alone in it, so "unique" takes them as any other row
+    alone = store.rows_of(cl.curate(store, 480, within="unique", ids=store.ids[:len(x)]))
+    assert has_twin[alone].sum() >= 35, int(has_twin[alone].sum())  # ~60 expected (a quarter of the head's 240)
+
+
+def test_unique_gives_a_mode_s_leaves_shares_by_how_much_they_span():
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(-1, 1, size=(1000, 2)).astype(np.float32)  # one mode: a sparse square beside a dense blob
+    dense = (0.2 * rng.normal(size=(2000, 2)) + [3.0, 0.0]).astype(np.float32)
+    store = cl.EmbeddingStore(2, metric="l2")
+    store.add(np.concatenate([spread, dense]))
+    got = {w: int((store.rows_of(cl.curate(store, 400, within=w, levels=(32, 1))) >= 1000).sum()) for w in ("far", "unique")}
+    # equal shares per leaf give the blob's leaves their count's share (65 rows); weighted by the
+    # mean nearest-neighbour distance ** 4 they span a fraction of the square's leaves
+    assert got["far"] >= 40 and 10 * got["unique"] <= got["far"], got
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from([0.0, 0.1, 1.0, 2.5, 7.0])), min_size=1, max_size=12),
+       st.integers(0, 300))
+def test_weighted_fill_is_proportional_within_one_row_and_never_overfills(groups, target):
+    sizes = np.array([g[0] for g in groups], np.int64)
+    w = np.array([g[1] for g in groups])
+    got = CU.weighted_fill(sizes, w, target)
+    assert got.sum() == min(target, sizes.sum()) and (got >= 0).all() and (got <= sizes).all()
+    pos = w > 0
+    room = got < sizes
+    if (pos & room).any():  # a weighted group with room: no weighted group is more than a row ahead of its share
+        level = ((got[pos & room] + 1) / w[pos & room]).min()
+        assert ((got[pos] - 1) / w[pos] < level + 1e-9).all(), (got, sizes, w)
+        assert (got[~pos] == 0).all()  # weight 0: rows only once every weighted group is full
+    if (~pos & (sizes > 0)).any() and got[pos].sum() < sizes[pos].sum():
+        assert (got[~pos] == 0).all()
+
+
+def test_unique_weights_and_priority_check_their_inputs():
+    h = CU.Hierarchy([np.array([0, 1, 1])], [np.zeros((2, 1))])
+    with pytest.raises(ValueError, match=r"weights: expected 2 finite values >= 0, got shape \(3,\)"):
+        CU.leaf_quotas(h, np.array([1, 2]), 2, weights=np.ones(3))
+    with pytest.raises(ValueError, match="weights: expected 2 finite values >= 0"):
+        CU.leaf_quotas(h, np.array([1, 2]), 2, weights=np.array([1.0, -1.0]))
+    x, leaf, cent = np.zeros((3, 1), np.float32), np.array([0, 1, 1]), np.zeros((2, 1), np.float32)
+    with pytest.raises(ValueError, match="nearest: expected each row's nearest-neighbour distance"):
+        CU.pick_priority(np.arange(3), x, leaf, cent, "unique", 0)
+    with pytest.raises(ValueError, match=r"nearest: expected 3 finite distances >= 0, got shape \(2,\)"):
+        CU.pick_priority(np.arange(3), x, leaf, cent, "unique", 0, nearest=np.ones(2))
+
+
+def test_far_and_unique_take_a_leafs_outliers_last():
     x, _ = blobs([4000, 800], dim=64)
     rng = np.random.default_rng(3)
     junk = x[rng.choice(len(x), 96, replace=False)] + 2.0 * rng.normal(size=(96, 64)).astype(np.float32)
     store = cl.EmbeddingStore(64, metric="l2")
     store.add(np.concatenate([x, junk]))  # 2% noisy rows, each the farthest row of the leaf it falls in
-    taken = {w: int((store.rows_of(cl.curate(store, 480, within=w)) >= len(x)).sum()) for w in ("far", "random")}
+    taken = {w: int((store.rows_of(cl.curate(store, 480, within=w)) >= len(x)).sum()) for w in ("far", "random", "unique")}
     # about random's rate (1.05-1.4x over four draws of the junk); farthest-first with no outlier
-    # test took 3.3-5.5x it (62 here against random's 18)
-    assert taken["far"] <= 1.5 * taken["random"], taken
+    # test took 3.3-5.5x it (62 here against random's 18). "unique" (junk stands alone, so without
+    # the test it would come first): 19-21 against random's 11-18 over three draws
+    assert taken["far"] <= 1.5 * taken["random"] and taken["unique"] <= 1.5 * taken["random"], taken
 
 
 @settings(max_examples=20, deadline=None)
@@ -329,7 +395,7 @@ def test_bad_inputs_name_the_argument_and_change_nothing():
         CU.auto_hierarchy(x, "l2", n_leaves=10_000)
     with pytest.raises(TypeError, match="store"):
         cl.curate(x, 10)
-    with pytest.raises(ValueError, match=r"within: expected one of \['random', 'far', 'near'\], got 'outer'"):
+    with pytest.raises(ValueError, match=r"within: expected one of \['random', 'far', 'near', 'unique'\], got 'outer'"):
         cl.curate(store, 50, within="outer")
     np.testing.assert_array_equal(store.vectors(), before)
 
@@ -343,3 +409,13 @@ def test_bench_section_reports_balance_beside_random(monkeypatch):
     assert set(by) == {"random (median of 30)", "curate()", "anchor (ssl-data-curation)"}
     assert by["curate()"]["max_min"] < by["random (median of 30)"]["max_min"]
     assert "CURRICULUM_ANCHOR_CURATION" in by["anchor (ssl-data-curation)"]["note"]
+
+
+def test_bench_section_runs_unique_beside_the_default_on_labelled_sets(monkeypatch):
+    monkeypatch.delenv("CURRICULUM_ANCHOR_CURATION", raising=False)
+    monkeypatch.setattr("curriculum.cli.bench_curation.curation_sets",
+                        lambda quick, data: {"toy": (*mode_pool(8, 8, 4000, seed=1), "l2", "classes")})
+    by = {r["method"]: r for r in curation_section(quick=True)}
+    assert set(by) == {"random (median of 30)", "curate()", 'curate(within="unique")', "anchor (ssl-data-curation)"}
+    for method in ("curate()", 'curate(within="unique")'):
+        assert by[method]["seeds"] == 3 and by[method]["rare_x_random"] > 1.5, by[method]

@@ -96,13 +96,15 @@ def _worker(rank, world, out, initfile, metric, save_to):
     km = s.kmeans(6, seed=3, niter=5)
     res["km_centroids"], res["km_assign"] = km.centroids, km.assignments
     res["curated"] = cl.curate(s, 150, seed=1)
-    res["curated_random"], res["curated_near"] = (cl.curate(s, 150, seed=1, within=w) for w in ("random", "near"))
+    res["curated_random"], res["curated_near"], res["curated_unique"] = (
+        cl.curate(s, 150, seed=1, within=w) for w in ("random", "near", "unique"))
     try:
         cl.curate(s, 150, within="farthest")
     except ValueError as exc:
         res["curated_bad_within"] = np.array([str(exc)])
     part = pool(metric)[1][::2][rank::world]  # each rank passes its part of the pool's ids
     res["curated_pool"] = cl.curate(s, 120, seed=1, ids=part, dedup_threshold=0.98)
+    res["curated_unique_pool"] = cl.curate(s, 120, seed=1, ids=part, within="unique")  # twins among the pool's rows
     res["curated_ref"] = cl.curate(s, 150, seed=1, reference=pool(metric)[1][:40][rank::world])
     try:  # an option given on some ranks only is an error on all of them, not a hang
         cl.curate(s, 150, seed=1, ids=pool(metric)[1] if rank == 0 else None)
@@ -479,12 +481,13 @@ def test_curation_selects_the_ids_one_process_selects(sharded):
         assert (part["curated"] % world == r).all()
 
 
-def test_curation_picking_at_random_or_nearest_first_selects_the_ids_one_process_selects(sharded):
+def test_curation_picking_at_random_nearest_or_unique_first_selects_the_ids_one_process_selects(sharded):
     world, metric, res, _ = sharded
-    for within in ("random", "near"):  # the default ("far") is "curated" above
+    for within in ("random", "near", "unique"):  # the default ("far") is "curated" above
         ref = cl.curate(one_process(metric), 150, seed=1, within=within)
         np.testing.assert_array_equal(np.sort(_by_rank(res, f"curated_{within}")), ref)
     assert not np.array_equal(np.sort(_by_rank(res, "curated")), np.sort(_by_rank(res, "curated_near")))
+    assert not np.array_equal(np.sort(_by_rank(res, "curated")), np.sort(_by_rank(res, "curated_unique")))
     assert all("within: expected one of" in str(r["curated_bad_within"][0]) for r in res)
 
 
@@ -492,6 +495,8 @@ def test_curation_of_a_part_of_the_pool_and_with_a_reference_selects_what_one_pr
     world, metric, res, _ = sharded
     ref = cl.curate(one_process(metric), 120, seed=1, ids=pool(metric)[1][::2], dedup_threshold=0.98)
     np.testing.assert_array_equal(np.sort(_by_rank(res, "curated_pool")), ref)
+    ref = cl.curate(one_process(metric), 120, seed=1, ids=pool(metric)[1][::2], within="unique")
+    np.testing.assert_array_equal(np.sort(_by_rank(res, "curated_unique_pool")), ref)
     ref = cl.curate(one_process(metric), 150, seed=1, reference=pool(metric)[1][:40])
     np.testing.assert_array_equal(np.sort(_by_rank(res, "curated_ref")), ref)
     assert all("ids: expected on every rank or on none" in str(r["curated_half"][0]) for r in res)

@@ -9,12 +9,16 @@
 - balanced selection: the quotas per leaf from the all-reduced sizes; inside a leaf the rows of
   smallest priority are taken (``pick_priority``: the id's, or the distance to the leaf's
   centroid with the id's breaking ties, a leaf's outliers - by the all-reduced integer sums of
-  its quantised distances - last) - the quota-th smallest priority of each leaf found by a
+  its quantised distances - last; with ``within="unique"`` the distance to the nearest row of
+  the store's kNN graph over all shards, and each leaf's share of its mode weighted by
+  all-reduced integer sums) - the quota-th smallest priority of each leaf found by a
   bisection whose counts are all-reduced (64 rounds of one vector of leaf counts).
 
 Bytes moved: the sample (``64 x leaves x dims`` floats, at most 131k rows) to rank 0 once, the
 centroids back, about 70 all-reduces of ``leaves`` integers and one gather of the leaf links (at
-most a few triples per leaf pair that shares rows); never the rows themselves.
+most a few triples per leaf pair that shares rows); never the rows themselves - but with
+``within="unique"``, whose nearest-neighbour distances come from the store's graph over all shards
+(:meth:`ShardedStore.knn`, which moves rows as its method does; cached if scores computed it).
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from .._util import checks as C
 from .._util.arrays import sorted_unique
 from ..neighbors import normalize, pca_basis, project
 from ..store import ShardedStore
-from .curation import (MIN_MODE_ROWS, REDUCE_TO, SAMPLE_PER_LEAF, WITHIN, Hierarchy, _junk_leaves, checked_levels,
-                       deduplicate, fit_leaves, leaf_count, leaf_links, leaf_quotas, nearest_leaves, pick_priority,
-                       upper_levels, ward_levels)
+from .curation import (MIN_MODE_ROWS, REDUCE_TO, SAMPLE_PER_LEAF, WITHIN, Hierarchy, _junk_leaves, centroid_distances,
+                       checked_levels, deduplicate, fit_leaves, leaf_count, leaf_links, leaf_outliers, leaf_quotas,
+                       nearest_distances, nearest_leaves, pick_priority, unique_weights, upper_levels, ward_levels)
 
 TOP = np.iinfo(np.int64).max
 
@@ -95,8 +99,13 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     if target > int(kept.sum()):
         raise ValueError(f"target_size: expected at most {int(kept.sum())} (the rows left after dropping "
                          f"{n - int(kept.sum())} stray or out-of-reference rows), got {target}")
-    quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target)
-    pri = pick_priority(pool_ids, x, leaf, cent, within, seed, comm.all_reduce)
+    nearest = weights = None
+    if within == "unique":  # the store's graph over all shards, and leaf weights from all-reduced exact sums
+        nearest = nearest_distances(store, pool_ids, progress)  # this rank's part of the pool stands for all
+        out = leaf_outliers(centroid_distances(x, leaf, cent), leaf, k, comm.all_reduce)
+        weights = unique_weights(nearest, leaf, keep & ~out, k, comm.all_reduce)
+    quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target, weights)
+    pri = pick_priority(pool_ids, x, leaf, cent, within, seed, comm.all_reduce, nearest)
     return np.sort(pool_ids[_pick(comm, leaf, keep, pri, quota, kept)])
 
 
