@@ -807,7 +807,8 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     and the rows inside a leaf picked the same way, so a :class:`~curriculum.store.ShardedStore`
     (every rank calls ``curate``; each gets its own shard's selected ids) selects exactly the ids
     one process selects from the same rows (up to 128 dimensions; above, the PCA projection is
-    fitted on that sample instead of the whole pool). On a sharded store ``ids`` and ``reference``
+    fitted on that sample instead of the whole pool; with ``within="unique"``, where the sharded
+    kNN graph equals one process's - exact graphs). On a sharded store ``ids`` and ``reference``
     are the unions of what every rank passes.
 
     Example:

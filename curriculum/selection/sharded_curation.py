@@ -51,7 +51,8 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     all-reduced counts); ``levels``: given cluster counts, finest first (the leaves fitted as
     the automatic ones are, Ward groups of their centroids above); ``within``: how a leaf's rows
     are picked (:func:`~curriculum.selection.curation.pick_priority`, computed per row, so the
-    same ids as one process). Collective.
+    same ids as one process; ``"unique"``'s nearest-neighbour distances come from the graph over
+    all shards, the same as one process's where both are exact). Collective.
 
     Example:
         >>> import numpy as np
