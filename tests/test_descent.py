@@ -263,6 +263,25 @@ def test_store_auto_routes_manifold_to_descent_and_noise_to_exact():
     np.testing.assert_array_equal(got, exact)
 
 
+def test_store_auto_falls_back_to_the_blocked_plan_where_descent_misses_and_the_plan_is_cheap():
+    # Gaussian modes in 96-d: k-means blocks hold the neighbourhoods (the plan reaches 0.97 at a
+    # fifth of the pairs), NN-descent does not (0.82); the exact graph used to replace it
+    from curriculum.cli.bench_curation import mode_pool
+
+    x, _ = mode_pool(10, 96, 25_000, seed=1)
+    s = cl.EmbeddingStore(96, metric="l2", exact_threshold=0)
+    s.add(x)
+    plan = s.plan_knn(5)
+    assert plan["method"] == "descent" and plan["recall_estimate"] >= 0.95 and plan["pair_share"] < 0.4
+    _, ids = s.knn(5)
+    rep = s.last_knn_report
+    assert rep["method"] == "blocked" and rep["descent_recall"] < 0.95 and rep["recall_measured"] >= 0.95, rep
+    assert rep["pairs_scored"] < 0.5 * len(x) ** 2  # descent's pairs and the plan's fifth, not all of them
+    truth = exact_rows(x, 5, "l2")
+    recall = np.mean([np.isin(t, r).mean() for t, r in zip(truth, ids)])  # ids are rows here (added 0..N-1)
+    assert recall >= 0.95 and abs(recall - rep["recall_measured"]) < 0.03, (recall, rep["recall_measured"])
+
+
 def test_store_auto_second_descent_stops_at_the_target():
     # a manifold where the first lists (14) settle just short of 0.95: the run with longer lists
     # (18) starts from them and stops once the plan's sampled rows clear the target

@@ -796,8 +796,8 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     leaf of near twins gets less than one of rows that stand alone); see :func:`pick_priority`.
     ``"unique"`` needs every row's nearest neighbour: the store's kNN graph (``store.knn(1)``, cached
     if scores computed one since the last write, else one run of its engine - 9 s on 121k
-    384-d texts, 380 s on 1M rows of 100 128-d Gaussian modes, where NN-descent missed its recall
-    and the exact graph ran). On the Debian text set ``"far"`` gave 31.9-32.6 effective sections
+    384-d texts, 120 s on 1M rows of 100 128-d Gaussian modes, where NN-descent misses its recall
+    and the blocked plan runs). On the Debian text set ``"far"`` gave 31.9-32.6 effective sections
     against 29.5-30.8 picking at random and 30.9 for random subsets, ``"unique"`` 2.0-2.6x random's
     share of the rarest sections (``"far"``: 1.3-1.5x); with 2% of scattered noisy rows planted in
     Fashion-MNIST-LT ``"far"`` took fewer of them than random picks (8-15 against 28 of a 1,518-row

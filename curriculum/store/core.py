@@ -457,7 +457,8 @@ class EmbeddingStore:
         pairs; from 2,500 (real text and image embeddings) and 20,000 rows NN-descent runs and its
         recall is measured on 512 sampled rows - short of ``target_recall``, it runs again from the lists
         it found with longer lists (1.25x when it came within 0.05, else 2x; at most three runs), then
-        the exact graph replaces it. ``store.last_knn_report`` says what ran
+        the blocked plan replaces it where that reaches the target under 40% of all pairs, else the
+        exact graph (``descent_recall`` in the report). ``store.last_knn_report`` says what ran
         (method, nprobe, recall estimate or measurement, pairs scored); :meth:`plan_knn` says it
         before running. ``device`` (a torch device such as ``"cuda"``; with ``method`` "auto" or
         "exact"): the exact graph is computed there by chunked matrix products and top-k
