@@ -102,6 +102,10 @@ def _worker(rank, world, out, initfile, metric, save_to):
         cl.curate(s, 150, within="farthest")
     except ValueError as exc:
         res["curated_bad_within"] = np.array([str(exc)])
+    try:  # the choices run different collectives: a rank that differs is an error on all, not a hang
+        cl.curate(s, 150, within="far" if rank == 0 else "unique")
+    except ValueError as exc:
+        res["curated_mixed_within"] = np.array([str(exc)])
     part = pool(metric)[1][::2][rank::world]  # each rank passes its part of the pool's ids
     res["curated_pool"] = cl.curate(s, 120, seed=1, ids=part, dedup_threshold=0.98)
     res["curated_unique_pool"] = cl.curate(s, 120, seed=1, ids=part, within="unique")  # twins among the pool's rows
@@ -489,6 +493,7 @@ def test_curation_picking_at_random_nearest_or_unique_first_selects_the_ids_one_
     assert not np.array_equal(np.sort(_by_rank(res, "curated")), np.sort(_by_rank(res, "curated_near")))
     assert not np.array_equal(np.sort(_by_rank(res, "curated")), np.sort(_by_rank(res, "curated_unique")))
     assert all("within: expected one of" in str(r["curated_bad_within"][0]) for r in res)
+    assert all("within: expected the same within on every rank" in str(r["curated_mixed_within"][0]) for r in res)
 
 
 def test_curation_of_a_part_of_the_pool_and_with_a_reference_selects_what_one_process_selects(sharded):

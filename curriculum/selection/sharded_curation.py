@@ -66,6 +66,7 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     """
     comm = store.comm
     store.checked(lambda: C.choice(within, "within", WITHIN))
+    _same_everywhere(comm, WITHIN.index(within), "within", within)  # the choices run different collectives
     options = {"ids": ids, "dedup_threshold": dedup_threshold, "reference": reference, "levels": levels}
     given = comm.all_reduce(np.array([v is not None for v in options.values()], np.int64))
     for name, count in zip(options, given.tolist()):
@@ -76,10 +77,7 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     target = store.checked(lambda: _target(target_size, n, dedup_threshold is not None))
     ks = store.checked(lambda: None if levels is None else checked_levels(levels, n))
     if ks is not None:  # the same levels everywhere, or every rank fits its own hierarchy
-        mine = hash(tuple(ks)) & 0x7FFF_FFFF_FFFF_FFFF
-        h = comm.all_reduce(np.array([mine, -mine], np.int64), "max")
-        if h[0] != -h[1]:
-            raise ValueError(f"levels: expected the same levels on every rank, got {ks} here and others elsewhere")
+        _same_everywhere(comm, hash(tuple(ks)) & 0x7FFF_FFFF_FFFF_FFFF, "levels", ks)
     full, k = _space(store, seed, mask), leaf_count(n) if ks is None else ks[0]
     cent = store.fit_on_root(k * SAMPLE_PER_LEAF, seed, full,
                              lambda sample: fit_leaves(sample, k, resample_iters, seed, sample=sample), mask=mask)
@@ -108,6 +106,14 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target, weights)
     pri = pick_priority(pool_ids, x, leaf, cent, within, seed, comm.all_reduce, nearest)
     return np.sort(pool_ids[_pick(comm, leaf, keep, pri, quota, kept)])
+
+
+def _same_everywhere(comm: Any, key: int, name: str, value: object) -> None:
+    """Raise on every rank unless every rank passed the same ``value`` (``key``: an integer >= 0
+    standing for it). Collective."""
+    both = comm.all_reduce(np.array([key, -key], np.int64), "max")
+    if both[0] != -both[1]:
+        raise ValueError(f"{name}: expected the same {name} on every rank, got {value!r} here and others elsewhere")
 
 
 def _summed_links(comm: object, links: Any) -> Any:
