@@ -672,10 +672,37 @@ def pick_priority(ids: np.ndarray, x: np.ndarray, leaf: np.ndarray, centroids: n
         return pri
     d = centroid_distances(x, leaf, centroids)
     if within == "near":
-        key = _bits(d)
-    else:
-        key = (np.int64(1) << np.int64(20)) - 1 - _bits(d if within == "far" else _checked_nearest(nearest, len(x)))
-        key[leaf_outliers(d, leaf, len(centroids), all_reduce)] = np.int64(1) << np.int64(20)  # after every other row
+        return (_bits(d) << np.int64(42)) | (pri >> np.int64(21))
+    return _largest_first(pri, d if within == "far" else _checked_nearest(nearest, len(x)),
+                          leaf_outliers(d, leaf, len(centroids), all_reduce))
+
+
+def unique_plan(ids: np.ndarray, x: np.ndarray, leaf: np.ndarray, centroids: np.ndarray, nearest: np.ndarray,
+                keep: np.ndarray, seed: int,
+                all_reduce: Callable[[np.ndarray, str], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``within="unique"``'s row priorities (:func:`pick_priority`) and leaf weights
+    (:func:`unique_weights` over the ``keep`` rows that are not their leaf's outliers), from one
+    pass of centroid distances and one outlier test. ``all_reduce`` as for :func:`pick_priority`.
+
+    Example:
+        >>> import numpy as np
+        >>> x, leaf = np.array([[0.], [1.], [1.1]], np.float32), np.zeros(3, np.int64)
+        >>> pri, w = unique_plan(np.arange(3), x, leaf, np.ones((1, 1), np.float32), np.array([1., .1, .1]), np.ones(3, bool), 0)
+        >>> int(np.argmin(pri)), w.round(3).tolist()       # row 0 stands alone: first
+        (0, [0.333])
+    """
+    nearest = _checked_nearest(nearest, len(x))
+    d = centroid_distances(x, leaf, centroids)
+    out = leaf_outliers(d, leaf, len(centroids), all_reduce)
+    pri = _largest_first(id_priority(ids, seed + PICK_SEED), nearest, out)
+    return pri, unique_weights(nearest, leaf, np.asarray(keep, bool) & ~out, len(centroids), all_reduce)
+
+
+def _largest_first(pri: np.ndarray, values: np.ndarray, outliers: np.ndarray) -> np.ndarray:
+    """Priorities taking the largest ``values`` first and the ``outliers`` after every other row,
+    ``pri`` (the id's) ordering ties."""
+    key = (np.int64(1) << np.int64(20)) - 1 - _bits(values)
+    key[outliers] = np.int64(1) << np.int64(20)
     return (key << np.int64(42)) | (pri >> np.int64(21))
 
 
@@ -848,12 +875,10 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
         raise ValueError(f"target_size: expected at most {int(keep.sum())} (the rows left after dropping "
                          f"{int((~keep).sum())} stray or out-of-reference rows), got {target}")
     leaf, cent = h.assignments[0], h.centroids[0]
-    nearest = weights = None
     if within == "unique":
-        nearest = nearest_distances(store, ids, progress)
-        weights = unique_weights(nearest, leaf, keep & ~leaf_outliers(centroid_distances(x, leaf, cent), leaf, len(cent)),
-                                 len(cent))
-    pri = pick_priority(ids, x, leaf, cent, within, seed, nearest=nearest)
+        pri, weights = unique_plan(ids, x, leaf, cent, nearest_distances(store, ids, progress), keep, seed)
+    else:
+        pri, weights = pick_priority(ids, x, leaf, cent, within, seed), None
     return np.sort(ids[balanced_select(h, target, seed=seed, keep=keep, priority=pri, weights=weights)])
 
 
@@ -1010,4 +1035,4 @@ def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resamp
 __all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'checked_levels', 'ward_levels', 'ward_gap',
            'WARD_GAP', 'auto_hierarchy', 'mode_cut', 'nearest_leaves', 'leaf_links', 'clustering_space',
            'leaf_count', 'fit_leaves', 'split_joined', 'balanced_select', 'pick_priority', 'leaf_outliers', 'leaf_quotas',
-           'weighted_fill', 'unique_weights', 'centroid_distances', 'nearest_distances', 'curate', 'deduplicate', 'cluster_groups']
+           'weighted_fill', 'unique_weights', 'unique_plan', 'centroid_distances', 'nearest_distances', 'curate', 'deduplicate', 'cluster_groups']

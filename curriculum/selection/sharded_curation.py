@@ -31,9 +31,9 @@ from .._util import checks as C
 from .._util.arrays import sorted_unique
 from ..neighbors import normalize, pca_basis, project
 from ..store import ShardedStore
-from .curation import (MIN_MODE_ROWS, REDUCE_TO, SAMPLE_PER_LEAF, WITHIN, Hierarchy, _junk_leaves, centroid_distances,
-                       checked_levels, deduplicate, fit_leaves, leaf_count, leaf_links, leaf_outliers, leaf_quotas,
-                       nearest_distances, nearest_leaves, pick_priority, unique_weights, upper_levels, ward_levels)
+from .curation import (MIN_MODE_ROWS, REDUCE_TO, SAMPLE_PER_LEAF, WITHIN, Hierarchy, _junk_leaves, checked_levels,
+                       deduplicate, fit_leaves, leaf_count, leaf_links, leaf_quotas, nearest_distances, nearest_leaves,
+                       pick_priority, unique_plan, upper_levels, ward_levels)
 
 TOP = np.iinfo(np.int64).max
 
@@ -98,13 +98,12 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     if target > int(kept.sum()):
         raise ValueError(f"target_size: expected at most {int(kept.sum())} (the rows left after dropping "
                          f"{n - int(kept.sum())} stray or out-of-reference rows), got {target}")
-    nearest = weights = None
-    if within == "unique":  # the store's graph over all shards, and leaf weights from all-reduced exact sums
-        nearest = nearest_distances(store, pool_ids, progress)  # this rank's part of the pool stands for all
-        out = leaf_outliers(centroid_distances(x, leaf, cent), leaf, k, comm.all_reduce)
-        weights = unique_weights(nearest, leaf, keep & ~out, k, comm.all_reduce)
+    if within == "unique":  # the store's graph over all shards (this rank's part of the pool stands for all)
+        pri, weights = unique_plan(pool_ids, x, leaf, cent, nearest_distances(store, pool_ids, progress), keep, seed,
+                                   comm.all_reduce)
+    else:
+        pri, weights = pick_priority(pool_ids, x, leaf, cent, within, seed, comm.all_reduce), None
     quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target, weights)
-    pri = pick_priority(pool_ids, x, leaf, cent, within, seed, comm.all_reduce, nearest)
     return np.sort(pool_ids[_pick(comm, leaf, keep, pri, quota, kept)])
 
 

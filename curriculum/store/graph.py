@@ -158,9 +158,8 @@ def _auto(vec: np.ndarray, k: int, metric: str, floor: int, exclude_self: bool, 
             n_neighbors = min(int(np.ceil(grow * st["n_neighbors"])), cap)
             if n_neighbors <= st["n_neighbors"]:
                 break
-        report.update(method="exact", descent_recall=recall)
-        if plan.recall_estimate >= target and report["pair_share"] < EXACT_PAIR_SHARE:
-            report["method"] = "blocked"
+        cheap = plan.recall_estimate >= target and report["pair_share"] < EXACT_PAIR_SHARE
+        report.update(method="blocked" if cheap else "exact", descent_recall=recall)
     if report["method"] == "blocked":
         d, rows, st = blocked_knn(vec, k, metric, nprobe=plan.nprobe, exclude_self=exclude_self, progress=progress,
                                   centroids=plan.centroids, assign=plan.assignments(vec, metric), return_stats=True)
