@@ -96,8 +96,8 @@ def _worker(rank, world, out, initfile, metric, save_to):
     km = s.kmeans(6, seed=3, niter=5)
     res["km_centroids"], res["km_assign"] = km.centroids, km.assignments
     res["curated"] = cl.curate(s, 150, seed=1)
-    res["curated_random"], res["curated_near"], res["curated_unique"] = (
-        cl.curate(s, 150, seed=1, within=w) for w in ("random", "near", "unique"))
+    res["curated_random"], res["curated_near"], res["curated_far"] = (
+        cl.curate(s, 150, seed=1, within=w) for w in ("random", "near", "far"))
     try:
         cl.curate(s, 150, within="farthest")
     except ValueError as exc:
@@ -485,13 +485,13 @@ def test_curation_selects_the_ids_one_process_selects(sharded):
         assert (part["curated"] % world == r).all()
 
 
-def test_curation_picking_at_random_nearest_or_unique_first_selects_the_ids_one_process_selects(sharded):
+def test_curation_picking_at_random_nearest_or_farthest_first_selects_the_ids_one_process_selects(sharded):
     world, metric, res, _ = sharded
-    for within in ("random", "near", "unique"):  # the default ("far") is "curated" above
+    for within in ("random", "near", "far"):  # the default ("unique") is "curated" above
         ref = cl.curate(one_process(metric), 150, seed=1, within=within)
         np.testing.assert_array_equal(np.sort(_by_rank(res, f"curated_{within}")), ref)
     assert not np.array_equal(np.sort(_by_rank(res, "curated")), np.sort(_by_rank(res, "curated_near")))
-    assert not np.array_equal(np.sort(_by_rank(res, "curated")), np.sort(_by_rank(res, "curated_unique")))
+    assert not np.array_equal(np.sort(_by_rank(res, "curated")), np.sort(_by_rank(res, "curated_far")))
     assert all("within: expected one of" in str(r["curated_bad_within"][0]) for r in res)
     assert all("within: expected the same within on every rank" in str(r["curated_mixed_within"][0]) for r in res)
 

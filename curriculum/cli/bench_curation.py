@@ -41,7 +41,7 @@ SHARE = 0.1
 LABELLED_SEEDS = 3  # curate() and anchor seeds on the labelled sets (medians reported)
 RANDOM_DRAWS = 30  # random subsets per pool: their median is the baseline (5 let it move by ~10% between runs)
 RANDOM = f"random (median of {RANDOM_DRAWS})"
-UNIQUE = 'curate(within="unique")'  # on the labelled sets also: rows without a near twin first, leaves weighted
+FAR = 'curate(within="far")'  # on the labelled sets also: the default until stop 47 (equal shares per leaf)
 
 
 def mode_pool(modes: int, dim: int, rows: int, rho: float = 100.0, seed: int = 0,
@@ -179,7 +179,7 @@ def curation_section(quick: bool = False, data: str | None = None) -> list[dict[
         rows.append({**common, "method": "curate()", **_curated(store, y, target, base, kind == "classes")})
         if kind == "classes":
             rows[-1]["rare_share_random_sd"] = round(float(np.std([r["rare_share"] for r in rand])), 4)
-            rows.append({**common, "method": UNIQUE, **_curated(store, y, target, base, True, "unique")})
+            rows.append({**common, "method": FAR, **_curated(store, y, target, base, True, "far")})
         rows.append({**common, "method": "anchor (ssl-data-curation)",
                      **_anchored(x if metric == "l2" else x / np.linalg.norm(x, axis=1, keepdims=True), y, target,
                                  base, kind == "classes")})
@@ -190,23 +190,19 @@ def curation_section(quick: bool = False, data: str | None = None) -> list[dict[
 
 
 def _curated(store: Any, y: np.ndarray, target: int, base: dict[str, float], seeds: bool,
-             within: str = "far") -> dict[str, Any]:
-    """``curate`` with default arguments but ``within`` (seed 0; on labelled sets the medians over
-    :data:`LABELLED_SEEDS` seeds, and the range of the rarest classes' share): balance, seconds,
-    peak memory. ``"unique"`` runs on a fresh copy of the store each seed, so its seconds include
-    the kNN graph it needs (a store whose scores computed one has it cached)."""
+             within: str | None = None) -> dict[str, Any]:
+    """``curate`` with default arguments, or all but ``within`` (seed 0; on labelled sets the
+    medians over :data:`LABELLED_SEEDS` seeds, and the range of the rarest classes' share):
+    balance, seconds, peak memory."""
     import curriculum as cl
 
     from .bench_sections import PeakRSS
 
     runs = []
     for seed in range(LABELLED_SEEDS if seeds else 1):
-        if within == "unique":
-            store, old = cl.EmbeddingStore(store.dim, metric=store.metric), store
-            store.add(old.vectors(), ids=old.ids)
         with PeakRSS() as mem:
             t = time.perf_counter()
-            sel = cl.curate(store, target, seed=seed, within=within)
+            sel = cl.curate(store, target, seed=seed, **({} if within is None else {"within": within}))
             secs = time.perf_counter() - t
         runs.append({**balance(y, store.rows_of(sel)), "seconds": secs, "peak_mb": mem.mb})
     return {**_summary(runs, base, seeds), "peak_mb": max(r["peak_mb"] for r in runs)}
@@ -271,7 +267,7 @@ def plot_curation(rows: list[dict[str, Any]], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [RANDOM, "curate()", UNIQUE, "anchor (ssl-data-curation)"]
+    methods = [RANDOM, "curate()", FAR, "anchor (ssl-data-curation)"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     for ax, kind, key, label in ((axes[0], "modes", "max_min", "max/min rows per planted mode (log)"),
                                  (axes[1], "classes", "rare_share", "share of the rarest 10% of classes")):
@@ -285,7 +281,7 @@ def plot_curation(rows: list[dict[str, Any]], path: str) -> str:
             ax.set_yscale("log")
             ax.axhline(2.5, color="k", lw=0.8, ls="--")
     axes[1].legend(fontsize=7)
-    fig.suptitle('curate() with default arguments (on the labelled sets also within="unique"), 10% of each long-tailed pool')
+    fig.suptitle('curate() with default arguments (on the labelled sets also within="far"), 10% of each long-tailed pool')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

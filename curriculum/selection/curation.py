@@ -23,6 +23,7 @@ from ..neighbors import kmeans as KM
 from ..neighbors.kmeans import kmeans_pp_init
 from ..store import EmbeddingStore, ShardedStore
 from ..store.sharded import id_priority
+from .leaf_neighbors import leaf_nearest
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ MIN_MODE_ROWS = 3     # a leaf with fewer rows is a stray point, not (part of) a
 PICK_SEED = 1_000_003  # rows inside a leaf are picked by id_priority(ids, seed + PICK_SEED)
 WITHIN = ("random", "far", "near", "unique")  # how the rows inside a leaf are picked (curate's ``within``)
 TRIM_SD = 2.0         # "far", "unique": a row farther from its leaf's centroid than the leaf's mean + 2 sd comes last
-UNIQUE_POWER = 4      # "unique": a leaf's weight is the mean of its rows' nearest-neighbour distances ** 4
+UNIQUE_POWER = 8      # "unique": a leaf's weight is the mean of its rows' nearest-neighbour distances ** 8
 UNIQUE_LEVELS = 1 << 32  # ... each row's term quantised to this many steps of the largest (exact integer sums)
 TRIM_LEVELS = 4095    # ... judged on distances quantised to this many steps of the largest (exact sums)
 PICK_CHUNK = 65_536   # rows whose distances to their leaf's centroid are computed at once
@@ -751,7 +752,7 @@ def unique_weights(nearest: np.ndarray, leaf: np.ndarray, use: np.ndarray, k: in
     Example:
         >>> import numpy as np
         >>> unique_weights(np.array([1., 1., 2., 0.]), np.array([0, 0, 1, 1]), np.ones(4, bool), 2).tolist()
-        [0.0625, 0.5]
+        [0.00390625, 0.5]
     """
     reduce = all_reduce or (lambda a, op: a)
     d = np.asarray(nearest, np.float64)[use]
@@ -795,7 +796,7 @@ def leaf_outliers(d: np.ndarray, leaf: np.ndarray, k: int,
 def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | None = None, seed: int = 0,
            dedup_threshold: float | None = None, resample_iters: int = 3, ids: np.ndarray | None = None,
            reference: np.ndarray | None = None, drop_stray: bool = True, progress: bool | None = None,
-           within: str = "far") -> np.ndarray:
+           within: str = "unique") -> np.ndarray:
     """Select ``target_size`` ids from the store, balanced over a hierarchical clustering of it.
 
     By default the hierarchy is found in the data (:func:`auto_hierarchy`): resampled k-means
@@ -812,30 +813,29 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     hundred hand-checked), every cluster that holds too few of them (:func:`out_of_reference`). With
     ``dedup_threshold`` (cosine), near-duplicates are removed first (one id kept per group).
     ``ids`` restricts the pool to those stored ids. ``progress``: bars (default: on from 50,000 rows).
-    ``within`` picks the rows inside a leaf that gets fewer than all of its rows: ``"far"`` (the
-    default: farthest from the leaf's centroid first - the least prototypical rows, which spread a
-    leaf's subset over its extent - but the leaf's outliers, beyond its mean distance plus two
-    standard deviations, last: :func:`leaf_outliers`), ``"random"`` (seeded, as Vo et al.),
-    ``"near"`` (the most prototypical first) or ``"unique"`` (the rows farthest from their nearest
-    neighbour first - near twins last, outliers after them - and each mode's quota split over its
-    leaves in proportion to :func:`unique_weights`, the mean 4th power of their rows'
-    nearest-neighbour distances, instead of equally: the modes keep their balance, inside a mode a
-    leaf of near twins gets less than one of rows that stand alone); see :func:`pick_priority`.
-    ``"unique"`` needs every row's nearest neighbour: the store's kNN graph (``store.knn(1)``, cached
-    if scores computed one since the last write, else one run of its engine - 9 s on 121k
-    384-d texts, 120 s on 1M rows of 100 128-d Gaussian modes, where NN-descent misses its recall
-    and the blocked plan runs). On the Debian text set ``"far"`` gave 31.9-32.6 effective sections
-    against 29.5-30.8 picking at random and 30.9 for random subsets, ``"unique"`` 2.0-2.6x random's
-    share of the rarest sections (``"far"``: 1.3-1.5x); with 2% of scattered noisy rows planted in
-    Fashion-MNIST-LT ``"far"`` took fewer of them than random picks (8-15 against 28 of a 1,518-row
-    subset).
+    ``within`` picks the rows inside a leaf that gets fewer than all of its rows, and how a mode's
+    quota is split over its leaves: ``"unique"`` (the default: the rows farthest from their nearest
+    neighbour first - near twins last, the leaf's outliers, beyond its mean distance to the
+    centroid plus two standard deviations (:func:`leaf_outliers`), after them - and each mode's
+    quota split over its leaves in proportion to :func:`unique_weights`, the mean 8th power of
+    their rows' nearest-neighbour distances: the modes keep their balance, inside a mode a leaf
+    of near twins gets less than one of rows that stand alone), ``"far"`` (farthest from the
+    leaf's centroid first, outliers last; equal shares per leaf, as the other choices),
+    ``"random"`` (seeded, as Vo et al.) or ``"near"`` (the most prototypical first); see
+    :func:`pick_priority`. ``"unique"``'s nearest neighbours are sought among the rows of each
+    row's nearest leaves (:func:`~curriculum.selection.leaf_neighbors.leaf_nearest`: about 384
+    rows per row, in clustering space; 2 s on 121k 384-d texts, 5-7 s on 1M x 128), never a kNN
+    graph of the whole pool. On the Debian text set (121k, 41 archive sections) it took
+    1.8-2.4x random's share of the rarest sections over 5 hierarchy seeds (``"far"``: 1.3-1.5x),
+    on its 25k sample 1.3-2.4x (``"far"``: 0.6-1.9x); on planted Gaussian modes the same
+    per-mode counts as ``"far"``.
 
     The leaves are fitted on the rows of smallest :func:`~curriculum.store.sharded.id_priority`
     and the rows inside a leaf picked the same way, so a :class:`~curriculum.store.ShardedStore`
     (every rank calls ``curate``; each gets its own shard's selected ids) selects exactly the ids
     one process selects from the same rows (up to 128 dimensions; above, the PCA projection is
-    fitted on that sample instead of the whole pool; with ``within="unique"``, where the sharded
-    kNN graph equals one process's - exact graphs). On a sharded store ``ids`` and ``reference``
+    fitted on that sample instead of the whole pool; the nearest neighbours of ``"unique"`` are
+    sought among the same candidate rows, gathered from every shard). On a sharded store ``ids`` and ``reference``
     are the unions of what every rank passes.
 
     Example:
@@ -876,51 +876,11 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
                          f"{int((~keep).sum())} stray or out-of-reference rows), got {target}")
     leaf, cent = h.assignments[0], h.centroids[0]
     if within == "unique":
-        pri, weights = unique_plan(ids, x, leaf, cent, nearest_distances(store, ids, progress), keep, seed)
+        pri, weights = unique_plan(ids, x, leaf, cent, leaf_nearest(x, ids, leaf, cent, seed, progress=progress), keep,
+                                   seed)
     else:
         pri, weights = pick_priority(ids, x, leaf, cent, within, seed), None
     return np.sort(ids[balanced_select(h, target, seed=seed, keep=keep, priority=pri, weights=weights)])
-
-
-def nearest_distances(store: EmbeddingStore | ShardedStore, ids: np.ndarray | None = None,
-                      progress: bool | None = None) -> np.ndarray:
-    """Each row's distance to its nearest other row, from the store's kNN graph
-    (:meth:`~curriculum.EmbeddingStore.knn` with ``k=1``: the cached graph when scores computed
-    one since the last write, else one run of its engine). With ``ids`` (a pool, on a
-    :class:`~curriculum.store.ShardedStore` the union of every rank's) the rows of the pool, their
-    nearest among its rows (a stored row outside the pool is no twin: one run on a store of the
-    pool). In the store's order - on a sharded store this shard's rows (of the pool); clipped at 0
-    (a cosine distance ``1 - cos`` can round below it). Collective on a sharded store.
-
-    Example:
-        >>> import numpy as np
-        >>> from curriculum import EmbeddingStore
-        >>> store = EmbeddingStore(1, metric="l2"); _ = store.add(np.array([[0.], [1.], [3.]], np.float32))
-        >>> nearest_distances(store).tolist(), nearest_distances(store, ids=[0, 2]).tolist()
-        ([1.0, 1.0, 2.0], [3.0, 3.0])
-    """
-    if ids is not None:
-        ids = C.as_ids(ids, "ids")
-        if isinstance(store, ShardedStore):
-            mask = np.isin(store.ids, ids)
-            if int(store.comm.all_reduce(np.array([mask.sum()]))[0]) < len(store):
-                sub = ShardedStore(store.dim, store.metric, group=store.comm.group)
-                sub.add(store.vectors()[mask], ids=store.ids[mask])  # each id's owner is this rank again
-                order = np.argsort(sub.ids)
-                return _first_distance(sub, progress)[order[np.searchsorted(sub.ids[order], store.ids[mask])]]
-            return _first_distance(store, progress)[mask]
-        rows = store.rows_of(ids)
-        if len(rows) < len(store):
-            sub = EmbeddingStore(store.dim, store.metric)
-            sub.add(store.vectors()[rows], ids=store.ids[rows])
-            return _first_distance(sub, progress)
-        return _first_distance(store, progress)[rows]
-    return _first_distance(store, progress)
-
-
-def _first_distance(store: EmbeddingStore | ShardedStore, progress: bool | None) -> np.ndarray:
-    d, _ = store.knn(1, progress=progress)
-    return np.maximum(d[:, 0], 0).astype(np.float32)
 
 
 def _pool(store: EmbeddingStore, ids: np.ndarray | None, dedup_threshold: float | None,
@@ -1035,4 +995,4 @@ def cluster_groups(store: EmbeddingStore, n_clusters: int, seed: int = 0, resamp
 __all__ = ['Hierarchy', 'kmeans_pp_init', 'hierarchical_kmeans', 'checked_levels', 'ward_levels', 'ward_gap',
            'WARD_GAP', 'auto_hierarchy', 'mode_cut', 'nearest_leaves', 'leaf_links', 'clustering_space',
            'leaf_count', 'fit_leaves', 'split_joined', 'balanced_select', 'pick_priority', 'leaf_outliers', 'leaf_quotas',
-           'weighted_fill', 'unique_weights', 'unique_plan', 'centroid_distances', 'nearest_distances', 'curate', 'deduplicate', 'cluster_groups']
+           'weighted_fill', 'unique_weights', 'unique_plan', 'centroid_distances', 'curate', 'deduplicate', 'cluster_groups']

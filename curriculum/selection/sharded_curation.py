@@ -9,16 +9,17 @@
 - balanced selection: the quotas per leaf from the all-reduced sizes; inside a leaf the rows of
   smallest priority are taken (``pick_priority``: the id's, or the distance to the leaf's
   centroid with the id's breaking ties, a leaf's outliers - by the all-reduced integer sums of
-  its quantised distances - last; with ``within="unique"`` the distance to the nearest row of
-  the store's kNN graph over all shards, and each leaf's share of its mode weighted by
-  all-reduced integer sums) - the quota-th smallest priority of each leaf found by a
-  bisection whose counts are all-reduced (64 rounds of one vector of leaf counts).
+  its quantised distances - last; with ``within="unique"``, the default, the distance to the
+  nearest of the candidate rows of the row's nearest leaves, gathered from every shard, and each
+  leaf's share of its mode weighted by all-reduced integer sums) - the quota-th smallest priority
+  of each leaf found by a bisection whose counts are all-reduced (64 rounds of one vector of leaf
+  counts).
 
 Bytes moved: the sample (``64 x leaves x dims`` floats, at most 131k rows) to rank 0 once, the
 centroids back, about 70 all-reduces of ``leaves`` integers and one gather of the leaf links (at
-most a few triples per leaf pair that shares rows); never the rows themselves - but with
-``within="unique"``, whose nearest-neighbour distances come from the store's graph over all shards
-(:meth:`ShardedStore.knn`, which moves rows as its method does; cached if scores computed it).
+most a few triples per leaf pair that shares rows), and for ``within="unique"`` one gather of
+each leaf's candidate rows (at most 384 per leaf and rank, the same ones kept everywhere:
+:mod:`~curriculum.selection.leaf_neighbors`); never the rows themselves.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from .._util.arrays import sorted_unique
 from ..neighbors import normalize, pca_basis, project
 from ..store import ShardedStore
 from .curation import (MIN_MODE_ROWS, REDUCE_TO, SAMPLE_PER_LEAF, WITHIN, Hierarchy, _junk_leaves, checked_levels,
-                       deduplicate, fit_leaves, leaf_count, leaf_links, leaf_quotas, nearest_distances, nearest_leaves,
+                       deduplicate, fit_leaves, leaf_count, leaf_links, leaf_quotas, nearest_leaves,
                        pick_priority, unique_plan, upper_levels, ward_levels)
+from .leaf_neighbors import leaf_nearest
 
 TOP = np.iinfo(np.int64).max
 
@@ -41,7 +43,7 @@ TOP = np.iinfo(np.int64).max
 def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resample_iters: int = 3,
                    drop_stray: bool = True, progress: bool | None = None, ids: np.ndarray | None = None,
                    dedup_threshold: float | None = None, reference: np.ndarray | None = None,
-                   levels: tuple[int, ...] | None = None, within: str = "far") -> np.ndarray:
+                   levels: tuple[int, ...] | None = None, within: str = "unique") -> np.ndarray:
     """This shard's ids of a ``target_size`` subset balanced over the hierarchy of all shards
     (see :func:`curriculum.curate`; every rank calls it). ``ids``: the pool is the union of the
     ids every rank passes (a rank may pass its part, or all of them); ``dedup_threshold``:
@@ -51,8 +53,8 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     all-reduced counts); ``levels``: given cluster counts, finest first (the leaves fitted as
     the automatic ones are, Ward groups of their centroids above); ``within``: how a leaf's rows
     are picked (:func:`~curriculum.selection.curation.pick_priority`, computed per row, so the
-    same ids as one process; ``"unique"``'s nearest-neighbour distances come from the graph over
-    all shards, the same as one process's where both are exact). Collective.
+    same ids as one process; ``"unique"``'s nearest neighbours among the same candidate rows as
+    one process's). Collective.
 
     Example:
         >>> import numpy as np
@@ -98,9 +100,9 @@ def curate_sharded(store: ShardedStore, target_size: int, seed: int = 0, resampl
     if target > int(kept.sum()):
         raise ValueError(f"target_size: expected at most {int(kept.sum())} (the rows left after dropping "
                          f"{n - int(kept.sum())} stray or out-of-reference rows), got {target}")
-    if within == "unique":  # the store's graph over all shards (this rank's part of the pool stands for all)
-        pri, weights = unique_plan(pool_ids, x, leaf, cent, nearest_distances(store, pool_ids, progress), keep, seed,
-                                   comm.all_reduce)
+    if within == "unique":  # every rank's candidates gathered, each rank's rows measured where they are
+        nearest = leaf_nearest(x, pool_ids, leaf, cent, seed, n, comm.all_gather, progress)
+        pri, weights = unique_plan(pool_ids, x, leaf, cent, nearest, keep, seed, comm.all_reduce)
     else:
         pri, weights = pick_priority(pool_ids, x, leaf, cent, within, seed, comm.all_reduce), None
     quota = leaf_quotas(Hierarchy([leaf] + maps, cents), kept, target, weights)
