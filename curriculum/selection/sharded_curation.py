@@ -17,9 +17,10 @@
 
 Bytes moved: the sample (``64 x leaves x dims`` floats, at most 131k rows) to rank 0 once, the
 centroids back, about 70 all-reduces of ``leaves`` integers and one gather of the leaf links (at
-most a few triples per leaf pair that shares rows), and for ``within="unique"`` one gather of
-each leaf's candidate rows (at most 384 per leaf and rank, the same ones kept everywhere:
-:mod:`~curriculum.selection.leaf_neighbors`); never the rows themselves.
+most a few triples per leaf pair that shares rows), and for ``within="unique"`` (the default) a
+gather of each leaf's candidate rows: their priorities first, then the at most 384 rows per leaf
+that are among its 384 smallest over all ranks (:mod:`~curriculum.selection.leaf_neighbors`);
+never the other rows.
 """
 
 from __future__ import annotations
