@@ -315,6 +315,14 @@ def test_leaf_nearest_in_a_leaf_larger_than_its_candidates_does_not_depend_on_th
     assert (got >= true.min(1) - 1e-6).all() and np.median(got / true.min(1)) < 3  # coarser, never nearer
 
 
+def test_a_row_alone_in_its_probed_leaves_is_compared_with_every_candidate(monkeypatch):
+    monkeypatch.setattr(LN, "CANDIDATE_BLOCK", 2)  # the fallback search in blocks of two candidates
+    x = np.array([[0.], [1.], [10.], [4.], [30.]], np.float32)
+    leaf, cent = np.array([0, 0, 1, 2, 3]), np.array([[.5], [10.], [4.], [30.]], np.float32)
+    got = LN.probe_nearest(x, np.arange(5), leaf, cent, LN.pool_candidates(x, np.arange(5), leaf, 4, 0), 1)
+    assert got.tolist() == [1.0, 1.0, 6.0, 3.0, 20.0]
+
+
 def test_leaf_nearest_checks_its_inputs():
     x = np.zeros((3, 2), np.float32)
     with pytest.raises(ValueError, match=r"leaf: expected 3 leaves \(one per row of x\), got 2"):

@@ -34,7 +34,9 @@ MAX_PROBES = 8         # ... in at most this many leaves (its own and the neares
 PROBE_SEED = 2_000_003  # a leaf of more rows offers those of smallest id_priority(ids, seed + PROBE_SEED)
 QUERY_BLOCK = 1 << 22  # scores (queries x candidates) computed at once
 
-Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows (clustering space), ids, leaves - sorted by leaf
+CANDIDATE_BLOCK = 65_536  # candidates a fallback search compares at once
+# (table, rows, ids, leaves): candidate j is table[rows[j]] (clustering space); sorted by leaf, then priority
+Candidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def probe_count(n: int, k: int) -> int:
@@ -69,7 +71,8 @@ def _first_per_leaf(pri: np.ndarray, leaf: np.ndarray, k: int) -> np.ndarray:
 
 def pool_candidates(x: np.ndarray, ids: np.ndarray, leaf: np.ndarray, k: int, seed: int,
                     gather: Callable[[np.ndarray], list[np.ndarray]] | None = None) -> Candidates:
-    """The candidates of every leaf (:func:`leaf_candidates`): their rows, ids and leaves.
+    """The candidates of every leaf (:func:`leaf_candidates`): ``(table, rows, ids, leaves)``,
+    candidate ``j`` being ``table[rows[j]]`` - in one process ``x`` itself (no copy).
     ``gather(array)`` (a sharded pool: every rank's array, in rank order) collects the ranks'
     candidates: first their priorities, then only the rows among each leaf's
     :data:`PROBE_ROWS` smallest over all ranks (at most ``PROBE_ROWS x k`` rows on every rank),
@@ -77,14 +80,14 @@ def pool_candidates(x: np.ndarray, ids: np.ndarray, leaf: np.ndarray, k: int, se
 
     Example:
         >>> import numpy as np
-        >>> cx, cid, cleaf = pool_candidates(np.eye(3, dtype=np.float32), np.arange(3), np.array([0, 0, 1]), 2, 0)
-        >>> sorted(cid.tolist()), cleaf.tolist()
-        ([0, 1, 2], [0, 0, 1])
+        >>> table, rows, cid, cleaf = pool_candidates(np.eye(3, dtype=np.float32), np.arange(3), np.array([0, 0, 1]), 2, 0)
+        >>> sorted(cid.tolist()), cleaf.tolist(), table[rows].shape
+        ([0, 1, 2], [0, 0, 1], (3, 3))
     """
     ids, leaf = np.asarray(ids, np.int64), np.asarray(leaf, np.int64)
     rows = leaf_candidates(ids, leaf, k, seed)
     if gather is None:
-        return np.ascontiguousarray(x[rows], np.float32), ids[rows], leaf[rows]
+        return np.ascontiguousarray(x, np.float32), rows, ids[rows], leaf[rows]
     pri = id_priority(ids[rows], seed + PROBE_SEED)
     every_pri, every_leaf = np.concatenate(gather(pri)), np.concatenate(gather(leaf[rows]))
     kept = _first_per_leaf(every_pri, every_leaf, k)
@@ -93,7 +96,7 @@ def pool_candidates(x: np.ndarray, ids: np.ndarray, leaf: np.ndarray, k: int, se
     rows = rows[pri <= last[leaf[rows]]]
     parts = [np.concatenate(gather(p)) for p in (np.ascontiguousarray(x[rows], np.float32), ids[rows], leaf[rows])]
     order = np.lexsort((id_priority(parts[1], seed + PROBE_SEED), parts[2]))
-    return parts[0][order], parts[1][order], parts[2][order]
+    return parts[0], order, parts[1][order], parts[2][order]
 
 
 def probe_nearest(x: np.ndarray, ids: np.ndarray, leaf: np.ndarray, centroids: np.ndarray,
@@ -115,7 +118,7 @@ def probe_nearest(x: np.ndarray, ids: np.ndarray, leaf: np.ndarray, centroids: n
     import torch
 
     x, ids, leaf = np.ascontiguousarray(x, np.float32), np.asarray(ids, np.int64), np.asarray(leaf, np.int64)
-    cx, cid, cleaf = candidates
+    table, crow, cid, cleaf = candidates
     k = len(centroids)
     probed = _probed_leaves(x, leaf, centroids, probes)
     best, arg = np.full(len(x), np.inf, np.float32), np.full(len(x), -1, np.int64)
@@ -123,21 +126,21 @@ def probe_nearest(x: np.ndarray, ids: np.ndarray, leaf: np.ndarray, centroids: n
     order = np.argsort(flat, kind="stable")
     q_start = np.searchsorted(flat[order], np.arange(k + 1))
     c_start = np.searchsorted(cleaf, np.arange(k + 1))
-    xt, ct = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(cx, np.float32))
+    xt, ct = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(table, np.float32))
     leaves = np.flatnonzero((np.diff(q_start) > 0) & (np.diff(c_start) > 0))
     with progress_bar(total=len(leaves), desc="curation: nearest rows (leaves)", disable=not want(progress, len(x))) as bar:
         for lf in leaves:
             q = order[q_start[lf]:q_start[lf + 1]] // probed.shape[1]  # a row probes a leaf at most once
-            _keep_better(best, arg, q, *_nearest_other(xt, ids, q, ct, cid, c_start[lf], c_start[lf + 1]))
+            _keep_better(best, arg, q, *_nearest_other(xt, ids, q, ct, crow, cid, c_start[lf], c_start[lf + 1]))
             bar.update(1)
     lost = np.flatnonzero(arg < 0)
-    if len(lost):
-        _keep_better(best, arg, lost, *_nearest_other(xt, ids, lost, ct, cid, 0, len(cid)))
+    for lo in range(0, len(cid) if len(lost) else 0, CANDIDATE_BLOCK):
+        _keep_better(best, arg, lost, *_nearest_other(xt, ids, lost, ct, crow, cid, lo, min(lo + CANDIDATE_BLOCK, len(cid))))
     out = np.full(len(x), np.inf, np.float32)
     found = np.flatnonzero(arg >= 0)
     for s in range(0, len(found), 65_536):
         r = found[s:s + 65_536]
-        diff = x[r] - cx[arg[r]]
+        diff = x[r] - table[crow[arg[r]]]
         out[r] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     return out
 
@@ -178,13 +181,13 @@ def _probed_leaves(x: np.ndarray, leaf: np.ndarray, centroids: np.ndarray, probe
     return probed
 
 
-def _nearest_other(xt: Any, ids: np.ndarray, q: np.ndarray, ct: Any, cid: np.ndarray, lo: int,
+def _nearest_other(xt: Any, ids: np.ndarray, q: np.ndarray, ct: Any, crow: np.ndarray, cid: np.ndarray, lo: int,
                    hi: int) -> tuple[np.ndarray, np.ndarray]:
     """For the rows ``q``: the smallest score ``|c|^2 - 2 x.c`` over candidates ``lo:hi`` other
     than the row itself (by id; ``inf`` if none) and that candidate's index (first of ties)."""
     import torch
 
-    c = ct[lo:hi]
+    c = ct[torch.from_numpy(crow[lo:hi])]
     c_sq = (c * c).sum(1)
     other = torch.from_numpy(cid[lo:hi])
     score, where = np.empty(len(q), np.float32), np.empty(len(q), np.int64)
