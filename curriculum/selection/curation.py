@@ -824,11 +824,11 @@ def curate(store: EmbeddingStore, target_size: int, levels: tuple[int, ...] | No
     ``"random"`` (seeded, as Vo et al.) or ``"near"`` (the most prototypical first); see
     :func:`pick_priority`. ``"unique"``'s nearest neighbours are sought among the rows of each
     row's nearest leaves (:func:`~curriculum.selection.leaf_neighbors.leaf_nearest`: about 384
-    rows per row, in clustering space; 2 s on 121k 384-d texts, 5-7 s on 1M x 128), never a kNN
-    graph of the whole pool. On the Debian text set (121k, 41 archive sections) it took
-    1.8-2.4x random's share of the rarest sections over 5 hierarchy seeds (``"far"``: 1.3-1.5x),
-    on its 25k sample 1.3-2.4x (``"far"``: 0.6-1.9x); on planted Gaussian modes the same
-    per-mode counts as ``"far"``.
+    rows per row, in clustering space; 1.3-1.8 s on 121k 384-d texts, 3.5-3.9 s on 1M x 128), never a kNN
+    graph of the whole pool. On the Debian text set (121k texts, 59 archive sections) it took
+    1.8-2.4x random's share of the rarest sections over 5 hierarchy seeds (``"far"``, 3 seeds:
+    1.3-1.5x), on its 25k sample 1.3-2.4x (``"far"``: 0.6-1.9x); on planted Gaussian modes the
+    same per-mode counts as ``"far"``.
 
     The leaves are fitted on the rows of smallest :func:`~curriculum.store.sharded.id_priority`
     and the rows inside a leaf picked the same way, so a :class:`~curriculum.store.ShardedStore`
