@@ -115,15 +115,15 @@ def add_rows(index: Any, vec: np.ndarray, ids: np.ndarray) -> None:
     vec = np.ascontiguousarray(vec, np.float32)
     ids = np.ascontiguousarray(ids, np.int64)
     quantizer = _flat_quantizer(index)
-    ivf = faiss.downcast_index(index)
-    # fast-scan lists hold packed blocks that add_core corrupts: faiss fills them itself
-    if quantizer is None or len(vec) < PREASSIGN_FROM or isinstance(ivf, faiss.IndexIVFFastScan):
-        index.add_with_ids(vec, ids)
-        return
-    centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
-    metric = "l2" if quantizer.metric_type == faiss.METRIC_L2 else "ip"
-    lists = np.ascontiguousarray(nearest_rows(vec, centroids, metric, distances=False)[1][:, 0], np.int64)
-    ivf.add_core(len(vec), faiss.swig_ptr(vec), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+    if quantizer is not None and len(vec) >= PREASSIGN_FROM:
+        ivf = faiss.downcast_index(index)
+        if not isinstance(ivf, faiss.IndexIVFFastScan):  # fast-scan lists hold packed blocks add_core corrupts
+            centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
+            metric = "l2" if quantizer.metric_type == faiss.METRIC_L2 else "ip"
+            lists = np.ascontiguousarray(nearest_rows(vec, centroids, metric, distances=False)[1][:, 0], np.int64)
+            ivf.add_core(len(vec), faiss.swig_ptr(vec), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+            return
+    index.add_with_ids(vec, ids)
 
 
 class IndexManager:
